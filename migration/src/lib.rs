@@ -1,0 +1,16 @@
+//! sea-orm migrations of forge-gateway. The gateway runs them at start
+//! (`Migrator::up(&db, None)`); they are safe to run from several processes in turn.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261129_000001_create_messages;
+
+/// All migrations, oldest first.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261129_000001_create_messages::Migration)]
+    }
+}

@@ -1,0 +1,353 @@
+//! Changes to a message and the pure function that applies one.
+//!
+//! The store folds every change that arrives for a message while a write is in flight into
+//! the next read-modify-write: it reads the row once, applies the changes here one after
+//! another (each gets its own outcome), and writes the result once with a version check.
+
+use crate::domain::catalogue::{JobError, JobFailure};
+use crate::domain::event::JobEventKind;
+use crate::domain::merge::{self, PatchError};
+use crate::domain::message::{Message, Notice};
+use crate::domain::status::JobStatus;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+/// A change to one message.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    /// Insert the message (status `queued`).
+    Create(Box<Message>),
+    /// A server-side status change.
+    Transition(Transition),
+    /// Forge reported a new generation step (counts as activity).
+    Progress {
+        /// 0..=100.
+        progress: u8,
+        /// Forge's estimate of the seconds left.
+        eta_s: Option<u32>,
+    },
+    /// A client's JSON Merge Patch of its data.
+    ClientPatch(Value),
+}
+
+/// A server-side status change.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Transition {
+    /// A backend took the job.
+    Processing {
+        /// The backend's name (its base URL without credentials).
+        backend: String,
+    },
+    /// Forge answered with an image (or the breaker served the placeholder).
+    Complete {
+        /// Where the image is served.
+        image_url: String,
+        /// The breaker served the placeholder.
+        placeholder: bool,
+    },
+    /// The job failed.
+    Fail {
+        /// Code and exact message.
+        error: JobError,
+    },
+    /// The owner cancelled it.
+    Cancel,
+    /// The watchdog found it inactive: applies only if the job is still pending and nothing
+    /// happened to it since `inactive_since` (so two watchdogs, or a late progress report,
+    /// cannot both win).
+    MarkStuck {
+        /// The cutoff the watchdog's scan used.
+        inactive_since: DateTime<Utc>,
+    },
+}
+
+impl Transition {
+    /// The status the transition leads to.
+    pub fn target(&self) -> JobStatus {
+        match self {
+            Transition::Processing { .. } => JobStatus::Processing,
+            Transition::Complete { .. } => JobStatus::Complete,
+            Transition::Fail { .. } | Transition::MarkStuck { .. } => JobStatus::Error,
+            Transition::Cancel => JobStatus::Cancelled,
+        }
+    }
+}
+
+/// Why a change was not applied. A refused change leaves the message exactly as it was.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// There is no such message (yet).
+    #[error("no such message")]
+    NotFound,
+    /// A create for an id that exists.
+    #[error("the message exists already")]
+    AlreadyExists,
+    /// The status machine forbids it (e.g. leaving a terminal state).
+    #[error("illegal transition {from} -> {to}")]
+    IllegalTransition {
+        /// Current status.
+        from: JobStatus,
+        /// Requested status.
+        to: JobStatus,
+    },
+    /// The watchdog's mark no longer holds: the job moved on or showed activity.
+    #[error("the job is no longer stuck")]
+    NotStuck,
+    /// The client patch is invalid.
+    #[error("invalid patch: {0}")]
+    Patch(PatchError),
+}
+
+/// Applies one change at time `now`. On success the message's version grows by one,
+/// `updated_at` moves, and the event to publish is returned; on refusal nothing changes.
+pub fn apply(
+    current: &mut Option<Message>,
+    change: &Change,
+    now: DateTime<Utc>,
+) -> Result<JobEventKind, Refusal> {
+    if let Change::Create(new) = change {
+        if current.is_some() {
+            return Err(Refusal::AlreadyExists);
+        }
+        let mut message = (**new).clone();
+        message.status = JobStatus::Queued;
+        message.version = 1;
+        message.created_at = now;
+        message.updated_at = now;
+        message.activity_at = now;
+        let event = JobEventKind::Queued {
+            queue_position: message.queue_position,
+        };
+        *current = Some(message);
+        return Ok(event);
+    }
+    let Some(message) = current.as_mut() else {
+        return Err(Refusal::NotFound);
+    };
+    let event = match change {
+        Change::Create(_) => unreachable!("handled above"),
+        Change::ClientPatch(patch) => {
+            merge::merge_client_data(&mut message.data, patch).map_err(Refusal::Patch)?;
+            JobEventKind::Updated {
+                data: message.data.clone(),
+            }
+        }
+        Change::Progress { progress, eta_s } => {
+            check(message.status, JobStatus::Processing)?;
+            message.progress = message.progress.max((*progress).min(100));
+            message.activity_at = now;
+            JobEventKind::Progress {
+                progress: message.progress,
+                eta_s: *eta_s,
+            }
+        }
+        Change::Transition(transition) => {
+            check(message.status, transition.target())?;
+            apply_transition(message, transition, now)?
+        }
+    };
+    message.version += 1;
+    message.updated_at = now;
+    Ok(event)
+}
+
+fn check(from: JobStatus, to: JobStatus) -> Result<(), Refusal> {
+    if from.can_become(to) {
+        Ok(())
+    } else {
+        Err(Refusal::IllegalTransition { from, to })
+    }
+}
+
+fn apply_transition(
+    message: &mut Message,
+    transition: &Transition,
+    now: DateTime<Utc>,
+) -> Result<JobEventKind, Refusal> {
+    let event = match transition {
+        Transition::Processing { backend } => {
+            if message.status == JobStatus::Processing {
+                return Err(Refusal::IllegalTransition {
+                    from: JobStatus::Processing,
+                    to: JobStatus::Processing,
+                });
+            }
+            message.backend = Some(backend.clone());
+            message.started_at = Some(now);
+            message.progress = 0;
+            JobEventKind::Processing { progress: 0 }
+        }
+        Transition::Complete {
+            image_url,
+            placeholder,
+        } => {
+            message.image_url = Some(image_url.clone());
+            message.placeholder = *placeholder;
+            message.progress = 100;
+            JobEventKind::Complete {
+                image_url: image_url.clone(),
+                placeholder: *placeholder,
+                notice: placeholder.then(Notice::placeholder),
+            }
+        }
+        Transition::Fail { error } => {
+            message.error = Some(error.clone());
+            JobEventKind::Error {
+                error: error.clone(),
+            }
+        }
+        Transition::MarkStuck { inactive_since } => {
+            if message.activity_at > *inactive_since {
+                return Err(Refusal::NotStuck);
+            }
+            let error = JobFailure::StuckJob.to_error();
+            message.error = Some(error.clone());
+            JobEventKind::Error { error }
+        }
+        Transition::Cancel => {
+            let error = JobFailure::Cancelled.to_error();
+            message.error = Some(error.clone());
+            JobEventKind::Cancelled { error: Some(error) }
+        }
+    };
+    let target = transition.target();
+    message.status = target;
+    // The position stored at a transition is the one at that moment: only queued jobs have one.
+    message.queue_position = None;
+    message.activity_at = now;
+    if target.is_terminal() {
+        message.finished_at = Some(now);
+    }
+    Ok(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::message::tests::queued_message;
+    use chrono::Duration;
+    use serde_json::json;
+
+    fn created() -> Option<Message> {
+        let mut current = None;
+        apply(&mut current, &Change::Create(Box::new(queued_message())), Utc::now()).unwrap();
+        current
+    }
+
+    fn transition(current: &mut Option<Message>, t: Transition) -> Result<JobEventKind, Refusal> {
+        apply(current, &Change::Transition(t), Utc::now())
+    }
+
+    fn complete() -> Transition {
+        Transition::Complete { image_url: "/images/x.png".into(), placeholder: false }
+    }
+
+    #[test]
+    fn create_sets_version_one_and_queued() {
+        let current = created().unwrap();
+        assert_eq!((current.version, current.status), (1, JobStatus::Queued));
+        assert_eq!(current.queue_position, Some(3));
+    }
+
+    #[test]
+    fn create_twice_is_refused() {
+        let mut current = created();
+        let again = apply(&mut current, &Change::Create(Box::new(queued_message())), Utc::now());
+        assert_eq!(again, Err(Refusal::AlreadyExists));
+    }
+
+    #[test]
+    fn the_lifecycle_writes_every_field_and_counts_versions() {
+        let mut current = created();
+        transition(&mut current, Transition::Processing { backend: "b1".into() }).unwrap();
+        let message = current.as_ref().unwrap();
+        assert_eq!((message.status, message.progress, message.queue_position), (JobStatus::Processing, 0, None));
+        assert!(message.started_at.is_some());
+        apply(&mut current, &Change::Progress { progress: 40, eta_s: Some(3) }, Utc::now()).unwrap();
+        apply(&mut current, &Change::Progress { progress: 20, eta_s: Some(3) }, Utc::now()).unwrap();
+        assert_eq!(current.as_ref().unwrap().progress, 40, "progress never goes back");
+        let event = transition(&mut current, complete()).unwrap();
+        let message = current.unwrap();
+        assert_eq!(message.version, 5);
+        assert_eq!((message.status, message.progress), (JobStatus::Complete, 100));
+        assert_eq!(message.image_url.as_deref(), Some("/images/x.png"));
+        assert!(message.finished_at.is_some());
+        assert!(matches!(event, JobEventKind::Complete { placeholder: false, .. }));
+    }
+
+    #[test]
+    fn a_terminal_message_refuses_every_transition_and_stays_unchanged() {
+        for terminal in [complete(), Transition::Fail { error: JobFailure::Unknown.to_error() }, Transition::Cancel] {
+            let mut current = created();
+            transition(&mut current, Transition::Processing { backend: "b".into() }).unwrap();
+            transition(&mut current, terminal.clone()).unwrap();
+            let before = current.clone();
+            for next in [complete(), Transition::Processing { backend: "b".into() }, Transition::Cancel,
+                         Transition::Fail { error: JobFailure::Timeout.to_error() },
+                         Transition::MarkStuck { inactive_since: Utc::now() + Duration::hours(1) }] {
+                assert!(matches!(transition(&mut current, next), Err(Refusal::IllegalTransition { .. })));
+            }
+            assert!(apply(&mut current, &Change::Progress { progress: 50, eta_s: None }, Utc::now()).is_err());
+            assert_eq!(current, before);
+        }
+    }
+
+    #[test]
+    fn client_patches_merge_in_any_status_without_counting_as_activity() {
+        let mut current = created();
+        let activity = current.as_ref().unwrap().activity_at;
+        let later = Utc::now() + Duration::seconds(5);
+        apply(&mut current, &Change::ClientPatch(json!({"a": {"b": 1}})), later).unwrap();
+        transition(&mut current, Transition::Cancel).unwrap();
+        apply(&mut current, &Change::ClientPatch(json!({"a": {"c": 2}})), Utc::now()).unwrap();
+        let message = current.unwrap();
+        assert_eq!(message.data, json!({"a": {"b": 1, "c": 2}}));
+        assert_eq!(message.status, JobStatus::Cancelled);
+        assert!(message.activity_at >= activity);
+    }
+
+    #[test]
+    fn a_patch_does_not_move_activity() {
+        let mut current = created();
+        let activity = current.as_ref().unwrap().activity_at;
+        apply(&mut current, &Change::ClientPatch(json!({"a": 1})), Utc::now() + Duration::minutes(10)).unwrap();
+        assert_eq!(current.unwrap().activity_at, activity);
+    }
+
+    #[test]
+    fn mark_stuck_applies_only_to_jobs_still_inactive() {
+        let mut current = created();
+        let since = current.as_ref().unwrap().activity_at - Duration::seconds(1);
+        assert_eq!(transition(&mut current, Transition::MarkStuck { inactive_since: since }), Err(Refusal::NotStuck));
+        let since = current.as_ref().unwrap().activity_at;
+        let event = transition(&mut current, Transition::MarkStuck { inactive_since: since }).unwrap();
+        let message = current.unwrap();
+        assert_eq!(message.status, JobStatus::Error);
+        assert_eq!(message.error.as_ref().map(|e| e.code.as_str()), Some("stuck_job"));
+        assert!(matches!(event, JobEventKind::Error { .. }));
+    }
+
+    #[test]
+    fn changes_to_a_missing_message_are_not_found() {
+        let mut current = None;
+        assert_eq!(transition(&mut current, complete()), Err(Refusal::NotFound));
+        assert_eq!(apply(&mut current, &Change::ClientPatch(json!({})), Utc::now()), Err(Refusal::NotFound));
+    }
+
+    #[test]
+    fn processing_twice_is_refused() {
+        let mut current = created();
+        transition(&mut current, Transition::Processing { backend: "a".into() }).unwrap();
+        assert!(transition(&mut current, Transition::Processing { backend: "b".into() }).is_err());
+        assert_eq!(current.unwrap().backend.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn a_bad_patch_changes_nothing() {
+        let mut current = created();
+        let before = current.clone();
+        let refused = apply(&mut current, &Change::ClientPatch(json!([1])), Utc::now());
+        assert_eq!(refused, Err(Refusal::Patch(PatchError::NotAnObject)));
+        assert_eq!(current, before);
+    }
+}

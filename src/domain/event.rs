@@ -1,0 +1,219 @@
+//! Job events: what the pipeline tells a user's browsers, one JSON text frame each.
+
+use crate::domain::catalogue::JobError;
+use crate::domain::message::{MessageView, Notice};
+use crate::domain::status::JobStatus;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// One event about one message, addressed to its owner.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobEvent {
+    /// Owner of the message: only their sessions receive it.
+    pub user_id: String,
+    /// The message.
+    pub message_id: Uuid,
+    /// The message's version after the change; `None` for live position updates, which change no record.
+    pub version: Option<i64>,
+    /// What happened.
+    pub kind: JobEventKind,
+}
+
+/// What happened to the message. Serialized with its wire `type`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum JobEventKind {
+    /// It entered the queue.
+    #[serde(rename = "job.queued")]
+    Queued {
+        /// Its position when it entered.
+        queue_position: Option<u32>,
+    },
+    /// Its live position changed.
+    #[serde(rename = "job.position")]
+    Position {
+        /// The new position.
+        queue_position: u32,
+        /// Estimated seconds until done.
+        eta_s: Option<u32>,
+    },
+    /// A backend took it.
+    #[serde(rename = "job.processing")]
+    Processing {
+        /// Always 0 at the start.
+        progress: u8,
+    },
+    /// Forge reported progress.
+    #[serde(rename = "job.progress")]
+    Progress {
+        /// 0..=100.
+        progress: u8,
+        /// Estimated seconds until done.
+        eta_s: Option<u32>,
+    },
+    /// Forge reported an intermediate image.
+    #[serde(rename = "job.preview")]
+    Preview {
+        /// Where the preview is served.
+        preview_url: String,
+    },
+    /// Done.
+    #[serde(rename = "job.complete")]
+    Complete {
+        /// The image.
+        image_url: String,
+        /// True when the breaker served the placeholder.
+        placeholder: bool,
+        /// Why the placeholder was served.
+        notice: Option<Notice>,
+    },
+    /// Failed.
+    #[serde(rename = "job.error")]
+    Error {
+        /// Code and exact message.
+        error: JobError,
+    },
+    /// Cancelled.
+    #[serde(rename = "job.cancelled")]
+    Cancelled {
+        /// Code and message of the cancellation.
+        error: Option<JobError>,
+    },
+    /// Client-owned data changed.
+    #[serde(rename = "message.updated")]
+    Updated {
+        /// The whole merged data object.
+        data: Value,
+    },
+}
+
+impl JobEventKind {
+    /// The wire `type`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            JobEventKind::Queued { .. } => "job.queued",
+            JobEventKind::Position { .. } => "job.position",
+            JobEventKind::Processing { .. } => "job.processing",
+            JobEventKind::Progress { .. } => "job.progress",
+            JobEventKind::Preview { .. } => "job.preview",
+            JobEventKind::Complete { .. } => "job.complete",
+            JobEventKind::Error { .. } => "job.error",
+            JobEventKind::Cancelled { .. } => "job.cancelled",
+            JobEventKind::Updated { .. } => "message.updated",
+        }
+    }
+
+    /// The status the message is in after this event, for job events that imply one.
+    pub fn status(&self) -> Option<JobStatus> {
+        match self {
+            JobEventKind::Queued { .. } | JobEventKind::Position { .. } => Some(JobStatus::Queued),
+            JobEventKind::Processing { .. }
+            | JobEventKind::Progress { .. }
+            | JobEventKind::Preview { .. } => Some(JobStatus::Processing),
+            JobEventKind::Complete { .. } => Some(JobStatus::Complete),
+            JobEventKind::Error { .. } => Some(JobStatus::Error),
+            JobEventKind::Cancelled { .. } => Some(JobStatus::Cancelled),
+            JobEventKind::Updated { .. } => None,
+        }
+    }
+}
+
+impl JobEvent {
+    /// The frame body without `seq`: `{"type":…,"id":…,"version":…,"status":…,<fields>}`.
+    /// Sessions splice their own `seq` in front (see [`with_seq`]), so an event is serialized
+    /// once however many sessions receive it.
+    pub fn frame_body(&self) -> String {
+        let mut object = match serde_json::to_value(&self.kind) {
+            Ok(Value::Object(object)) => object,
+            _ => serde_json::Map::new(),
+        };
+        object.insert("id".into(), Value::String(self.message_id.to_string()));
+        if let Some(version) = self.version {
+            object.insert("version".into(), Value::from(version));
+        }
+        if let Some(status) = self.kind.status() {
+            object.insert("status".into(), Value::String(status.as_str().into()));
+        }
+        Value::Object(object).to_string()
+    }
+}
+
+/// A server frame that is not a job event (`hello`, `snapshot`, `pong`, `resync`, `error`),
+/// serialized without `seq`.
+pub fn control_frame_body(kind: &str, fields: serde_json::Map<String, Value>) -> String {
+    let mut object = fields;
+    object.insert("type".into(), Value::String(kind.to_owned()));
+    Value::Object(object).to_string()
+}
+
+/// The `snapshot` frame body: all pending messages with live positions.
+pub fn snapshot_frame_body(messages: &[MessageView]) -> String {
+    let mut fields = serde_json::Map::new();
+    fields.insert(
+        "messages".into(),
+        serde_json::to_value(messages).unwrap_or(Value::Array(Vec::new())),
+    );
+    control_frame_body("snapshot", fields)
+}
+
+/// Splices `"seq":N` into a frame body made by [`JobEvent::frame_body`] or [`control_frame_body`].
+pub fn with_seq(body: &str, seq: u64) -> String {
+    let rest = body.strip_prefix('{').unwrap_or(body);
+    let separator = if rest.starts_with('}') { "" } else { "," };
+    format!("{{\"seq\":{seq}{separator}{rest}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn frames_carry_type_id_version_status_and_seq() {
+        let event = JobEvent {
+            user_id: "alice".into(),
+            message_id: Uuid::nil(),
+            version: Some(3),
+            kind: JobEventKind::Complete {
+                image_url: "/images/x.png".into(),
+                placeholder: false,
+                notice: None,
+            },
+        };
+        let frame: Value = serde_json::from_str(&with_seq(&event.frame_body(), 9)).unwrap();
+        assert_eq!(
+            frame,
+            json!({"seq": 9, "type": "job.complete", "id": Uuid::nil(), "version": 3, "status": "complete",
+                   "image_url": "/images/x.png", "placeholder": false, "notice": null})
+        );
+        let position = JobEvent {
+            version: None,
+            kind: JobEventKind::Position { queue_position: 2, eta_s: Some(8) },
+            ..event
+        };
+        let frame: Value = serde_json::from_str(&with_seq(&position.frame_body(), 1)).unwrap();
+        assert_eq!(frame["queue_position"], 2);
+        assert!(frame.get("version").is_none());
+    }
+
+    #[test]
+    fn events_round_trip_for_the_bus() {
+        let event = JobEvent {
+            user_id: "bob".into(),
+            message_id: Uuid::now_v7(),
+            version: Some(1),
+            kind: JobEventKind::Error {
+                error: JobError { code: "stuck_job".into(), message: "m".into() },
+            },
+        };
+        let text = serde_json::to_string(&event).unwrap();
+        assert_eq!(serde_json::from_str::<JobEvent>(&text).unwrap(), event);
+    }
+
+    #[test]
+    fn seq_is_spliced_into_empty_and_full_bodies() {
+        assert_eq!(with_seq("{}", 1), "{\"seq\":1}");
+        assert_eq!(with_seq("{\"type\":\"pong\"}", 2), "{\"seq\":2,\"type\":\"pong\"}");
+    }
+}

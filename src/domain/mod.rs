@@ -1,0 +1,13 @@
+//! Pure domain logic: no runtime, no I/O, no warp, sea-orm or fred types.
+//!
+//! Everything here is unit-tested on its own; the actors and the transport/storage edges call it.
+
+pub mod breaker;
+pub mod catalogue;
+pub mod change;
+pub mod event;
+pub mod merge;
+pub mod message;
+pub mod params;
+pub mod queue_book;
+pub mod status;

@@ -1,0 +1,7 @@
+//! forge-gateway: queues image requests, runs them on Stable Diffusion WebUI Forge servers,
+//! records every state change of every job in a database and pushes each change to the
+//! user's browsers over a WebSocket.
+//!
+//! See `docs/architecture.md` for the actors and who owns what.
+
+pub mod domain;
