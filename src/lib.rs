@@ -4,4 +4,6 @@
 //!
 //! See `docs/architecture.md` for the actors and who owns what.
 
+pub mod config;
 pub mod domain;
+pub mod sim;

@@ -1,0 +1,1 @@
+//! forge-sim: a Forge (AUTOMATIC1111 API) simulator. Being written.
