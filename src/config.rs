@@ -174,7 +174,12 @@ impl Config {
                 config.validate()?;
                 Ok(Loaded::Run(Box::new(config)))
             }
-            Err(err) if matches!(err.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+                ) =>
+            {
                 Ok(Loaded::Print(err.render().to_string()))
             }
             Err(err) => Err(one_line(&err)),
@@ -189,7 +194,9 @@ impl Config {
     {
         let mut command = Config::command();
         command = command.mut_args(|arg| arg.env(None::<&str>));
-        let matches = command.try_get_matches_from(args).map_err(|err| one_line(&err))?;
+        let matches = command
+            .try_get_matches_from(args)
+            .map_err(|err| one_line(&err))?;
         let config = <Config as clap::FromArgMatches>::from_arg_matches(&matches)
             .map_err(|err| one_line(&err))?;
         config.validate()?;
@@ -252,10 +259,14 @@ impl Config {
         if let Some(schema) = &self.database_schema
             && (schema.is_empty()
                 || schema.len() > 63
-                || !schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                || !schema
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
                 || schema.starts_with(|c: char| c.is_ascii_digit()))
         {
-            return fail(format!("DATABASE_SCHEMA (--database-schema) must be a plain identifier (letters, digits, _), got {schema:?}"));
+            return fail(format!(
+                "DATABASE_SCHEMA (--database-schema) must be a plain identifier (letters, digits, _), got {schema:?}"
+            ));
         }
         if let Some(url) = &self.redis_url
             && !(url.starts_with("redis://") || url.starts_with("rediss://"))
@@ -268,22 +279,38 @@ impl Config {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_:.".contains(c))
         {
-            return fail(format!("REDIS_PREFIX (--redis-prefix) must be letters, digits or -_:. (got {:?})", self.redis_prefix));
+            return fail(format!(
+                "REDIS_PREFIX (--redis-prefix) must be letters, digits or -_:. (got {:?})",
+                self.redis_prefix
+            ));
         }
         for url in &self.forge_urls {
             if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-                return fail(format!("FORGE_URLS (--forge-urls): {url} is not an http(s) URL"));
+                return fail(format!(
+                    "FORGE_URLS (--forge-urls): {url} is not an http(s) URL"
+                ));
             }
         }
         if self.database_max_connections == 0 {
-            return fail("DATABASE_MAX_CONNECTIONS (--database-max-connections) must be at least 1".into());
+            return fail(
+                "DATABASE_MAX_CONNECTIONS (--database-max-connections) must be at least 1".into(),
+            );
         }
         let positive = [
             ("FORGE_TIMEOUT (--forge-timeout)", self.forge_timeout),
-            ("FORGE_PROGRESS_INTERVAL (--forge-progress-interval)", self.forge_progress_interval),
+            (
+                "FORGE_PROGRESS_INTERVAL (--forge-progress-interval)",
+                self.forge_progress_interval,
+            ),
             ("STUCK_AFTER (--stuck-after)", self.stuck_after),
-            ("WATCHDOG_INTERVAL (--watchdog-interval)", self.watchdog_interval),
-            ("BREAKER_OPEN_FOR (--breaker-open-for)", self.breaker_open_for),
+            (
+                "WATCHDOG_INTERVAL (--watchdog-interval)",
+                self.watchdog_interval,
+            ),
+            (
+                "BREAKER_OPEN_FOR (--breaker-open-for)",
+                self.breaker_open_for,
+            ),
             ("WS_HEARTBEAT (--ws-heartbeat)", self.ws_heartbeat),
             ("WS_IDLE_TIMEOUT (--ws-idle-timeout)", self.ws_idle_timeout),
         ];
@@ -293,7 +320,9 @@ impl Config {
             }
         }
         if self.ws_idle_timeout <= self.ws_heartbeat {
-            return fail("WS_IDLE_TIMEOUT (--ws-idle-timeout) must be longer than WS_HEARTBEAT".into());
+            return fail(
+                "WS_IDLE_TIMEOUT (--ws-idle-timeout) must be longer than WS_HEARTBEAT".into(),
+            );
         }
         if !self.dev_mode() && self.auth_jwt_secret.is_none() {
             return fail("AUTH_JWT_SECRET (--auth-jwt-secret) is required unless dev mode is on (DEV_MODE=true)".into());
@@ -369,7 +398,14 @@ mod tests {
 
     #[test]
     fn durations_are_human() {
-        let config = Config::from_flags(["forge-gateway", "--forge-timeout", "3m", "--stuck-after", "750ms"]).unwrap();
+        let config = Config::from_flags([
+            "forge-gateway",
+            "--forge-timeout",
+            "3m",
+            "--stuck-after",
+            "750ms",
+        ])
+        .unwrap();
         assert_eq!(config.forge_timeout, Duration::from_secs(180));
         assert_eq!(config.stuck_after, Duration::from_millis(750));
     }
@@ -387,17 +423,32 @@ mod tests {
 
     #[test]
     fn without_dev_mode_a_secret_is_required() {
-        let err = Config::from_flags(["forge-gateway", "--database-url", "postgres://x/y"]).unwrap_err();
+        let err =
+            Config::from_flags(["forge-gateway", "--database-url", "postgres://x/y"]).unwrap_err();
         assert!(err.to_string().contains("AUTH_JWT_SECRET"), "{err}");
-        let config = Config::from_flags(["forge-gateway", "--database-url", "postgres://x/y", "--dev"]).unwrap();
+        let config =
+            Config::from_flags(["forge-gateway", "--database-url", "postgres://x/y", "--dev"])
+                .unwrap();
         assert!(config.dev_mode());
-        let config = Config::from_flags(["forge-gateway", "--auth-jwt-secret", "s3cret", "--dev=false"]).unwrap();
+        let config = Config::from_flags([
+            "forge-gateway",
+            "--auth-jwt-secret",
+            "s3cret",
+            "--dev=false",
+        ])
+        .unwrap();
         assert!(!config.dev_mode());
     }
 
     #[test]
     fn forge_urls_split_on_commas() {
-        let config = Config::from_flags(["forge-gateway", "--forge-urls", "http://a:7860,http://u:p@b:7861", "--dev"]).unwrap();
+        let config = Config::from_flags([
+            "forge-gateway",
+            "--forge-urls",
+            "http://a:7860,http://u:p@b:7861",
+            "--dev",
+        ])
+        .unwrap();
         assert_eq!(config.forge_urls.len(), 2);
         assert_eq!(config.forge_urls[1].username(), "u");
     }

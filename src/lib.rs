@@ -4,6 +4,16 @@
 //!
 //! See `docs/architecture.md` for the actors and who owns what.
 
+pub mod actors;
+pub mod app;
 pub mod config;
+pub mod db;
 pub mod domain;
+pub mod events;
+pub mod forge_client;
+pub mod gateway;
+pub mod http;
+pub mod images;
+pub mod metrics;
+pub mod queue;
 pub mod sim;

@@ -70,12 +70,32 @@ impl MigrationTrait for Migration {
             .await?;
 
         // The watchdog: pending jobs whose last activity is older than the limit.
-        index(manager, "idx_messages_status_activity", &[Messages::Status, Messages::ActivityAt]).await?;
+        index(
+            manager,
+            "idx_messages_status_activity",
+            &[Messages::Status, Messages::ActivityAt],
+        )
+        .await?;
         // Reloads and listings: a user's messages by status, newest first.
-        index(manager, "idx_messages_user_status_created", &[Messages::UserId, Messages::Status, Messages::CreatedAt]).await?;
-        index(manager, "idx_messages_user_created", &[Messages::UserId, Messages::CreatedAt]).await?;
+        index(
+            manager,
+            "idx_messages_user_status_created",
+            &[Messages::UserId, Messages::Status, Messages::CreatedAt],
+        )
+        .await?;
+        index(
+            manager,
+            "idx_messages_user_created",
+            &[Messages::UserId, Messages::CreatedAt],
+        )
+        .await?;
         // Rebuilding the queue: queued jobs in ticket order.
-        index(manager, "idx_messages_status_ticket", &[Messages::Status, Messages::Ticket]).await?;
+        index(
+            manager,
+            "idx_messages_status_ticket",
+            &[Messages::Status, Messages::Ticket],
+        )
+        .await?;
         // Idempotent create: one message per (user, Idempotency-Key).
         manager
             .create_index(

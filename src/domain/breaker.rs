@@ -185,12 +185,16 @@ impl CircuitBreaker {
                     None
                 }
             }
-            (Admission::Trial, Inner::HalfOpen { .. }, CallOutcome::Success) => self.set(Inner::Closed {
-                consecutive_failures: 0,
-            }),
-            (Admission::Trial, Inner::HalfOpen { .. }, CallOutcome::Failure) => self.set(Inner::Open {
-                until: now + self.open_for,
-            }),
+            (Admission::Trial, Inner::HalfOpen { .. }, CallOutcome::Success) => {
+                self.set(Inner::Closed {
+                    consecutive_failures: 0,
+                })
+            }
+            (Admission::Trial, Inner::HalfOpen { .. }, CallOutcome::Failure) => {
+                self.set(Inner::Open {
+                    until: now + self.open_for,
+                })
+            }
             (Admission::Trial, Inner::HalfOpen { .. }, CallOutcome::Neutral) => {
                 self.inner = Inner::HalfOpen {
                     trial_in_flight: false,
@@ -254,7 +258,10 @@ mod tests {
         }
         assert_eq!(
             fail(&mut breaker, &clock),
-            Some(Transition { from: BreakerState::Closed, to: BreakerState::Open })
+            Some(Transition {
+                from: BreakerState::Closed,
+                to: BreakerState::Open
+            })
         );
         assert_eq!(breaker.admit(clock.now()).0, Admission::Rejected);
     }
@@ -274,7 +281,11 @@ mod tests {
         assert_eq!(breaker.state(), BreakerState::Closed);
         let (admission, _) = breaker.admit(clock.now());
         breaker.record(admission, CallOutcome::Neutral, clock.now());
-        assert_eq!(breaker.consecutive_failures(), 4, "neutral outcomes neither count nor reset");
+        assert_eq!(
+            breaker.consecutive_failures(),
+            4,
+            "neutral outcomes neither count nor reset"
+        );
     }
 
     #[test]
@@ -286,7 +297,13 @@ mod tests {
         clock.advance(Duration::from_millis(1));
         let (admission, transition) = breaker.admit(clock.now());
         assert_eq!(admission, Admission::Trial);
-        assert_eq!(transition, Some(Transition { from: BreakerState::Open, to: BreakerState::HalfOpen }));
+        assert_eq!(
+            transition,
+            Some(Transition {
+                from: BreakerState::Open,
+                to: BreakerState::HalfOpen
+            })
+        );
     }
 
     #[test]
@@ -295,7 +312,13 @@ mod tests {
         let mut breaker = opened(&clock);
         clock.advance(OPEN_FOR);
         let admissions: Vec<_> = (0..10).map(|_| breaker.admit(clock.now()).0).collect();
-        assert_eq!(admissions.iter().filter(|a| **a == Admission::Trial).count(), 1);
+        assert_eq!(
+            admissions
+                .iter()
+                .filter(|a| **a == Admission::Trial)
+                .count(),
+            1
+        );
         assert_eq!(admissions[0], Admission::Trial);
     }
 
@@ -306,7 +329,13 @@ mod tests {
         clock.advance(OPEN_FOR);
         let (admission, _) = breaker.admit(clock.now());
         let transition = breaker.record(admission, CallOutcome::Success, clock.now());
-        assert_eq!(transition, Some(Transition { from: BreakerState::HalfOpen, to: BreakerState::Closed }));
+        assert_eq!(
+            transition,
+            Some(Transition {
+                from: BreakerState::HalfOpen,
+                to: BreakerState::Closed
+            })
+        );
         assert_eq!(breaker.admit(clock.now()).0, Admission::Allowed);
     }
 
@@ -317,7 +346,13 @@ mod tests {
         clock.advance(OPEN_FOR);
         let (admission, _) = breaker.admit(clock.now());
         let transition = breaker.record(admission, CallOutcome::Failure, clock.now());
-        assert_eq!(transition, Some(Transition { from: BreakerState::HalfOpen, to: BreakerState::Open }));
+        assert_eq!(
+            transition,
+            Some(Transition {
+                from: BreakerState::HalfOpen,
+                to: BreakerState::Open
+            })
+        );
         assert_eq!(breaker.open_until(), Some(clock.now() + OPEN_FOR));
         clock.advance(OPEN_FOR - Duration::from_secs(1));
         assert_eq!(breaker.admit(clock.now()).0, Admission::Rejected);
@@ -331,7 +366,10 @@ mod tests {
         let mut breaker = opened(&clock);
         clock.advance(OPEN_FOR);
         let (admission, _) = breaker.admit(clock.now());
-        assert_eq!(breaker.record(admission, CallOutcome::Neutral, clock.now()), None);
+        assert_eq!(
+            breaker.record(admission, CallOutcome::Neutral, clock.now()),
+            None
+        );
         assert_eq!(breaker.state(), BreakerState::HalfOpen);
         assert_eq!(breaker.admit(clock.now()).0, Admission::Trial);
         assert_eq!(breaker.admit(clock.now()).0, Admission::Rejected);
@@ -345,7 +383,10 @@ mod tests {
         fail(&mut breaker, &clock);
         fail(&mut breaker, &clock);
         assert_eq!(breaker.state(), BreakerState::Open);
-        assert_eq!(breaker.record(early, CallOutcome::Success, clock.now()), None);
+        assert_eq!(
+            breaker.record(early, CallOutcome::Success, clock.now()),
+            None
+        );
         assert_eq!(breaker.state(), BreakerState::Open);
     }
 }

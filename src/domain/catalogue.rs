@@ -100,7 +100,7 @@ pub const PLACEHOLDER_NOTICE_MESSAGE: &str = "Görüntü servisi şu anda yanıt
 /// `180s`, `2s`, `1.5s`, `0.25s`: the configured timeout as the R5.1 message shows it.
 pub fn seconds_label(duration: Duration) -> String {
     let millis = duration.as_millis();
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         format!("{}s", millis / 1000)
     } else {
         let text = format!("{:.3}", duration.as_secs_f64());
@@ -264,7 +264,10 @@ mod tests {
     #[test]
     fn requirement_messages_are_quoted_exactly() {
         assert_eq!(
-            JobFailure::ForgeTimeout { timeout: Duration::from_secs(180) }.message(),
+            JobFailure::ForgeTimeout {
+                timeout: Duration::from_secs(180)
+            }
+            .message(),
             "Forge API zaman aşımına uğradı (180s). Lütfen tekrar deneyin."
         );
         assert_eq!(
@@ -298,7 +301,9 @@ mod tests {
     fn codes_are_the_documented_ones() {
         let codes: Vec<_> = [
             JobFailure::ForgeConnection,
-            JobFailure::ForgeTimeout { timeout: Duration::from_secs(1) },
+            JobFailure::ForgeTimeout {
+                timeout: Duration::from_secs(1),
+            },
             JobFailure::Timeout,
             JobFailure::StuckJob,
             JobFailure::Unknown,
@@ -327,8 +332,15 @@ mod tests {
     #[test]
     fn api_errors_have_statuses_and_turkish_messages() {
         assert_eq!(ApiError::TooManyPending { limit: 20 }.status(), 429);
-        assert!(ApiError::TooManyPending { limit: 20 }.message().contains("20"));
-        assert_eq!(ApiError::PayloadTooLarge { limit: 65536 }.message(), "İstek gövdesi çok büyük (en fazla 64 KiB).");
+        assert!(
+            ApiError::TooManyPending { limit: 20 }
+                .message()
+                .contains("20")
+        );
+        assert_eq!(
+            ApiError::PayloadTooLarge { limit: 65536 }.message(),
+            "İstek gövdesi çok büyük (en fazla 64 KiB)."
+        );
         assert_eq!(ApiError::NotFound.status(), 404);
         assert_eq!(ApiError::validation("width", "x").field(), Some("width"));
     }

@@ -230,7 +230,12 @@ mod tests {
 
     fn created() -> Option<Message> {
         let mut current = None;
-        apply(&mut current, &Change::Create(Box::new(queued_message())), Utc::now()).unwrap();
+        apply(
+            &mut current,
+            &Change::Create(Box::new(queued_message())),
+            Utc::now(),
+        )
+        .unwrap();
         current
     }
 
@@ -239,7 +244,10 @@ mod tests {
     }
 
     fn complete() -> Transition {
-        Transition::Complete { image_url: "/images/x.png".into(), placeholder: false }
+        Transition::Complete {
+            image_url: "/images/x.png".into(),
+            placeholder: false,
+        }
     }
 
     #[test]
@@ -252,42 +260,119 @@ mod tests {
     #[test]
     fn create_twice_is_refused() {
         let mut current = created();
-        let again = apply(&mut current, &Change::Create(Box::new(queued_message())), Utc::now());
+        let again = apply(
+            &mut current,
+            &Change::Create(Box::new(queued_message())),
+            Utc::now(),
+        );
         assert_eq!(again, Err(Refusal::AlreadyExists));
     }
 
     #[test]
     fn the_lifecycle_writes_every_field_and_counts_versions() {
         let mut current = created();
-        transition(&mut current, Transition::Processing { backend: "b1".into() }).unwrap();
+        transition(
+            &mut current,
+            Transition::Processing {
+                backend: "b1".into(),
+            },
+        )
+        .unwrap();
         let message = current.as_ref().unwrap();
-        assert_eq!((message.status, message.progress, message.queue_position), (JobStatus::Processing, 0, None));
+        assert_eq!(
+            (message.status, message.progress, message.queue_position),
+            (JobStatus::Processing, 0, None)
+        );
         assert!(message.started_at.is_some());
-        apply(&mut current, &Change::Progress { progress: 40, eta_s: Some(3) }, Utc::now()).unwrap();
-        apply(&mut current, &Change::Progress { progress: 20, eta_s: Some(3) }, Utc::now()).unwrap();
-        assert_eq!(current.as_ref().unwrap().progress, 40, "progress never goes back");
+        apply(
+            &mut current,
+            &Change::Progress {
+                progress: 40,
+                eta_s: Some(3),
+            },
+            Utc::now(),
+        )
+        .unwrap();
+        apply(
+            &mut current,
+            &Change::Progress {
+                progress: 20,
+                eta_s: Some(3),
+            },
+            Utc::now(),
+        )
+        .unwrap();
+        assert_eq!(
+            current.as_ref().unwrap().progress,
+            40,
+            "progress never goes back"
+        );
         let event = transition(&mut current, complete()).unwrap();
         let message = current.unwrap();
         assert_eq!(message.version, 5);
-        assert_eq!((message.status, message.progress), (JobStatus::Complete, 100));
+        assert_eq!(
+            (message.status, message.progress),
+            (JobStatus::Complete, 100)
+        );
         assert_eq!(message.image_url.as_deref(), Some("/images/x.png"));
         assert!(message.finished_at.is_some());
-        assert!(matches!(event, JobEventKind::Complete { placeholder: false, .. }));
+        assert!(matches!(
+            event,
+            JobEventKind::Complete {
+                placeholder: false,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn a_terminal_message_refuses_every_transition_and_stays_unchanged() {
-        for terminal in [complete(), Transition::Fail { error: JobFailure::Unknown.to_error() }, Transition::Cancel] {
+        for terminal in [
+            complete(),
+            Transition::Fail {
+                error: JobFailure::Unknown.to_error(),
+            },
+            Transition::Cancel,
+        ] {
             let mut current = created();
-            transition(&mut current, Transition::Processing { backend: "b".into() }).unwrap();
+            transition(
+                &mut current,
+                Transition::Processing {
+                    backend: "b".into(),
+                },
+            )
+            .unwrap();
             transition(&mut current, terminal.clone()).unwrap();
             let before = current.clone();
-            for next in [complete(), Transition::Processing { backend: "b".into() }, Transition::Cancel,
-                         Transition::Fail { error: JobFailure::Timeout.to_error() },
-                         Transition::MarkStuck { inactive_since: Utc::now() + Duration::hours(1) }] {
-                assert!(matches!(transition(&mut current, next), Err(Refusal::IllegalTransition { .. })));
+            for next in [
+                complete(),
+                Transition::Processing {
+                    backend: "b".into(),
+                },
+                Transition::Cancel,
+                Transition::Fail {
+                    error: JobFailure::Timeout.to_error(),
+                },
+                Transition::MarkStuck {
+                    inactive_since: Utc::now() + Duration::hours(1),
+                },
+            ] {
+                assert!(matches!(
+                    transition(&mut current, next),
+                    Err(Refusal::IllegalTransition { .. })
+                ));
             }
-            assert!(apply(&mut current, &Change::Progress { progress: 50, eta_s: None }, Utc::now()).is_err());
+            assert!(
+                apply(
+                    &mut current,
+                    &Change::Progress {
+                        progress: 50,
+                        eta_s: None
+                    },
+                    Utc::now()
+                )
+                .is_err()
+            );
             assert_eq!(current, before);
         }
     }
@@ -297,9 +382,19 @@ mod tests {
         let mut current = created();
         let activity = current.as_ref().unwrap().activity_at;
         let later = Utc::now() + Duration::seconds(5);
-        apply(&mut current, &Change::ClientPatch(json!({"a": {"b": 1}})), later).unwrap();
+        apply(
+            &mut current,
+            &Change::ClientPatch(json!({"a": {"b": 1}})),
+            later,
+        )
+        .unwrap();
         transition(&mut current, Transition::Cancel).unwrap();
-        apply(&mut current, &Change::ClientPatch(json!({"a": {"c": 2}})), Utc::now()).unwrap();
+        apply(
+            &mut current,
+            &Change::ClientPatch(json!({"a": {"c": 2}})),
+            Utc::now(),
+        )
+        .unwrap();
         let message = current.unwrap();
         assert_eq!(message.data, json!({"a": {"b": 1, "c": 2}}));
         assert_eq!(message.status, JobStatus::Cancelled);
@@ -310,7 +405,12 @@ mod tests {
     fn a_patch_does_not_move_activity() {
         let mut current = created();
         let activity = current.as_ref().unwrap().activity_at;
-        apply(&mut current, &Change::ClientPatch(json!({"a": 1})), Utc::now() + Duration::minutes(10)).unwrap();
+        apply(
+            &mut current,
+            &Change::ClientPatch(json!({"a": 1})),
+            Utc::now() + Duration::minutes(10),
+        )
+        .unwrap();
         assert_eq!(current.unwrap().activity_at, activity);
     }
 
@@ -318,12 +418,29 @@ mod tests {
     fn mark_stuck_applies_only_to_jobs_still_inactive() {
         let mut current = created();
         let since = current.as_ref().unwrap().activity_at - Duration::seconds(1);
-        assert_eq!(transition(&mut current, Transition::MarkStuck { inactive_since: since }), Err(Refusal::NotStuck));
+        assert_eq!(
+            transition(
+                &mut current,
+                Transition::MarkStuck {
+                    inactive_since: since
+                }
+            ),
+            Err(Refusal::NotStuck)
+        );
         let since = current.as_ref().unwrap().activity_at;
-        let event = transition(&mut current, Transition::MarkStuck { inactive_since: since }).unwrap();
+        let event = transition(
+            &mut current,
+            Transition::MarkStuck {
+                inactive_since: since,
+            },
+        )
+        .unwrap();
         let message = current.unwrap();
         assert_eq!(message.status, JobStatus::Error);
-        assert_eq!(message.error.as_ref().map(|e| e.code.as_str()), Some("stuck_job"));
+        assert_eq!(
+            message.error.as_ref().map(|e| e.code.as_str()),
+            Some("stuck_job")
+        );
         assert!(matches!(event, JobEventKind::Error { .. }));
     }
 
@@ -331,14 +448,31 @@ mod tests {
     fn changes_to_a_missing_message_are_not_found() {
         let mut current = None;
         assert_eq!(transition(&mut current, complete()), Err(Refusal::NotFound));
-        assert_eq!(apply(&mut current, &Change::ClientPatch(json!({})), Utc::now()), Err(Refusal::NotFound));
+        assert_eq!(
+            apply(&mut current, &Change::ClientPatch(json!({})), Utc::now()),
+            Err(Refusal::NotFound)
+        );
     }
 
     #[test]
     fn processing_twice_is_refused() {
         let mut current = created();
-        transition(&mut current, Transition::Processing { backend: "a".into() }).unwrap();
-        assert!(transition(&mut current, Transition::Processing { backend: "b".into() }).is_err());
+        transition(
+            &mut current,
+            Transition::Processing {
+                backend: "a".into(),
+            },
+        )
+        .unwrap();
+        assert!(
+            transition(
+                &mut current,
+                Transition::Processing {
+                    backend: "b".into()
+                }
+            )
+            .is_err()
+        );
         assert_eq!(current.unwrap().backend.as_deref(), Some("a"));
     }
 

@@ -189,7 +189,10 @@ mod tests {
         );
         let position = JobEvent {
             version: None,
-            kind: JobEventKind::Position { queue_position: 2, eta_s: Some(8) },
+            kind: JobEventKind::Position {
+                queue_position: 2,
+                eta_s: Some(8),
+            },
             ..event
         };
         let frame: Value = serde_json::from_str(&with_seq(&position.frame_body(), 1)).unwrap();
@@ -204,7 +207,10 @@ mod tests {
             message_id: Uuid::now_v7(),
             version: Some(1),
             kind: JobEventKind::Error {
-                error: JobError { code: "stuck_job".into(), message: "m".into() },
+                error: JobError {
+                    code: "stuck_job".into(),
+                    message: "m".into(),
+                },
             },
         };
         let text = serde_json::to_string(&event).unwrap();
@@ -214,6 +220,9 @@ mod tests {
     #[test]
     fn seq_is_spliced_into_empty_and_full_bodies() {
         assert_eq!(with_seq("{}", 1), "{\"seq\":1}");
-        assert_eq!(with_seq("{\"type\":\"pong\"}", 2), "{\"seq\":2,\"type\":\"pong\"}");
+        assert_eq!(
+            with_seq("{\"type\":\"pong\"}", 2),
+            "{\"seq\":2,\"type\":\"pong\"}"
+        );
     }
 }

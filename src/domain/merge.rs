@@ -61,7 +61,10 @@ pub enum PatchError {
 /// Takes the `data` patch out of a client's update body (`{"data": {...}}`), refusing any
 /// other field: server-owned ones by name, anything else as unknown. `ignore` lists envelope
 /// keys that are not fields (the WebSocket command's `type` and `id`).
-pub fn client_patch_from_body(body: &Map<String, Value>, ignore: &[&str]) -> Result<Value, PatchError> {
+pub fn client_patch_from_body(
+    body: &Map<String, Value>,
+    ignore: &[&str],
+) -> Result<Value, PatchError> {
     for key in body.keys() {
         if key == "data" || ignore.contains(&key.as_str()) {
             continue;
@@ -119,13 +122,17 @@ pub fn has_nul(value: &Value) -> bool {
     match value {
         Value::String(text) => text.contains('\0'),
         Value::Array(items) => items.iter().any(has_nul),
-        Value::Object(map) => map.iter().any(|(key, item)| key.contains('\0') || has_nul(item)),
+        Value::Object(map) => map
+            .iter()
+            .any(|(key, item)| key.contains('\0') || has_nul(item)),
         _ => false,
     }
 }
 
 fn serialized_len(value: &Value) -> usize {
-    serde_json::to_vec(value).map(|bytes| bytes.len()).unwrap_or(usize::MAX)
+    serde_json::to_vec(value)
+        .map(|bytes| bytes.len())
+        .unwrap_or(usize::MAX)
 }
 
 #[cfg(test)]
@@ -140,14 +147,24 @@ mod tests {
     #[test]
     fn merge_follows_rfc_7396() {
         let mut data = json!({"a": 1, "nested": {"x": 1, "y": 2}, "gone": true});
-        merge_client_data(&mut data, &json!({"nested": {"y": 3, "z": 4}, "gone": null, "b": [1]}))
-            .unwrap();
-        assert_eq!(data, json!({"a": 1, "nested": {"x": 1, "y": 3, "z": 4}, "b": [1]}));
+        merge_client_data(
+            &mut data,
+            &json!({"nested": {"y": 3, "z": 4}, "gone": null, "b": [1]}),
+        )
+        .unwrap();
+        assert_eq!(
+            data,
+            json!({"a": 1, "nested": {"x": 1, "y": 3, "z": 4}, "b": [1]})
+        );
     }
 
     #[test]
     fn disjoint_patches_commute() {
-        let patches = [json!({"p1": {"k": 1}}), json!({"p2": 2}), json!({"p1": {"j": 0}})];
+        let patches = [
+            json!({"p1": {"k": 1}}),
+            json!({"p2": 2}),
+            json!({"p1": {"j": 0}}),
+        ];
         let mut forward = json!({});
         let mut backward = json!({});
         for patch in &patches {
@@ -172,9 +189,18 @@ mod tests {
 
     #[test]
     fn data_must_be_an_object() {
-        assert_eq!(client_patch_from_body(&body(json!({"data": [1]})), &[]), Err(PatchError::NotAnObject));
-        assert_eq!(client_patch_from_body(&body(json!({})), &[]), Err(PatchError::NotAnObject));
-        let ok = client_patch_from_body(&body(json!({"type": "update_message", "id": "x", "data": {"a": 1}})), &["type", "id"]);
+        assert_eq!(
+            client_patch_from_body(&body(json!({"data": [1]})), &[]),
+            Err(PatchError::NotAnObject)
+        );
+        assert_eq!(
+            client_patch_from_body(&body(json!({})), &[]),
+            Err(PatchError::NotAnObject)
+        );
+        let ok = client_patch_from_body(
+            &body(json!({"type": "update_message", "id": "x", "data": {"a": 1}})),
+            &["type", "id"],
+        );
         assert_eq!(ok, Ok(json!({"a": 1})));
     }
 
@@ -184,13 +210,28 @@ mod tests {
         for _ in 0..20 {
             deep = json!({ "d": deep });
         }
-        assert_eq!(client_patch_from_body(&body(json!({"data": deep.clone()})), &[]), Err(PatchError::TooDeep));
+        assert_eq!(
+            client_patch_from_body(&body(json!({"data": deep.clone()})), &[]),
+            Err(PatchError::TooDeep)
+        );
         let mut data = json!({"keep": 1});
-        assert_eq!(merge_client_data(&mut data, &deep), Err(PatchError::TooDeep));
+        assert_eq!(
+            merge_client_data(&mut data, &deep),
+            Err(PatchError::TooDeep)
+        );
         let big = json!({"blob": "x".repeat(MAX_DATA_BYTES)});
-        assert_eq!(merge_client_data(&mut data, &big), Err(PatchError::TooLarge));
+        assert_eq!(
+            merge_client_data(&mut data, &big),
+            Err(PatchError::TooLarge)
+        );
         assert_eq!(data, json!({"keep": 1}));
-        assert_eq!(merge_client_data(&mut data, &json!({"a\u{0}": 1})), Err(PatchError::NulCharacter));
-        assert_eq!(merge_client_data(&mut data, &json!({"a": ["\u{0}"]})), Err(PatchError::NulCharacter));
+        assert_eq!(
+            merge_client_data(&mut data, &json!({"a\u{0}": 1})),
+            Err(PatchError::NulCharacter)
+        );
+        assert_eq!(
+            merge_client_data(&mut data, &json!({"a": ["\u{0}"]})),
+            Err(PatchError::NulCharacter)
+        );
     }
 }

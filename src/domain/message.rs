@@ -134,7 +134,11 @@ impl Message {
             } else {
                 None
             },
-            eta_s: if self.status.is_pending() { eta_s } else { None },
+            eta_s: if self.status.is_pending() {
+                eta_s
+            } else {
+                None
+            },
             image_url: self.image_url.clone(),
             placeholder: self.placeholder,
             notice: self.placeholder.then(Notice::placeholder),
@@ -197,6 +201,9 @@ pub(crate) mod tests {
         message.placeholder = true;
         let view = message.view(None, Some(3));
         assert_eq!(view.eta_s, None);
-        assert_eq!(view.notice.map(|n| n.code), Some("forge_unavailable".to_owned()));
+        assert_eq!(
+            view.notice.map(|n| n.code),
+            Some("forge_unavailable".to_owned())
+        );
     }
 }

@@ -16,6 +16,7 @@ pub const MAX_ID_CHARS: usize = 255;
 
 /// Generation parameters of a job, validated, with defaults filled in.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default)]
 pub struct GenerationParams {
     /// What the image should not show.
     pub negative_prompt: String,
@@ -87,9 +88,8 @@ impl CreateRequest {
                 format!("Bilinmeyen alan: '{unknown}'."),
             ));
         }
-        let prompt = text(body, "prompt")?.ok_or_else(|| {
-            ApiError::validation("prompt", "prompt alanı zorunludur.")
-        })?;
+        let prompt = text(body, "prompt")?
+            .ok_or_else(|| ApiError::validation("prompt", "prompt alanı zorunludur."))?;
         if prompt.trim().is_empty() || prompt.chars().count() > MAX_PROMPT_CHARS {
             return Err(ApiError::validation(
                 "prompt",
@@ -165,7 +165,9 @@ impl CreateRequest {
 /// The validation error for a refused client data patch.
 pub fn data_error(field: &str, err: &PatchError) -> ApiError {
     match err {
-        PatchError::ServerOwned(name) => ApiError::ServerOwnedField { field: name.clone() },
+        PatchError::ServerOwned(name) => ApiError::ServerOwnedField {
+            field: name.clone(),
+        },
         PatchError::UnknownField(name) => {
             ApiError::validation(name.as_str(), format!("Bilinmeyen alan: '{name}'."))
         }
@@ -174,16 +176,21 @@ pub fn data_error(field: &str, err: &PatchError) -> ApiError {
         }
         PatchError::TooDeep => ApiError::validation(
             field,
-            format!("{field} en fazla {} seviye iç içe olabilir.", merge::MAX_DATA_DEPTH),
+            format!(
+                "{field} en fazla {} seviye iç içe olabilir.",
+                merge::MAX_DATA_DEPTH
+            ),
         ),
         PatchError::TooLarge => ApiError::validation(
             field,
-            format!("{field} en fazla {} KiB olabilir.", merge::MAX_DATA_BYTES / 1024),
+            format!(
+                "{field} en fazla {} KiB olabilir.",
+                merge::MAX_DATA_BYTES / 1024
+            ),
         ),
-        PatchError::NulCharacter => ApiError::validation(
-            field,
-            format!("{field} NUL karakteri içeremez."),
-        ),
+        PatchError::NulCharacter => {
+            ApiError::validation(field, format!("{field} NUL karakteri içeremez."))
+        }
     }
 }
 
@@ -202,7 +209,12 @@ fn text(body: &Map<String, Value>, field: &str) -> Result<Option<String>, ApiErr
     }
 }
 
-fn integer(body: &Map<String, Value>, field: &str, min: i64, max: i64) -> Result<Option<i64>, ApiError> {
+fn integer(
+    body: &Map<String, Value>,
+    field: &str,
+    min: i64,
+    max: i64,
+) -> Result<Option<i64>, ApiError> {
     match body.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(value) => match value.as_i64() {
@@ -258,22 +270,52 @@ mod tests {
         assert_eq!(field_of(json!({"prompt": "x".repeat(2001)})), "prompt");
         assert_eq!(field_of(json!({})), "prompt");
         assert_eq!(field_of(json!({"prompt": 5})), "prompt");
-        for (width, ok) in [(64, true), (2048, true), (56, false), (2056, false), (65, false), (512, true)] {
-            assert_eq!(field_of(json!({"prompt": "p", "width": width})) == "ok", ok, "width {width}");
-            assert_eq!(field_of(json!({"prompt": "p", "height": width})) == "ok", ok, "height {width}");
+        for (width, ok) in [
+            (64, true),
+            (2048, true),
+            (56, false),
+            (2056, false),
+            (65, false),
+            (512, true),
+        ] {
+            assert_eq!(
+                field_of(json!({"prompt": "p", "width": width})) == "ok",
+                ok,
+                "width {width}"
+            );
+            assert_eq!(
+                field_of(json!({"prompt": "p", "height": width})) == "ok",
+                ok,
+                "height {width}"
+            );
         }
         assert_eq!(field_of(json!({"prompt": "p", "width": 512.5})), "width");
         assert_eq!(field_of(json!({"prompt": "p", "width": "512"})), "width");
         assert_eq!(field_of(json!({"prompt": "p", "steps": 0})), "steps");
         assert_eq!(field_of(json!({"prompt": "p", "steps": 150})), "ok");
         assert_eq!(field_of(json!({"prompt": "p", "steps": 151})), "steps");
-        assert_eq!(field_of(json!({"prompt": "p", "cfg_scale": 0.5})), "cfg_scale");
+        assert_eq!(
+            field_of(json!({"prompt": "p", "cfg_scale": 0.5})),
+            "cfg_scale"
+        );
         assert_eq!(field_of(json!({"prompt": "p", "cfg_scale": 30})), "ok");
-        assert_eq!(field_of(json!({"prompt": "p", "cfg_scale": 30.5})), "cfg_scale");
+        assert_eq!(
+            field_of(json!({"prompt": "p", "cfg_scale": 30.5})),
+            "cfg_scale"
+        );
         assert_eq!(field_of(json!({"prompt": "p", "seed": -2})), "seed");
-        assert_eq!(field_of(json!({"prompt": "p", "seed": 4294967295u64})), "ok");
-        assert_eq!(field_of(json!({"prompt": "p", "sampler_name": ""})), "sampler_name");
-        assert_eq!(field_of(json!({"prompt": "p", "conversation_id": ""})), "conversation_id");
+        assert_eq!(
+            field_of(json!({"prompt": "p", "seed": 4294967295u64})),
+            "ok"
+        );
+        assert_eq!(
+            field_of(json!({"prompt": "p", "sampler_name": ""})),
+            "sampler_name"
+        );
+        assert_eq!(
+            field_of(json!({"prompt": "p", "conversation_id": ""})),
+            "conversation_id"
+        );
         assert_eq!(field_of(json!({"prompt": "p", "data": [1]})), "data");
         assert_eq!(field_of(json!({"prompt": "p", "colour": "red"})), "colour");
         assert_eq!(field_of(json!({"prompt": "a\u{0}b"})), "prompt");

@@ -82,7 +82,9 @@ impl QueueBook {
         let index = match self.order.back() {
             Some((last, _)) if *last < job.ticket => self.order.len(),
             None => 0,
-            _ => self.order.partition_point(|(ticket, _)| *ticket < job.ticket),
+            _ => self
+                .order
+                .partition_point(|(ticket, _)| *ticket < job.ticket),
         };
         self.order.insert(index, (job.ticket, job.id));
         self.jobs.insert(job.id, job);
@@ -210,12 +212,18 @@ mod tests {
         assert_gap_free(&book);
         let updates = book.apply(QueueChange::Removed { id: job(4).id });
         assert_eq!(
-            updates.iter().map(|u| (u.id, u.position)).collect::<Vec<_>>(),
+            updates
+                .iter()
+                .map(|u| (u.id, u.position))
+                .collect::<Vec<_>>(),
             vec![(job(5).id, 3), (job(6).id, 4)]
         );
         assert_gap_free(&book);
         assert_eq!(book.position(&job(4).id), None);
-        assert!(book.apply(QueueChange::Removed { id: job(4).id }).is_empty());
+        assert!(
+            book.apply(QueueChange::Removed { id: job(4).id })
+                .is_empty()
+        );
     }
 
     #[test]
@@ -224,7 +232,10 @@ mod tests {
         book.insert(job(5));
         book.insert(job(9));
         let updates = book.apply(QueueChange::Added(job(7)));
-        assert_eq!(updates.iter().map(|u| u.position).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(
+            updates.iter().map(|u| u.position).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
         assert_eq!(positions(&book), vec![(5, 1), (7, 2), (9, 3)]);
     }
 
@@ -243,7 +254,9 @@ mod tests {
         let mut next = 1;
         let mut state: u64 = 42;
         for _ in 0..2000 {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             match state >> 62 {
                 0 | 1 => {
                     book.insert(job(next));

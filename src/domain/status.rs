@@ -61,13 +61,14 @@ impl JobStatus {
     /// transition and is always allowed (progress updates); staying in a terminal one is not.
     pub fn can_become(self, next: JobStatus) -> bool {
         use JobStatus::*;
-        match (self, next) {
-            (Queued, Queued) | (Processing, Processing) => true,
-            (Queued, Processing) => true,
-            (Processing, Complete) => true,
-            (Queued | Processing, Error | Cancelled) => true,
-            _ => false,
-        }
+        matches!(
+            (self, next),
+            (Queued, Queued)
+                | (Processing, Processing)
+                | (Queued, Processing)
+                | (Processing, Complete)
+                | (Queued | Processing, Error | Cancelled)
+        )
     }
 }
 

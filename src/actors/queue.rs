@@ -1,0 +1,477 @@
+//! `QueueActor`: owns the queue order and positions.
+//!
+//! It wraps the [`QueueStore`] (in-process or Redis), hands jobs to idle backends, keeps a
+//! mirror of the queue fed by the store's change feed and pushes `job.position` to the owner
+//! of every job whose position changed, rebuilds the queue from the database (at start and
+//! whenever the store is found empty or lost while the database holds queued jobs), and
+//! estimates ETAs from recent processing times.
+
+use crate::db::Database;
+use crate::domain::queue_book::{PositionUpdate, QueueBook, QueueChange, QueuedJob};
+use crate::events::SessionHub;
+use crate::metrics::Metrics;
+use crate::queue::{Enqueued, FeedItem, QueueError, QueueStore};
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, oneshot};
+use uuid::Uuid;
+
+/// How often idle backends look at the queue even without a feed signal (another process may
+/// have queued a job whose signal was lost), and how often the store is checked for a lost queue.
+const POLL_EVERY: Duration = Duration::from_millis(500);
+const AUDIT_EVERY: Duration = Duration::from_secs(5);
+
+/// Estimates of processing time, for ETAs.
+#[derive(Clone, Copy, Debug)]
+struct Eta {
+    /// Exponentially weighted mean seconds per job.
+    mean_seconds: Option<f64>,
+    backends: u32,
+}
+
+impl Eta {
+    fn record(&mut self, seconds: f64) {
+        self.mean_seconds = Some(match self.mean_seconds {
+            Some(mean) => mean * 0.8 + seconds * 0.2,
+            None => seconds,
+        });
+    }
+
+    /// Seconds until a job at `position` is done: the rounds of work ahead of it plus its own.
+    fn for_position(&self, position: u32) -> Option<u32> {
+        let mean = self.mean_seconds?;
+        let rounds = position.div_ceil(self.backends.max(1));
+        Some((f64::from(rounds) * mean).ceil() as u32)
+    }
+}
+
+/// The queue actor.
+pub struct QueueActor {
+    store: Arc<dyn QueueStore>,
+    db: Database,
+    hub: SessionHub,
+    metrics: Arc<Metrics>,
+    mirror: QueueBook,
+    waiters: VecDeque<oneshot::Sender<QueuedJob>>,
+    popping: bool,
+    eta: Eta,
+    rebuilding: bool,
+}
+
+impl QueueActor {
+    /// A queue actor over `store`, rebuilding from `db`, pushing positions through `hub`.
+    pub fn new(
+        store: Arc<dyn QueueStore>,
+        db: Database,
+        hub: SessionHub,
+        metrics: Arc<Metrics>,
+        backends: u32,
+    ) -> Self {
+        QueueActor {
+            store,
+            db,
+            hub,
+            metrics,
+            mirror: QueueBook::new(),
+            waiters: VecDeque::new(),
+            popping: false,
+            eta: Eta {
+                mean_seconds: None,
+                backends,
+            },
+            rebuilding: false,
+        }
+    }
+
+    /// Hands queued jobs to waiting backends, one pop at a time.
+    fn dispatch(&mut self, ctx: &mut Context<Self>) {
+        self.waiters.retain(|waiter| !waiter.is_closed());
+        if self.popping || self.waiters.is_empty() {
+            return;
+        }
+        self.popping = true;
+        let store = self.store.clone();
+        ctx.spawn(async move { store.pop().await }.into_actor(self).map(|popped, act, ctx| {
+            act.popping = false;
+            match popped {
+                Ok(Some(mut job)) => loop {
+                    match act.waiters.pop_front() {
+                        Some(waiter) => match waiter.send(job) {
+                            Ok(()) => {
+                                act.dispatch(ctx);
+                                break;
+                            }
+                            Err(returned) => job = returned,
+                        },
+                        None => {
+                            // Every waiter left (shutdown): put it back where it was.
+                            let store = act.store.clone();
+                            actix::spawn(async move {
+                                if let Err(err) = store.requeue(&job).await {
+                                    tracing::error!(job = %job.id, error = %err, "could not put a popped job back");
+                                }
+                            });
+                            break;
+                        }
+                    }
+                },
+                Ok(None) => {}
+                Err(err) => tracing::warn!(error = %err, "queue pop failed; retrying shortly"),
+            }
+        }));
+    }
+
+    fn push_positions(&self, updates: Vec<PositionUpdate>, skip: Option<Uuid>) {
+        for update in updates {
+            if Some(update.id) == skip {
+                continue;
+            }
+            let eta = self.eta.for_position(update.position);
+            self.hub
+                .deliver_position(&update.user_id, update.id, update.position, eta);
+        }
+    }
+
+    fn apply_change(&mut self, change: QueueChange, ctx: &mut Context<Self>) {
+        let added = match &change {
+            QueueChange::Added(job) => Some(job.id),
+            _ => None,
+        };
+        let updates = self.mirror.apply(change);
+        self.metrics.queue_depth.set(self.mirror.len() as i64);
+        self.push_positions(updates, added);
+        if added.is_some() {
+            self.dispatch(ctx);
+        }
+    }
+
+    fn reload_mirror(&mut self, ctx: &mut Context<Self>) {
+        let store = self.store.clone();
+        ctx.spawn(async move { store.snapshot().await }.into_actor(self).map(
+            |snapshot, act, ctx| match snapshot {
+                Ok(jobs) => act.apply_change(QueueChange::Reset(jobs), ctx),
+                Err(err) => tracing::warn!(error = %err, "could not reload the queue mirror"),
+            },
+        ));
+    }
+
+    fn rebuild(&mut self, ctx: &mut Context<Self>, reason: &'static str) {
+        if self.rebuilding {
+            return;
+        }
+        self.rebuilding = true;
+        let (store, db) = (self.store.clone(), self.db.clone());
+        let work = async move { rebuild_from_db(&*store, &db).await };
+        ctx.spawn(work.into_actor(self).map(move |result, act, ctx| {
+            act.rebuilding = false;
+            match result {
+                Ok(rebuilt) if rebuilt.added > 0 => {
+                    tracing::info!(
+                        reason,
+                        added = rebuilt.added,
+                        queued = rebuilt.queued,
+                        "queue rebuilt from the database"
+                    );
+                    act.dispatch(ctx);
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(reason, error = %err, "queue rebuild failed; will retry")
+                }
+            }
+        }));
+    }
+
+    /// The store is empty but the database holds queued jobs: the store lost them (a Redis
+    /// restart or FLUSHALL). Rebuild.
+    fn audit(&mut self, ctx: &mut Context<Self>) {
+        let (store, db) = (self.store.clone(), self.db.clone());
+        let check = async move {
+            let stored = store.depth().await?;
+            let recorded = db
+                .queued_in_ticket_order()
+                .await
+                .map_err(|err| QueueError::Unavailable(err.to_string()))?;
+            Ok::<_, QueueError>(stored == 0 && !recorded.is_empty())
+        };
+        ctx.spawn(check.into_actor(self).map(|lost, act, ctx| match lost {
+            Ok(true) => act.rebuild(
+                ctx,
+                "queue store empty while the database holds queued jobs",
+            ),
+            Ok(false) => {}
+            Err(err) => tracing::debug!(error = %err, "queue audit skipped"),
+        }));
+    }
+}
+
+/// Puts back every queued job of the database the store lacks, in ticket order.
+pub async fn rebuild_from_db(
+    store: &dyn QueueStore,
+    db: &Database,
+) -> Result<crate::queue::Rebuilt, QueueError> {
+    let unavailable = |err: crate::db::DbError| QueueError::Unavailable(err.to_string());
+    let queued = db.queued_in_ticket_order().await.map_err(unavailable)?;
+    let pending = db.pending_by_user().await.map_err(unavailable)?;
+    let max_ticket = db.max_ticket().await.map_err(unavailable)?;
+    let jobs = queued
+        .into_iter()
+        .map(|(id, user, ticket)| QueuedJob {
+            id,
+            user_id: Arc::from(user.as_str()),
+            ticket,
+        })
+        .collect();
+    store.rebuild(jobs, pending, max_ticket).await
+}
+
+impl Actor for QueueActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let feed = self.store.subscribe();
+        let stream = futures::stream::unfold(feed, |mut feed| async move {
+            let item = match feed.recv().await {
+                Ok(item) => item,
+                Err(broadcast::error::RecvError::Lagged(_)) => FeedItem::Gap,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            Some((item, feed))
+        });
+        ctx.add_stream(stream);
+        self.reload_mirror(ctx);
+        ctx.run_interval(POLL_EVERY, |act, ctx| act.dispatch(ctx));
+        ctx.run_interval(AUDIT_EVERY, |act, ctx| act.audit(ctx));
+    }
+}
+
+impl StreamHandler<FeedItem> for QueueActor {
+    fn handle(&mut self, item: FeedItem, ctx: &mut Context<Self>) {
+        match item {
+            FeedItem::Change(change) => self.apply_change(change, ctx),
+            FeedItem::Gap => self.reload_mirror(ctx),
+        }
+    }
+
+    fn finished(&mut self, _ctx: &mut Context<Self>) {
+        tracing::debug!("queue feed ended");
+    }
+}
+
+/// Queue a job, checking the owner's pending cap atomically with the enqueue.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Enqueue {
+    id: Uuid,
+    user_id: String,
+    max_pending: u32,
+    reply: oneshot::Sender<Result<Enqueued, QueueError>>,
+}
+
+impl Handler<Enqueue> for QueueActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Enqueue, ctx: &mut Context<Self>) {
+        let (store, db) = (self.store.clone(), self.db.clone());
+        let work = async move {
+            let mut healed = false;
+            let mut rebuilt = false;
+            loop {
+                match store.enqueue(msg.id, &msg.user_id, msg.max_pending).await {
+                    Err(QueueError::TooManyPending { .. }) if !healed => {
+                        // A crash between a terminal write and its release leaks a slot: free
+                        // the slots of jobs the database says are finished, then try once more.
+                        healed = true;
+                        let counted = store.pending_of(&msg.user_id).await?;
+                        let finished = db
+                            .terminal_among(&counted)
+                            .await
+                            .map_err(|e| QueueError::Unavailable(e.to_string()))?;
+                        if finished.is_empty() {
+                            return Err(QueueError::TooManyPending {
+                                limit: msg.max_pending,
+                            });
+                        }
+                        for id in finished {
+                            store.release(&msg.user_id, id).await?;
+                        }
+                    }
+                    Err(QueueError::NeedsRebuild) if !rebuilt => {
+                        rebuilt = true;
+                        let result = rebuild_from_db(&*store, &db).await?;
+                        tracing::warn!(
+                            added = result.added,
+                            "queue store had lost its state; rebuilt from the database"
+                        );
+                    }
+                    other => return other,
+                }
+            }
+        };
+        ctx.spawn(work.into_actor(self).map(move |result, _act, _ctx| {
+            let _ = msg.reply.send(result);
+        }));
+    }
+}
+
+/// Wait for the next job (a backend is free).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct NextJob {
+    reply: oneshot::Sender<QueuedJob>,
+}
+
+impl Handler<NextJob> for QueueActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: NextJob, ctx: &mut Context<Self>) {
+        self.waiters.push_back(msg.reply);
+        self.dispatch(ctx);
+    }
+}
+
+/// A job finished processing after this many seconds (feeds the ETA).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Finished {
+    seconds: f64,
+}
+
+impl Handler<Finished> for QueueActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Finished, _ctx: &mut Context<Self>) {
+        self.eta.record(msg.seconds);
+    }
+}
+
+/// Rebuild from the database now.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Rebuild;
+
+impl Handler<Rebuild> for QueueActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Rebuild, ctx: &mut Context<Self>) {
+        self.rebuild(ctx, "requested");
+    }
+}
+
+/// The ETA for a position.
+#[derive(Message)]
+#[rtype(result = "Option<u32>")]
+struct EtaFor {
+    position: u32,
+}
+
+impl Handler<EtaFor> for QueueActor {
+    type Result = Option<u32>;
+
+    fn handle(&mut self, msg: EtaFor, _ctx: &mut Context<Self>) -> Option<u32> {
+        self.eta.for_position(msg.position)
+    }
+}
+
+/// The typed handle to the queue.
+#[derive(Clone)]
+pub struct QueueHandle {
+    addr: Addr<QueueActor>,
+    store: Arc<dyn QueueStore>,
+}
+
+impl QueueHandle {
+    /// Wraps the actor's address and the store it owns (for direct reads).
+    pub fn new(addr: Addr<QueueActor>, store: Arc<dyn QueueStore>) -> Self {
+        QueueHandle { addr, store }
+    }
+
+    /// Queues a job if the user has fewer than `max_pending` pending jobs.
+    pub async fn enqueue(
+        &self,
+        id: Uuid,
+        user_id: &str,
+        max_pending: u32,
+    ) -> Result<Enqueued, QueueError> {
+        let (reply, answer) = oneshot::channel();
+        self.addr.do_send(Enqueue {
+            id,
+            user_id: user_id.to_owned(),
+            max_pending,
+            reply,
+        });
+        answer
+            .await
+            .unwrap_or_else(|_| Err(QueueError::Unavailable("the queue actor stopped".into())))
+    }
+
+    /// Waits for the next job; `None` when the queue actor stopped.
+    pub async fn next_job(&self) -> Option<QueuedJob> {
+        let (reply, answer) = oneshot::channel();
+        self.addr.do_send(NextJob { reply });
+        answer.await.ok()
+    }
+
+    /// Removes a queued job (cancel, stuck). Returns whether it was queued.
+    pub async fn remove(&self, id: Uuid) -> Result<bool, QueueError> {
+        self.store.remove(id).await
+    }
+
+    /// Frees the job's slot in its owner's pending cap.
+    pub async fn release(&self, user_id: &str, id: Uuid) -> Result<(), QueueError> {
+        self.store.release(user_id, id).await
+    }
+
+    /// Puts a popped job back (a worker that could not start it).
+    pub async fn requeue(&self, job: &QueuedJob) -> Result<(), QueueError> {
+        self.store.requeue(job).await
+    }
+
+    /// The job's live position, read from the queue itself.
+    pub async fn position(&self, id: Uuid) -> Result<Option<u32>, QueueError> {
+        self.store.position(id).await
+    }
+
+    /// Jobs queued.
+    pub async fn depth(&self) -> Result<u64, QueueError> {
+        self.store.depth().await
+    }
+
+    /// When the queue last moved.
+    pub async fn last_moved(&self) -> Result<Option<DateTime<Utc>>, QueueError> {
+        self.store.last_moved().await
+    }
+
+    /// Records that a running job advanced (the queue is moving).
+    pub async fn mark_moved(&self) -> Result<(), QueueError> {
+        self.store.mark_moved(Utc::now()).await
+    }
+
+    /// Whether the store answers.
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        self.store.ping().await
+    }
+
+    /// Reports a finished job's processing time (for ETAs).
+    pub fn finished(&self, seconds: f64) {
+        self.addr.do_send(Finished { seconds });
+    }
+
+    /// Estimated seconds until a job at `position` is done.
+    pub async fn eta_for(&self, position: u32) -> Option<u32> {
+        self.addr.send(EtaFor { position }).await.ok().flatten()
+    }
+
+    /// Rebuilds from the database now.
+    pub fn rebuild(&self) {
+        self.addr.do_send(Rebuild);
+    }
+
+    /// The store's kind (`memory` or `redis`).
+    pub fn kind(&self) -> &'static str {
+        self.store.kind()
+    }
+}

@@ -1,0 +1,336 @@
+//! `MessageStoreActor`: every write to a message goes through it.
+//!
+//! Changes to one message are applied one after another; changes to different messages are
+//! written in parallel. Changes that arrive while a write for their message is in flight wait,
+//! and the next write folds all of them into one read-modify-write. Rows ready at the same
+//! time share one transaction (a batch). Each row write is a compare-and-swap on `version`
+//! (see [`Database::apply_batch`]); a conflict puts the row's changes back in front and
+//! retries them. Events are published after commit, in commit order, and carry the version
+//! each change produced.
+
+use crate::db::{Database, RowResult, RowWork};
+use crate::domain::change::{Change, Refusal};
+use crate::domain::event::JobEvent;
+use crate::domain::message::Message;
+use crate::events::EventBus;
+use crate::metrics::Metrics;
+use actix::prelude::*;
+use chrono::Utc;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+/// Why a change was not applied.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The change is not allowed; the message is unchanged.
+    #[error("refused: {0}")]
+    Refused(Refusal),
+    /// The database failed; the transaction was rolled back and the message is unchanged.
+    #[error("{0}")]
+    Db(String),
+    /// The store is shutting down.
+    #[error("the store is stopped")]
+    Stopped,
+}
+
+/// How the store batches.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreLimits {
+    /// Write transactions in flight at once.
+    pub max_batches: usize,
+    /// Messages per transaction.
+    pub max_rows: usize,
+}
+
+impl StoreLimits {
+    /// Sensible limits for a pool of `connections` (SQLite has one writer).
+    pub fn for_backend(backend: &str, connections: u32) -> StoreLimits {
+        StoreLimits {
+            max_batches: if backend == "sqlite" {
+                1
+            } else {
+                (connections as usize / 2).clamp(1, 8)
+            },
+            max_rows: 128,
+        }
+    }
+}
+
+/// Applies one change to one message; the reply carries the message after the write.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Apply {
+    /// The message.
+    pub id: Uuid,
+    /// The change.
+    pub change: Change,
+    /// Where the outcome goes.
+    pub reply: oneshot::Sender<Result<Message, StoreError>>,
+}
+
+/// Resolves once nothing is waiting or in flight (for shutdown and tests).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Flush(pub oneshot::Sender<()>);
+
+struct Waiting {
+    change: Change,
+    reply: oneshot::Sender<Result<Message, StoreError>>,
+}
+
+/// The store actor.
+pub struct MessageStoreActor {
+    db: Database,
+    events: mpsc::UnboundedSender<JobEvent>,
+    metrics: Arc<Metrics>,
+    limits: StoreLimits,
+    waiting: HashMap<Uuid, VecDeque<Waiting>>,
+    in_flight: HashSet<Uuid>,
+    ready: VecDeque<Uuid>,
+    batches_in_flight: usize,
+    flushes: Vec<oneshot::Sender<()>>,
+}
+
+impl MessageStoreActor {
+    /// A store writing to `db` and publishing on `bus`.
+    pub fn new(
+        db: Database,
+        bus: Arc<dyn EventBus>,
+        metrics: Arc<Metrics>,
+        limits: StoreLimits,
+    ) -> Self {
+        let (events, mut queue) = mpsc::unbounded_channel::<JobEvent>();
+        // One task publishes in commit order, so a message's events never overtake each other.
+        actix::spawn(async move {
+            while let Some(event) = queue.recv().await {
+                bus.publish(event).await;
+            }
+        });
+        MessageStoreActor {
+            db,
+            events,
+            metrics,
+            limits,
+            waiting: HashMap::new(),
+            in_flight: HashSet::new(),
+            ready: VecDeque::new(),
+            batches_in_flight: 0,
+            flushes: Vec::new(),
+        }
+    }
+
+    fn enqueue(&mut self, id: Uuid, waiting: Waiting) {
+        let queue = self.waiting.entry(id).or_default();
+        let was_idle = queue.is_empty();
+        queue.push_back(waiting);
+        if was_idle && !self.in_flight.contains(&id) {
+            self.ready.push_back(id);
+        }
+    }
+
+    fn schedule(&mut self, ctx: &mut Context<Self>) {
+        while self.batches_in_flight < self.limits.max_batches && !self.ready.is_empty() {
+            let mut work = Vec::new();
+            let mut replies = Vec::new();
+            while work.len() < self.limits.max_rows {
+                let Some(id) = self.ready.pop_front() else {
+                    break;
+                };
+                let Some(queue) = self.waiting.remove(&id) else {
+                    continue;
+                };
+                self.in_flight.insert(id);
+                let (changes, senders): (Vec<_>, Vec<_>) =
+                    queue.into_iter().map(|w| (w.change, w.reply)).unzip();
+                work.push(RowWork { id, changes });
+                replies.push(senders);
+            }
+            if work.is_empty() {
+                break;
+            }
+            self.batches_in_flight += 1;
+            let db = self.db.clone();
+            let write = async move {
+                let result = db.apply_batch(&work, Utc::now()).await;
+                (work, result)
+            };
+            ctx.spawn(write.into_actor(self).map(move |(work, result), act, ctx| {
+                act.finish(work, replies, result);
+                act.schedule(ctx);
+                act.notify_flushes();
+            }));
+        }
+    }
+
+    fn finish(
+        &mut self,
+        work: Vec<RowWork>,
+        replies: Vec<Vec<oneshot::Sender<Result<Message, StoreError>>>>,
+        result: Result<Vec<RowResult>, crate::db::DbError>,
+    ) {
+        self.batches_in_flight -= 1;
+        self.metrics.store_batches.inc();
+        let rows = match result {
+            Ok(rows) => rows,
+            Err(err) => {
+                self.metrics.store_failures.inc();
+                tracing::error!(error = %err, rows = work.len(), "message write failed and was rolled back");
+                for (row, senders) in work.into_iter().zip(replies) {
+                    self.in_flight.remove(&row.id);
+                    self.requeue_if_waiting(row.id);
+                    for reply in senders {
+                        let _ = reply.send(Err(StoreError::Db(err.to_string())));
+                    }
+                }
+                return;
+            }
+        };
+        for ((row, senders), result) in work.into_iter().zip(replies).zip(rows) {
+            self.in_flight.remove(&row.id);
+            match result {
+                RowResult::Conflict => {
+                    self.metrics.store_conflict_retries.inc();
+                    // The row's changes go back in front of anything that arrived meanwhile.
+                    let queue = self.waiting.entry(row.id).or_default();
+                    for (change, reply) in row.changes.into_iter().zip(senders).rev() {
+                        queue.push_front(Waiting { change, reply });
+                    }
+                    self.ready.push_front(row.id);
+                }
+                RowResult::Done { outcomes, message } => {
+                    let mut wrote = false;
+                    for ((outcome, reply), change) in
+                        outcomes.into_iter().zip(senders).zip(&row.changes)
+                    {
+                        match (outcome, &message) {
+                            (Ok((kind, version)), Some(message)) => {
+                                wrote = true;
+                                self.metrics.store_changes.inc();
+                                if matches!(change, Change::ClientPatch(_)) {
+                                    self.metrics.store_merges.inc();
+                                }
+                                let _ = self.events.send(JobEvent {
+                                    user_id: message.user_id.clone(),
+                                    message_id: message.id,
+                                    version: Some(version),
+                                    kind,
+                                });
+                                let _ = reply.send(Ok((**message).clone()));
+                            }
+                            (Ok(_), None) => {
+                                let _ = reply.send(Err(StoreError::Refused(Refusal::NotFound)));
+                            }
+                            (Err(refusal), _) => {
+                                self.metrics.store_refusals.inc();
+                                log_refusal(row.id, change, &refusal);
+                                let _ = reply.send(Err(StoreError::Refused(refusal)));
+                            }
+                        }
+                    }
+                    if wrote {
+                        self.metrics.store_row_writes.inc();
+                    }
+                    self.requeue_if_waiting(row.id);
+                }
+            }
+        }
+    }
+
+    fn requeue_if_waiting(&mut self, id: Uuid) {
+        if self.waiting.get(&id).is_some_and(|queue| !queue.is_empty()) {
+            self.ready.push_back(id);
+        }
+    }
+
+    fn notify_flushes(&mut self) {
+        if self.batches_in_flight == 0 && self.waiting.is_empty() {
+            for flush in self.flushes.drain(..) {
+                let _ = flush.send(());
+            }
+        }
+    }
+}
+
+fn log_refusal(id: Uuid, change: &Change, refusal: &Refusal) {
+    match refusal {
+        Refusal::IllegalTransition { from, to } if from.is_terminal() => tracing::warn!(
+            message_id = %id, %from, %to,
+            "refused a write that would leave a terminal state (a late answer?); nothing changed"
+        ),
+        Refusal::NotStuck => {
+            tracing::debug!(message_id = %id, "job showed activity; not marked stuck")
+        }
+        Refusal::Patch(_) | Refusal::NotFound => {
+            tracing::debug!(message_id = %id, %refusal, "change refused")
+        }
+        _ => {
+            tracing::info!(message_id = %id, %refusal, change = change_name(change), "change refused")
+        }
+    }
+}
+
+fn change_name(change: &Change) -> &'static str {
+    match change {
+        Change::Create(_) => "create",
+        Change::Transition(transition) => transition.target().as_str(),
+        Change::Progress { .. } => "progress",
+        Change::ClientPatch(_) => "client_patch",
+    }
+}
+
+impl Actor for MessageStoreActor {
+    type Context = Context<Self>;
+}
+
+impl Handler<Apply> for MessageStoreActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Apply, ctx: &mut Context<Self>) {
+        self.enqueue(
+            msg.id,
+            Waiting {
+                change: msg.change,
+                reply: msg.reply,
+            },
+        );
+        self.schedule(ctx);
+    }
+}
+
+impl Handler<Flush> for MessageStoreActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Flush, _ctx: &mut Context<Self>) {
+        self.flushes.push(msg.0);
+        self.notify_flushes();
+    }
+}
+
+/// The typed handle to the store.
+#[derive(Clone)]
+pub struct StoreHandle {
+    addr: Addr<MessageStoreActor>,
+}
+
+impl StoreHandle {
+    /// Wraps the actor's address.
+    pub fn new(addr: Addr<MessageStoreActor>) -> Self {
+        StoreHandle { addr }
+    }
+
+    /// Applies `change` to message `id`; returns the message after the write that included it.
+    pub async fn apply(&self, id: Uuid, change: Change) -> Result<Message, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.addr.do_send(Apply { id, change, reply });
+        answer.await.unwrap_or(Err(StoreError::Stopped))
+    }
+
+    /// Waits until every accepted change is written.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        self.addr.do_send(Flush(done));
+        let _ = wait.await;
+    }
+}

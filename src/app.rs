@@ -1,0 +1,427 @@
+//! Wiring: builds the actors on an actix `System`, serves HTTP with warp, and shuts down.
+//!
+//! Threads: the actix System runs on its own thread (the core actors on its arbiter, the
+//! sessions spread over one extra arbiter per core); warp and the sockets run on a
+//! multi-thread tokio runtime. They talk through typed handles over actix mailboxes.
+
+use crate::actors::forge::{BackendHealth, ForgeActor, ForgeDeps, ForgePool, ForgeSettings};
+use crate::actors::queue::{QueueActor, QueueHandle, rebuild_from_db};
+use crate::actors::session::SessionTiming;
+use crate::actors::store::{MessageStoreActor, StoreHandle, StoreLimits};
+use crate::actors::watchdog::{WatchdogActor, WatchdogHandle, WatchdogSettings};
+use crate::config::Config;
+use crate::db::{Database, DbSettings};
+use crate::events::{EventBus, LocalBus, SessionHub};
+use crate::forge_client::{Backend, ForgeClient};
+use crate::gateway::{Gateway, GatewaySettings};
+use crate::http::auth::Auth;
+use crate::http::{self, HttpState};
+use crate::images::ImageStore;
+use crate::metrics::Metrics;
+use crate::queue::QueueStore;
+use crate::queue::memory::MemoryQueue;
+use crate::sim::{Latency, SimConfig, SimServer};
+use actix::prelude::*;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(pub String);
+
+/// A running gateway.
+pub struct RunningApp {
+    addr: SocketAddr,
+    forge_urls: Vec<String>,
+    parts: Option<Parts>,
+}
+
+struct Parts {
+    http_runtime: tokio::runtime::Runtime,
+    server_stop: oneshot::Sender<()>,
+    server_done: oneshot::Receiver<()>,
+    core: Core,
+    system: actix::System,
+    system_thread: std::thread::JoinHandle<()>,
+    state: Arc<HttpState>,
+    sim: Option<SimServer>,
+    grace: Duration,
+}
+
+/// Handles to what runs on the actix system.
+#[derive(Clone)]
+pub struct Core {
+    /// The use cases.
+    pub gateway: Gateway,
+    /// The store.
+    pub store: StoreHandle,
+    /// The queue.
+    pub queue: QueueHandle,
+    /// The backends.
+    pub forge: ForgePool,
+    /// The watchdog.
+    pub watchdog: WatchdogHandle,
+    /// Local sessions.
+    pub hub: SessionHub,
+    /// The database.
+    pub db: Database,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Arbiters for sessions.
+    pub arbiters: Vec<ArbiterHandle>,
+}
+
+impl RunningApp {
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://HOST:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The Forge backends it uses (the bundled simulator's URL in the embedded default).
+    pub fn forge_urls(&self) -> &[String] {
+        &self.forge_urls
+    }
+
+    /// Handles to the core (for tests and tools in this process).
+    pub fn core(&self) -> Option<&Core> {
+        self.parts.as_ref().map(|parts| &parts.core)
+    }
+
+    /// Graceful shutdown: stop accepting, tell sessions, let running jobs finish for up to the
+    /// grace period, write everything accepted, leave queued jobs queued.
+    pub async fn shutdown(mut self) {
+        let Some(parts) = self.parts.take() else {
+            return;
+        };
+        tracing::info!("shutting down");
+        parts
+            .state
+            .accepting
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        parts.core.hub.close_all();
+        let _ = parts.server_stop.send(());
+        let _ = tokio::time::timeout(parts.grace, parts.server_done).await;
+        let _ = tokio::time::timeout(parts.grace, parts.core.store.flush()).await;
+        let system = parts.system.clone();
+        let db = parts.core.db.clone();
+        system.stop();
+        let joined = tokio::task::spawn_blocking(move || parts.system_thread.join()).await;
+        if !matches!(joined, Ok(Ok(()))) {
+            tracing::warn!("the actor system did not stop cleanly");
+        }
+        db.close().await;
+        if let Some(sim) = parts.sim {
+            sim.shutdown().await;
+        }
+        parts.http_runtime.shutdown_background();
+        tracing::info!("stopped");
+    }
+}
+
+impl Drop for RunningApp {
+    fn drop(&mut self) {
+        if let Some(parts) = self.parts.take() {
+            parts.system.stop();
+            parts.http_runtime.shutdown_background();
+        }
+    }
+}
+
+fn fail(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> StartError {
+    move |err| StartError(format!("{what}: {err}"))
+}
+
+/// Starts the gateway. Returns once it listens.
+pub async fn start(config: Config) -> Result<RunningApp, StartError> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let http_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("http")
+        .enable_all()
+        .build()
+        .map_err(fail("cannot start the HTTP runtime"))?;
+
+    // The bundled simulator, when no Forge server is configured.
+    let (sim, forge_urls) = if config.forge_urls.is_empty() {
+        let sim_config = SimConfig {
+            latency: Latency::Fixed(config.sim_latency),
+            ..SimConfig::default()
+        };
+        let sim = http_runtime
+            .spawn(SimServer::start(
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                sim_config,
+            ))
+            .await
+            .map_err(|err| StartError(format!("simulator task: {err}")))?
+            .map_err(fail("cannot start the bundled Forge simulator"))?;
+        let url = sim.url();
+        tracing::info!(url = %url, "no FORGE_URLS given: started the bundled Forge simulator");
+        let parsed =
+            url::Url::parse(&url).map_err(|err| StartError(format!("simulator URL: {err}")))?;
+        (Some(sim), vec![parsed])
+    } else {
+        (None, config.forge_urls.clone())
+    };
+
+    let images =
+        ImageStore::open(&config.images_dir()).map_err(fail("cannot create the images folder"))?;
+    let (secret, admin_token) = secrets(&config)?;
+    let auth = Auth::new(&secret, admin_token.clone()).map_err(StartError)?;
+
+    let listener = std::net::TcpListener::bind(config.bind)
+        .map_err(fail(format!("cannot listen on {}", config.bind)))?;
+    listener.set_nonblocking(true).map_err(fail("listener"))?;
+    let addr = listener.local_addr().map_err(fail("listener"))?;
+
+    let (core_tx, core_rx) = oneshot::channel::<Result<(Core, actix::System), StartError>>();
+    let core_config = config.clone();
+    let core_urls = forge_urls.clone();
+    let core_images = images.clone();
+    let system_thread = std::thread::Builder::new()
+        .name("actors".into())
+        .spawn(move || {
+            let system = actix::System::new();
+            let built = system.block_on(build_core(core_config, core_urls, core_images, threads));
+            let ok = built.is_ok();
+            let _ = core_tx.send(built.map(|core| (core, actix::System::current())));
+            if ok {
+                let _ = system.run();
+            }
+        })
+        .map_err(fail("cannot start the actor thread"))?;
+    let (core, system) = core_rx
+        .await
+        .map_err(|_| StartError("the actor system stopped while starting".into()))??;
+
+    let state = HttpState::new(
+        core.gateway.clone(),
+        auth,
+        images,
+        core.hub.clone(),
+        core.metrics.clone(),
+        core.arbiters.clone(),
+        SessionTiming {
+            heartbeat: config.ws_heartbeat,
+            idle_timeout: config.ws_idle_timeout,
+        },
+        config.ws_outbox as usize,
+        config.dev_mode(),
+    );
+    let routes = http::routes(state.clone());
+    let (server_stop, stop_signal) = oneshot::channel::<()>();
+    let (done_tx, server_done) = oneshot::channel::<()>();
+    let server = {
+        let _guard = http_runtime.enter();
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(fail("listener"))?;
+        warp::serve(routes).incoming(listener).graceful(async move {
+            let _ = stop_signal.await;
+        })
+    };
+    http_runtime.spawn(async move {
+        server.run().await;
+        let _ = done_tx.send(());
+    });
+
+    if config.dev_mode() {
+        tracing::warn!(
+            "DEV MODE is on: POST /api/v1/dev/token issues a token for any user name; never expose this server"
+        );
+        if let Some(token) = &admin_token {
+            tracing::warn!(admin_token = %token, "dev mode admin token for /admin/*");
+        }
+    }
+    tracing::info!(
+        database = core.db.backend_name(),
+        queue = core.queue.kind(),
+        backends = core.forge.len(),
+        "listening on http://{addr}"
+    );
+    Ok(RunningApp {
+        addr,
+        forge_urls: forge_urls
+            .iter()
+            .map(|url| url.as_str().trim_end_matches('/').to_owned())
+            .collect(),
+        parts: Some(Parts {
+            http_runtime,
+            server_stop,
+            server_done,
+            core,
+            system,
+            system_thread,
+            state,
+            sim,
+            grace: config.shutdown_grace,
+        }),
+    })
+}
+
+async fn build_core(
+    config: Config,
+    forge_urls: Vec<url::Url>,
+    images: ImageStore,
+    threads: usize,
+) -> Result<Core, StartError> {
+    let db_settings = DbSettings {
+        url: config.database_url(),
+        schema: config.database_schema.clone(),
+        max_connections: config.database_max_connections,
+    };
+    let db = Database::connect(&db_settings)
+        .await
+        .map_err(|err| StartError(format!("cannot open the database: {err}")))?;
+    let metrics = Metrics::shared();
+    let hub = SessionHub::new();
+    let queue_store: Arc<dyn QueueStore> = match &config.redis_url {
+        None => Arc::new(MemoryQueue::new()),
+        Some(_) => {
+            return Err(StartError(
+                "REDIS_URL: the Redis queue store is not available in this build yet".into(),
+            ));
+        }
+    };
+    let bus: Arc<dyn EventBus> = LocalBus::new(hub.clone());
+
+    let rebuilt = rebuild_from_db(&*queue_store, &db)
+        .await
+        .map_err(|err| StartError(format!("cannot rebuild the queue from the database: {err}")))?;
+    if rebuilt.added > 0 {
+        tracing::info!(
+            jobs = rebuilt.added,
+            "queued jobs from the database are back in the queue"
+        );
+    }
+
+    let limits = StoreLimits::for_backend(db.backend_name(), config.database_max_connections);
+    let store = StoreHandle::new(
+        MessageStoreActor::new(db.clone(), bus.clone(), metrics.clone(), limits).start(),
+    );
+    let queue_addr = QueueActor::new(
+        queue_store.clone(),
+        db.clone(),
+        hub.clone(),
+        metrics.clone(),
+        forge_urls.len() as u32,
+    )
+    .start();
+    let queue = QueueHandle::new(queue_addr, queue_store);
+
+    let health = BackendHealth::default();
+    let deps = ForgeDeps {
+        queue: queue.clone(),
+        store: store.clone(),
+        images,
+        bus,
+        metrics: metrics.clone(),
+        health: health.clone(),
+    };
+    let settings = ForgeSettings {
+        timeout: config.forge_timeout,
+        progress_interval: config.forge_progress_interval,
+        previews: config.forge_previews,
+        slots: config.forge_slots,
+        breaker_failures: config.breaker_failures,
+        breaker_open_for: config.breaker_open_for,
+    };
+    let mut backends = Vec::new();
+    for url in &forge_urls {
+        let client =
+            ForgeClient::new(Backend::from_url(url), config.forge_timeout).map_err(StartError)?;
+        backends.push(ForgeActor::new(client, deps.clone(), settings.clone()).start());
+    }
+    let forge = ForgePool::new(backends, health);
+
+    let gateway = Gateway::new(
+        db.clone(),
+        store.clone(),
+        queue.clone(),
+        forge.clone(),
+        GatewaySettings {
+            max_pending_per_user: config.max_pending_per_user,
+        },
+    );
+    let watchdog = WatchdogHandle::new(
+        WatchdogActor::new(
+            db.clone(),
+            gateway.clone(),
+            metrics.clone(),
+            WatchdogSettings {
+                stuck_after: config.stuck_after,
+                interval: config.watchdog_interval,
+            },
+        )
+        .start(),
+    );
+    let arbiters = (0..threads.max(1))
+        .map(|_| Arbiter::new().handle())
+        .collect();
+    Ok(Core {
+        gateway,
+        store,
+        queue,
+        forge,
+        watchdog,
+        hub,
+        db,
+        metrics,
+        arbiters,
+    })
+}
+
+/// The JWT secret and admin token: configured, or in dev mode kept in the data folder so
+/// tokens survive restarts.
+fn secrets(config: &Config) -> Result<(Vec<u8>, Option<String>), StartError> {
+    let dev = config.dev_mode();
+    let secret = match (&config.auth_jwt_secret, dev) {
+        (Some(secret), _) => secret.as_bytes().to_vec(),
+        (None, true) => dev_file(config, "dev-jwt-secret")?.into_bytes(),
+        (None, false) => {
+            return Err(StartError(
+                "AUTH_JWT_SECRET is required unless dev mode is on".into(),
+            ));
+        }
+    };
+    let admin = match (&config.admin_token, dev) {
+        (Some(token), _) => Some(token.clone()),
+        (None, true) => Some(dev_file(config, "dev-admin-token")?),
+        (None, false) => {
+            tracing::info!("no ADMIN_TOKEN set: /admin/* is closed");
+            None
+        }
+    };
+    Ok((secret, admin))
+}
+
+fn dev_file(config: &Config, name: &str) -> Result<String, StartError> {
+    let path = config.data_dir.join(name);
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && !text.trim().is_empty()
+    {
+        return Ok(text.trim().to_owned());
+    }
+    std::fs::create_dir_all(&config.data_dir).map_err(|err| {
+        StartError(format!(
+            "cannot create {}: {err}",
+            config.data_dir.display()
+        ))
+    })?;
+    let value: String = {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        (0..32)
+            .map(|_| format!("{:02x}", rng.random::<u8>()))
+            .collect()
+    };
+    std::fs::write(&path, &value)
+        .map_err(|err| StartError(format!("cannot write {}: {err}", path.display())))?;
+    Ok(value)
+}

@@ -1,0 +1,639 @@
+//! The database edge: connecting, migrating, reading messages, and the batched
+//! compare-and-swap write the store actor uses. Converts between the sea-orm entity and the
+//! domain [`Message`]; nothing above this module sees sea-orm types.
+
+use crate::domain::catalogue::JobError;
+use crate::domain::change::{self, Change, Refusal};
+use crate::domain::event::JobEventKind;
+use crate::domain::message::Message;
+use crate::domain::params::GenerationParams;
+use crate::domain::status::JobStatus;
+use chrono::{DateTime, Utc};
+use entity::messages::{self, ActiveModel, Column, Entity};
+use migration::{Migrator, MigratorTrait};
+use parking_lot::Mutex;
+use sea_orm::sea_query::{Expr, ExprTrait as _, OnConflict};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectOptions, ConnectionTrait, Database as SeaDatabase,
+    DatabaseConnection, DbBackend, DbErr, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
+    QuerySelect, Statement, TransactionTrait,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// A database error, as callers see it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DbError {
+    /// The driver or the server failed.
+    #[error("database error: {0}")]
+    Db(String),
+    /// A row that does not decode (a bug or a manual edit).
+    #[error("message {id} does not decode: {reason}")]
+    Corrupt {
+        /// The row.
+        id: Uuid,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl From<DbErr> for DbError {
+    fn from(err: DbErr) -> Self {
+        DbError::Db(err.to_string())
+    }
+}
+
+/// How to connect.
+#[derive(Clone, Debug)]
+pub struct DbSettings {
+    /// `postgres://…` or `sqlite://…`.
+    pub url: String,
+    /// PostgreSQL schema to create and use.
+    pub schema: Option<String>,
+    /// Pool size.
+    pub max_connections: u32,
+}
+
+/// Connections to the database: a read pool and a write pool (one connection on SQLite,
+/// which has a single writer anyway; the read pool on PostgreSQL).
+#[derive(Clone)]
+pub struct Database {
+    read: DatabaseConnection,
+    write: DatabaseConnection,
+    backend: DbBackend,
+    faults: Arc<Mutex<Option<InjectedFault>>>,
+}
+
+/// A statement the next writes run inside their transaction before commit, to prove that a
+/// failure mid-write rolls everything back (used by tests; never armed in production).
+#[derive(Clone, Debug)]
+struct InjectedFault {
+    sql: String,
+    remaining: u32,
+}
+
+/// Filters of a message listing.
+#[derive(Clone, Debug, Default)]
+pub struct ListFilter {
+    /// Only these statuses (empty = all).
+    pub statuses: Vec<JobStatus>,
+    /// Only this conversation.
+    pub conversation_id: Option<String>,
+    /// At most this many (newest first).
+    pub limit: u64,
+    /// Only messages older than this one.
+    pub before: Option<Uuid>,
+}
+
+/// The changes for one message in a batch, in arrival order.
+#[derive(Debug)]
+pub struct RowWork {
+    /// The message.
+    pub id: Uuid,
+    /// Its changes, applied one after another in one read-modify-write.
+    pub changes: Vec<Change>,
+}
+
+/// What happened to one row of a batch.
+#[derive(Debug)]
+pub enum RowResult {
+    /// Another writer changed the row since we read it: nothing was written; retry.
+    Conflict,
+    /// Written (or every change was refused and nothing needed writing).
+    Done {
+        /// One outcome per change: the event it produced and the version after it, or why it was refused.
+        outcomes: Vec<Result<(JobEventKind, i64), Refusal>>,
+        /// The message after all its changes (`None` if it does not exist).
+        message: Option<Box<Message>>,
+    },
+}
+
+impl Database {
+    /// Connects, creates the schema if asked, and runs the migrations.
+    pub async fn connect(settings: &DbSettings) -> Result<Database, DbError> {
+        let is_sqlite = settings.url.starts_with("sqlite:");
+        if is_sqlite {
+            create_sqlite_parent(&settings.url)?;
+        }
+        let read = connect_pool(
+            settings,
+            if is_sqlite {
+                Ord::max(settings.max_connections, 2)
+            } else {
+                settings.max_connections
+            },
+        )
+        .await?;
+        let write = if is_sqlite {
+            connect_pool(settings, 1).await?
+        } else {
+            read.clone()
+        };
+        let backend = read.get_database_backend();
+        if let (DbBackend::Postgres, Some(schema)) = (backend, &settings.schema) {
+            write
+                .execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+                .await?;
+        }
+        Migrator::up(&write, None).await?;
+        Ok(Database {
+            read,
+            write,
+            backend,
+            faults: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            DbBackend::Postgres => "postgres",
+            DbBackend::Sqlite => "sqlite",
+            _ => "other",
+        }
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        self.read.ping().await?;
+        Ok(())
+    }
+
+    /// Closes the pools.
+    pub async fn close(self) {
+        let _ = self.read.close().await;
+        if self.backend == DbBackend::Sqlite {
+            let _ = self.write.close().await;
+        }
+    }
+
+    /// Makes the next `count` batch writes run `sql` inside their transaction before commit
+    /// (a failing statement, or one that kills the connection), so tests can prove rollback.
+    pub fn inject_fault(&self, sql: &str, count: u32) {
+        *self.faults.lock() = Some(InjectedFault {
+            sql: sql.to_owned(),
+            remaining: count,
+        });
+    }
+
+    /// One message.
+    pub async fn get(&self, id: Uuid) -> Result<Option<Message>, DbError> {
+        Entity::find_by_id(id)
+            .one(&self.read)
+            .await?
+            .map(to_domain)
+            .transpose()
+    }
+
+    /// One message of one user (another user's id answers `None`).
+    pub async fn get_for_user(&self, user_id: &str, id: Uuid) -> Result<Option<Message>, DbError> {
+        Ok(self
+            .get(id)
+            .await?
+            .filter(|message| message.user_id == user_id))
+    }
+
+    /// A user's message with this idempotency key.
+    pub async fn find_by_idempotency_key(
+        &self,
+        user_id: &str,
+        key: &str,
+    ) -> Result<Option<Message>, DbError> {
+        Entity::find()
+            .filter(Column::UserId.eq(user_id))
+            .filter(Column::IdempotencyKey.eq(key))
+            .one(&self.read)
+            .await?
+            .map(to_domain)
+            .transpose()
+    }
+
+    /// A user's messages, newest first.
+    pub async fn list(&self, user_id: &str, filter: &ListFilter) -> Result<Vec<Message>, DbError> {
+        let mut query = Entity::find().filter(Column::UserId.eq(user_id));
+        if !filter.statuses.is_empty() {
+            query = query.filter(Column::Status.is_in(filter.statuses.iter().map(|s| s.as_str())));
+        }
+        if let Some(conversation) = &filter.conversation_id {
+            query = query.filter(Column::ConversationId.eq(conversation.as_str()));
+        }
+        if let Some(before) = filter.before {
+            match Entity::find_by_id(before).one(&self.read).await? {
+                Some(cursor) if cursor.user_id == user_id => {
+                    query = query.filter(
+                        Column::CreatedAt.lt(cursor.created_at).or(Column::CreatedAt
+                            .eq(cursor.created_at)
+                            .and(Column::Id.lt(before))),
+                    );
+                }
+                _ => return Ok(Vec::new()),
+            }
+        }
+        query
+            .order_by_desc(Column::CreatedAt)
+            .order_by_desc(Column::Id)
+            .limit(filter.limit)
+            .all(&self.read)
+            .await?
+            .into_iter()
+            .map(to_domain)
+            .collect()
+    }
+
+    /// A user's pending (queued or processing) messages, oldest first.
+    pub async fn pending_for_user(&self, user_id: &str) -> Result<Vec<Message>, DbError> {
+        let mut messages = self
+            .list(
+                user_id,
+                &ListFilter {
+                    statuses: vec![JobStatus::Queued, JobStatus::Processing],
+                    limit: 10_000,
+                    ..ListFilter::default()
+                },
+            )
+            .await?;
+        messages.reverse();
+        Ok(messages)
+    }
+
+    /// Ids of a user's pending messages (to reconcile the queue's per-user count).
+    pub async fn pending_ids_for_user(&self, user_id: &str) -> Result<Vec<Uuid>, DbError> {
+        Ok(Entity::find()
+            .select_only()
+            .column(Column::Id)
+            .filter(Column::UserId.eq(user_id))
+            .filter(
+                Column::Status.is_in([JobStatus::Queued.as_str(), JobStatus::Processing.as_str()]),
+            )
+            .into_tuple::<Uuid>()
+            .all(&self.read)
+            .await?)
+    }
+
+    /// Which of `ids` exist and are terminal (their pending-cap slot can be freed).
+    pub async fn terminal_among(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, DbError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(Entity::find()
+            .select_only()
+            .column(Column::Id)
+            .filter(Column::Id.is_in(ids.iter().copied()))
+            .filter(
+                Column::Status
+                    .is_not_in([JobStatus::Queued.as_str(), JobStatus::Processing.as_str()]),
+            )
+            .into_tuple::<Uuid>()
+            .all(&self.read)
+            .await?)
+    }
+
+    /// The highest ticket ever drawn (new tickets must come after it).
+    pub async fn max_ticket(&self) -> Result<i64, DbError> {
+        Ok(Entity::find()
+            .select_only()
+            .column_as(Column::Ticket.max(), "max_ticket")
+            .into_tuple::<Option<i64>>()
+            .one(&self.read)
+            .await?
+            .flatten()
+            .unwrap_or(0))
+    }
+
+    /// Every queued job in ticket order: the record the queue is rebuilt from.
+    pub async fn queued_in_ticket_order(&self) -> Result<Vec<(Uuid, String, i64)>, DbError> {
+        Ok(Entity::find()
+            .select_only()
+            .column(Column::Id)
+            .column(Column::UserId)
+            .column(Column::Ticket)
+            .filter(Column::Status.eq(JobStatus::Queued.as_str()))
+            .filter(Column::Ticket.is_not_null())
+            .order_by_asc(Column::Ticket)
+            .into_tuple::<(Uuid, String, i64)>()
+            .all(&self.read)
+            .await?)
+    }
+
+    /// Pending jobs counted per user (to rebuild the queue's per-user pending sets).
+    pub async fn pending_by_user(&self) -> Result<Vec<(String, Uuid)>, DbError> {
+        Ok(Entity::find()
+            .select_only()
+            .column(Column::UserId)
+            .column(Column::Id)
+            .filter(
+                Column::Status.is_in([JobStatus::Queued.as_str(), JobStatus::Processing.as_str()]),
+            )
+            .into_tuple::<(String, Uuid)>()
+            .all(&self.read)
+            .await?)
+    }
+
+    /// Stuck jobs, by one indexed query on `(status, activity_at)`: processing jobs with no
+    /// activity since `cutoff`, and queued ones with none since `cutoff` while the queue did not
+    /// move since then either (a long but moving queue is not stuck).
+    pub async fn stuck_jobs(
+        &self,
+        cutoff: DateTime<Utc>,
+        queue_moved_at: Option<DateTime<Utc>>,
+        limit: u64,
+    ) -> Result<Vec<(Uuid, String, JobStatus)>, DbError> {
+        let queue_still = queue_moved_at.is_none_or(|moved| moved <= cutoff);
+        let statuses: Vec<&str> = if queue_still {
+            vec![JobStatus::Queued.as_str(), JobStatus::Processing.as_str()]
+        } else {
+            vec![JobStatus::Processing.as_str()]
+        };
+        let rows = Entity::find()
+            .select_only()
+            .column(Column::Id)
+            .column(Column::UserId)
+            .column(Column::Status)
+            .filter(Column::Status.is_in(statuses))
+            .filter(Column::ActivityAt.lte(cutoff))
+            .limit(limit)
+            .into_tuple::<(Uuid, String, String)>()
+            .all(&self.read)
+            .await?;
+        rows.into_iter()
+            .map(|(id, user, status)| {
+                let status =
+                    status
+                        .parse()
+                        .map_err(
+                            |err: crate::domain::status::UnknownStatus| DbError::Corrupt {
+                                id,
+                                reason: err.to_string(),
+                            },
+                        )?;
+                Ok((id, user, status))
+            })
+            .collect()
+    }
+
+    /// Messages counted by status (for the metrics).
+    pub async fn count_by_status(&self) -> Result<Vec<(JobStatus, i64)>, DbError> {
+        #[derive(FromQueryResult)]
+        struct Count {
+            status: String,
+            count: i64,
+        }
+        let rows = Count::find_by_statement(Statement::from_string(
+            self.backend,
+            "SELECT status, COUNT(*) AS count FROM messages GROUP BY status",
+        ))
+        .all(&self.read)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| row.status.parse().ok().map(|status| (status, row.count)))
+            .collect())
+    }
+
+    /// Applies each row's changes in order (one read, one write per row) and writes every
+    /// changed row in one transaction. Each update is a compare-and-swap on `version`; a row
+    /// another writer changed meanwhile comes back as [`RowResult::Conflict`] and is not
+    /// written. Any error rolls the whole transaction back: no row changes.
+    pub async fn apply_batch(
+        &self,
+        work: &[RowWork],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<RowResult>, DbError> {
+        let ids: Vec<Uuid> = work.iter().map(|row| row.id).collect();
+        let mut current: HashMap<Uuid, messages::Model> = Entity::find()
+            .filter(Column::Id.is_in(ids))
+            .all(&self.read)
+            .await?
+            .into_iter()
+            .map(|row| (row.id, row))
+            .collect();
+
+        enum Write {
+            Insert(Box<Message>),
+            Update {
+                message: Box<Message>,
+                expected_version: i64,
+            },
+        }
+        let mut results = Vec::with_capacity(work.len());
+        let mut writes: Vec<(usize, Write)> = Vec::new();
+        for (index, row) in work.iter().enumerate() {
+            let before = current.remove(&row.id).map(to_domain).transpose()?;
+            let expected_version = before.as_ref().map(|message| message.version);
+            let mut message = before;
+            let mut outcomes = Vec::with_capacity(row.changes.len());
+            let mut changed = false;
+            for change in &row.changes {
+                let outcome = change::apply(&mut message, change, now);
+                if let Some(applied) = &message {
+                    let outcome = outcome.map(|event| (event, applied.version));
+                    changed |= outcome.is_ok();
+                    outcomes.push(outcome);
+                } else {
+                    outcomes.push(outcome.map(|event| (event, 0)));
+                }
+            }
+            if changed && let Some(after) = &message {
+                let write = match expected_version {
+                    None => Write::Insert(Box::new(after.clone())),
+                    Some(expected_version) => Write::Update {
+                        message: Box::new(after.clone()),
+                        expected_version,
+                    },
+                };
+                writes.push((index, write));
+            }
+            results.push(RowResult::Done {
+                outcomes,
+                message: message.map(Box::new),
+            });
+        }
+        if writes.is_empty() {
+            return Ok(results);
+        }
+
+        let fault = {
+            let mut guard = self.faults.lock();
+            let fault = guard
+                .as_mut()
+                .filter(|fault| fault.remaining > 0)
+                .map(|fault| {
+                    fault.remaining -= 1;
+                    fault.sql.clone()
+                });
+            if guard.as_ref().is_some_and(|fault| fault.remaining == 0) {
+                *guard = None;
+            }
+            fault
+        };
+
+        let txn = self.write.begin().await?;
+        let mut conflicts = Vec::new();
+        for (index, write) in writes {
+            let written = match write {
+                Write::Insert(message) => Entity::insert(to_active(&message))
+                    .on_conflict(OnConflict::column(Column::Id).do_nothing().to_owned())
+                    .exec_without_returning(&txn)
+                    .await
+                    .or_else(|err| match err {
+                        DbErr::RecordNotInserted => Ok(0),
+                        other => Err(other),
+                    })?,
+                Write::Update {
+                    message,
+                    expected_version,
+                } => {
+                    Entity::update_many()
+                        .set(to_active(&message))
+                        .filter(Column::Id.eq(message.id))
+                        .filter(Column::Version.eq(expected_version))
+                        .exec(&txn)
+                        .await?
+                        .rows_affected
+                }
+            };
+            if written != 1 {
+                conflicts.push(index);
+            }
+        }
+        if let Some(sql) = fault {
+            txn.execute_unprepared(&sql).await?;
+        }
+        txn.commit().await?;
+        for index in conflicts {
+            results[index] = RowResult::Conflict;
+        }
+        Ok(results)
+    }
+
+    /// Sets `activity_at` of processing jobs to `now` without a version change: a cheap
+    /// "still alive" for jobs whose generation advanced but whose progress did not change.
+    pub async fn touch_activity(&self, ids: &[Uuid], now: DateTime<Utc>) -> Result<(), DbError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        Entity::update_many()
+            .col_expr(Column::ActivityAt, Expr::value(now))
+            .filter(Column::Id.is_in(ids.iter().copied()))
+            .filter(Column::Status.eq(JobStatus::Processing.as_str()))
+            .exec(&self.write)
+            .await?;
+        Ok(())
+    }
+}
+
+async fn connect_pool(
+    settings: &DbSettings,
+    max_connections: u32,
+) -> Result<DatabaseConnection, DbError> {
+    let mut options = ConnectOptions::new(settings.url.clone());
+    options
+        .max_connections(max_connections)
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(10))
+        .sqlx_logging(false);
+    if let Some(schema) = &settings.schema {
+        options.set_schema_search_path(schema.clone());
+    }
+    options.map_sqlx_sqlite_opts(|opts| {
+        opts.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+            .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .create_if_missing(true)
+    });
+    Ok(SeaDatabase::connect(options).await?)
+}
+
+fn create_sqlite_parent(url: &str) -> Result<(), DbError> {
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:")
+        .split('?')
+        .next()
+        .unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return Ok(());
+    }
+    if let Some(parent) = std::path::Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)
+            .map_err(|err| DbError::Db(format!("cannot create {}: {err}", parent.display())))?;
+    }
+    Ok(())
+}
+
+fn to_domain(row: messages::Model) -> Result<Message, DbError> {
+    let corrupt = |reason: String| DbError::Corrupt { id: row.id, reason };
+    let status = row
+        .status
+        .parse()
+        .map_err(|err: crate::domain::status::UnknownStatus| corrupt(err.to_string()))?;
+    let params: GenerationParams = serde_json::from_value(row.params.clone())
+        .map_err(|err| corrupt(format!("params: {err}")))?;
+    let error = match (row.error_code.clone(), row.error_message.clone()) {
+        (Some(code), Some(message)) => Some(JobError { code, message }),
+        (Some(code), None) => Some(JobError {
+            code,
+            message: String::new(),
+        }),
+        _ => None,
+    };
+    Ok(Message {
+        id: row.id,
+        user_id: row.user_id,
+        conversation_id: row.conversation_id,
+        status,
+        progress: row.progress.clamp(0, 100) as u8,
+        queue_position: row.queue_position.and_then(|p| u32::try_from(p).ok()),
+        ticket: row.ticket,
+        prompt: row.prompt,
+        params,
+        image_url: row.image_url,
+        placeholder: row.placeholder,
+        error,
+        data: row.data,
+        version: row.version,
+        retry_of: row.retry_of,
+        backend: row.backend,
+        idempotency_key: row.idempotency_key,
+        created_at: row.created_at,
+        started_at: row.started_at,
+        finished_at: row.finished_at,
+        updated_at: row.updated_at,
+        activity_at: row.activity_at,
+    })
+}
+
+fn to_active(message: &Message) -> ActiveModel {
+    ActiveModel {
+        id: Set(message.id),
+        user_id: Set(message.user_id.clone()),
+        conversation_id: Set(message.conversation_id.clone()),
+        status: Set(message.status.as_str().to_owned()),
+        progress: Set(i16::from(message.progress)),
+        queue_position: Set(message
+            .queue_position
+            .map(|p| i32::try_from(p).unwrap_or(i32::MAX))),
+        ticket: Set(message.ticket),
+        prompt: Set(message.prompt.clone()),
+        params: Set(serde_json::to_value(&message.params).unwrap_or_default()),
+        image_url: Set(message.image_url.clone()),
+        placeholder: Set(message.placeholder),
+        error_code: Set(message.error.as_ref().map(|e| e.code.clone())),
+        error_message: Set(message.error.as_ref().map(|e| e.message.clone())),
+        data: Set(message.data.clone()),
+        version: Set(message.version),
+        retry_of: Set(message.retry_of),
+        backend: Set(message.backend.clone()),
+        idempotency_key: Set(message.idempotency_key.clone()),
+        created_at: Set(message.created_at),
+        started_at: Set(message.started_at),
+        finished_at: Set(message.finished_at),
+        updated_at: Set(message.updated_at),
+        activity_at: Set(message.activity_at),
+    }
+}

@@ -1,0 +1,106 @@
+//! The per-process registry of WebSocket sessions by user.
+
+use crate::actors::session::Deliver;
+use crate::domain::event::{JobEvent, JobEventKind};
+use actix::Recipient;
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use uuid::Uuid;
+
+type Sessions = Vec<(u64, Recipient<Deliver>)>;
+
+/// Routes each event to the sessions of its user. Cloning shares the registry.
+#[derive(Clone, Default)]
+pub struct SessionHub {
+    users: Arc<RwLock<HashMap<Arc<str>, Sessions>>>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl SessionHub {
+    /// An empty hub.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a session of `user`; returns its registration id.
+    pub fn register(&self, user: &str, session: Recipient<Deliver>) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.users
+            .write()
+            .entry(Arc::from(user))
+            .or_default()
+            .push((id, session));
+        id
+    }
+
+    /// Removes a session.
+    pub fn unregister(&self, user: &str, id: u64) {
+        let mut users = self.users.write();
+        if let Some(sessions) = users.get_mut(user) {
+            sessions.retain(|(registered, _)| *registered != id);
+            if sessions.is_empty() {
+                users.remove(user);
+            }
+        }
+    }
+
+    /// Sessions open in this process.
+    pub fn session_count(&self) -> usize {
+        self.users.read().values().map(Vec::len).sum()
+    }
+
+    /// Whether `user` has a session here.
+    pub fn has_sessions(&self, user: &str) -> bool {
+        self.users.read().contains_key(user)
+    }
+
+    /// Delivers a job event to its user's sessions (serialized once for all of them).
+    pub fn dispatch(&self, event: &JobEvent) {
+        let users = self.users.read();
+        let Some(sessions) = users.get(event.user_id.as_str()) else {
+            return;
+        };
+        let body: Arc<str> = Arc::from(event.frame_body());
+        for (_, session) in sessions {
+            session.do_send(Deliver::Frame {
+                body: body.clone(),
+                position_of: None,
+            });
+        }
+    }
+
+    /// Delivers a live position to the owner's sessions, where they coalesce per message.
+    pub fn deliver_position(&self, user: &str, id: Uuid, position: u32, eta_s: Option<u32>) {
+        let users = self.users.read();
+        let Some(sessions) = users.get(user) else {
+            return;
+        };
+        let event = JobEvent {
+            user_id: user.to_owned(),
+            message_id: id,
+            version: None,
+            kind: JobEventKind::Position {
+                queue_position: position,
+                eta_s,
+            },
+        };
+        let body: Arc<str> = Arc::from(event.frame_body());
+        for (_, session) in sessions {
+            session.do_send(Deliver::Frame {
+                body: body.clone(),
+                position_of: Some(id),
+            });
+        }
+    }
+
+    /// Tells every session the server is going away.
+    pub fn close_all(&self) {
+        for sessions in self.users.read().values() {
+            for (_, session) in sessions {
+                session.do_send(Deliver::Shutdown);
+            }
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The Redis event bus (production). Being written.

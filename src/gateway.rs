@@ -1,0 +1,331 @@
+//! The gateway's use cases, shared by the REST handlers and the WebSocket sessions:
+//! submit, read with live positions, patch client data, cancel, retry.
+//!
+//! Reads go straight to the database (the record) and the queue (live positions); every write
+//! goes through the store actor.
+
+use crate::actors::forge::ForgePool;
+use crate::actors::queue::QueueHandle;
+use crate::actors::store::{StoreError, StoreHandle};
+use crate::db::{Database, DbError, ListFilter};
+use crate::domain::catalogue::ApiError;
+use crate::domain::change::{Change, Refusal, Transition};
+use crate::domain::message::{Message, MessageView};
+use crate::domain::params::{CreateRequest, data_error};
+use crate::domain::status::JobStatus;
+use crate::queue::QueueError;
+use chrono::Utc;
+use serde_json::Value;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// Settings the use cases need.
+#[derive(Clone, Debug)]
+pub struct GatewaySettings {
+    /// `MAX_PENDING_PER_USER`.
+    pub max_pending_per_user: u32,
+}
+
+struct Inner {
+    db: Database,
+    store: StoreHandle,
+    queue: QueueHandle,
+    forge: ForgePool,
+    settings: GatewaySettings,
+}
+
+/// The use cases. Cloning shares them.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+/// Longest `Idempotency-Key`.
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+impl Gateway {
+    /// Wires the use cases to the actors.
+    pub fn new(
+        db: Database,
+        store: StoreHandle,
+        queue: QueueHandle,
+        forge: ForgePool,
+        settings: GatewaySettings,
+    ) -> Self {
+        Gateway {
+            inner: Arc::new(Inner {
+                db,
+                store,
+                queue,
+                forge,
+                settings,
+            }),
+        }
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Database {
+        &self.inner.db
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &QueueHandle {
+        &self.inner.queue
+    }
+
+    /// The store.
+    pub fn store(&self) -> &StoreHandle {
+        &self.inner.store
+    }
+
+    /// Queues a new message for `user`. With an idempotency key, a second call returns the
+    /// message the first one created.
+    pub async fn submit(
+        &self,
+        user: &str,
+        request: CreateRequest,
+        idempotency_key: Option<String>,
+        retry_of: Option<Uuid>,
+    ) -> Result<MessageView, ApiError> {
+        if let Some(key) = &idempotency_key {
+            if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || key.contains('\0') {
+                return Err(ApiError::validation(
+                    "Idempotency-Key",
+                    format!(
+                        "Idempotency-Key 1 ile {MAX_IDEMPOTENCY_KEY} karakter arasında olmalıdır."
+                    ),
+                ));
+            }
+            if let Some(existing) = self
+                .inner
+                .db
+                .find_by_idempotency_key(user, key)
+                .await
+                .map_err(db_error)?
+            {
+                return self.view(existing).await;
+            }
+        }
+        let id = Uuid::now_v7();
+        let enqueued = self
+            .inner
+            .queue
+            .enqueue(id, user, self.inner.settings.max_pending_per_user)
+            .await
+            .map_err(|err| match err {
+                QueueError::TooManyPending { limit } => ApiError::TooManyPending { limit },
+                other => {
+                    tracing::error!(error = %other, "enqueue failed");
+                    ApiError::Unavailable
+                }
+            })?;
+        let now = Utc::now();
+        let message = Message {
+            id,
+            user_id: user.to_owned(),
+            conversation_id: request.conversation_id,
+            status: JobStatus::Queued,
+            progress: 0,
+            queue_position: Some(enqueued.position),
+            ticket: Some(enqueued.ticket),
+            prompt: request.prompt,
+            params: request.params,
+            image_url: None,
+            placeholder: false,
+            error: None,
+            data: request.data,
+            version: 1,
+            retry_of,
+            backend: None,
+            idempotency_key: idempotency_key.clone(),
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            updated_at: now,
+            activity_at: now,
+        };
+        match self
+            .inner
+            .store
+            .apply(id, Change::Create(Box::new(message)))
+            .await
+        {
+            Ok(message) => self.view(message).await,
+            Err(err) => {
+                // Nothing was written: take the job out of the queue and free its slot.
+                let _ = self.inner.queue.remove(id).await;
+                let _ = self.inner.queue.release(user, id).await;
+                match (err, idempotency_key) {
+                    (StoreError::Refused(Refusal::AlreadyExists), Some(key)) => {
+                        // A concurrent request with the same key won the race.
+                        match self
+                            .inner
+                            .db
+                            .find_by_idempotency_key(user, &key)
+                            .await
+                            .map_err(db_error)?
+                        {
+                            Some(existing) => self.view(existing).await,
+                            None => Err(ApiError::Unavailable),
+                        }
+                    }
+                    (err, _) => {
+                        tracing::error!(error = %err, "could not record a new message");
+                        Err(ApiError::Unavailable)
+                    }
+                }
+            }
+        }
+    }
+
+    /// One of `user`'s messages with its live position.
+    pub async fn get(&self, user: &str, id: Uuid) -> Result<MessageView, ApiError> {
+        let message = self.owned(user, id).await?;
+        self.view(message).await
+    }
+
+    /// `user`'s messages, newest first, with live positions.
+    pub async fn list(
+        &self,
+        user: &str,
+        filter: &ListFilter,
+    ) -> Result<Vec<MessageView>, ApiError> {
+        let messages = self.inner.db.list(user, filter).await.map_err(db_error)?;
+        self.views(messages).await
+    }
+
+    /// `user`'s pending messages, oldest first, with live positions (the WebSocket snapshot).
+    pub async fn pending_views(&self, user: &str) -> Result<Vec<MessageView>, ApiError> {
+        let messages = self
+            .inner
+            .db
+            .pending_for_user(user)
+            .await
+            .map_err(db_error)?;
+        self.views(messages).await
+    }
+
+    /// Deep-merges a client patch into the message's data.
+    pub async fn patch(&self, user: &str, id: Uuid, patch: Value) -> Result<MessageView, ApiError> {
+        self.owned(user, id).await?;
+        match self.inner.store.apply(id, Change::ClientPatch(patch)).await {
+            Ok(message) => self.view(message).await,
+            Err(StoreError::Refused(Refusal::Patch(err))) => Err(data_error("data", &err)),
+            Err(StoreError::Refused(Refusal::NotFound)) => Err(ApiError::NotFound),
+            Err(err) => {
+                tracing::error!(message_id = %id, error = %err, "patch failed");
+                Err(ApiError::Unavailable)
+            }
+        }
+    }
+
+    /// Cancels a pending message: out of the queue, or interrupted on its backend.
+    pub async fn cancel(&self, user: &str, id: Uuid) -> Result<MessageView, ApiError> {
+        self.owned(user, id).await?;
+        match self
+            .inner
+            .store
+            .apply(id, Change::Transition(Transition::Cancel))
+            .await
+        {
+            Ok(message) => {
+                self.after_terminal(&message).await;
+                self.view(message).await
+            }
+            Err(StoreError::Refused(Refusal::IllegalTransition { from, .. })) => {
+                Err(ApiError::Conflict {
+                    message: format!("Mesaj zaten sonuçlandı ({from}); iptal edilemez."),
+                })
+            }
+            Err(StoreError::Refused(Refusal::NotFound)) => Err(ApiError::NotFound),
+            Err(err) => {
+                tracing::error!(message_id = %id, error = %err, "cancel failed");
+                Err(ApiError::Unavailable)
+            }
+        }
+    }
+
+    /// Creates a new message with the same prompt and parameters (R5.4).
+    pub async fn retry(
+        &self,
+        user: &str,
+        id: Uuid,
+        idempotency_key: Option<String>,
+    ) -> Result<MessageView, ApiError> {
+        let original = self.owned(user, id).await?;
+        if original.status.is_pending() {
+            return Err(ApiError::Conflict {
+                message: "Mesaj hâlâ işleniyor; yeniden denemek için sonuçlanmasını bekleyin."
+                    .into(),
+            });
+        }
+        let request = CreateRequest {
+            prompt: original.prompt,
+            params: original.params,
+            conversation_id: original.conversation_id,
+            data: Value::Object(Default::default()),
+        };
+        self.submit(user, request, idempotency_key, Some(id)).await
+    }
+
+    /// Frees what a job held once it is terminal: its queue entry, its backend, its cap slot.
+    pub async fn after_terminal(&self, message: &Message) {
+        let _ = self.inner.queue.remove(message.id).await;
+        self.inner.forge.abandon(message.id);
+        if let Err(err) = self.inner.queue.release(&message.user_id, message.id).await {
+            tracing::warn!(message_id = %message.id, error = %err, "could not free the pending slot; it heals at the next cap check");
+        }
+    }
+
+    /// Whether the database and the queue store answer.
+    pub async fn ready(&self) -> Result<(), String> {
+        self.inner
+            .db
+            .ping()
+            .await
+            .map_err(|err| format!("database: {err}"))?;
+        self.inner
+            .queue
+            .ping()
+            .await
+            .map_err(|err| format!("queue: {err}"))?;
+        Ok(())
+    }
+
+    async fn owned(&self, user: &str, id: Uuid) -> Result<Message, ApiError> {
+        self.inner
+            .db
+            .get_for_user(user, id)
+            .await
+            .map_err(db_error)?
+            .ok_or(ApiError::NotFound)
+    }
+
+    async fn view(&self, message: Message) -> Result<MessageView, ApiError> {
+        if message.status != JobStatus::Queued {
+            return Ok(message.view(None, None));
+        }
+        let position = self.inner.queue.position(message.id).await.map_err(|err| {
+            tracing::warn!(error = %err, "live position unavailable");
+            ApiError::Unavailable
+        })?;
+        let eta = match position {
+            Some(position) => self.inner.queue.eta_for(position).await,
+            None => None,
+        };
+        Ok(message.view(position, eta))
+    }
+
+    async fn views(&self, messages: Vec<Message>) -> Result<Vec<MessageView>, ApiError> {
+        let mut views = Vec::with_capacity(messages.len());
+        for message in messages {
+            views.push(self.view(message).await?);
+        }
+        Ok(views)
+    }
+}
+
+fn db_error(err: DbError) -> ApiError {
+    tracing::error!(error = %err, "database read failed");
+    ApiError::Unavailable
+}

@@ -1,0 +1,354 @@
+//! The REST routes of API.md, with validation of every input and one error shape.
+
+use super::{HttpState, MAX_BODY_BYTES, error_response, json_response};
+use crate::db::ListFilter;
+use crate::domain::catalogue::ApiError;
+use crate::domain::merge;
+use crate::domain::params::{CreateRequest, data_error};
+use crate::domain::status::JobStatus;
+use bytes::Buf;
+use futures::{Stream, StreamExt};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use uuid::Uuid;
+use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use warp::path::FullPath;
+use warp::reply::{Reply, Response};
+
+/// Newest-first page size of a listing, by default and at most.
+const DEFAULT_LIMIT: u64 = 50;
+const MAX_LIMIT: u64 = 200;
+
+/// The page served at `/`.
+const INDEX_HTML: &str = include_str!("../../assets/index.html");
+
+/// Answers one request.
+pub async fn route<S, B>(
+    method: Method,
+    path: FullPath,
+    query: String,
+    headers: HeaderMap,
+    body: S,
+    state: Arc<HttpState>,
+) -> Response
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send + Unpin,
+    B: Buf,
+{
+    match dispatch(&method, path.as_str(), &query, &headers, body, &state).await {
+        Ok(response) => response,
+        Err(err) => error_response(&err),
+    }
+}
+
+async fn dispatch<S, B>(
+    method: &Method,
+    path: &str,
+    query: &str,
+    headers: &HeaderMap,
+    body: S,
+    state: &HttpState,
+) -> Result<Response, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send + Unpin,
+    B: Buf,
+{
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let get = *method == Method::GET || *method == Method::HEAD;
+    let post = *method == Method::POST;
+    match segments.as_slice() {
+        [""] => only(get, || Ok(warp::reply::html(INDEX_HTML).into_response())),
+        ["healthz"] => only(get, || {
+            Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))
+        }),
+        ["readyz"] if get => Ok(readiness(state).await),
+        ["ws"] if get => Err(ApiError::validation(
+            "Upgrade",
+            "Bu adres bir WebSocket bağlantısı bekliyor (Upgrade: websocket).",
+        )),
+        ["images", file] if get => match state.images.read(file).await {
+            Some(png) => Ok(png_response(png)),
+            None => Err(ApiError::NotFound),
+        },
+        ["admin", "metrics"] if get => metrics(headers, state).await,
+        ["api", "v1", "dev", "token"] if state.dev_mode => {
+            if !post {
+                return Err(ApiError::MethodNotAllowed);
+            }
+            dev_token(body, headers, state).await
+        }
+        ["api", "v1", "messages"] if post => {
+            let user = user(headers, state)?;
+            let body = read_json(body, headers).await?;
+            let request = CreateRequest::from_json(&body)?;
+            let key = idempotency_key(headers)?;
+            let view = state.gateway.submit(&user, request, key, None).await?;
+            Ok(json_response(StatusCode::ACCEPTED, &view))
+        }
+        ["api", "v1", "messages"] if get => {
+            let user = user(headers, state)?;
+            let filter = list_filter(query)?;
+            let messages = state.gateway.list(&user, &filter).await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({"messages": messages}),
+            ))
+        }
+        ["api", "v1", "messages", id] if get => {
+            let user = user(headers, state)?;
+            let view = state.gateway.get(&user, message_id(id)?).await?;
+            Ok(json_response(StatusCode::OK, &view))
+        }
+        ["api", "v1", "messages", id] if *method == Method::PATCH => {
+            let user = user(headers, state)?;
+            let id = message_id(id)?;
+            let body = read_json(body, headers).await?;
+            let Some(object) = body.as_object() else {
+                return Err(ApiError::InvalidJson {
+                    message: "İstek gövdesi bir JSON nesnesi olmalıdır.".into(),
+                });
+            };
+            let patch = merge::client_patch_from_body(object, &[])
+                .map_err(|err| data_error("data", &err))?;
+            let view = state.gateway.patch(&user, id, patch).await?;
+            Ok(json_response(StatusCode::OK, &view))
+        }
+        ["api", "v1", "messages", id, "cancel"] if post => {
+            let user = user(headers, state)?;
+            let view = state.gateway.cancel(&user, message_id(id)?).await?;
+            Ok(json_response(StatusCode::OK, &view))
+        }
+        ["api", "v1", "messages", id, "retry"] if post => {
+            let user = user(headers, state)?;
+            let key = idempotency_key(headers)?;
+            let view = state.gateway.retry(&user, message_id(id)?, key).await?;
+            Ok(json_response(StatusCode::ACCEPTED, &view))
+        }
+        ["readyz" | "ws"]
+        | ["images", _]
+        | ["admin", "metrics"]
+        | ["api", "v1", "messages"]
+        | ["api", "v1", "messages", _]
+        | ["api", "v1", "messages", _, "cancel" | "retry"] => Err(ApiError::MethodNotAllowed),
+        _ => Err(ApiError::RouteNotFound),
+    }
+}
+
+fn only(
+    allowed: bool,
+    answer: impl FnOnce() -> Result<Response, ApiError>,
+) -> Result<Response, ApiError> {
+    if allowed {
+        answer()
+    } else {
+        Err(ApiError::MethodNotAllowed)
+    }
+}
+
+fn user(headers: &HeaderMap, state: &HttpState) -> Result<String, ApiError> {
+    let header = headers
+        .get("authorization")
+        .and_then(|value| value.to_str().ok());
+    state.auth.user_of_header(header)
+}
+
+fn message_id(text: &str) -> Result<Uuid, ApiError> {
+    Uuid::try_parse(text).map_err(|_| ApiError::NotFound)
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(value) => value.to_str().map(|key| Some(key.to_owned())).map_err(|_| {
+            ApiError::validation(
+                "Idempotency-Key",
+                "Idempotency-Key yalnızca ASCII karakterler içermelidir.",
+            )
+        }),
+    }
+}
+
+/// Reads the body up to the limit and parses it as JSON.
+async fn read_json<S, B>(mut body: S, headers: &HeaderMap) -> Result<Value, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send + Unpin,
+    B: Buf,
+{
+    let declared = headers
+        .get("content-length")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        return Err(ApiError::PayloadTooLarge {
+            limit: MAX_BODY_BYTES,
+        });
+    }
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|_| ApiError::InvalidJson {
+            message: "İstek gövdesi okunamadı.".into(),
+        })?;
+        if bytes.len() + chunk.remaining() > MAX_BODY_BYTES {
+            return Err(ApiError::PayloadTooLarge {
+                limit: MAX_BODY_BYTES,
+            });
+        }
+        while chunk.has_remaining() {
+            let piece = chunk.chunk();
+            bytes.extend_from_slice(piece);
+            let taken = piece.len();
+            chunk.advance(taken);
+        }
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::InvalidJson {
+            message: "İstek gövdesi boş; bir JSON nesnesi bekleniyor.".into(),
+        });
+    }
+    serde_json::from_slice(&bytes).map_err(|err| ApiError::InvalidJson {
+        message: format!(
+            "İstek gövdesi geçerli bir JSON değil (satır {}, sütun {}).",
+            err.line(),
+            err.column()
+        ),
+    })
+}
+
+fn list_filter(query: &str) -> Result<ListFilter, ApiError> {
+    let mut filter = ListFilter {
+        limit: DEFAULT_LIMIT,
+        ..ListFilter::default()
+    };
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        match key.as_ref() {
+            "status" => {
+                for name in value.split(',').filter(|name| !name.is_empty()) {
+                    match name {
+                        "pending" => filter.statuses.extend([JobStatus::Queued, JobStatus::Processing]),
+                        other => filter.statuses.push(other.parse().map_err(|_| {
+                            ApiError::validation("status", "status şunlardan biri olmalıdır: pending, queued, processing, complete, error, cancelled.")
+                        })?),
+                    }
+                }
+            }
+            "conversation_id" => {
+                if value.is_empty() || value.chars().count() > 255 || value.contains('\0') {
+                    return Err(ApiError::validation(
+                        "conversation_id",
+                        "conversation_id 1 ile 255 karakter arasında olmalıdır.",
+                    ));
+                }
+                filter.conversation_id = Some(value.into_owned());
+            }
+            "limit" => {
+                filter.limit = value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|limit| (1..=MAX_LIMIT).contains(limit))
+                    .ok_or_else(|| {
+                        ApiError::validation(
+                            "limit",
+                            format!("limit 1 ile {MAX_LIMIT} arasında bir tam sayı olmalıdır."),
+                        )
+                    })?;
+            }
+            "before" => {
+                filter.before = Some(Uuid::try_parse(&value).map_err(|_| {
+                    ApiError::validation("before", "before bir mesaj kimliği (UUID) olmalıdır.")
+                })?);
+            }
+            _ => {}
+        }
+    }
+    Ok(filter)
+}
+
+async fn readiness(state: &HttpState) -> Response {
+    match state.gateway.ready().await {
+        Ok(()) => json_response(StatusCode::OK, &json!({"status": "ready"})),
+        Err(detail) => {
+            tracing::warn!(%detail, "not ready");
+            let err = ApiError::Unavailable;
+            json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "unavailable", "error": {"code": err.code(), "message": err.message(), "field": null}, "detail": detail}),
+            )
+        }
+    }
+}
+
+async fn metrics(headers: &HeaderMap, state: &HttpState) -> Result<Response, ApiError> {
+    let header = headers
+        .get("authorization")
+        .and_then(|value| value.to_str().ok());
+    if !state.auth.is_admin(header) {
+        return Err(if header.is_some() {
+            ApiError::Forbidden
+        } else {
+            ApiError::Unauthorized { expired: false }
+        });
+    }
+    if let Ok(counts) = state.gateway.db().count_by_status().await {
+        for status in JobStatus::ALL {
+            let count = counts
+                .iter()
+                .find(|(s, _)| *s == status)
+                .map_or(0, |(_, c)| *c);
+            state
+                .metrics
+                .jobs_by_status
+                .get_or_create(&crate::metrics::StatusLabel {
+                    status: status.as_str().into(),
+                })
+                .set(count);
+        }
+    }
+    if let Ok(depth) = state.gateway.queue().depth().await {
+        state.metrics.queue_depth.set(depth as i64);
+    }
+    let mut response = state.metrics.encode().into_response();
+    response.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(response)
+}
+
+async fn dev_token<S, B>(
+    body: S,
+    headers: &HeaderMap,
+    state: &HttpState,
+) -> Result<Response, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send + Unpin,
+    B: Buf,
+{
+    let body = read_json(body, headers).await?;
+    let user = body
+        .get("user")
+        .and_then(Value::as_str)
+        .filter(|user| user.chars().count() <= 64 && super::auth::valid_user(user))
+        .ok_or_else(|| {
+            ApiError::validation("user", "user 1 ile 64 karakter arasında bir ad olmalıdır.")
+        })?;
+    let (token, expires_at) = state.auth.issue(user, super::auth::DEV_TOKEN_LIFETIME)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"token": token, "user": user, "expires_at": expires_at}),
+    ))
+}
+
+fn png_response(png: Vec<u8>) -> Response {
+    let mut response = png.into_response();
+    let headers = response.headers_mut();
+    headers.insert("content-type", HeaderValue::from_static("image/png"));
+    headers.insert(
+        "cache-control",
+        HeaderValue::from_static("private, max-age=3600"),
+    );
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}

@@ -1,0 +1,151 @@
+//! The HTTP edge (warp): REST, images, health, metrics and the WebSocket.
+//!
+//! One catch-all route hands every request to [`api::route`], which answers unknown routes
+//! and methods in the same JSON error shape as everything else; the WebSocket upgrade is the
+//! only other route. Handlers talk to the gateway through typed handles, never actix types.
+
+pub mod api;
+pub mod auth;
+pub mod ws;
+
+use crate::actors::session::SessionTiming;
+use crate::domain::catalogue::ApiError;
+use crate::events::SessionHub;
+use crate::gateway::Gateway;
+use crate::images::ImageStore;
+use crate::metrics::Metrics;
+use actix::ArbiterHandle;
+use auth::Auth;
+use serde_json::json;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use warp::Filter;
+use warp::http::StatusCode;
+use warp::reply::{Reply, Response};
+
+/// Largest request body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What the handlers share.
+pub struct HttpState {
+    /// The use cases.
+    pub gateway: Gateway,
+    /// Token checks.
+    pub auth: Auth,
+    /// Image files.
+    pub images: ImageStore,
+    /// Local sessions.
+    pub hub: SessionHub,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Arbiters the sessions are spread over.
+    pub arbiters: Vec<ArbiterHandle>,
+    next_arbiter: AtomicUsize,
+    /// Session heartbeat settings.
+    pub timing: SessionTiming,
+    /// Frames a session may have waiting.
+    pub outbox_capacity: usize,
+    /// Whether the dev token endpoint is on.
+    pub dev_mode: bool,
+    /// False once shutdown began: new WebSockets are refused.
+    pub accepting: AtomicBool,
+}
+
+impl HttpState {
+    /// Shared state for the routes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        gateway: Gateway,
+        auth: Auth,
+        images: ImageStore,
+        hub: SessionHub,
+        metrics: Arc<Metrics>,
+        arbiters: Vec<ArbiterHandle>,
+        timing: SessionTiming,
+        outbox_capacity: usize,
+        dev_mode: bool,
+    ) -> Arc<HttpState> {
+        Arc::new(HttpState {
+            gateway,
+            auth,
+            images,
+            hub,
+            metrics,
+            arbiters,
+            next_arbiter: AtomicUsize::new(0),
+            timing,
+            outbox_capacity,
+            dev_mode,
+            accepting: AtomicBool::new(true),
+        })
+    }
+
+    /// The next arbiter, round robin.
+    pub fn next_arbiter(&self) -> Option<&ArbiterHandle> {
+        if self.arbiters.is_empty() {
+            return None;
+        }
+        let index = self.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.arbiters.len();
+        self.arbiters.get(index)
+    }
+}
+
+/// Every route of the gateway.
+pub fn routes(
+    state: Arc<HttpState>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
+    let with_state = {
+        let state = state.clone();
+        warp::any().map(move || state.clone())
+    };
+    let query = warp::query::raw().or(warp::any().map(String::new)).unify();
+    let websocket = warp::path("ws")
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(warp::ws())
+        .and(query)
+        .and(with_state.clone())
+        .map(
+            |upgrade: warp::ws::Ws, query: String, state: Arc<HttpState>| {
+                ws::upgrade(upgrade, &query, state)
+            },
+        );
+    let everything = warp::method()
+        .and(warp::path::full())
+        .and(query)
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .and(with_state)
+        .then(api::route);
+    websocket.or(everything).unify().recover(recover).unify()
+}
+
+async fn recover(rejection: warp::Rejection) -> Result<Response, Infallible> {
+    // Only reached when a filter rejects in a way the catch-all did not absorb.
+    tracing::debug!(?rejection, "request rejected");
+    Ok(error_response(&ApiError::InvalidJson {
+        message: "İstek okunamadı.".into(),
+    }))
+}
+
+/// `{"error": {"code", "message", "field"}}` with the error's status.
+pub fn error_response(err: &ApiError) -> Response {
+    let body = json!({
+        "error": {"code": err.code(), "message": err.message(), "field": err.field()}
+    });
+    let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = warp::reply::with_status(warp::reply::json(&body), status).into_response();
+    if matches!(err, ApiError::Unauthorized { .. }) {
+        response.headers_mut().insert(
+            "www-authenticate",
+            warp::http::HeaderValue::from_static("Bearer"),
+        );
+    }
+    response
+}
+
+/// A JSON answer.
+pub fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    warp::reply::with_status(warp::reply::json(body), status).into_response()
+}

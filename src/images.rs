@@ -1,0 +1,146 @@
+//! Generated images on disk, and the bundled placeholder.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// The URL of the placeholder image served while a breaker is open.
+pub const PLACEHOLDER_URL: &str = "/images/placeholder.png";
+const PLACEHOLDER_FILE: &str = "placeholder.png";
+
+/// Where images live and how they are named.
+#[derive(Clone)]
+pub struct ImageStore {
+    dir: PathBuf,
+    placeholder: Arc<Vec<u8>>,
+}
+
+impl ImageStore {
+    /// Creates the folder if needed.
+    pub fn open(dir: &Path) -> std::io::Result<ImageStore> {
+        std::fs::create_dir_all(dir)?;
+        Ok(ImageStore {
+            dir: dir.to_owned(),
+            placeholder: Arc::new(placeholder_png()),
+        })
+    }
+
+    /// Stores a job's image; returns its URL.
+    pub async fn save(&self, id: Uuid, png: &[u8]) -> std::io::Result<String> {
+        let name = format!("{id}.png");
+        self.write(&name, png).await?;
+        Ok(format!("/images/{name}"))
+    }
+
+    /// Stores (overwrites) a job's live preview; returns its URL.
+    pub async fn save_preview(&self, id: Uuid, png: &[u8]) -> std::io::Result<String> {
+        let name = format!("{id}.preview.png");
+        self.write(&name, png).await?;
+        Ok(format!("/images/{name}"))
+    }
+
+    async fn write(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        // Write then rename, so a reader never sees half a file.
+        let temporary = self
+            .dir
+            .join(format!(".{name}.{}.tmp", Uuid::now_v7().simple()));
+        tokio::fs::write(&temporary, bytes).await?;
+        tokio::fs::rename(&temporary, self.dir.join(name)).await
+    }
+
+    /// The bytes of an image by its file name, or `None` for any name that is not one of ours
+    /// (which rules out path traversal: only `<uuid>.png`, `<uuid>.preview.png` and the placeholder).
+    pub async fn read(&self, file: &str) -> Option<Vec<u8>> {
+        if file == PLACEHOLDER_FILE {
+            return Some(self.placeholder.as_ref().clone());
+        }
+        let stem = file
+            .strip_suffix(".preview.png")
+            .or_else(|| file.strip_suffix(".png"))?;
+        let id = Uuid::try_parse(stem).ok()?;
+        let canonical = if file.ends_with(".preview.png") {
+            format!("{id}.preview.png")
+        } else {
+            format!("{id}.png")
+        };
+        if canonical != file {
+            return None;
+        }
+        tokio::fs::read(self.dir.join(canonical)).await.ok()
+    }
+}
+
+/// The bundled placeholder: a calm grey-blue card with a simple picture glyph, 512×512.
+pub fn placeholder_png() -> Vec<u8> {
+    const SIZE: u32 = 512;
+    let mut pixels = Vec::with_capacity((SIZE * SIZE * 3) as usize);
+    for y in 0..SIZE {
+        for x in 0..SIZE {
+            let (fx, fy) = (x as f32 / SIZE as f32, y as f32 / SIZE as f32);
+            let mut rgb = [
+                (200.0 - 40.0 * fy) as u8,
+                (208.0 - 36.0 * fy) as u8,
+                (220.0 - 20.0 * fy) as u8,
+            ];
+            let frame = (0.3..0.7).contains(&fx) && (0.32..0.68).contains(&fy);
+            let border = frame && !((0.31..0.69).contains(&fx) && (0.33..0.67).contains(&fy));
+            let sun = ((fx - 0.4).powi(2) + (fy - 0.42).powi(2)).sqrt() < 0.035;
+            let hill = frame && fy > 0.6 - 0.12 * (1.0 - ((fx - 0.55).abs() * 5.0).min(1.0));
+            if border || sun || hill {
+                rgb = [120, 130, 150];
+            }
+            pixels.extend_from_slice(&rgb);
+        }
+    }
+    let mut out = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut out, SIZE, SIZE);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        let written = encoder.write_header().and_then(|mut writer| {
+            writer
+                .write_image_data(&pixels)
+                .and_then(|()| writer.finish())
+        });
+        if written.is_err() {
+            out.clear();
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_our_names_are_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        let id = Uuid::now_v7();
+        let url = store.save(id, b"png").await.unwrap();
+        assert_eq!(url, format!("/images/{id}.png"));
+        assert_eq!(
+            store.read(&format!("{id}.png")).await,
+            Some(b"png".to_vec())
+        );
+        std::fs::write(dir.path().join("secret.txt"), b"x").unwrap();
+        for bad in [
+            "../secret.txt",
+            "secret.txt",
+            "..%2Fsecret.txt",
+            &format!("{}.png", id.simple()),
+            &format!("{id}.PNG"),
+            "",
+            "/etc/passwd",
+        ] {
+            assert_eq!(store.read(bad).await, None, "{bad}");
+        }
+        assert!(
+            store
+                .read("placeholder.png")
+                .await
+                .is_some_and(|png| png.starts_with(b"\x89PNG"))
+        );
+    }
+}

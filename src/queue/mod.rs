@@ -1,0 +1,123 @@
+//! The queue store: the order of queued jobs, behind one trait with two implementations.
+//!
+//! [`memory::MemoryQueue`] is the embedded default; [`redis::RedisQueue`] shares one queue
+//! between gateway processes. Both give exact 1-based positions from the queue itself, check
+//! the per-user pending cap atomically with the enqueue, and publish a totally ordered change
+//! feed from which each process mirrors the queue to push new positions to its sessions.
+
+pub mod memory;
+pub mod redis;
+
+use crate::domain::queue_book::{QueueChange, QueuedJob};
+use chrono::{DateTime, Utc};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+/// A job accepted into the queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Enqueued {
+    /// Its ticket from the atomic counter.
+    pub ticket: i64,
+    /// Its 1-based position at that moment.
+    pub position: u32,
+}
+
+/// Why the queue refused or failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    /// The user already has `limit` pending jobs.
+    #[error("the user already has {limit} pending jobs")]
+    TooManyPending {
+        /// The cap.
+        limit: u32,
+    },
+    /// The store lost its state (a Redis restart): rebuild from the database, then retry.
+    #[error("the queue store lost its state and must be rebuilt")]
+    NeedsRebuild,
+    /// The store did not answer.
+    #[error("queue store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// One entry of the change feed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FeedItem {
+    /// The next change, in the store's own order.
+    Change(QueueChange),
+    /// Changes were lost (a lagging subscriber, a dropped connection): reload the mirror from
+    /// [`QueueStore::snapshot`].
+    Gap,
+}
+
+/// The result of a rebuild.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// Jobs that were missing and were put back.
+    pub added: usize,
+    /// Jobs queued afterwards.
+    pub queued: usize,
+}
+
+/// The queue's storage.
+#[async_trait::async_trait]
+pub trait QueueStore: Send + Sync {
+    /// `memory` or `redis`.
+    fn kind(&self) -> &'static str;
+
+    /// Draws a ticket and queues `id` if `user_id` has fewer than `max_pending` pending jobs
+    /// (queued or processing); the check and the enqueue are one atomic step.
+    async fn enqueue(
+        &self,
+        id: Uuid,
+        user_id: &str,
+        max_pending: u32,
+    ) -> Result<Enqueued, QueueError>;
+
+    /// Takes the first job; each job is handed to exactly one caller, in every process.
+    async fn pop(&self) -> Result<Option<QueuedJob>, QueueError>;
+
+    /// Puts a popped job back with its ticket (a worker that could not start it).
+    async fn requeue(&self, job: &QueuedJob) -> Result<(), QueueError>;
+
+    /// Removes a queued job (cancelled, or marked stuck). Returns whether it was queued.
+    async fn remove(&self, id: Uuid) -> Result<bool, QueueError>;
+
+    /// The job is no longer pending (it reached a terminal state): frees its slot in the
+    /// user's pending cap.
+    async fn release(&self, user_id: &str, id: Uuid) -> Result<(), QueueError>;
+
+    /// The ids counted against the user's pending cap.
+    async fn pending_of(&self, user_id: &str) -> Result<Vec<Uuid>, QueueError>;
+
+    /// The job's live 1-based position, if queued.
+    async fn position(&self, id: Uuid) -> Result<Option<u32>, QueueError>;
+
+    /// Number of queued jobs.
+    async fn depth(&self) -> Result<u64, QueueError>;
+
+    /// Every queued job in order.
+    async fn snapshot(&self) -> Result<Vec<QueuedJob>, QueueError>;
+
+    /// When the queue last moved: a job left it for a backend, or a running job advanced.
+    async fn last_moved(&self) -> Result<Option<DateTime<Utc>>, QueueError>;
+
+    /// Records that work advanced (a running job made progress), so jobs waiting behind it
+    /// are not mistaken for stuck ones.
+    async fn mark_moved(&self, at: DateTime<Utc>) -> Result<(), QueueError>;
+
+    /// Puts back every job the database holds as queued that the store lacks (in ticket order,
+    /// never twice), resets the per-user pending sets from `pending`, and makes sure new
+    /// tickets come after `max_ticket`.
+    async fn rebuild(
+        &self,
+        queued: Vec<QueuedJob>,
+        pending: Vec<(String, Uuid)>,
+        max_ticket: i64,
+    ) -> Result<Rebuilt, QueueError>;
+
+    /// A receiver of the change feed.
+    fn subscribe(&self) -> broadcast::Receiver<FeedItem>;
+
+    /// Whether the store answers.
+    async fn ping(&self) -> Result<(), QueueError>;
+}

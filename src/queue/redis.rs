@@ -1,0 +1,1 @@
+//! The Redis queue store (production). Being written.

@@ -1,0 +1,349 @@
+//! The test harness: spawns the gateway on a random port with its own Forge simulator and
+//! talks to it like a client (HTTP and WebSocket).
+//!
+//! The database is SQLite in a temporary folder unless `TEST_DATABASE_URL` points at
+//! PostgreSQL, in which case every app gets a fresh schema. `TEST_REDIS_URL` selects the Redis
+//! queue and bus with a fresh key prefix per app.
+
+#![allow(dead_code)]
+
+use forge_gateway::app::{self, RunningApp};
+use forge_gateway::config::Config;
+use forge_gateway::sim::{Latency, SimConfig, SimServer};
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use uuid::Uuid;
+
+/// Longest a test waits for an expected event.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Where tests put their data.
+pub struct Storage {
+    /// Temporary folder (SQLite file and images).
+    pub dir: tempfile::TempDir,
+    /// PostgreSQL URL and schema, when testing on PostgreSQL.
+    pub postgres: Option<(String, String)>,
+    /// Redis URL and key prefix, when testing with Redis.
+    pub redis: Option<(String, String)>,
+}
+
+impl Storage {
+    /// Fresh storage for one app (or several that share it).
+    pub fn fresh() -> Storage {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let postgres = std::env::var("TEST_DATABASE_URL")
+            .ok()
+            .filter(|url| !url.is_empty())
+            .map(|url| (url, format!("t_{}", Uuid::now_v7().simple())));
+        let redis = std::env::var("TEST_REDIS_URL")
+            .ok()
+            .filter(|url| !url.is_empty())
+            .map(|url| (url, format!("t{}", Uuid::now_v7().simple())));
+        Storage {
+            dir,
+            postgres,
+            redis,
+        }
+    }
+
+    /// Flags selecting this storage.
+    pub fn flags(&self) -> Vec<String> {
+        let mut flags = vec![
+            "--data-dir".to_owned(),
+            self.dir.path().display().to_string(),
+        ];
+        if let Some((url, schema)) = &self.postgres {
+            flags.extend([
+                "--database-url".into(),
+                url.clone(),
+                "--database-schema".into(),
+                schema.clone(),
+            ]);
+        }
+        if let Some((url, prefix)) = &self.redis {
+            flags.extend([
+                "--redis-url".into(),
+                url.clone(),
+                "--redis-prefix".into(),
+                prefix.clone(),
+            ]);
+        }
+        flags
+    }
+}
+
+/// A gateway under test with its own simulator.
+pub struct TestApp {
+    pub app: Option<RunningApp>,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub sim: SimServer,
+}
+
+/// A simulator config that answers at once.
+pub fn fast_sim() -> SimConfig {
+    SimConfig {
+        latency: Latency::Fixed(Duration::from_millis(50)),
+        ..SimConfig::default()
+    }
+}
+
+/// Starts a simulator on a free port.
+pub async fn start_sim(config: SimConfig) -> SimServer {
+    SimServer::start("127.0.0.1:0".parse().expect("address"), config)
+        .await
+        .expect("simulator starts")
+}
+
+/// Config for a test app: dev mode, a free port, short timings, `storage`, then `extra` flags.
+pub fn config(storage: &Storage, forge_urls: &[String], extra: &[&str]) -> Config {
+    let mut args: Vec<String> = vec![
+        "forge-gateway".into(),
+        "--bind".into(),
+        "127.0.0.1:0".into(),
+        "--dev".into(),
+        "--forge-progress-interval".into(),
+        "100ms".into(),
+        "--shutdown-grace".into(),
+        "2s".into(),
+    ];
+    if !forge_urls.is_empty() {
+        args.extend(["--forge-urls".into(), forge_urls.join(",")]);
+    }
+    args.extend(storage.flags());
+    args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+    Config::from_flags(args).expect("test config is valid")
+}
+
+impl TestApp {
+    /// An app with a fast simulator and default settings.
+    pub async fn spawn() -> (TestApp, Storage) {
+        Self::spawn_with(fast_sim(), &[]).await
+    }
+
+    /// An app with its own simulator (`sim`) and extra flags.
+    pub async fn spawn_with(sim: SimConfig, extra: &[&str]) -> (TestApp, Storage) {
+        let storage = Storage::fresh();
+        let app = TestApp::start(&storage, sim, extra).await;
+        (app, storage)
+    }
+
+    /// An app on existing storage.
+    pub async fn start(storage: &Storage, sim: SimConfig, extra: &[&str]) -> TestApp {
+        let sim = start_sim(sim).await;
+        let config = config(storage, &[sim.url()], extra);
+        let app = app::start(config).await.expect("gateway starts");
+        let base = app.url();
+        TestApp {
+            app: Some(app),
+            base,
+            http: reqwest::Client::new(),
+            sim,
+        }
+    }
+
+    /// Graceful shutdown.
+    pub async fn stop(mut self) {
+        if let Some(app) = self.app.take() {
+            app.shutdown().await;
+        }
+        self.sim.shutdown().await;
+    }
+
+    /// A dev-mode token for `user`.
+    pub async fn token(&self, user: &str) -> String {
+        let answer: Value = self
+            .http
+            .post(format!("{}/api/v1/dev/token", self.base))
+            .json(&json!({ "user": user }))
+            .send()
+            .await
+            .expect("dev token")
+            .json()
+            .await
+            .expect("dev token JSON");
+        answer["token"].as_str().expect("token").to_owned()
+    }
+
+    /// A request with the user's token.
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+    ) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{}", self.base, path))
+            .bearer_auth(token)
+    }
+
+    /// `POST /api/v1/messages`; returns status and body.
+    pub async fn submit(&self, token: &str, body: Value) -> (u16, Value) {
+        let answer = self
+            .request(reqwest::Method::POST, "/api/v1/messages", token)
+            .json(&body)
+            .send()
+            .await
+            .expect("submit");
+        let status = answer.status().as_u16();
+        (status, answer.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `GET` a path; returns status and JSON body.
+    pub async fn get(&self, token: &str, path: &str) -> (u16, Value) {
+        let answer = self
+            .request(reqwest::Method::GET, path, token)
+            .send()
+            .await
+            .expect("get");
+        let status = answer.status().as_u16();
+        (status, answer.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Opens a WebSocket for the token and reads `hello` and `snapshot`.
+    pub async fn ws(&self, token: &str) -> WsClient {
+        WsClient::connect(&self.base, token).await
+    }
+
+    /// Polls `GET /api/v1/messages/{id}` until `done` holds for it.
+    pub async fn wait_message(
+        &self,
+        token: &str,
+        id: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let (_, message) = self.get(token, &format!("/api/v1/messages/{id}")).await;
+            if done(&message) {
+                return message;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "message {id} never reached the expected state; last: {message}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A WebSocket client.
+pub struct WsClient {
+    stream: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    /// Every frame received so far.
+    pub seen: Vec<Value>,
+    /// The `snapshot` received on connect.
+    pub snapshot: Value,
+}
+
+impl WsClient {
+    /// Connects and reads `hello` and `snapshot`.
+    pub async fn connect(base: &str, token: &str) -> WsClient {
+        let url = format!("{}/ws?token={}", base.replacen("http", "ws", 1), token);
+        let (stream, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("WebSocket connects");
+        let mut client = WsClient {
+            stream,
+            seen: Vec::new(),
+            snapshot: Value::Null,
+        };
+        let hello = client.next().await.expect("hello");
+        assert_eq!(hello["type"], "hello", "first frame is hello: {hello}");
+        let snapshot = client.next().await.expect("snapshot");
+        assert_eq!(
+            snapshot["type"], "snapshot",
+            "second frame is snapshot: {snapshot}"
+        );
+        client.snapshot = snapshot;
+        client
+    }
+
+    /// The next JSON frame, or `None` at the deadline or when the socket closes.
+    pub async fn next_within(&mut self, within: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .ok()??;
+            match frame.ok()? {
+                WsMessage::Text(text) => {
+                    let value: Value =
+                        serde_json::from_str(text.as_str()).expect("frames are JSON");
+                    self.seen.push(value.clone());
+                    return Some(value);
+                }
+                WsMessage::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next JSON frame within the default deadline.
+    pub async fn next(&mut self) -> Option<Value> {
+        self.next_within(DEADLINE).await
+    }
+
+    /// Reads frames until one matches; panics at the deadline.
+    pub async fn wait_for(&mut self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_within(left).await {
+                Some(frame) if matches(&frame) => return frame,
+                Some(_) => continue,
+                None => panic!(
+                    "no frame matching {what} before the deadline; seen: {:?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    /// Waits for an event of `kind` about message `id`.
+    pub async fn wait_event(&mut self, kind: &str, id: &str) -> Value {
+        self.wait_for(&format!("{kind} for {id}"), |frame| {
+            frame["type"] == kind && frame["id"] == id
+        })
+        .await
+    }
+
+    /// Sends a JSON command.
+    pub async fn send(&mut self, command: Value) {
+        self.stream
+            .send(WsMessage::text(command.to_string()))
+            .await
+            .expect("send");
+    }
+
+    /// Sends a raw frame.
+    pub async fn send_raw(&mut self, frame: WsMessage) {
+        self.stream.send(frame).await.expect("send");
+    }
+
+    /// The events seen so far about message `id`, by type.
+    pub fn types_for(&self, id: &str) -> Vec<String> {
+        self.seen
+            .iter()
+            .filter(|frame| frame["id"] == id)
+            .map(|frame| frame["type"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+}
+
+/// Decodes a PNG and returns its size.
+pub fn png_size(bytes: &[u8]) -> (u32, u32) {
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let reader = decoder.read_info().expect("a PNG");
+    let info = reader.info();
+    (info.width, info.height)
+}
+
+/// A small image request.
+pub fn small_prompt(prompt: &str) -> Value {
+    json!({ "prompt": prompt, "width": 64, "height": 64, "steps": 4 })
+}
