@@ -18,6 +18,7 @@ use actix::prelude::*;
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 /// Largest client frame the session reads (bigger ones get an `error` event).
@@ -54,6 +55,40 @@ pub enum Inbound {
     Closed,
 }
 
+/// A client command that writes, applied in the order the client sent it.
+enum Command {
+    Patch(Uuid, Value),
+    Cancel(Uuid),
+}
+
+/// A command failed: tell the client.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct CommandFailed {
+    error: ApiError,
+    id: Uuid,
+}
+
+/// Applies a session's write commands one after another, so a client's patches land in the
+/// order it sent them. The task outlives the actor: commands the server read are applied even
+/// if the client disconnects right after sending them.
+async fn apply_commands(
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    gateway: Gateway,
+    user: String,
+    session: Addr<SessionActor>,
+) {
+    while let Some(command) = commands.recv().await {
+        let (id, result) = match command {
+            Command::Patch(id, patch) => (id, gateway.patch(&user, id, patch).await.map(|_| ())),
+            Command::Cancel(id) => (id, gateway.cancel(&user, id).await.map(|_| ())),
+        };
+        if let Err(error) = result {
+            session.do_send(CommandFailed { error, id });
+        }
+    }
+}
+
 /// Timing of one session.
 #[derive(Clone, Copy, Debug)]
 pub struct SessionTiming {
@@ -72,6 +107,8 @@ pub struct SessionActor {
     timing: SessionTiming,
     last_seen: Instant,
     registration: Option<u64>,
+    commands: mpsc::UnboundedSender<Command>,
+    pending_commands: Option<mpsc::UnboundedReceiver<Command>>,
 }
 
 impl SessionActor {
@@ -83,6 +120,7 @@ impl SessionActor {
         gateway: Gateway,
         timing: SessionTiming,
     ) -> Self {
+        let (commands, pending_commands) = mpsc::unbounded_channel();
         SessionActor {
             user,
             outbox,
@@ -91,6 +129,8 @@ impl SessionActor {
             timing,
             last_seen: Instant::now(),
             registration: None,
+            commands,
+            pending_commands: Some(pending_commands),
         }
     }
 
@@ -170,27 +210,18 @@ impl SessionActor {
                 let Ok(id) = Uuid::try_parse(raw_id) else {
                     return self.send_error(&ApiError::NotFound, Some(raw_id));
                 };
-                let (gateway, user) = (self.gateway.clone(), self.user.clone());
-                if kind == "cancel" {
-                    let work = async move { gateway.cancel(&user, id).await };
-                    ctx.spawn(work.into_actor(self).map(move |result, act, _| {
-                        if let Err(err) = result {
-                            act.send_error(&err, Some(&id.to_string()));
-                        }
-                    }));
+                let command = if kind == "cancel" {
+                    Command::Cancel(id)
                 } else {
-                    let patch = match merge::client_patch_from_body(command, &["type", "id"]) {
-                        Ok(patch) => patch,
+                    match merge::client_patch_from_body(command, &["type", "id"]) {
+                        Ok(patch) => Command::Patch(id, patch),
                         Err(err) => {
                             return self.send_error(&data_error("data", &err), Some(raw_id));
                         }
-                    };
-                    let work = async move { gateway.patch(&user, id, patch).await };
-                    ctx.spawn(work.into_actor(self).map(move |result, act, _| {
-                        if let Err(err) = result {
-                            act.send_error(&err, Some(&id.to_string()));
-                        }
-                    }));
+                    }
+                };
+                if self.commands.send(command).is_err() {
+                    self.send_error(&ApiError::Unavailable, Some(raw_id));
                 }
             }
             "" => self.send_error(
@@ -223,6 +254,14 @@ impl Actor for SessionActor {
             ]),
         );
         self.registration = Some(self.hub.register(&self.user, ctx.address().recipient()));
+        if let Some(commands) = self.pending_commands.take() {
+            actix::spawn(apply_commands(
+                commands,
+                self.gateway.clone(),
+                self.user.clone(),
+                ctx.address(),
+            ));
+        }
         self.send_snapshot(ctx);
         ctx.run_interval(self.timing.heartbeat, |act, ctx| {
             if act.last_seen.elapsed() > act.timing.idle_timeout {
@@ -267,6 +306,14 @@ impl Handler<Deliver> for SessionActor {
                 ctx.stop();
             }
         }
+    }
+}
+
+impl Handler<CommandFailed> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: CommandFailed, _ctx: &mut Context<Self>) {
+        self.send_error(&msg.error, Some(&msg.id.to_string()));
     }
 }
 

@@ -42,6 +42,9 @@ pub struct StoreLimits {
     pub max_batches: usize,
     /// Messages per transaction.
     pub max_rows: usize,
+    /// Fold every change waiting for a message into one read-modify-write (off only to
+    /// measure what folding buys).
+    pub fold: bool,
 }
 
 impl StoreLimits {
@@ -54,6 +57,7 @@ impl StoreLimits {
                 (connections as usize / 2).clamp(1, 8)
             },
             max_rows: 128,
+            fold: true,
         }
     }
 }
@@ -138,12 +142,20 @@ impl MessageStoreActor {
                 let Some(id) = self.ready.pop_front() else {
                     break;
                 };
-                let Some(queue) = self.waiting.remove(&id) else {
+                let Some(mut queue) = self.waiting.remove(&id) else {
                     continue;
                 };
+                let taken: Vec<Waiting> = if self.limits.fold || queue.len() <= 1 {
+                    queue.drain(..).collect()
+                } else {
+                    queue.pop_front().into_iter().collect()
+                };
+                if !queue.is_empty() {
+                    self.waiting.insert(id, queue);
+                }
                 self.in_flight.insert(id);
                 let (changes, senders): (Vec<_>, Vec<_>) =
-                    queue.into_iter().map(|w| (w.change, w.reply)).unzip();
+                    taken.into_iter().map(|w| (w.change, w.reply)).unzip();
                 work.push(RowWork { id, changes });
                 replies.push(senders);
             }

@@ -508,6 +508,12 @@ impl Database {
         Ok(results)
     }
 
+    /// Runs one statement outside any transaction (tools and benchmarks: dropping a schema).
+    pub async fn execute_raw(&self, sql: &str) -> Result<(), DbError> {
+        self.write.execute_unprepared(sql).await?;
+        Ok(())
+    }
+
     /// Sets `activity_at` of processing jobs to `now` without a version change: a cheap
     /// "still alive" for jobs whose generation advanced but whose progress did not change.
     pub async fn touch_activity(&self, ids: &[Uuid], now: DateTime<Utc>) -> Result<(), DbError> {

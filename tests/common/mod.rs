@@ -77,6 +77,7 @@ impl Storage {
 /// A gateway under test with its own simulator.
 pub struct TestApp {
     pub app: Option<RunningApp>,
+    pub data_dir: std::path::PathBuf,
     pub base: String,
     pub http: reqwest::Client,
     pub sim: SimServer,
@@ -138,10 +139,34 @@ impl TestApp {
         let base = app.url();
         TestApp {
             app: Some(app),
+            data_dir: storage.dir.path().to_owned(),
             base,
             http: reqwest::Client::new(),
             sim,
         }
+    }
+
+    /// Handles to the app's core (store, queue, database…).
+    pub fn core(&self) -> &forge_gateway::app::Core {
+        self.app
+            .as_ref()
+            .and_then(|app| app.core())
+            .expect("running app")
+    }
+
+    /// `/admin/metrics` as text.
+    pub async fn metrics(&self) -> String {
+        let token = std::fs::read_to_string(self.data_dir.join("dev-admin-token"))
+            .expect("dev admin token");
+        self.http
+            .get(format!("{}/admin/metrics", self.base))
+            .bearer_auth(token.trim())
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
     }
 
     /// Graceful shutdown.
@@ -333,6 +358,20 @@ impl WsClient {
             .map(|frame| frame["type"].as_str().unwrap_or_default().to_owned())
             .collect()
     }
+}
+
+/// The value of a counter or gauge in a Prometheus text exposition (summed over labels).
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| line.split(['{', ' ']).next() == Some(name))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Whether the suite runs on PostgreSQL.
+pub fn on_postgres() -> bool {
+    std::env::var("TEST_DATABASE_URL").is_ok_and(|url| !url.is_empty())
 }
 
 /// Decodes a PNG and returns its size.

@@ -1,0 +1,2 @@
+//! Queue store benchmark (being written).
+fn main() {}

@@ -1,0 +1,170 @@
+//! Merges per second through the `MessageStoreActor`: one hot message and many messages,
+//! with and without folding, on SQLite and (with `BENCH_DATABASE_URL`) PostgreSQL.
+//!
+//! `cargo bench --bench store` (add `BENCH_DATABASE_URL=postgres://postgres@127.0.0.1/test`
+//! for PostgreSQL; a fresh schema is created and dropped).
+
+use actix::Actor;
+use chrono::Utc;
+use forge_gateway::actors::store::{MessageStoreActor, StoreHandle, StoreLimits};
+use forge_gateway::db::{Database, DbSettings};
+use forge_gateway::domain::change::Change;
+use forge_gateway::domain::message::Message;
+use forge_gateway::domain::params::GenerationParams;
+use forge_gateway::domain::status::JobStatus;
+use forge_gateway::events::{LocalBus, SessionHub};
+use forge_gateway::metrics::Metrics;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+const CLIENTS: usize = 64;
+const RUN_FOR: Duration = Duration::from_secs(4);
+
+fn message(id: Uuid) -> Message {
+    let now = Utc::now();
+    Message {
+        id,
+        user_id: "bench".into(),
+        conversation_id: None,
+        status: JobStatus::Queued,
+        progress: 0,
+        queue_position: Some(1),
+        ticket: Some(1),
+        prompt: "bench".into(),
+        params: GenerationParams::default(),
+        image_url: None,
+        placeholder: false,
+        error: None,
+        data: json!({}),
+        version: 1,
+        retry_of: None,
+        backend: None,
+        idempotency_key: None,
+        created_at: now,
+        started_at: None,
+        finished_at: None,
+        updated_at: now,
+        activity_at: now,
+    }
+}
+
+/// Runs `CLIENTS` clients patching `targets` (round robin) for `RUN_FOR`; returns merges/s
+/// and checks that nothing acknowledged is lost: each client overwrites its own key with a
+/// counter, so the database must hold every client's last acknowledged value.
+async fn run(store: &StoreHandle, db: &Database, targets: &[Uuid]) -> f64 {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for client in 0..CLIENTS {
+        let store = store.clone();
+        let targets = targets.to_vec();
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0usize;
+            let mut last = std::collections::HashMap::new();
+            while started.elapsed() < RUN_FOR {
+                let id = targets[(client + done) % targets.len()];
+                let patch = json!({ format!("c{client}"): { "n": done, "at": "bench" } });
+                match store.apply(id, Change::ClientPatch(patch)).await {
+                    Ok(_) => {
+                        last.insert(id, done);
+                        done += 1;
+                    }
+                    Err(err) => panic!("merge failed: {err}"),
+                }
+            }
+            (client, done, last)
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap_or(0);
+    }
+    let rate = total as f64 / started.elapsed().as_secs_f64();
+    // Nothing acknowledged is lost: count the keys back.
+    let mut stored = 0;
+    for id in targets {
+        if let Ok(Some(message)) = db.get(*id).await {
+            stored += message.data.as_object().map_or(0, |clients| {
+                clients
+                    .values()
+                    .map(|keys| keys.as_object().map_or(0, |k| k.len()))
+                    .sum::<usize>()
+            });
+        }
+    }
+    assert_eq!(
+        stored, total,
+        "acknowledged merges missing from the database"
+    );
+    rate
+}
+
+async fn bench(label: &str, settings: DbSettings) {
+    let db = match Database::connect(&settings).await {
+        Ok(db) => db,
+        Err(err) => {
+            eprintln!("{label}: cannot connect: {err}");
+            return;
+        }
+    };
+    for fold in [true, false] {
+        let mut limits = StoreLimits::for_backend(db.backend_name(), settings.max_connections);
+        limits.fold = fold;
+        let bus = LocalBus::new(SessionHub::new());
+        let store = StoreHandle::new(
+            MessageStoreActor::new(db.clone(), bus, Arc::new(Metrics::new()), limits).start(),
+        );
+        for (shape, count) in [("one hot message", 1usize), ("1000 messages", 1000)] {
+            let targets: Vec<Uuid> = (0..count).map(|_| Uuid::now_v7()).collect();
+            for id in &targets {
+                store
+                    .apply(*id, Change::Create(Box::new(message(*id))))
+                    .await
+                    .expect("create");
+            }
+            let rate = run(&store, &db, &targets).await;
+            println!(
+                "| {label} | {shape} | {} | {rate:.0} |",
+                if fold { "on" } else { "off" }
+            );
+        }
+    }
+}
+
+fn main() {
+    let system = actix::System::new();
+    system.block_on(async {
+        println!("| database | messages | folding | merges/s |\n|---|---|---|---|");
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let sqlite = DbSettings {
+            url: format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("bench.db").display()
+            ),
+            schema: None,
+            max_connections: 16,
+        };
+        bench("SQLite", sqlite).await;
+        if let Ok(url) = std::env::var("BENCH_DATABASE_URL") {
+            let schema = format!("bench_{}", Uuid::now_v7().simple());
+            let settings = DbSettings {
+                url: url.clone(),
+                schema: Some(schema.clone()),
+                max_connections: 16,
+            };
+            bench("PostgreSQL", settings).await;
+            if let Ok(db) = Database::connect(&DbSettings {
+                url,
+                schema: None,
+                max_connections: 1,
+            })
+            .await
+            {
+                let _ = db
+                    .execute_raw(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                    .await;
+            }
+        }
+    });
+}
