@@ -357,6 +357,7 @@ async fn build_core(
             WatchdogSettings {
                 stuck_after: config.stuck_after,
                 interval: config.watchdog_interval,
+                job_deadline: (!config.job_deadline.is_zero()).then_some(config.job_deadline),
             },
         )
         .start(),

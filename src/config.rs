@@ -86,6 +86,10 @@ pub struct Config {
     #[arg(long, env = "STUCK_AFTER", default_value = "5m", value_parser = duration)]
     pub stuck_after: Duration,
 
+    /// A job still pending this long after it was created fails with `timeout` (R9.2); 0 turns it off.
+    #[arg(long, env = "JOB_DEADLINE", default_value = "0s", value_parser = duration)]
+    pub job_deadline: Duration,
+
     /// How often the watchdog looks for stuck jobs.
     #[arg(long, env = "WATCHDOG_INTERVAL", default_value = "30s", value_parser = duration)]
     pub watchdog_interval: Duration,

@@ -312,7 +312,12 @@ impl ForgeClient {
 
 async fn read_answer(answer: reqwest::Response) -> Result<Vec<u8>, ForgeFailure> {
     let status = answer.status();
-    let bytes = answer.bytes().await.map_err(classify)?;
+    // We decode JSON ourselves, so any error while reading the body (reqwest calls some of
+    // them "decode" errors) means the connection broke mid-answer.
+    let bytes = answer.bytes().await.map_err(|err| match classify(err) {
+        ForgeFailure::BadAnswer(detail) => ForgeFailure::Connection(detail),
+        other => other,
+    })?;
     if !status.is_success() {
         let body = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
         return Err(ForgeFailure::Status {

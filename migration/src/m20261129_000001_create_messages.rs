@@ -89,6 +89,13 @@ impl MigrationTrait for Migration {
             &[Messages::UserId, Messages::CreatedAt],
         )
         .await?;
+        // The job deadline: pending jobs by age.
+        index(
+            manager,
+            "idx_messages_status_created",
+            &[Messages::Status, Messages::CreatedAt],
+        )
+        .await?;
         // Rebuilding the queue: queued jobs in ticket order.
         index(
             manager,

@@ -12,6 +12,7 @@ use crate::actors::store::{StoreError, StoreHandle};
 use crate::domain::breaker::{
     Admission, BreakerState, CallOutcome, CircuitBreaker, Transition as BreakerTransition,
 };
+use crate::domain::catalogue::JobFailure;
 use crate::domain::change::{Change, Refusal, Transition};
 use crate::domain::event::{JobEvent, JobEventKind};
 use crate::domain::message::Message;
@@ -27,6 +28,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use uuid::Uuid;
+
+/// Deadline of storing a generated image.
+const STORAGE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How a backend runs jobs.
 #[derive(Clone, Debug)]
@@ -380,8 +384,13 @@ impl Worker {
                         outcome: "ok".into(),
                     })
                     .inc();
-                match self.deps.images.save(job.id, &generated.png).await {
-                    Ok(image_url) => {
+                let saved = tokio::time::timeout(
+                    STORAGE_TIMEOUT,
+                    self.deps.images.save(job.id, &generated.png),
+                )
+                .await;
+                match saved {
+                    Ok(Ok(image_url)) => {
                         self.finish(
                             &message,
                             Transition::Complete {
@@ -392,9 +401,14 @@ impl Worker {
                         )
                         .await;
                     }
-                    Err(err) => {
-                        tracing::error!(job = %job.id, error = %err, "could not store the image");
-                        let error = crate::domain::catalogue::JobFailure::Unknown.to_error();
+                    failed => {
+                        // A storage step that ran out of time is R9.2's "any other deadline".
+                        let failure = match failed {
+                            Err(_) => JobFailure::Timeout,
+                            Ok(_) => JobFailure::Unknown,
+                        };
+                        tracing::error!(job = %job.id, outcome = ?failed.map(|saved| saved.map(|_| ())), "could not store the image");
+                        let error = failure.to_error();
                         self.finish(&message, Transition::Fail { error }, started)
                             .await;
                     }

@@ -26,6 +26,8 @@ pub struct WatchdogSettings {
     pub stuck_after: Duration,
     /// Scan period.
     pub interval: Duration,
+    /// Total deadline of a job (`JOB_DEADLINE`), if any.
+    pub job_deadline: Option<Duration>,
 }
 
 /// The watchdog.
@@ -75,7 +77,7 @@ impl WatchdogActor {
     }
 }
 
-/// One scan; returns how many jobs it marked.
+/// One scan; returns how many jobs it marked (stuck, or past the job deadline).
 pub async fn scan_once(
     db: &Database,
     gateway: &Gateway,
@@ -109,6 +111,25 @@ pub async fn scan_once(
             Err(err) => {
                 tracing::debug!(job = %id, error = %err, "not marked (it moved on meanwhile)")
             }
+        }
+    }
+    if let Some(deadline) = settings
+        .job_deadline
+        .and_then(|d| chrono::Duration::from_std(d).ok())
+    {
+        let created_before = Utc::now() - deadline;
+        match db.expired_jobs(created_before, SCAN_LIMIT).await {
+            Ok(expired) => {
+                for id in expired {
+                    let change = Change::Transition(Transition::Expire { created_before });
+                    if let Ok(message) = gateway.store().apply(id, change).await {
+                        marked += 1;
+                        tracing::warn!(job = %id, "job past JOB_DEADLINE: marked as error (timeout)");
+                        gateway.after_terminal(&message).await;
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "job deadline scan failed; will retry"),
         }
     }
     marked

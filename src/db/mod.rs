@@ -373,6 +373,26 @@ impl Database {
             .collect()
     }
 
+    /// Pending jobs created at or before `created_before` (past the job deadline), by one
+    /// indexed query on `(status, created_at)`.
+    pub async fn expired_jobs(
+        &self,
+        created_before: DateTime<Utc>,
+        limit: u64,
+    ) -> Result<Vec<Uuid>, DbError> {
+        Ok(Entity::find()
+            .select_only()
+            .column(Column::Id)
+            .filter(
+                Column::Status.is_in([JobStatus::Queued.as_str(), JobStatus::Processing.as_str()]),
+            )
+            .filter(Column::CreatedAt.lte(created_before))
+            .limit(limit)
+            .into_tuple::<Uuid>()
+            .all(&self.read)
+            .await?)
+    }
+
     /// Messages counted by status (for the metrics).
     pub async fn count_by_status(&self) -> Result<Vec<(JobStatus, i64)>, DbError> {
         #[derive(FromQueryResult)]

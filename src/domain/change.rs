@@ -59,6 +59,12 @@ pub enum Transition {
         /// The cutoff the watchdog's scan used.
         inactive_since: DateTime<Utc>,
     },
+    /// The job's total deadline ran out (`JOB_DEADLINE`): applies only if the job is still
+    /// pending and was created before `created_before`.
+    Expire {
+        /// Jobs created before this are past their deadline.
+        created_before: DateTime<Utc>,
+    },
 }
 
 impl Transition {
@@ -67,7 +73,9 @@ impl Transition {
         match self {
             Transition::Processing { .. } => JobStatus::Processing,
             Transition::Complete { .. } => JobStatus::Complete,
-            Transition::Fail { .. } | Transition::MarkStuck { .. } => JobStatus::Error,
+            Transition::Fail { .. } | Transition::MarkStuck { .. } | Transition::Expire { .. } => {
+                JobStatus::Error
+            }
             Transition::Cancel => JobStatus::Cancelled,
         }
     }
@@ -195,6 +203,14 @@ fn apply_transition(
             JobEventKind::Error {
                 error: error.clone(),
             }
+        }
+        Transition::Expire { created_before } => {
+            if message.created_at > *created_before {
+                return Err(Refusal::NotStuck);
+            }
+            let error = JobFailure::Timeout.to_error();
+            message.error = Some(error.clone());
+            JobEventKind::Error { error }
         }
         Transition::MarkStuck { inactive_since } => {
             if message.activity_at > *inactive_since {
@@ -442,6 +458,25 @@ mod tests {
             Some("stuck_job")
         );
         assert!(matches!(event, JobEventKind::Error { .. }));
+    }
+
+    #[test]
+    fn expire_applies_only_past_the_deadline() {
+        let mut current = created();
+        let created_at = current.as_ref().unwrap().created_at;
+        let early = Transition::Expire {
+            created_before: created_at - Duration::seconds(1),
+        };
+        assert_eq!(transition(&mut current, early), Err(Refusal::NotStuck));
+        transition(
+            &mut current,
+            Transition::Expire {
+                created_before: created_at,
+            },
+        )
+        .unwrap();
+        let message = current.unwrap();
+        assert_eq!(message.error.map(|e| e.code), Some("timeout".to_owned()));
     }
 
     #[test]

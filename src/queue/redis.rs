@@ -1,1 +1,801 @@
-//! The Redis queue store (production). Being written.
+//! The Redis queue store (production): one queue shared by every gateway process.
+//!
+//! Every key of one queue carries the hash tag `{<prefix>}` so they all live in one Redis
+//! Cluster slot and one Lua script may touch them all:
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `{p}:ticket` | string (INCR) | the last ticket drawn; its absence means Redis lost the queue |
+//! | `{p}:queue` | sorted set | job id → ticket |
+//! | `{p}:jobs` | hash | job id → owner |
+//! | `{p}:pending:<user>` | set | job ids counted against the user's pending cap |
+//! | `{p}:users` | set | users with a pending set (so a rebuild can reset them all) |
+//! | `{p}:moved` | string | when the queue last moved, ms since the epoch |
+//! | `{p}:feedseq` | string (INCR) | sequence number of the last feed message |
+//!
+//! Every change of the queue is one Lua script that also increments `{p}:feedseq` and publishes
+//! the change on the channel `{p}:feed`, so the feed's order is the server's order of
+//! operations. Feed messages are text: `<seq> A <id> <ticket> <user>` (added; the user comes
+//! last so it may contain spaces) or `<seq> R <id>` (removed). A subscriber task turns them into
+//! [`FeedItem`]s and reports a [`FeedItem::Gap`] when a sequence number is skipped, a message
+//! cannot be parsed, or the subscriber reconnected.
+
+mod connection;
+
+pub(crate) use connection::{Role, builder, check_prefix};
+
+use super::{Enqueued, FeedItem, QueueError, QueueStore, Rebuilt};
+use crate::domain::queue_book::{QueueChange, QueuedJob};
+use chrono::{DateTime, Utc};
+use fred::clients::SubscriberClient;
+use fred::prelude::{
+    ClientLike, EventInterface, KeysInterface, LuaInterface, Pool, PubsubInterface, SetsInterface,
+    SortedSetsInterface, Value,
+};
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+/// Command connections: Lua scripts run one at a time on the server anyway, a few connections
+/// keep the client side (encoding, the router task) from being the bottleneck.
+const POOL_SIZE: usize = 4;
+/// Jobs (or pending ids) per rebuild script call, so a rebuild of a long queue never blocks
+/// Redis for long.
+const REBUILD_CHUNK: usize = 500;
+/// Jobs per snapshot page (one atomic script call each).
+const SNAPSHOT_PAGE: usize = 1_000;
+/// Capacity of the feed's broadcast channel (as the in-process queue's).
+const FEED_CAPACITY: usize = 1 << 16;
+/// Pause between attempts to subscribe again after a reconnect.
+const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(250);
+
+/// One Lua script: its source (to load it again after a Redis restart) and its SHA1.
+struct Script {
+    name: &'static str,
+    source: &'static str,
+    sha: String,
+}
+
+/// The scripts, loaded once at connect.
+struct Scripts {
+    enqueue: Script,
+    pop: Script,
+    requeue: Script,
+    remove: Script,
+    release: Script,
+    mark_moved: Script,
+    snapshot: Script,
+    rebuild_jobs: Script,
+    rebuild_pending: Script,
+    clear_pending: Script,
+    finish_rebuild: Script,
+}
+
+impl Scripts {
+    async fn load(pool: &Pool) -> Result<Scripts, QueueError> {
+        async fn one(
+            pool: &Pool,
+            name: &'static str,
+            source: &'static str,
+        ) -> Result<Script, QueueError> {
+            let sha: String = pool
+                .script_load(source)
+                .await
+                .map_err(|err| unavailable(&format!("loading the {name} script"), err))?;
+            Ok(Script { name, source, sha })
+        }
+        Ok(Scripts {
+            enqueue: one(pool, "enqueue", include_str!("redis/enqueue.lua")).await?,
+            pop: one(pool, "pop", include_str!("redis/pop.lua")).await?,
+            requeue: one(pool, "requeue", include_str!("redis/requeue.lua")).await?,
+            remove: one(pool, "remove", include_str!("redis/remove.lua")).await?,
+            release: one(pool, "release", include_str!("redis/release.lua")).await?,
+            mark_moved: one(pool, "mark_moved", include_str!("redis/mark_moved.lua")).await?,
+            snapshot: one(pool, "snapshot", include_str!("redis/snapshot.lua")).await?,
+            rebuild_jobs: one(pool, "rebuild_jobs", include_str!("redis/rebuild_jobs.lua")).await?,
+            rebuild_pending: one(
+                pool,
+                "rebuild_pending",
+                include_str!("redis/rebuild_pending.lua"),
+            )
+            .await?,
+            clear_pending: one(
+                pool,
+                "clear_pending",
+                include_str!("redis/clear_pending.lua"),
+            )
+            .await?,
+            finish_rebuild: one(
+                pool,
+                "finish_rebuild",
+                include_str!("redis/finish_rebuild.lua"),
+            )
+            .await?,
+        })
+    }
+}
+
+/// The names of one queue's keys and channel.
+struct Keys {
+    /// `{prefix}:`, the start of every key.
+    base: String,
+    ticket: String,
+    queue: String,
+    jobs: String,
+    users: String,
+    moved: String,
+    feedseq: String,
+    feed: String,
+}
+
+impl Keys {
+    fn new(prefix: &str) -> Keys {
+        let base = format!("{{{prefix}}}:");
+        let key = |name: &str| format!("{base}{name}");
+        Keys {
+            ticket: key("ticket"),
+            queue: key("queue"),
+            jobs: key("jobs"),
+            users: key("users"),
+            moved: key("moved"),
+            feedseq: key("feedseq"),
+            feed: key("feed"),
+            base,
+        }
+    }
+
+    fn pending(&self, user: &str) -> String {
+        format!("{}pending:{user}", self.base)
+    }
+}
+
+fn unavailable(what: &str, err: fred::error::Error) -> QueueError {
+    QueueError::Unavailable(format!("{what}: {err}"))
+}
+
+fn unexpected(what: &str, reply: &Value) -> QueueError {
+    QueueError::Unavailable(format!("unexpected Redis reply to {what}: {reply:?}"))
+}
+
+/// The queue store on Redis, shared by every gateway process using the same prefix.
+pub struct RedisQueue {
+    pool: Pool,
+    subscriber: SubscriberClient,
+    keys: Keys,
+    scripts: Scripts,
+    feed: broadcast::Sender<FeedItem>,
+    feed_task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl RedisQueue {
+    /// Connects to `url`, loads the scripts and subscribes to the queue's change feed.
+    ///
+    /// Every key starts with `{prefix}:`. Fails if Redis cannot be reached now; once
+    /// connected, the clients reconnect by themselves forever (with a backoff) and calls made
+    /// while Redis is away fail with [`QueueError::Unavailable`] within a few seconds.
+    pub async fn connect(url: &str, prefix: &str) -> Result<RedisQueue, QueueError> {
+        check_prefix(prefix).map_err(QueueError::Unavailable)?;
+        let keys = Keys::new(prefix);
+        let pool = builder(url, Role::Commands)
+            .map_err(QueueError::Unavailable)?
+            .build_pool(POOL_SIZE)
+            .map_err(|err| unavailable("creating the Redis clients", err))?;
+        pool.init()
+            .await
+            .map_err(|err| unavailable("connecting to Redis", err))?;
+        let subscriber = match Self::start_subscriber(url, &keys.feed).await {
+            Ok(subscriber) => subscriber,
+            Err(err) => {
+                let _ = pool.quit().await;
+                return Err(err);
+            }
+        };
+        let scripts = match Scripts::load(&pool).await {
+            Ok(scripts) => scripts,
+            Err(err) => {
+                let _ = pool.quit().await;
+                let _ = subscriber.quit().await;
+                return Err(err);
+            }
+        };
+        let (feed, _) = broadcast::channel(FEED_CAPACITY);
+        let task = tokio::spawn(run_feed(
+            subscriber.clone(),
+            keys.feed.clone(),
+            feed.clone(),
+        ));
+        Ok(RedisQueue {
+            pool,
+            subscriber,
+            keys,
+            scripts,
+            feed,
+            feed_task: Mutex::new(Some(task)),
+        })
+    }
+
+    async fn start_subscriber(url: &str, channel: &str) -> Result<SubscriberClient, QueueError> {
+        let subscriber = builder(url, Role::Subscriber)
+            .map_err(QueueError::Unavailable)?
+            .build_subscriber_client()
+            .map_err(|err| unavailable("creating the Redis subscriber", err))?;
+        subscriber
+            .init()
+            .await
+            .map_err(|err| unavailable("connecting the Redis subscriber", err))?;
+        if let Err(err) = subscriber.subscribe(channel).await {
+            let _ = subscriber.quit().await;
+            return Err(unavailable("subscribing to the queue feed", err));
+        }
+        Ok(subscriber)
+    }
+
+    /// The client name of the feed subscriber's connection (as `CLIENT LIST` shows it), so an
+    /// operator or a test can find that connection.
+    pub fn feed_client_name(&self) -> &str {
+        self.subscriber.id()
+    }
+
+    /// Stops the feed task and closes the connections. Calls made afterwards fail.
+    pub async fn close(&self) {
+        if let Some(task) = self.feed_task.lock().take() {
+            task.abort();
+        }
+        if let Err(err) = self.subscriber.quit().await {
+            tracing::debug!(error = %err, "closing the queue feed subscriber");
+        }
+        if let Err(err) = self.pool.quit().await {
+            tracing::debug!(error = %err, "closing the queue's Redis connections");
+        }
+    }
+
+    /// Runs a script by its SHA1, loading it again if Redis forgot it (a restart).
+    async fn run(
+        &self,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<Value>,
+    ) -> Result<Value, QueueError> {
+        match self
+            .pool
+            .evalsha::<Value, _, _, _>(script.sha.as_str(), keys.clone(), args.clone())
+            .await
+        {
+            Err(err) if err.details().starts_with("NOSCRIPT") => {
+                tracing::info!(
+                    script = script.name,
+                    "Redis forgot a queue script; loading it again"
+                );
+                let _: String = self.pool.script_load(script.source).await.map_err(|err| {
+                    unavailable(&format!("loading the {} script", script.name), err)
+                })?;
+                self.pool
+                    .evalsha(script.sha.as_str(), keys, args)
+                    .await
+                    .map_err(|err| unavailable(script.name, err))
+            }
+            other => other.map_err(|err| unavailable(script.name, err)),
+        }
+    }
+
+    async fn pending_users(&self) -> Result<Vec<String>, QueueError> {
+        self.pool
+            .smembers(self.keys.users.as_str())
+            .await
+            .map_err(|err| unavailable("reading the users with pending jobs", err))
+    }
+
+    async fn rebuild_jobs(&self, mut queued: Vec<QueuedJob>) -> Result<(usize, i64), QueueError> {
+        // Stable sort: the caller's order stays for equal tickets, and each chunk goes in
+        // ticket order.
+        queued.sort_by_key(|job| job.ticket);
+        let highest = queued.last().map_or(0, |job| job.ticket);
+        let mut added = 0;
+        for chunk in queued.chunks(REBUILD_CHUNK) {
+            let mut args: Vec<Value> = Vec::with_capacity(1 + chunk.len() * 3);
+            args.push(self.keys.feed.clone().into());
+            for job in chunk {
+                args.push(job.id.to_string().into());
+                args.push(job.ticket.into());
+                args.push(job.user_id.to_string().into());
+            }
+            let keys = vec![
+                self.keys.queue.clone(),
+                self.keys.jobs.clone(),
+                self.keys.feedseq.clone(),
+            ];
+            let reply = self.run(&self.scripts.rebuild_jobs, keys, args).await?;
+            let count = reply
+                .as_u64()
+                .ok_or_else(|| unexpected("rebuild_jobs", &reply))?;
+            added += count as usize;
+        }
+        Ok((added, highest))
+    }
+
+    async fn rebuild_pending(&self, pending: Vec<(String, Uuid)>) -> Result<(), QueueError> {
+        let mut by_user: BTreeMap<String, BTreeSet<Uuid>> = BTreeMap::new();
+        for (user, id) in pending {
+            by_user.entry(user).or_default().insert(id);
+        }
+        // Users the store counts but the database does not: nothing of theirs is pending.
+        let stale: Vec<String> = self
+            .pending_users()
+            .await?
+            .into_iter()
+            .filter(|user| !by_user.contains_key(user))
+            .collect();
+
+        let mut keys = vec![self.keys.users.clone()];
+        let mut args: Vec<Value> = Vec::new();
+        let mut ids_in_batch = 0;
+        for (user, ids) in &by_user {
+            keys.push(self.keys.pending(user));
+            args.push(user.clone().into());
+            args.push((ids.len() as i64).into());
+            args.extend(ids.iter().map(|id| Value::from(id.to_string())));
+            ids_in_batch += ids.len();
+            if ids_in_batch >= REBUILD_CHUNK {
+                let batch_keys = std::mem::replace(&mut keys, vec![self.keys.users.clone()]);
+                let batch_args = std::mem::take(&mut args);
+                self.run(&self.scripts.rebuild_pending, batch_keys, batch_args)
+                    .await?;
+                ids_in_batch = 0;
+            }
+        }
+        if !args.is_empty() {
+            self.run(&self.scripts.rebuild_pending, keys, args).await?;
+        }
+
+        for chunk in stale.chunks(REBUILD_CHUNK) {
+            let mut keys = vec![self.keys.users.clone()];
+            keys.extend(chunk.iter().map(|user| self.keys.pending(user)));
+            let args = chunk.iter().map(|user| Value::from(user.clone())).collect();
+            self.run(&self.scripts.clear_pending, keys, args).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RedisQueue {
+    fn drop(&mut self) {
+        // Without this the feed task (which holds its own handle to the subscriber) would
+        // outlive the store.
+        if let Some(task) = self.feed_task.lock().take() {
+            task.abort();
+        }
+    }
+}
+
+fn string_of(value: &Value) -> Option<String> {
+    value.as_str().map(|text| text.into_owned())
+}
+
+#[async_trait::async_trait]
+impl QueueStore for RedisQueue {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn enqueue(
+        &self,
+        id: Uuid,
+        user_id: &str,
+        max_pending: u32,
+    ) -> Result<Enqueued, QueueError> {
+        let keys = vec![
+            self.keys.ticket.clone(),
+            self.keys.queue.clone(),
+            self.keys.jobs.clone(),
+            self.keys.pending(user_id),
+            self.keys.feedseq.clone(),
+            self.keys.users.clone(),
+        ];
+        let args: Vec<Value> = vec![
+            id.to_string().into(),
+            user_id.into(),
+            i64::from(max_pending).into(),
+            self.keys.feed.clone().into(),
+        ];
+        let reply = self.run(&self.scripts.enqueue, keys, args).await?;
+        let fields = match &reply {
+            Value::Array(fields) => fields,
+            _ => return Err(unexpected("enqueue", &reply)),
+        };
+        match fields.first().and_then(Value::as_i64) {
+            Some(1) => {
+                let ticket = fields.get(1).and_then(Value::as_i64);
+                let position = fields
+                    .get(2)
+                    .and_then(Value::as_u64)
+                    .and_then(|position| u32::try_from(position).ok());
+                match (ticket, position) {
+                    (Some(ticket), Some(position)) => Ok(Enqueued { ticket, position }),
+                    _ => Err(unexpected("enqueue", &reply)),
+                }
+            }
+            Some(-1) => Err(QueueError::NeedsRebuild),
+            Some(-2) => Err(QueueError::TooManyPending { limit: max_pending }),
+            Some(-3) => Err(QueueError::Unavailable(format!(
+                "job {id} is queued already"
+            ))),
+            _ => Err(unexpected("enqueue", &reply)),
+        }
+    }
+
+    async fn pop(&self) -> Result<Option<QueuedJob>, QueueError> {
+        let keys = vec![
+            self.keys.queue.clone(),
+            self.keys.jobs.clone(),
+            self.keys.moved.clone(),
+            self.keys.feedseq.clone(),
+        ];
+        let args: Vec<Value> = vec![
+            Utc::now().timestamp_millis().into(),
+            self.keys.feed.clone().into(),
+        ];
+        let reply = self.run(&self.scripts.pop, keys, args).await?;
+        let fields = match &reply {
+            Value::Null => return Ok(None),
+            Value::Array(fields) => fields,
+            _ => return Err(unexpected("pop", &reply)),
+        };
+        let id = fields.first().and_then(string_of);
+        let ticket = fields.get(1).and_then(Value::as_i64);
+        let user = fields.get(2).and_then(string_of);
+        match (id, ticket, user) {
+            (Some(id), Some(ticket), Some(user)) => match Uuid::parse_str(&id) {
+                Ok(uuid) => Ok(Some(QueuedJob {
+                    id: uuid,
+                    user_id: Arc::from(user),
+                    ticket,
+                })),
+                // Something that is not a job id was in the queue; it is gone now, and the
+                // caller retries and gets the next one.
+                Err(_) => Err(QueueError::Unavailable(format!(
+                    "popped a malformed job id {id:?} from the queue"
+                ))),
+            },
+            _ => Err(unexpected("pop", &reply)),
+        }
+    }
+
+    async fn requeue(&self, job: &QueuedJob) -> Result<(), QueueError> {
+        let keys = vec![
+            self.keys.queue.clone(),
+            self.keys.jobs.clone(),
+            self.keys.feedseq.clone(),
+        ];
+        let args: Vec<Value> = vec![
+            job.id.to_string().into(),
+            job.ticket.into(),
+            job.user_id.to_string().into(),
+            self.keys.feed.clone().into(),
+        ];
+        self.run(&self.scripts.requeue, keys, args).await?;
+        Ok(())
+    }
+
+    async fn remove(&self, id: Uuid) -> Result<bool, QueueError> {
+        let keys = vec![
+            self.keys.queue.clone(),
+            self.keys.jobs.clone(),
+            self.keys.feedseq.clone(),
+        ];
+        let args: Vec<Value> = vec![id.to_string().into(), self.keys.feed.clone().into()];
+        let reply = self.run(&self.scripts.remove, keys, args).await?;
+        match reply.as_i64() {
+            Some(removed) => Ok(removed == 1),
+            None => Err(unexpected("remove", &reply)),
+        }
+    }
+
+    async fn release(&self, user_id: &str, id: Uuid) -> Result<(), QueueError> {
+        let keys = vec![self.keys.pending(user_id), self.keys.users.clone()];
+        let args: Vec<Value> = vec![id.to_string().into(), user_id.into()];
+        self.run(&self.scripts.release, keys, args).await?;
+        Ok(())
+    }
+
+    async fn pending_of(&self, user_id: &str) -> Result<Vec<Uuid>, QueueError> {
+        let members: Vec<String> = self
+            .pool
+            .smembers(self.keys.pending(user_id))
+            .await
+            .map_err(|err| unavailable("reading pending jobs", err))?;
+        Ok(members
+            .iter()
+            .filter_map(|member| match Uuid::parse_str(member) {
+                Ok(id) => Some(id),
+                Err(_) => {
+                    tracing::warn!(
+                        user = user_id,
+                        member,
+                        "ignoring a malformed pending job id"
+                    );
+                    None
+                }
+            })
+            .collect())
+    }
+
+    async fn position(&self, id: Uuid) -> Result<Option<u32>, QueueError> {
+        let rank: Option<u64> = self
+            .pool
+            .zrank(self.keys.queue.as_str(), id.to_string(), false)
+            .await
+            .map_err(|err| unavailable("reading a position", err))?;
+        Ok(rank.and_then(|rank| u32::try_from(rank + 1).ok()))
+    }
+
+    async fn depth(&self) -> Result<u64, QueueError> {
+        self.pool
+            .zcard(self.keys.queue.as_str())
+            .await
+            .map_err(|err| unavailable("reading the queue depth", err))
+    }
+
+    async fn snapshot(&self) -> Result<Vec<QueuedJob>, QueueError> {
+        let mut jobs = Vec::new();
+        // Paged by ticket (tickets are unique), each page read atomically, so jobs that leave
+        // meanwhile only drop out and no job is listed twice.
+        let mut after = "-inf".to_owned();
+        loop {
+            let keys = vec![self.keys.queue.clone(), self.keys.jobs.clone()];
+            let args: Vec<Value> = vec![after.clone().into(), (SNAPSHOT_PAGE as i64).into()];
+            let reply = self.run(&self.scripts.snapshot, keys, args).await?;
+            let fields = match &reply {
+                Value::Array(fields) => fields,
+                Value::Null => break,
+                _ => return Err(unexpected("snapshot", &reply)),
+            };
+            if fields.len() % 3 != 0 {
+                return Err(unexpected("snapshot", &reply));
+            }
+            let count = fields.len() / 3;
+            for triple in fields.chunks_exact(3) {
+                let id = string_of(&triple[0]).and_then(|id| Uuid::parse_str(&id).ok());
+                let ticket = triple[1].as_i64();
+                let user = string_of(&triple[2]);
+                match (id, ticket, user) {
+                    (Some(id), Some(ticket), Some(user)) => {
+                        after = ticket.to_string();
+                        jobs.push(QueuedJob {
+                            id,
+                            user_id: Arc::from(user),
+                            ticket,
+                        });
+                    }
+                    _ => {
+                        tracing::warn!(entry = ?triple, "ignoring a malformed queue entry");
+                        if let Some(ticket) = triple[1].as_i64() {
+                            after = ticket.to_string();
+                        }
+                    }
+                }
+            }
+            if count < SNAPSHOT_PAGE {
+                break;
+            }
+        }
+        Ok(jobs)
+    }
+
+    async fn last_moved(&self) -> Result<Option<DateTime<Utc>>, QueueError> {
+        let millis: Option<i64> = self
+            .pool
+            .get(self.keys.moved.as_str())
+            .await
+            .map_err(|err| unavailable("reading when the queue moved", err))?;
+        Ok(millis.and_then(DateTime::from_timestamp_millis))
+    }
+
+    async fn mark_moved(&self, at: DateTime<Utc>) -> Result<(), QueueError> {
+        let keys = vec![self.keys.moved.clone()];
+        let args: Vec<Value> = vec![at.timestamp_millis().into()];
+        self.run(&self.scripts.mark_moved, keys, args).await?;
+        Ok(())
+    }
+
+    async fn rebuild(
+        &self,
+        queued: Vec<QueuedJob>,
+        pending: Vec<(String, Uuid)>,
+        max_ticket: i64,
+    ) -> Result<Rebuilt, QueueError> {
+        let (added, highest) = self.rebuild_jobs(queued).await?;
+        self.rebuild_pending(pending).await?;
+        // Last, so the store counts as initialised (enqueue stops answering NeedsRebuild) only
+        // once every lost job is back.
+        let keys = vec![self.keys.ticket.clone(), self.keys.queue.clone()];
+        let args: Vec<Value> = vec![max_ticket.max(highest).max(0).into()];
+        let reply = self.run(&self.scripts.finish_rebuild, keys, args).await?;
+        let queued = reply
+            .as_u64()
+            .ok_or_else(|| unexpected("finish_rebuild", &reply))?;
+        Ok(Rebuilt {
+            added,
+            queued: queued as usize,
+        })
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<FeedItem> {
+        self.feed.subscribe()
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        self.pool
+            .ping::<Value>(None)
+            .await
+            .map(|_| ())
+            .map_err(|err| unavailable("pinging Redis", err))
+    }
+}
+
+/// One parsed feed message: its sequence number and the change.
+fn parse_feed(text: &str) -> Option<(u64, QueueChange)> {
+    let mut parts = text.splitn(5, ' ');
+    let seq = parts.next()?.parse().ok()?;
+    match parts.next()? {
+        "A" => {
+            let id = Uuid::parse_str(parts.next()?).ok()?;
+            let ticket = parts.next()?.parse().ok()?;
+            let user = parts.next()?;
+            Some((
+                seq,
+                QueueChange::Added(QueuedJob {
+                    id,
+                    user_id: Arc::from(user),
+                    ticket,
+                }),
+            ))
+        }
+        "R" => {
+            let id = Uuid::parse_str(parts.next()?).ok()?;
+            match parts.next() {
+                None => Some((seq, QueueChange::Removed { id })),
+                Some(_) => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Subscribes again until it works (the connection may drop again meanwhile: then fred
+/// reconnects and the next attempt succeeds).
+async fn resubscribe(subscriber: &SubscriberClient, channel: &str) {
+    loop {
+        match subscriber.subscribe(channel).await {
+            Ok(()) => return,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not subscribe to the queue feed again; retrying");
+                tokio::time::sleep(RESUBSCRIBE_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// Turns the feed channel's messages into [`FeedItem`]s until the subscriber closes.
+///
+/// After a reconnect it subscribes again first and only then reports the gap, so a mirror that
+/// reloads on the gap cannot miss a change published after its reload.
+async fn run_feed(
+    subscriber: SubscriberClient,
+    channel: String,
+    feed: broadcast::Sender<FeedItem>,
+) {
+    let mut messages = subscriber.message_rx();
+    let mut reconnects = subscriber.reconnect_rx();
+    // `None`: the next sequence number is accepted whatever it is (after a gap).
+    let mut last_seq: Option<u64> = None;
+    // No receiver is fine: a mirror loads a snapshot when it subscribes.
+    let send = |item: FeedItem| {
+        let _ = feed.send(item);
+    };
+    loop {
+        tokio::select! {
+            reconnect = reconnects.recv() => match reconnect {
+                Ok(_) | Err(RecvError::Lagged(_)) => {
+                    resubscribe(&subscriber, &channel).await;
+                    tracing::info!("queue feed subscriber reconnected; mirrors reload");
+                    last_seq = None;
+                    send(FeedItem::Gap);
+                }
+                Err(RecvError::Closed) => break,
+            },
+            message = messages.recv() => match message {
+                Ok(message) => {
+                    if message.channel != channel.as_str() {
+                        continue;
+                    }
+                    let parsed = message.value.as_str().and_then(|text| parse_feed(&text));
+                    match parsed {
+                        Some((seq, change)) => {
+                            let in_order = last_seq.is_none_or(|last| seq == last.wrapping_add(1));
+                            last_seq = Some(seq);
+                            if in_order {
+                                send(FeedItem::Change(change));
+                            } else {
+                                tracing::debug!(seq, "queue feed skipped a sequence number");
+                                send(FeedItem::Gap);
+                            }
+                        }
+                        None => {
+                            tracing::warn!(message = ?message.value, "malformed queue feed message");
+                            last_seq = None;
+                            send(FeedItem::Gap);
+                        }
+                    }
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "queue feed subscriber lagged");
+                    last_seq = None;
+                    send(FeedItem::Gap);
+                }
+                Err(RecvError::Closed) => break,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feed_messages_parse_and_malformed_ones_do_not() {
+        let id = Uuid::from_u128(7);
+        assert_eq!(
+            parse_feed(&format!("12 A {id} 34 ali veli")),
+            Some((
+                12,
+                QueueChange::Added(QueuedJob {
+                    id,
+                    user_id: Arc::from("ali veli"),
+                    ticket: 34,
+                })
+            ))
+        );
+        assert_eq!(
+            parse_feed(&format!("13 R {id}")),
+            Some((13, QueueChange::Removed { id }))
+        );
+        for bad in [
+            "",
+            "x A",
+            "1 A not-a-uuid 3 u",
+            &format!("1 A {id} x u"),
+            &format!("1 A {id} 3"),
+            &format!("1 R {id} extra"),
+            &format!("1 Q {id}"),
+            "1 R",
+        ] {
+            assert_eq!(parse_feed(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn keys_share_one_hash_tag() {
+        let keys = Keys::new("fg");
+        for key in [
+            &keys.ticket,
+            &keys.queue,
+            &keys.jobs,
+            &keys.users,
+            &keys.moved,
+            &keys.feedseq,
+            &keys.feed,
+            &keys.pending("a b"),
+        ] {
+            assert!(key.starts_with("{fg}:"), "{key}");
+        }
+        assert!(check_prefix("a{b").is_err());
+        assert!(check_prefix("").is_err());
+        assert!(check_prefix("fg-test.1").is_ok());
+    }
+}

@@ -179,7 +179,11 @@ async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>, peer: Sock
                 }
             }
             Action::Hang(spec) => {
-                let job = shared.begin(spec).await;
+                // A client that gives up while still queued must not wedge the server later.
+                let job = tokio::select! {
+                    job = shared.begin(spec) => job,
+                    () = wait_for_close(&mut stream) => return,
+                };
                 wait_for_close(&mut stream).await;
                 drop(job);
                 return;

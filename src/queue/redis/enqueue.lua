@@ -1,0 +1,25 @@
+-- Enqueue one job: check the store is initialised, check the user's pending cap, draw a ticket,
+-- queue the job and publish the change, all in one atomic step so the feed order is the
+-- server's order of operations.
+-- KEYS: 1 ticket, 2 queue, 3 jobs, 4 pending:<user>, 5 feedseq, 6 users
+-- ARGV: 1 id, 2 user, 3 max_pending, 4 feed channel
+-- Returns {1, ticket, position} | {-1} lost state | {-2} over the cap | {-3} queued already.
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {-1}
+end
+if redis.call('SCARD', KEYS[4]) >= tonumber(ARGV[3]) then
+  return {-2}
+end
+if redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+  return {-3}
+end
+local ticket = redis.call('INCR', KEYS[1])
+redis.call('ZADD', KEYS[2], ticket, ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[4], ARGV[1])
+redis.call('SADD', KEYS[6], ARGV[2])
+local rank = redis.call('ZRANK', KEYS[2], ARGV[1])
+local seq = redis.call('INCR', KEYS[5])
+redis.call('PUBLISH', ARGV[4],
+  string.format('%d A %s %d %s', seq, ARGV[1], ticket, ARGV[2]))
+return {1, ticket, rank + 1}

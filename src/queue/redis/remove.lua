@@ -1,0 +1,11 @@
+-- Remove a queued job and publish the removal if it was there.
+-- KEYS: 1 queue, 2 jobs, 3 feedseq
+-- ARGV: 1 id, 2 feed channel
+-- Returns 1 if it was queued, 0 otherwise.
+local removed = redis.call('ZREM', KEYS[1], ARGV[1])
+if removed == 1 then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  local seq = redis.call('INCR', KEYS[3])
+  redis.call('PUBLISH', ARGV[2], string.format('%d R %s', seq, ARGV[1]))
+end
+return removed
