@@ -329,12 +329,14 @@ impl WsClient {
         }
     }
 
-    /// Waits for an event of `kind` about message `id`.
+    /// Waits for an event of `kind` about message `id`. An event already received counts:
+    /// events of several jobs may arrive in any order.
     pub async fn wait_event(&mut self, kind: &str, id: &str) -> Value {
-        self.wait_for(&format!("{kind} for {id}"), |frame| {
-            frame["type"] == kind && frame["id"] == id
-        })
-        .await
+        let matches = |frame: &Value| frame["type"] == kind && frame["id"] == id;
+        if let Some(seen) = self.seen.iter().find(|frame| matches(frame)) {
+            return seen.clone();
+        }
+        self.wait_for(&format!("{kind} for {id}"), matches).await
     }
 
     /// Sends a JSON command.
@@ -385,4 +387,154 @@ pub fn png_size(bytes: &[u8]) -> (u32, u32) {
 /// A small image request.
 pub fn small_prompt(prompt: &str) -> Value {
     json!({ "prompt": prompt, "width": 64, "height": 64, "steps": 4 })
+}
+
+/// A gateway running as a child process (for kill and restart tests).
+pub struct GatewayProcess {
+    pub child: tokio::process::Child,
+    pub base: String,
+}
+
+impl GatewayProcess {
+    /// Starts `forge-gateway` with `env` (plus JSON logs) and waits for its `listening on` line.
+    pub async fn start(env: &[(&str, String)]) -> GatewayProcess {
+        use tokio::io::AsyncBufReadExt;
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_forge-gateway"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("gateway process starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let base = tokio::time::timeout(DEADLINE, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(at) = line.find("listening on http://") {
+                    let rest = &line[at + "listening on ".len()..];
+                    let end = rest.find(['"', ' ']).unwrap_or(rest.len());
+                    return Some(rest[..end].to_owned());
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .expect("the gateway logs its address");
+        // Keep draining its log so the pipe never fills.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        GatewayProcess { child, base }
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub async fn kill(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+        }
+        tokio::time::timeout(DEADLINE, self.child.wait())
+            .await
+            .expect("exits in time")
+            .expect("exit status")
+    }
+
+    /// A client of this process.
+    pub fn client(&self) -> Client {
+        Client {
+            base: self.base.clone(),
+            http: reqwest::Client::new(),
+        }
+    }
+}
+
+/// A plain HTTP client of a gateway (process or in-process).
+#[derive(Clone)]
+pub struct Client {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Client {
+    /// A dev-mode token.
+    pub async fn token(&self, user: &str) -> String {
+        let answer: Value = self
+            .http
+            .post(format!("{}/api/v1/dev/token", self.base))
+            .json(&json!({"user": user}))
+            .send()
+            .await
+            .expect("token")
+            .json()
+            .await
+            .expect("json");
+        answer["token"].as_str().expect("token").to_owned()
+    }
+
+    /// `POST /api/v1/messages`.
+    pub async fn submit(&self, token: &str, body: Value) -> (u16, Value) {
+        let answer = self
+            .http
+            .post(format!("{}/api/v1/messages", self.base))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("submit");
+        let status = answer.status().as_u16();
+        (status, answer.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `GET` a path.
+    pub async fn get(&self, token: &str, path: &str) -> (u16, Value) {
+        let answer = self
+            .http
+            .get(format!("{}{}", self.base, path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("get");
+        let status = answer.status().as_u16();
+        (status, answer.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Polls a message until `done` holds.
+    pub async fn wait_message(
+        &self,
+        token: &str,
+        id: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let (_, message) = self.get(token, &format!("/api/v1/messages/{id}")).await;
+            if done(&message) {
+                return message;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "message {id} never reached the expected state; last: {message}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Opens a WebSocket.
+    pub async fn ws(&self, token: &str) -> WsClient {
+        WsClient::connect(&self.base, token).await
+    }
 }
