@@ -4,7 +4,7 @@
 //! sessions spread over one extra arbiter per core); warp and the sockets run on a
 //! multi-thread tokio runtime. They talk through typed handles over actix mailboxes.
 
-use crate::actors::forge::{BackendHealth, ForgeActor, ForgeDeps, ForgePool, ForgeSettings};
+use crate::actors::forge::{BackendHealth, Busy, ForgeActor, ForgeDeps, ForgePool, ForgeSettings};
 use crate::actors::queue::{QueueActor, QueueHandle, rebuild_from_db};
 use crate::actors::session::SessionTiming;
 use crate::actors::store::{MessageStoreActor, StoreHandle, StoreLimits};
@@ -106,10 +106,19 @@ impl RunningApp {
             .state
             .accepting
             .store(false, std::sync::atomic::Ordering::Relaxed);
-        parts.core.hub.close_all();
         let _ = parts.server_stop.send(());
-        let _ = tokio::time::timeout(parts.grace, parts.server_done).await;
+        // No new jobs; running ones may finish within the grace period; queued ones stay queued.
+        parts.core.queue.pause().await;
+        let still_running = parts.core.forge.drain(parts.grace).await;
+        if still_running > 0 {
+            tracing::warn!(
+                still_running,
+                "jobs still running at the end of the grace period stay processing; the watchdog resolves them"
+            );
+        }
         let _ = tokio::time::timeout(parts.grace, parts.core.store.flush()).await;
+        parts.core.hub.close_all();
+        let _ = tokio::time::timeout(Duration::from_secs(2), parts.server_done).await;
         let system = parts.system.clone();
         let db = parts.core.db.clone();
         system.stop();
@@ -316,6 +325,7 @@ async fn build_core(
     let queue = QueueHandle::new(queue_addr, queue_store);
 
     let health = BackendHealth::default();
+    let busy = Busy::default();
     let deps = ForgeDeps {
         queue: queue.clone(),
         store: store.clone(),
@@ -323,6 +333,7 @@ async fn build_core(
         bus,
         metrics: metrics.clone(),
         health: health.clone(),
+        busy: busy.clone(),
     };
     let settings = ForgeSettings {
         timeout: config.forge_timeout,
@@ -338,7 +349,7 @@ async fn build_core(
             ForgeClient::new(Backend::from_url(url), config.forge_timeout).map_err(StartError)?;
         backends.push(ForgeActor::new(client, deps.clone(), settings.clone()).start());
     }
-    let forge = ForgePool::new(backends, health);
+    let forge = ForgePool::new(backends, health, busy);
 
     let gateway = Gateway::new(
         db.clone(),

@@ -64,6 +64,8 @@ pub struct ForgeDeps {
     pub metrics: Arc<Metrics>,
     /// Every backend's breaker state.
     pub health: BackendHealth,
+    /// Jobs held by this process's backends.
+    pub busy: Busy,
 }
 
 /// The breaker state of every backend of this process, so an open backend can tell whether
@@ -318,6 +320,7 @@ impl Worker {
             let Some(job) = self.deps.queue.next_job().await else {
                 return;
             };
+            let _busy = self.deps.busy.hold();
             self.run_job(job).await;
         }
     }
@@ -599,12 +602,51 @@ fn unreachable_poll() -> Result<crate::forge_client::Generated, ForgeFailure> {
 pub struct ForgePool {
     backends: Vec<Addr<ForgeActor>>,
     health: BackendHealth,
+    busy: Busy,
+}
+
+/// How many jobs this process's backends hold (from pop to recorded outcome).
+#[derive(Clone, Default)]
+pub struct Busy(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Busy {
+    fn hold(&self) -> BusyGuard {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        BusyGuard(self.0.clone())
+    }
+
+    /// Jobs held now.
+    pub fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+struct BusyGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl ForgePool {
     /// Wraps the backends' addresses.
-    pub fn new(backends: Vec<Addr<ForgeActor>>, health: BackendHealth) -> Self {
-        ForgePool { backends, health }
+    pub fn new(backends: Vec<Addr<ForgeActor>>, health: BackendHealth, busy: Busy) -> Self {
+        ForgePool {
+            backends,
+            health,
+            busy,
+        }
+    }
+
+    /// Waits until no backend holds a job, or `grace` passes; returns how many still run.
+    /// (Call after pausing the queue, so no new job is taken meanwhile.)
+    pub async fn drain(&self, grace: Duration) -> usize {
+        let deadline = Instant::now() + grace;
+        while self.busy.count() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.busy.count()
     }
 
     /// Tells every backend to drop the job if it runs it.

@@ -59,6 +59,7 @@ pub struct QueueActor {
     popping: bool,
     eta: Eta,
     rebuilding: bool,
+    paused: bool,
 }
 
 impl QueueActor {
@@ -83,13 +84,14 @@ impl QueueActor {
                 backends,
             },
             rebuilding: false,
+            paused: false,
         }
     }
 
     /// Hands queued jobs to waiting backends, one pop at a time.
     fn dispatch(&mut self, ctx: &mut Context<Self>) {
         self.waiters.retain(|waiter| !waiter.is_closed());
-        if self.popping || self.waiters.is_empty() {
+        if self.paused || self.popping || self.waiters.is_empty() {
             return;
         }
         self.popping = true;
@@ -328,6 +330,10 @@ impl Handler<NextJob> for QueueActor {
     type Result = ();
 
     fn handle(&mut self, msg: NextJob, ctx: &mut Context<Self>) {
+        if self.paused {
+            // Dropping the reply tells the backend there is nothing more to take.
+            return;
+        }
         self.waiters.push_back(msg.reply);
         self.dispatch(ctx);
     }
@@ -358,6 +364,20 @@ impl Handler<Rebuild> for QueueActor {
 
     fn handle(&mut self, _msg: Rebuild, ctx: &mut Context<Self>) {
         self.rebuild(ctx, "requested");
+    }
+}
+
+/// Stop handing out jobs (shutdown): waiting backends are let go, queued jobs stay queued.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Pause;
+
+impl Handler<Pause> for QueueActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Pause, _ctx: &mut Context<Self>) {
+        self.paused = true;
+        self.waiters.clear();
     }
 }
 
@@ -463,6 +483,11 @@ impl QueueHandle {
     /// Estimated seconds until a job at `position` is done.
     pub async fn eta_for(&self, position: u32) -> Option<u32> {
         self.addr.send(EtaFor { position }).await.ok().flatten()
+    }
+
+    /// Stops handing out jobs; returns once the actor has taken note.
+    pub async fn pause(&self) {
+        let _ = self.addr.send(Pause).await;
     }
 
     /// Rebuilds from the database now.

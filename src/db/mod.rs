@@ -491,31 +491,39 @@ impl Database {
 
         let txn = self.write.begin().await?;
         let mut conflicts = Vec::new();
+        let mut refused_inserts = Vec::new();
         for (index, write) in writes {
-            let written = match write {
-                Write::Insert(message) => Entity::insert(to_active(&message))
-                    .on_conflict(OnConflict::column(Column::Id).do_nothing().to_owned())
-                    .exec_without_returning(&txn)
-                    .await
-                    .or_else(|err| match err {
-                        DbErr::RecordNotInserted => Ok(0),
-                        other => Err(other),
-                    })?,
+            match write {
+                Write::Insert(message) => {
+                    // No conflict target: a duplicate id and a duplicate (user, Idempotency-Key)
+                    // both leave the row out instead of failing everyone's transaction.
+                    let inserted = Entity::insert(to_active(&message))
+                        .on_conflict(OnConflict::new().do_nothing().to_owned())
+                        .exec_without_returning(&txn)
+                        .await
+                        .or_else(|err| match err {
+                            DbErr::RecordNotInserted => Ok(0),
+                            other => Err(other),
+                        })?;
+                    if inserted != 1 {
+                        refused_inserts.push(index);
+                    }
+                }
                 Write::Update {
                     message,
                     expected_version,
                 } => {
-                    Entity::update_many()
+                    let updated = Entity::update_many()
                         .set(to_active(&message))
                         .filter(Column::Id.eq(message.id))
                         .filter(Column::Version.eq(expected_version))
                         .exec(&txn)
                         .await?
-                        .rows_affected
+                        .rows_affected;
+                    if updated != 1 {
+                        conflicts.push(index);
+                    }
                 }
-            };
-            if written != 1 {
-                conflicts.push(index);
             }
         }
         if let Some(sql) = fault {
@@ -525,6 +533,13 @@ impl Database {
         for index in conflicts {
             results[index] = RowResult::Conflict;
         }
+        for index in refused_inserts {
+            let changes = work[index].changes.len();
+            results[index] = RowResult::Done {
+                outcomes: (0..changes).map(|_| Err(Refusal::AlreadyExists)).collect(),
+                message: None,
+            };
+        }
         Ok(results)
     }
 
@@ -532,6 +547,27 @@ impl Database {
     pub async fn execute_raw(&self, sql: &str) -> Result<(), DbError> {
         self.write.execute_unprepared(sql).await?;
         Ok(())
+    }
+
+    /// The text of an `EXPLAIN` (benchmarks and operators checking index use).
+    pub async fn explain(&self, sql: &str) -> Result<String, DbError> {
+        let rows = self
+            .read
+            .query_all_raw(Statement::from_string(self.backend, sql.to_owned()))
+            .await?;
+        let mut lines = Vec::new();
+        for row in rows {
+            let mut cells = Vec::new();
+            for column in row.column_names() {
+                if let Ok(text) = row.try_get::<String>("", &column) {
+                    cells.push(text);
+                } else if let Ok(number) = row.try_get::<i64>("", &column) {
+                    cells.push(number.to_string());
+                }
+            }
+            lines.push(cells.join(" | "));
+        }
+        Ok(lines.join("\n"))
     }
 
     /// Sets `activity_at` of processing jobs to `now` without a version change: a cheap

@@ -62,6 +62,13 @@ where
             Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))
         }),
         ["readyz"] if get => Ok(readiness(state).await),
+        ["openapi.json"] if get => {
+            let mut response = super::openapi::document(state.dev_mode).into_response();
+            response
+                .headers_mut()
+                .insert("content-type", HeaderValue::from_static("application/json"));
+            Ok(response)
+        }
         ["ws"] if get => Err(ApiError::validation(
             "Upgrade",
             "Bu adres bir WebSocket bağlantısı bekliyor (Upgrade: websocket).",
@@ -124,7 +131,7 @@ where
             let view = state.gateway.retry(&user, message_id(id)?, key).await?;
             Ok(json_response(StatusCode::ACCEPTED, &view))
         }
-        ["readyz" | "ws"]
+        ["readyz" | "ws" | "openapi.json"]
         | ["images", _]
         | ["admin", "metrics"]
         | ["api", "v1", "messages"]

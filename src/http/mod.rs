@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod openapi;
 pub mod ws;
 
 use crate::actors::session::SessionTiming;
@@ -136,6 +137,12 @@ pub fn error_response(err: &ApiError) -> Response {
     });
     let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = warp::reply::with_status(warp::reply::json(&body), status).into_response();
+    if matches!(err, ApiError::PayloadTooLarge { .. }) {
+        // The body was not read to its end: this connection cannot carry another request.
+        response
+            .headers_mut()
+            .insert("connection", warp::http::HeaderValue::from_static("close"));
+    }
     if matches!(err, ApiError::Unauthorized { .. }) {
         response.headers_mut().insert(
             "www-authenticate",

@@ -10,12 +10,9 @@ local id = popped[1]
 local ticket = tonumber(popped[2])
 local user = redis.call('HGET', KEYS[2], id) or ''
 redis.call('HDEL', KEYS[2], id)
--- Keep the latest time: another process (another clock) may have written a later one.
-local now = tonumber(ARGV[1])
-local moved = tonumber(redis.call('GET', KEYS[3]) or '')
-if moved == nil or now > moved then
-  redis.call('SET', KEYS[3], ARGV[1])
-end
+-- A job left for a backend now: the queue moved (as the in-process queue, this overrides a
+-- later time written by mark_moved).
+redis.call('SET', KEYS[3], ARGV[1])
 local seq = redis.call('INCR', KEYS[4])
 redis.call('PUBLISH', ARGV[2], string.format('%d R %s', seq, id))
 return {id, ticket, user}

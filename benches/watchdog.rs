@@ -1,0 +1,151 @@
+//! The watchdog's stuck-job scan on a table of 1,000,000 messages of which 100 are stuck:
+//! its time, and the query plan that shows it uses the `(status, activity_at)` index.
+//!
+//! `cargo bench --bench watchdog` (SQLite), plus PostgreSQL with
+//! `BENCH_DATABASE_URL=postgres://postgres@127.0.0.1/test` (a fresh schema, dropped after).
+
+use chrono::{Duration as Age, Utc};
+use forge_gateway::db::{Database, DbSettings};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+const ROWS: u64 = 1_000_000;
+const STUCK: u64 = 100;
+
+/// The query the watchdog runs (the shape of `Database::stuck_jobs`), for EXPLAIN.
+const SCAN: &str = "SELECT id, user_id, status FROM messages WHERE status IN ('queued', 'processing') AND activity_at <= {cutoff} LIMIT 1000";
+
+async fn fill(db: &Database, postgres: bool) {
+    // 1,000,000 finished jobs spread over the last 30 days, 100 processing jobs whose last
+    // activity is an hour old (stuck), and 1,000 queued/processing ones active just now.
+    let sql = if postgres {
+        format!(
+            "INSERT INTO messages (id, user_id, status, progress, prompt, params, placeholder, data, version, created_at, updated_at, activity_at)
+             SELECT gen_random_uuid(), 'user' || (i % 5000), CASE WHEN i % 10 = 0 THEN 'error' ELSE 'complete' END, 100, 'prompt ' || i, '{{}}'::jsonb, false, '{{}}'::jsonb, 3,
+                    now() - (i % 2592000) * interval '1 second', now() - (i % 2592000) * interval '1 second', now() - (i % 2592000) * interval '1 second'
+             FROM generate_series(1, {finished}) AS i;
+             INSERT INTO messages (id, user_id, status, progress, prompt, params, placeholder, data, version, created_at, updated_at, activity_at)
+             SELECT gen_random_uuid(), 'stuck' || i, 'processing', 10, 'stuck ' || i, '{{}}'::jsonb, false, '{{}}'::jsonb, 2,
+                    now() - interval '2 hours', now() - interval '1 hour', now() - interval '1 hour'
+             FROM generate_series(1, {STUCK}) AS i;
+             INSERT INTO messages (id, user_id, status, progress, prompt, params, placeholder, data, version, created_at, updated_at, activity_at)
+             SELECT gen_random_uuid(), 'live' || i, CASE WHEN i % 2 = 0 THEN 'queued' ELSE 'processing' END, 0, 'live ' || i, '{{}}'::jsonb, false, '{{}}'::jsonb, 1, now(), now(), now()
+             FROM generate_series(1, 1000) AS i;
+             ANALYZE messages;",
+            finished = ROWS - STUCK - 1000
+        )
+    } else {
+        // sqlx writes SQLite timestamps as RFC 3339 text; these compare the same way.
+        let ts = |age: &str| format!("strftime('%Y-%m-%dT%H:%M:%S', 'now', {age}) || '+00:00'");
+        format!(
+            "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {finished})
+             INSERT INTO messages (id, user_id, status, progress, prompt, params, placeholder, data, version, created_at, updated_at, activity_at)
+             SELECT randomblob(16), 'user' || (i % 5000), CASE WHEN i % 10 = 0 THEN 'error' ELSE 'complete' END, 100, 'prompt ' || i, '{{}}', 0, '{{}}', 3, {old}, {old}, {old} FROM s;
+             WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {STUCK})
+             INSERT INTO messages (id, user_id, status, progress, prompt, params, placeholder, data, version, created_at, updated_at, activity_at)
+             SELECT randomblob(16), 'stuck' || i, 'processing', 10, 'stuck ' || i, '{{}}', 0, '{{}}', 2, {hour}, {hour}, {hour} FROM s;
+             WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 1000)
+             INSERT INTO messages (id, user_id, status, progress, prompt, params, placeholder, data, version, created_at, updated_at, activity_at)
+             SELECT randomblob(16), 'live' || i, CASE WHEN i % 2 = 0 THEN 'queued' ELSE 'processing' END, 0, 'live ' || i, '{{}}', 0, '{{}}', 1, {now}, {now}, {now} FROM s;
+             ANALYZE;",
+            finished = ROWS - STUCK - 1000,
+            old = ts("'-' || (i % 2592000) || ' seconds'"),
+            hour = ts("'-3600 seconds'"),
+            now = ts("'+0 seconds'"),
+        )
+    };
+    for statement in sql.split(";\n") {
+        if !statement.trim().is_empty() {
+            db.execute_raw(statement).await.expect("fill");
+        }
+    }
+}
+
+async fn bench(label: &str, settings: DbSettings, postgres: bool) {
+    let db = Database::connect(&settings).await.expect("connect");
+    let started = Instant::now();
+    fill(&db, postgres).await;
+    println!(
+        "{label}: filled {ROWS} rows in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let cutoff = Utc::now() - Age::minutes(5);
+    let mut times = Vec::new();
+    for _ in 0..30 {
+        let started = Instant::now();
+        let stuck = db.stuck_jobs(cutoff, None, 1000).await.expect("scan");
+        times.push(started.elapsed());
+        assert_eq!(stuck.len() as u64, STUCK, "exactly the stuck jobs");
+    }
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "| {label} | {ROWS} | {STUCK} | {:.2} | {:.2} | {:.2} |",
+        ms(times[0]),
+        ms(times[times.len() / 2]),
+        ms(times[times.len() - 1])
+    );
+
+    let literal = if postgres {
+        format!("'{}'::timestamptz", cutoff.to_rfc3339())
+    } else {
+        format!("'{}'", cutoff.to_rfc3339())
+    };
+    let explain = if postgres {
+        "EXPLAIN "
+    } else {
+        "EXPLAIN QUERY PLAN "
+    };
+    let plan = db
+        .explain(&format!("{explain}{}", SCAN.replace("{cutoff}", &literal)))
+        .await
+        .expect("explain");
+    println!("{label} plan:\n{plan}");
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        println!(
+            "| database | rows | stuck | min ms | median ms | max ms |\n|---|---|---|---|---|---|"
+        );
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let sqlite = DbSettings {
+            url: format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("bench.db").display()
+            ),
+            schema: None,
+            max_connections: 4,
+        };
+        bench("SQLite", sqlite, false).await;
+        if let Ok(url) = std::env::var("BENCH_DATABASE_URL") {
+            let schema = format!("bench_{}", Uuid::now_v7().simple());
+            bench(
+                "PostgreSQL",
+                DbSettings {
+                    url: url.clone(),
+                    schema: Some(schema.clone()),
+                    max_connections: 4,
+                },
+                true,
+            )
+            .await;
+            if let Ok(db) = Database::connect(&DbSettings {
+                url,
+                schema: None,
+                max_connections: 1,
+            })
+            .await
+            {
+                let _ = db
+                    .execute_raw(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                    .await;
+            }
+        }
+    });
+}

@@ -1,0 +1,284 @@
+//! `GET /openapi.json`: the OpenAPI document of the REST API, generated from the code.
+//!
+//! Each route of [`super::api`] has a documented stub here tying it to the real schema types
+//! (`MessageView`, `GenerationParams`, `JobError`, …). A unit test checks the documented
+//! limits against the validator's constants so the two cannot drift apart.
+
+#![allow(dead_code)]
+
+use crate::domain::catalogue::JobError;
+use crate::domain::message::{MessageView, Notice};
+use crate::domain::params::GenerationParams;
+use crate::domain::status::JobStatus;
+use serde::{Deserialize, Serialize};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+/// `POST /api/v1/messages`.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateMessage {
+    /// What to draw: 1..=2000 characters, not only whitespace.
+    #[schema(min_length = 1, max_length = 2000)]
+    pub prompt: String,
+    /// What not to draw: at most 2000 characters.
+    #[schema(max_length = 2000, nullable = true)]
+    pub negative_prompt: Option<String>,
+    /// Image width: 64..=2048, a multiple of 8 (default 512).
+    #[schema(minimum = 64, maximum = 2048, multiple_of = 8, nullable = true)]
+    pub width: Option<u32>,
+    /// Image height: 64..=2048, a multiple of 8 (default 512).
+    #[schema(minimum = 64, maximum = 2048, multiple_of = 8, nullable = true)]
+    pub height: Option<u32>,
+    /// Sampling steps: 1..=150 (default 20).
+    #[schema(minimum = 1, maximum = 150, nullable = true)]
+    pub steps: Option<u32>,
+    /// Guidance scale: 1..=30 (default 7).
+    #[schema(minimum = 1, maximum = 30, nullable = true)]
+    pub cfg_scale: Option<f64>,
+    /// Sampler: 1..=64 characters (default "Euler a").
+    #[schema(min_length = 1, max_length = 64, nullable = true)]
+    pub sampler_name: Option<String>,
+    /// -1 for random (default), else 0..=4294967295.
+    #[schema(minimum = -1, maximum = 4294967295_i64, nullable = true)]
+    pub seed: Option<i64>,
+    /// The chat conversation: 1..=255 characters.
+    #[schema(min_length = 1, max_length = 255, nullable = true)]
+    pub conversation_id: Option<String>,
+    /// Initial client data (an object, at most 64 KiB and 16 levels deep).
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<serde_json::Value>,
+}
+
+/// `PATCH /api/v1/messages/{id}`: a JSON Merge Patch (RFC 7396) of the client data.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchMessage {
+    /// Merged into the message's data: objects merge key by key, `null` removes a key.
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+}
+
+/// `{"messages": [...]}`.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct MessageList {
+    /// Newest first, with live positions.
+    pub messages: Vec<MessageView>,
+}
+
+/// An error answer.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// Code, Turkish message and the offending field.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable code (`validation`, `not_found`, `too_many_pending`, …).
+    pub code: String,
+    /// The user-facing message.
+    pub message: String,
+    /// The field it is about, if any.
+    pub field: Option<String>,
+}
+
+/// `POST /api/v1/dev/token` (dev mode only).
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DevTokenRequest {
+    /// Any user name, 1..=64 characters.
+    #[schema(min_length = 1, max_length = 64)]
+    pub user: String,
+}
+
+/// A dev-mode token.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct DevToken {
+    /// The bearer token (HS256 JWT).
+    pub token: String,
+    /// Its user.
+    pub user: String,
+    /// When it expires.
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// `{"status": "ok"}`.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok`, `ready` or `unavailable`.
+    pub status: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/messages", tag = "messages",
+    request_body = CreateMessage,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Repeat a create safely: the same key returns the first message again")),
+    responses(
+        (status = 202, description = "Queued", body = MessageView),
+        (status = 400, description = "Not JSON", body = ErrorBody),
+        (status = 401, description = "No or bad token", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 422, description = "A field failed validation", body = ErrorBody),
+        (status = 429, description = "Too many pending messages", body = ErrorBody),
+        (status = 503, description = "Database or queue unavailable", body = ErrorBody)),
+    security(("bearer" = [])))]
+fn create_message() {}
+
+#[utoipa::path(get, path = "/api/v1/messages", tag = "messages",
+    params(
+        ("status" = Option<String>, Query, description = "pending, queued, processing, complete, error or cancelled (comma-separated)"),
+        ("conversation_id" = Option<String>, Query, description = "Only this conversation"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "At most this many (default 50)"),
+        ("before" = Option<uuid::Uuid>, Query, description = "Only messages older than this one")),
+    responses(
+        (status = 200, description = "Newest first, live positions", body = MessageList),
+        (status = 401, description = "No or bad token", body = ErrorBody),
+        (status = 422, description = "A query parameter failed validation", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody)),
+    security(("bearer" = [])))]
+fn list_messages() {}
+
+#[utoipa::path(get, path = "/api/v1/messages/{id}", tag = "messages",
+    params(("id" = String, Path, description = "Message id")),
+    responses(
+        (status = 200, description = "The message, live position", body = MessageView),
+        (status = 401, description = "No or bad token", body = ErrorBody),
+        (status = 404, description = "No such message for this user", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody)),
+    security(("bearer" = [])))]
+fn get_message() {}
+
+#[utoipa::path(patch, path = "/api/v1/messages/{id}", tag = "messages",
+    params(("id" = String, Path, description = "Message id")),
+    request_body = PatchMessage,
+    responses(
+        (status = 200, description = "Merged", body = MessageView),
+        (status = 400, description = "Not JSON", body = ErrorBody),
+        (status = 401, description = "No or bad token", body = ErrorBody),
+        (status = 404, description = "No such message for this user", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 422, description = "Invalid patch, or a server-owned field named", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody)),
+    security(("bearer" = [])))]
+fn patch_message() {}
+
+#[utoipa::path(post, path = "/api/v1/messages/{id}/cancel", tag = "messages",
+    params(("id" = String, Path, description = "Message id")),
+    responses(
+        (status = 200, description = "Cancelled", body = MessageView),
+        (status = 401, description = "No or bad token", body = ErrorBody),
+        (status = 404, description = "No such message for this user", body = ErrorBody),
+        (status = 409, description = "Already terminal", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody)),
+    security(("bearer" = [])))]
+fn cancel_message() {}
+
+#[utoipa::path(post, path = "/api/v1/messages/{id}/retry", tag = "messages",
+    params(("id" = String, Path, description = "Message id"),
+           ("Idempotency-Key" = Option<String>, Header, description = "Repeat a retry safely")),
+    responses(
+        (status = 202, description = "A new message with the same prompt and params", body = MessageView),
+        (status = 401, description = "No or bad token", body = ErrorBody),
+        (status = 404, description = "No such message for this user", body = ErrorBody),
+        (status = 409, description = "Still pending", body = ErrorBody),
+        (status = 422, description = "Bad Idempotency-Key", body = ErrorBody),
+        (status = 429, description = "Too many pending messages", body = ErrorBody),
+        (status = 503, description = "Database or queue unavailable", body = ErrorBody)),
+    security(("bearer" = [])))]
+fn retry_message() {}
+
+#[utoipa::path(post, path = "/api/v1/dev/token", tag = "dev",
+    request_body = DevTokenRequest,
+    responses(
+        (status = 200, description = "A token (dev mode only; 404 otherwise)", body = DevToken),
+        (status = 400, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "Bad user name", body = ErrorBody)))]
+fn dev_token() {}
+
+#[utoipa::path(get, path = "/images/{file}", tag = "images",
+    params(("file" = String, Path, description = "`<id>.png`, `<id>.preview.png` or `placeholder.png`")),
+    responses(
+        (status = 200, description = "The PNG", content_type = "image/png", body = Vec<u8>),
+        (status = 404, description = "No such image", body = ErrorBody)))]
+fn image() {}
+
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process runs", body = Health)))]
+fn healthz() {}
+
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Database and queue store answer", body = Health),
+        (status = 503, description = "A dependency does not answer", body = Object)))]
+fn readyz() {}
+
+#[utoipa::path(get, path = "/admin/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String),
+        (status = 401, description = "No token", body = ErrorBody),
+        (status = 403, description = "Not the admin token", body = ErrorBody)),
+    security(("admin" = [])))]
+fn metrics() {}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                Http::builder()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "admin",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The document.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "forge-gateway", description = "Image requests queued, run on Forge servers, persisted and pushed over WebSocket (`GET /ws?token=`; events in API.md)."),
+    paths(create_message, list_messages, get_message, patch_message, cancel_message, retry_message, dev_token, image, healthz, readyz, metrics),
+    components(schemas(MessageView, GenerationParams, JobError, Notice, JobStatus, CreateMessage, PatchMessage, MessageList, ErrorBody, ErrorDetail, DevTokenRequest, DevToken, Health)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+/// The document as JSON; `dev_mode` keeps or drops the dev token route.
+pub fn document(dev_mode: bool) -> String {
+    let mut doc = ApiDoc::openapi();
+    if !dev_mode {
+        doc.paths.paths.remove("/api/v1/dev/token");
+    }
+    doc.to_json().unwrap_or_else(|_| "{}".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::params::{MAX_PROMPT_CHARS, MAX_SIDE, MIN_SIDE};
+    use serde_json::Value;
+
+    #[test]
+    fn the_documented_limits_are_the_validators() {
+        let doc: Value = serde_json::from_str(&document(true)).unwrap();
+        let create = &doc["components"]["schemas"]["CreateMessage"]["properties"];
+        assert_eq!(create["prompt"]["maxLength"], MAX_PROMPT_CHARS);
+        assert_eq!(create["width"]["minimum"], MIN_SIDE);
+        assert_eq!(create["width"]["maximum"], MAX_SIDE);
+        assert_eq!(create["height"]["multipleOf"], 8);
+        assert!(doc["paths"]["/api/v1/messages"]["post"].is_object());
+        assert!(doc["paths"]["/api/v1/messages/{id}/retry"]["post"].is_object());
+        let without_dev: Value = serde_json::from_str(&document(false)).unwrap();
+        assert!(without_dev["paths"].get("/api/v1/dev/token").is_none());
+        assert!(doc["paths"].get("/api/v1/dev/token").is_some());
+    }
+}
