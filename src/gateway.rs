@@ -150,7 +150,17 @@ impl Gateway {
             .apply(id, Change::Create(Box::new(message)))
             .await
         {
-            Ok(message) => self.view(message).await,
+            Ok(message) => {
+                // The answer shows the position recorded at the queued transition (exact at
+                // that instant), unless the queue already moved it.
+                let live = self.inner.queue.position(id).await.ok().flatten();
+                let position = live.or(Some(enqueued.position));
+                let eta = match position {
+                    Some(position) => self.inner.queue.eta_for(position).await,
+                    None => None,
+                };
+                Ok(message.view(position, eta))
+            }
             Err(err) => {
                 // Nothing was written: take the job out of the queue and free its slot.
                 let _ = self.inner.queue.remove(id).await;

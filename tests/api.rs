@@ -743,24 +743,16 @@ async fn sigterm_closes_sessions_and_leaves_queued_jobs_queued() {
     })
     .await;
     assert!(closed.is_ok(), "the session was closed");
-    let (_, first) = {
-        let gateway = GatewayProcess::start(&env).await;
-        let client = gateway.client();
-        let token = client.token("alice").await;
-        let answer = client
-            .get(&token, &format!("/api/v1/messages/{}", ids[0]))
-            .await;
-        gateway.kill().await;
-        answer
-    };
+    let gateway = GatewayProcess::start(&env).await;
+    let client = gateway.client();
+    let token = client.token("alice").await;
+    let (_, first) = client
+        .get(&token, &format!("/api/v1/messages/{}", ids[0]))
+        .await;
     assert_eq!(
         first["status"], "complete",
         "the running job finished within the grace period"
     );
-
-    let gateway = GatewayProcess::start(&env).await;
-    let client = gateway.client();
-    let token = client.token("alice").await;
     for id in &ids[1..] {
         let done = client
             .wait_message(&token, id, |m| {

@@ -121,7 +121,9 @@ pub struct MessageView {
 }
 
 impl Message {
-    /// The public view, with the live queue position (used only while queued) and ETA.
+    /// The public view with the live queue position and ETA. A queued job that is not in the
+    /// queue (popped, its `processing` write in flight) shows no position rather than a stale
+    /// one that another job now has.
     pub fn view(&self, live_position: Option<u32>, eta_s: Option<u32>) -> MessageView {
         let queued = self.status == JobStatus::Queued;
         MessageView {
@@ -129,11 +131,7 @@ impl Message {
             conversation_id: self.conversation_id.clone(),
             status: self.status,
             progress: self.progress,
-            queue_position: if queued {
-                live_position.or(self.queue_position)
-            } else {
-                None
-            },
+            queue_position: if queued { live_position } else { None },
             eta_s: if self.status.is_pending() {
                 eta_s
             } else {
@@ -194,7 +192,11 @@ pub(crate) mod tests {
     fn the_view_shows_the_live_position_only_while_queued() {
         let mut message = queued_message();
         assert_eq!(message.view(Some(1), Some(4)).queue_position, Some(1));
-        assert_eq!(message.view(None, None).queue_position, Some(3));
+        assert_eq!(
+            message.view(None, None).queue_position,
+            None,
+            "never a stale position"
+        );
         message.status = JobStatus::Processing;
         assert_eq!(message.view(Some(1), None).queue_position, None);
         message.status = JobStatus::Complete;

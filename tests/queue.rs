@@ -1,0 +1,276 @@
+//! Issue 4: exact live queue positions (R1, R6, R10.1), pushed and read back.
+
+mod common;
+
+use common::*;
+use forge_gateway::sim::{Latency, SimConfig, SimMode};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::time::Duration;
+
+async fn submit_id(client: &TestApp, token: &str, prompt: &str) -> String {
+    let (status, created) = client.submit(token, small_prompt(prompt)).await;
+    assert_eq!(status, 202, "{created}");
+    created["id"].as_str().expect("id").to_owned()
+}
+
+/// Positions of `ids` as REST shows them.
+async fn rest_positions(app: &TestApp, token: &str, ids: &[String]) -> Vec<Option<i64>> {
+    let mut positions = Vec::new();
+    for id in ids {
+        let (_, message) = app.get(token, &format!("/api/v1/messages/{id}")).await;
+        positions.push(message["queue_position"].as_i64());
+    }
+    positions
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_jobs_at_once_get_positions_one_two_three_and_all_complete() {
+    let (app, _storage) = TestApp::spawn_with(
+        SimConfig {
+            mode: SimMode::Hang,
+            ..fast_sim()
+        },
+        &[],
+    )
+    .await;
+    let token = app.token("alice").await;
+    let blocker = submit_id(&app, &token, "blocker").await;
+    app.wait_message(&token, &blocker, |m| m["status"] == "processing")
+        .await;
+    let answers = futures::future::join_all(
+        (0..3).map(|n| app.submit(&token, small_prompt(&format!("p{n}")))),
+    )
+    .await;
+    let mut positions: Vec<i64> = answers
+        .iter()
+        .map(|(_, body)| body["queue_position"].as_i64().expect("position"))
+        .collect();
+    positions.sort();
+    assert_eq!(positions, [1, 2, 3], "unique positions (R6.1)");
+    app.sim.set_mode(SimMode::Normal);
+    let cancel = app
+        .request(
+            reqwest::Method::POST,
+            &format!("/api/v1/messages/{blocker}/cancel"),
+            &token,
+        )
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(cancel.status().as_u16(), 200);
+    for (_, body) in &answers {
+        let id = body["id"].as_str().expect("id");
+        app.wait_message(&token, id, |m| m["status"] == "complete")
+            .await;
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_concurrent_submissions_get_positions_one_to_two_hundred() {
+    let (app, _storage) = TestApp::spawn_with(
+        SimConfig {
+            mode: SimMode::Hang,
+            ..fast_sim()
+        },
+        &["--max-pending-per-user", "1000"],
+    )
+    .await;
+    let token = app.token("alice").await;
+    let blocker = submit_id(&app, &token, "blocker").await;
+    app.wait_message(&token, &blocker, |m| m["status"] == "processing")
+        .await;
+    let answers = futures::future::join_all(
+        (0..200).map(|n| app.submit(&token, small_prompt(&format!("p{n}")))),
+    )
+    .await;
+    let mut positions: Vec<i64> = answers
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, 202, "{body}");
+            body["queue_position"].as_i64().expect("position")
+        })
+        .collect();
+    positions.sort();
+    assert_eq!(
+        positions,
+        (1..=200).collect::<Vec<i64>>(),
+        "exactly 1..200, each once"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_pop_moves_every_waiting_position_down_by_one_and_reload_agrees() {
+    let (app, _storage) = TestApp::spawn_with(
+        SimConfig {
+            mode: SimMode::Hang,
+            ..fast_sim()
+        },
+        &[],
+    )
+    .await;
+    let token = app.token("alice").await;
+    let mut ws = app.ws(&token).await;
+    let blocker = submit_id(&app, &token, "blocker").await;
+    app.wait_message(&token, &blocker, |m| m["status"] == "processing")
+        .await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(submit_id(&app, &token, &format!("waiting {n}")).await);
+    }
+    for (n, id) in ids.iter().enumerate() {
+        let queued = ws.wait_event("job.queued", id).await;
+        assert_eq!(queued["queue_position"].as_i64(), Some(n as i64 + 1));
+    }
+    // A page reload (REST) shows the same live positions (R1.2).
+    assert_eq!(
+        rest_positions(&app, &token, &ids).await,
+        [Some(1), Some(2), Some(3), Some(4), Some(5)]
+    );
+    let reloaded = app.ws(&token).await;
+    let snapshot_positions: HashMap<String, i64> = reloaded.snapshot["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|m| Some((m["id"].as_str()?.to_owned(), m["queue_position"].as_i64()?)))
+        .collect();
+    for (n, id) in ids.iter().enumerate() {
+        assert_eq!(snapshot_positions.get(id), Some(&(n as i64 + 1)));
+    }
+
+    // Let the queue move: every pop moves every waiting job down by one (R1.1, R1.3).
+    app.sim.set_config(SimConfig {
+        latency: Latency::Fixed(Duration::from_millis(150)),
+        ..fast_sim()
+    });
+    let cancel = app
+        .request(
+            reqwest::Method::POST,
+            &format!("/api/v1/messages/{blocker}/cancel"),
+            &token,
+        )
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(cancel.status().as_u16(), 200);
+    let last = ids.last().expect("ids").clone();
+    ws.wait_event("job.complete", &last).await;
+    for (n, id) in ids.iter().enumerate() {
+        let moves: Vec<i64> = ws
+            .seen
+            .iter()
+            .filter(|f| f["id"] == id.as_str() && f["type"] == "job.position")
+            .map(|f| f["queue_position"].as_i64().expect("position"))
+            .collect();
+        let expected: Vec<i64> = (1..=n as i64).rev().collect();
+        assert_eq!(moves, expected, "job {n}: position events");
+        let order: Vec<&str> = ws
+            .seen
+            .iter()
+            .filter(|f| f["id"] == id.as_str())
+            .map(|f| f["type"].as_str().unwrap_or_default())
+            .collect();
+        let processing_at = order
+            .iter()
+            .position(|t| *t == "job.processing")
+            .expect("processing");
+        assert!(
+            order[..processing_at]
+                .iter()
+                .all(|t| *t == "job.queued" || *t == "job.position"),
+            "{order:?}"
+        );
+    }
+    let metrics = app.metrics().await;
+    assert_eq!(metric(&metrics, "forge_gateway_queue_depth"), 0.0);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_queued_job_shifts_the_positions_behind_it() {
+    let (app, _storage) = TestApp::spawn_with(
+        SimConfig {
+            mode: SimMode::Hang,
+            ..fast_sim()
+        },
+        &[],
+    )
+    .await;
+    let token = app.token("alice").await;
+    let blocker = submit_id(&app, &token, "blocker").await;
+    app.wait_message(&token, &blocker, |m| m["status"] == "processing")
+        .await;
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        ids.push(submit_id(&app, &token, &format!("p{n}")).await);
+    }
+    let mut ws = app.ws(&token).await;
+    let cancel = app
+        .request(
+            reqwest::Method::POST,
+            &format!("/api/v1/messages/{}/cancel", ids[1]),
+            &token,
+        )
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(cancel.status().as_u16(), 200);
+    let moved = ws.wait_event("job.position", &ids[3]).await;
+    assert_eq!(moved["queue_position"], 3, "4 → 3");
+    assert_eq!(
+        rest_positions(&app, &token, &ids).await,
+        [Some(1), None, Some(2), Some(3)]
+    );
+    let (_, cancelled) = app
+        .get(&token, &format!("/api/v1/messages/{}", ids[1]))
+        .await;
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(cancelled["queue_position"], Value::Null);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_jobs_survive_a_restart_in_their_order() {
+    let storage = Storage::fresh();
+    let app = TestApp::start(
+        &storage,
+        SimConfig {
+            mode: SimMode::Hang,
+            ..fast_sim()
+        },
+        &[],
+    )
+    .await;
+    let token = app.token("alice").await;
+    let blocker = submit_id(&app, &token, "blocker").await;
+    app.wait_message(&token, &blocker, |m| m["status"] == "processing")
+        .await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(submit_id(&app, &token, &format!("p{n}")).await);
+    }
+    app.stop().await;
+    // The in-process queue is gone; the database is the record it is rebuilt from.
+    let app = TestApp::start(
+        &storage,
+        SimConfig {
+            mode: SimMode::Hang,
+            ..fast_sim()
+        },
+        &[],
+    )
+    .await;
+    let token = app.token("alice").await;
+    let positions = rest_positions(&app, &token, &ids).await;
+    // One of them may already be running on the new process's backend; the rest keep their order.
+    let queued: Vec<i64> = positions.iter().flatten().copied().collect();
+    assert_eq!(
+        queued,
+        (1..=queued.len() as i64).collect::<Vec<_>>(),
+        "{positions:?}"
+    );
+    assert!(queued.len() >= 4, "{positions:?}");
+    app.stop().await;
+}
