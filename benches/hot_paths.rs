@@ -1,0 +1,2 @@
+//! Criterion benchmarks of the pure hot paths (being written).
+fn main() {}

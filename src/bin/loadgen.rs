@@ -1,0 +1,2 @@
+//! loadgen: the gateway's load generator (being written).
+fn main() {}
