@@ -387,6 +387,14 @@ async fn previews_are_stored_and_announced() {
         .await;
     let id = created["id"].as_str().expect("id").to_owned();
     let preview = ws.wait_event("job.preview", &id).await;
+    let version = preview["version"]
+        .as_i64()
+        .expect("a preview carries the version of the write it follows");
+    let complete = ws.wait_event("job.complete", &id).await;
+    assert!(
+        complete["version"].as_i64().expect("version") > version,
+        "a preview never outranks the completion"
+    );
     let url = preview["preview_url"].as_str().expect("url");
     assert_eq!(url, format!("/images/{id}.preview.png"));
     let png = app

@@ -504,6 +504,9 @@ impl Worker {
     async fn poll_progress(&self, message: &Message) {
         let id = message.id;
         let mut last_step = 0;
+        // Previews change no record; they carry the version of the job's last write, so a
+        // client orders them like the write they follow (a late one never undoes a completion).
+        let mut version = message.version;
         let deadline = (self.settings.progress_interval * 3)
             .clamp(Duration::from_millis(200), Duration::from_secs(10));
         loop {
@@ -519,7 +522,7 @@ impl Worker {
                 last_step = progress.step;
                 let percent = (progress.fraction * 100.0).round().clamp(0.0, 99.0) as u8;
                 let eta_s = progress.eta_seconds.map(|eta| eta.ceil() as u32);
-                let _ = self
+                let written = self
                     .deps
                     .store
                     .apply(
@@ -530,6 +533,13 @@ impl Worker {
                         },
                     )
                     .await;
+                match written {
+                    Ok(after) => version = after.version,
+                    // Cancelled or marked stuck meanwhile: no more progress or previews; the
+                    // abandon signal ends the call itself.
+                    Err(StoreError::Refused(_)) => std::future::pending::<()>().await,
+                    Err(_) => {}
+                }
                 let _ = self.deps.queue.mark_moved().await;
             }
             if let Some(png) = progress.preview_png
@@ -541,7 +551,7 @@ impl Worker {
                     .publish(JobEvent {
                         user_id: message.user_id.clone(),
                         message_id: id,
-                        version: None,
+                        version: Some(version),
                         kind: event,
                     })
                     .await;
