@@ -133,7 +133,10 @@ pub enum ApiError {
     /// No such route.
     RouteNotFound,
     /// The route exists but not with this method.
-    MethodNotAllowed,
+    MethodNotAllowed {
+        /// The methods the route takes, for the `Allow` header.
+        allow: &'static str,
+    },
     /// Missing, malformed, badly signed or expired token.
     Unauthorized {
         /// Whether the token had expired (a different message).
@@ -178,7 +181,7 @@ impl ApiError {
             ApiError::InvalidJson { .. } => 400,
             ApiError::PayloadTooLarge { .. } => 413,
             ApiError::NotFound | ApiError::RouteNotFound => 404,
-            ApiError::MethodNotAllowed => 405,
+            ApiError::MethodNotAllowed { .. } => 405,
             ApiError::Unauthorized { .. } => 401,
             ApiError::Forbidden => 403,
             ApiError::TooManyPending { .. } => 429,
@@ -197,7 +200,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::NotFound => "not_found",
             ApiError::RouteNotFound => "route_not_found",
-            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Unauthorized { expired: false } => "unauthorized",
             ApiError::Unauthorized { expired: true } => "token_expired",
             ApiError::Forbidden => "forbidden",
@@ -221,7 +224,9 @@ impl ApiError {
             ),
             ApiError::NotFound => "Mesaj bulunamadı.".to_owned(),
             ApiError::RouteNotFound => "İstenen adres bulunamadı.".to_owned(),
-            ApiError::MethodNotAllowed => "Bu adres bu HTTP yöntemini desteklemiyor.".to_owned(),
+            ApiError::MethodNotAllowed { .. } => {
+                "Bu adres bu HTTP yöntemini desteklemiyor.".to_owned()
+            }
             ApiError::Unauthorized { expired: false } => {
                 "Kimlik doğrulanamadı. Lütfen geçerli bir oturum anahtarıyla tekrar deneyin."
                     .to_owned()

@@ -217,7 +217,13 @@ fn integer(
 ) -> Result<Option<i64>, ApiError> {
     match body.get(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(value) => match value.as_i64() {
+        // JSON has one number type: 512.0 is the integer 512 (JSON Schema agrees).
+        Some(value) => match value.as_i64().or_else(|| {
+            value
+                .as_f64()
+                .filter(|number| number.fract() == 0.0 && number.abs() < 1e15)
+                .map(|number| number as i64)
+        }) {
             Some(number) if (min..=max).contains(&number) => Ok(Some(number)),
             _ => Err(ApiError::validation(
                 field,
@@ -290,6 +296,10 @@ mod tests {
             );
         }
         assert_eq!(field_of(json!({"prompt": "p", "width": 512.5})), "width");
+        assert_eq!(
+            field_of(json!({"prompt": "p", "width": 512.0, "seed": 488.0})),
+            "ok"
+        );
         assert_eq!(field_of(json!({"prompt": "p", "width": "512"})), "width");
         assert_eq!(field_of(json!({"prompt": "p", "steps": 0})), "steps");
         assert_eq!(field_of(json!({"prompt": "p", "steps": 150})), "ok");

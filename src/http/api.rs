@@ -57,10 +57,8 @@ where
     let get = *method == Method::GET || *method == Method::HEAD;
     let post = *method == Method::POST;
     match segments.as_slice() {
-        [""] => only(get, || Ok(warp::reply::html(INDEX_HTML).into_response())),
-        ["healthz"] => only(get, || {
-            Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))
-        }),
+        [""] if get => Ok(warp::reply::html(INDEX_HTML).into_response()),
+        ["healthz"] if get => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
         ["readyz"] if get => Ok(readiness(state).await),
         ["openapi.json"] if get => {
             let mut response = super::openapi::document(state.dev_mode).into_response();
@@ -78,10 +76,7 @@ where
             None => Err(ApiError::NotFound),
         },
         ["admin", "metrics"] if get => metrics(headers, state).await,
-        ["api", "v1", "dev", "token"] if state.dev_mode => {
-            if !post {
-                return Err(ApiError::MethodNotAllowed);
-            }
+        ["api", "v1", "dev", "token"] if state.dev_mode && post => {
             dev_token(body, headers, state).await
         }
         ["api", "v1", "messages"] if post => {
@@ -131,24 +126,28 @@ where
             let view = state.gateway.retry(&user, message_id(id)?, key).await?;
             Ok(json_response(StatusCode::ACCEPTED, &view))
         }
-        ["readyz" | "ws" | "openapi.json"]
-        | ["images", _]
-        | ["admin", "metrics"]
-        | ["api", "v1", "messages"]
-        | ["api", "v1", "messages", _]
-        | ["api", "v1", "messages", _, "cancel" | "retry"] => Err(ApiError::MethodNotAllowed),
-        _ => Err(ApiError::RouteNotFound),
+        _ => match allowed_methods(&segments, state.dev_mode) {
+            Some(allow) => Err(ApiError::MethodNotAllowed { allow }),
+            None => Err(ApiError::RouteNotFound),
+        },
     }
 }
 
-fn only(
-    allowed: bool,
-    answer: impl FnOnce() -> Result<Response, ApiError>,
-) -> Result<Response, ApiError> {
-    if allowed {
-        answer()
-    } else {
-        Err(ApiError::MethodNotAllowed)
+/// The methods a known route takes (for `405` and its `Allow` header); `None` for unknown routes.
+fn allowed_methods(segments: &[&str], dev_mode: bool) -> Option<&'static str> {
+    match segments {
+        [""]
+        | ["healthz"]
+        | ["readyz"]
+        | ["openapi.json"]
+        | ["ws"]
+        | ["images", _]
+        | ["admin", "metrics"] => Some("GET, HEAD"),
+        ["api", "v1", "dev", "token"] if dev_mode => Some("POST"),
+        ["api", "v1", "messages"] => Some("GET, HEAD, POST"),
+        ["api", "v1", "messages", _] => Some("GET, HEAD, PATCH"),
+        ["api", "v1", "messages", _, "cancel" | "retry"] => Some("POST"),
+        _ => None,
     }
 }
 
@@ -164,15 +163,21 @@ fn message_id(text: &str) -> Result<Uuid, ApiError> {
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    match headers.get("idempotency-key") {
-        None => Ok(None),
-        Some(value) => value.to_str().map(|key| Some(key.to_owned())).map_err(|_| {
-            ApiError::validation(
-                "Idempotency-Key",
-                "Idempotency-Key yalnızca ASCII karakterler içermelidir.",
-            )
-        }),
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value.as_bytes();
+    // Visible ASCII only, as documented: a key is an opaque token, not text.
+    if key.is_empty()
+        || key.len() > crate::gateway::MAX_IDEMPOTENCY_KEY
+        || !key.iter().all(|byte| (0x21..=0x7e).contains(byte))
+    {
+        return Err(ApiError::validation(
+            "Idempotency-Key",
+            "Idempotency-Key 1 ile 255 arasında görünür ASCII karakterden oluşmalıdır.",
+        ));
     }
+    Ok(Some(String::from_utf8_lossy(key).into_owned()))
 }
 
 /// Reads the body up to the limit and parses it as JSON.
@@ -229,7 +234,7 @@ fn list_filter(query: &str) -> Result<ListFilter, ApiError> {
     for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
         match key.as_ref() {
             "status" => {
-                for name in value.split(',').filter(|name| !name.is_empty()) {
+                for name in value.split(',') {
                     match name {
                         "pending" => filter.statuses.extend([JobStatus::Queued, JobStatus::Processing]),
                         other => filter.statuses.push(other.parse().map_err(|_| {
@@ -331,6 +336,15 @@ where
     B: Buf,
 {
     let body = read_json(body, headers).await?;
+    if let Some(unknown) = body
+        .as_object()
+        .and_then(|object| object.keys().find(|key| *key != "user"))
+    {
+        return Err(ApiError::validation(
+            unknown.as_str(),
+            format!("Bilinmeyen alan: '{unknown}'."),
+        ));
+    }
     let user = body
         .get("user")
         .and_then(Value::as_str)

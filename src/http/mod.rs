@@ -137,6 +137,11 @@ pub fn error_response(err: &ApiError) -> Response {
     });
     let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = warp::reply::with_status(warp::reply::json(&body), status).into_response();
+    if let ApiError::MethodNotAllowed { allow } = err {
+        response
+            .headers_mut()
+            .insert("allow", warp::http::HeaderValue::from_static(allow));
+    }
     if matches!(err, ApiError::PayloadTooLarge { .. }) {
         // The body was not read to its end: this connection cannot carry another request.
         response

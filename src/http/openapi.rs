@@ -18,11 +18,11 @@ use utoipa::{Modify, OpenApi, ToSchema};
 #[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateMessage {
-    /// What to draw: 1..=2000 characters, not only whitespace.
-    #[schema(min_length = 1, max_length = 2000)]
+    /// What to draw: 1..=2000 characters, not only whitespace, no NUL.
+    #[schema(min_length = 1, max_length = 2000, pattern = r"^[^\x00]*\S[^\x00]*$")]
     pub prompt: String,
-    /// What not to draw: at most 2000 characters.
-    #[schema(max_length = 2000, nullable = true)]
+    /// What not to draw: at most 2000 characters, no NUL.
+    #[schema(max_length = 2000, nullable = true, pattern = r"^[^\x00]*$")]
     pub negative_prompt: Option<String>,
     /// Image width: 64..=2048, a multiple of 8 (default 512).
     #[schema(minimum = 64, maximum = 2048, multiple_of = 8, nullable = true)]
@@ -36,16 +36,27 @@ pub struct CreateMessage {
     /// Guidance scale: 1..=30 (default 7).
     #[schema(minimum = 1, maximum = 30, nullable = true)]
     pub cfg_scale: Option<f64>,
-    /// Sampler: 1..=64 characters (default "Euler a").
-    #[schema(min_length = 1, max_length = 64, nullable = true)]
+    /// Sampler: 1..=64 characters, not only whitespace (default "Euler a").
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        nullable = true,
+        pattern = r"^[^\x00]*\S[^\x00]*$"
+    )]
     pub sampler_name: Option<String>,
     /// -1 for random (default), else 0..=4294967295.
     #[schema(minimum = -1, maximum = 4294967295_i64, nullable = true)]
     pub seed: Option<i64>,
-    /// The chat conversation: 1..=255 characters.
-    #[schema(min_length = 1, max_length = 255, nullable = true)]
+    /// The chat conversation: 1..=255 characters, no NUL.
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        nullable = true,
+        pattern = r"^[^\x00]+$"
+    )]
     pub conversation_id: Option<String>,
-    /// Initial client data (an object, at most 64 KiB and 16 levels deep).
+    /// Initial client data: an object, at most 64 KiB and 16 levels deep, and no NUL
+    /// character in any key or string (no database text column can hold one).
     #[schema(value_type = Option<Object>)]
     pub data: Option<serde_json::Value>,
 }
@@ -54,7 +65,8 @@ pub struct CreateMessage {
 #[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchMessage {
-    /// Merged into the message's data: objects merge key by key, `null` removes a key.
+    /// Merged into the message's data: objects merge key by key, `null` removes a key. The
+    /// result may be at most 64 KiB and 16 levels deep, with no NUL in any key or string.
     #[schema(value_type = Object)]
     pub data: serde_json::Value,
 }
@@ -88,8 +100,12 @@ pub struct ErrorDetail {
 #[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DevTokenRequest {
-    /// Any user name, 1..=64 characters.
-    #[schema(min_length = 1, max_length = 64)]
+    /// Any user name: 1..=64 characters, no control characters, not only whitespace.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x1f\x7f-\x9f\s][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub user: String,
 }
 
@@ -113,7 +129,7 @@ pub struct Health {
 
 #[utoipa::path(post, path = "/api/v1/messages", tag = "messages",
     request_body = CreateMessage,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Repeat a create safely: the same key returns the first message again")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[!-~]+$", description = "Repeat a create safely: the same key returns the first message again")),
     responses(
         (status = 202, description = "Queued", body = MessageView),
         (status = 400, description = "Not JSON", body = ErrorBody),
@@ -127,8 +143,8 @@ fn create_message() {}
 
 #[utoipa::path(get, path = "/api/v1/messages", tag = "messages",
     params(
-        ("status" = Option<String>, Query, description = "pending, queued, processing, complete, error or cancelled (comma-separated)"),
-        ("conversation_id" = Option<String>, Query, description = "Only this conversation"),
+        ("status" = Option<String>, Query, pattern = r"^(pending|queued|processing|complete|error|cancelled)(,(pending|queued|processing|complete|error|cancelled))*$", description = "pending, queued, processing, complete, error or cancelled (comma-separated)"),
+        ("conversation_id" = Option<String>, Query, min_length = 1, max_length = 255, pattern = r"^[^\x00]+$", description = "Only this conversation"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "At most this many (default 50)"),
         ("before" = Option<uuid::Uuid>, Query, description = "Only messages older than this one")),
     responses(
@@ -176,7 +192,7 @@ fn cancel_message() {}
 
 #[utoipa::path(post, path = "/api/v1/messages/{id}/retry", tag = "messages",
     params(("id" = String, Path, description = "Message id"),
-           ("Idempotency-Key" = Option<String>, Header, description = "Repeat a retry safely")),
+           ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[!-~]+$", description = "Repeat a retry safely")),
     responses(
         (status = 202, description = "A new message with the same prompt and params", body = MessageView),
         (status = 401, description = "No or bad token", body = ErrorBody),
