@@ -344,6 +344,8 @@ async fn listing_filters_pages_and_validates() {
     );
     for query in [
         "status=done",
+        "status=",
+        "status=queued,",
         "limit=0",
         "limit=201",
         "limit=x",
@@ -486,6 +488,14 @@ async fn routes_methods_images_admin_and_openapi() {
             .await
             .0,
         405
+    );
+    let answer = call(Method::DELETE, "/api/v1/messages/x")
+        .await
+        .expect("call");
+    assert_eq!(
+        answer.headers().get("allow").and_then(|v| v.to_str().ok()),
+        Some("GET, HEAD, PATCH"),
+        "405 names the methods (RFC 9110)"
     );
     for path in [
         "/images/../dev-jwt-secret",
