@@ -228,15 +228,21 @@ pub async fn start(config: Config) -> Result<RunningApp, StartError> {
     let routes = http::routes(state.clone());
     let (server_stop, stop_signal) = oneshot::channel::<()>();
     let (done_tx, server_done) = oneshot::channel::<()>();
-    let server = {
+    let listener = {
         let _guard = http_runtime.enter();
-        let listener = tokio::net::TcpListener::from_std(listener).map_err(fail("listener"))?;
-        warp::serve(routes).incoming(listener).graceful(async move {
-            let _ = stop_signal.await;
-        })
+        tokio::net::TcpListener::from_std(listener).map_err(fail("listener"))?
     };
+    let server = http::server::serve(
+        listener,
+        routes,
+        state.clone(),
+        async move {
+            let _ = stop_signal.await;
+        },
+        config.shutdown_grace,
+    );
     http_runtime.spawn(async move {
-        server.run().await;
+        server.await;
         let _ = done_tx.send(());
     });
 

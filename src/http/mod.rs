@@ -7,6 +7,7 @@
 pub mod api;
 pub mod auth;
 pub mod openapi;
+pub mod server;
 pub mod ws;
 
 use crate::actors::session::SessionTiming;
@@ -92,7 +93,7 @@ impl HttpState {
     }
 }
 
-/// Every route of the gateway.
+/// Every route of the gateway but the WebSocket upgrade (see [`server`]).
 pub fn routes(
     state: Arc<HttpState>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
@@ -101,17 +102,6 @@ pub fn routes(
         warp::any().map(move || state.clone())
     };
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
-    let websocket = warp::path("ws")
-        .and(warp::path::end())
-        .and(warp::get())
-        .and(warp::ws())
-        .and(query)
-        .and(with_state.clone())
-        .map(
-            |upgrade: warp::ws::Ws, query: String, state: Arc<HttpState>| {
-                ws::upgrade(upgrade, &query, state)
-            },
-        );
     let everything = warp::method()
         .and(warp::path::full())
         .and(query)
@@ -119,7 +109,7 @@ pub fn routes(
         .and(warp::body::stream())
         .and(with_state)
         .then(api::route);
-    websocket.or(everything).unify().recover(recover).unify()
+    everything.recover(recover).unify()
 }
 
 async fn recover(rejection: warp::Rejection) -> Result<Response, Infallible> {
