@@ -7,15 +7,15 @@
 //! estimates ETAs from recent processing times.
 
 use crate::db::Database;
-use crate::domain::queue_book::{PositionUpdate, QueueBook, QueueChange, QueuedJob};
+use crate::domain::queue_book::{QueueBook, QueueChange, QueuedJob};
 use crate::events::SessionHub;
 use crate::metrics::Metrics;
 use crate::queue::{Enqueued, FeedItem, QueueError, QueueStore};
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, oneshot};
 use uuid::Uuid;
 
@@ -23,6 +23,8 @@ use uuid::Uuid;
 /// have queued a job whose signal was lost), and how often the store is checked for a lost queue.
 const POLL_EVERY: Duration = Duration::from_millis(500);
 const AUDIT_EVERY: Duration = Duration::from_secs(5);
+/// Position pushes of a burst of queue changes are coalesced to one per this period.
+const POSITION_FLUSH_EVERY: Duration = Duration::from_millis(25);
 
 /// Estimates of processing time, for ETAs.
 #[derive(Clone, Copy, Debug)]
@@ -60,6 +62,12 @@ pub struct QueueActor {
     eta: Eta,
     rebuilding: bool,
     paused: bool,
+    /// The position each queued job's owner was last told.
+    pushed: HashMap<Uuid, u32>,
+    /// Positions from this index on may have changed since the last push.
+    dirty_from: Option<usize>,
+    flush_scheduled: bool,
+    last_flush: Instant,
 }
 
 impl QueueActor {
@@ -85,6 +93,10 @@ impl QueueActor {
             },
             rebuilding: false,
             paused: false,
+            pushed: HashMap::new(),
+            dirty_from: None,
+            flush_scheduled: false,
+            last_flush: Instant::now(),
         }
     }
 
@@ -126,27 +138,73 @@ impl QueueActor {
         }));
     }
 
-    fn push_positions(&self, updates: Vec<PositionUpdate>, skip: Option<Uuid>) {
-        for update in updates {
-            if Some(update.id) == skip {
+    /// Applies a feed change to the mirror and schedules a position push. Pushes are
+    /// coalesced: a burst of pops moves a waiting job several places but its owner gets one
+    /// `job.position` with where it is now, at most every [`POSITION_FLUSH_EVERY`]; the first
+    /// change after a quiet period goes out at once.
+    fn apply_change(&mut self, change: QueueChange, ctx: &mut Context<Self>) {
+        let added = match &change {
+            QueueChange::Added(job) => Some(job.id),
+            QueueChange::Removed { id } => {
+                self.pushed.remove(id);
+                None
+            }
+            QueueChange::Reset(_) => {
+                self.dirty_from = Some(0);
+                None
+            }
+        };
+        let updates = self.mirror.apply(change);
+        if let Some(first) = updates.first() {
+            let from = first.position as usize - 1;
+            self.dirty_from = Some(self.dirty_from.map_or(from, |dirty| dirty.min(from)));
+        }
+        if let Some(id) = added {
+            // Its `job.queued` event carries this position already.
+            if let Some(update) = updates.iter().find(|update| update.id == id) {
+                self.pushed.insert(id, update.position);
+            }
+        }
+        self.metrics.queue_depth.set(self.mirror.len() as i64);
+        self.schedule_flush(ctx);
+        if added.is_some() {
+            self.dispatch(ctx);
+        }
+    }
+
+    fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
+        if self.flush_scheduled || self.dirty_from.is_none() {
+            return;
+        }
+        let since = self.last_flush.elapsed();
+        if since >= POSITION_FLUSH_EVERY {
+            self.flush_positions();
+        } else {
+            self.flush_scheduled = true;
+            ctx.run_later(POSITION_FLUSH_EVERY - since, |act, _| {
+                act.flush_scheduled = false;
+                act.flush_positions();
+            });
+        }
+    }
+
+    /// Pushes the position of every job that moved since its owner last heard of it.
+    fn flush_positions(&mut self) {
+        let Some(from) = self.dirty_from.take() else {
+            return;
+        };
+        self.last_flush = Instant::now();
+        if from == 0 {
+            self.pushed.retain(|id, _| self.mirror.contains(id));
+        }
+        for update in self.mirror.positions_from(from) {
+            if self.pushed.get(&update.id) == Some(&update.position) {
                 continue;
             }
             let eta = self.eta.for_position(update.position);
             self.hub
                 .deliver_position(&update.user_id, update.id, update.position, eta);
-        }
-    }
-
-    fn apply_change(&mut self, change: QueueChange, ctx: &mut Context<Self>) {
-        let added = match &change {
-            QueueChange::Added(job) => Some(job.id),
-            _ => None,
-        };
-        let updates = self.mirror.apply(change);
-        self.metrics.queue_depth.set(self.mirror.len() as i64);
-        self.push_positions(updates, added);
-        if added.is_some() {
-            self.dispatch(ctx);
+            self.pushed.insert(update.id, update.position);
         }
     }
 
