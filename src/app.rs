@@ -356,12 +356,15 @@ async fn build_core(
         backends.push(ForgeActor::new(client, deps.clone(), settings.clone()).start());
     }
     let forge = ForgePool::new(backends, health, busy);
+    {
+        let forge = forge.clone();
+        hub.on_job_ended(move |id| forge.abandon(id));
+    }
 
     let gateway = Gateway::new(
         db.clone(),
         store.clone(),
         queue.clone(),
-        forge.clone(),
         GatewaySettings {
             max_pending_per_user: config.max_pending_per_user,
         },

@@ -4,7 +4,6 @@
 //! Reads go straight to the database (the record) and the queue (live positions); every write
 //! goes through the store actor.
 
-use crate::actors::forge::ForgePool;
 use crate::actors::queue::QueueHandle;
 use crate::actors::store::{StoreError, StoreHandle};
 use crate::db::{Database, DbError, ListFilter};
@@ -30,7 +29,6 @@ struct Inner {
     db: Database,
     store: StoreHandle,
     queue: QueueHandle,
-    forge: ForgePool,
     settings: GatewaySettings,
 }
 
@@ -49,7 +47,6 @@ impl Gateway {
         db: Database,
         store: StoreHandle,
         queue: QueueHandle,
-        forge: ForgePool,
         settings: GatewaySettings,
     ) -> Self {
         Gateway {
@@ -57,7 +54,6 @@ impl Gateway {
                 db,
                 store,
                 queue,
-                forge,
                 settings,
             }),
         }
@@ -278,10 +274,10 @@ impl Gateway {
         self.submit(user, request, idempotency_key, Some(id)).await
     }
 
-    /// Frees what a job held once it is terminal: its queue entry, its backend, its cap slot.
+    /// Frees what a job held once it is terminal: its queue entry and its cap slot. (Its
+    /// backend, in whichever process runs it, hears of it through the job's event.)
     pub async fn after_terminal(&self, message: &Message) {
         let _ = self.inner.queue.remove(message.id).await;
-        self.inner.forge.abandon(message.id);
         if let Err(err) = self.inner.queue.release(&message.user_id, message.id).await {
             tracing::warn!(message_id = %message.id, error = %err, "could not free the pending slot; it heals at the next cap check");
         }

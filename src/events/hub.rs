@@ -10,12 +10,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use uuid::Uuid;
 
 type Sessions = Vec<(u64, Recipient<Deliver>)>;
+type EndedListener = Arc<dyn Fn(Uuid) + Send + Sync>;
 
 /// Routes each event to the sessions of its user. Cloning shares the registry.
+///
+/// Every job event of every gateway process passes through each process's hub, so the hub
+/// also tells a listener when a job ended in error or was cancelled: the backends of this
+/// process stop working on it if they run it (a cancel or a stuck mark made by another process).
 #[derive(Clone, Default)]
 pub struct SessionHub {
     users: Arc<RwLock<HashMap<Arc<str>, Sessions>>>,
     next_id: Arc<AtomicU64>,
+    ended: Arc<RwLock<Option<EndedListener>>>,
 }
 
 impl SessionHub {
@@ -56,8 +62,22 @@ impl SessionHub {
         self.users.read().contains_key(user)
     }
 
+    /// Calls `listener` with the id of every job that ends in error or is cancelled.
+    pub fn on_job_ended(&self, listener: impl Fn(Uuid) + Send + Sync + 'static) {
+        *self.ended.write() = Some(Arc::new(listener));
+    }
+
     /// Delivers a job event to its user's sessions (serialized once for all of them).
     pub fn dispatch(&self, event: &JobEvent) {
+        if matches!(
+            event.kind,
+            JobEventKind::Error { .. } | JobEventKind::Cancelled { .. }
+        ) {
+            let listener = self.ended.read().clone();
+            if let Some(listener) = listener {
+                listener(event.message_id);
+            }
+        }
         let users = self.users.read();
         let Some(sessions) = users.get(event.user_id.as_str()) else {
             return;
