@@ -11,6 +11,7 @@ use crate::actors::store::{MessageStoreActor, StoreHandle, StoreLimits};
 use crate::actors::watchdog::{WatchdogActor, WatchdogHandle, WatchdogSettings};
 use crate::config::Config;
 use crate::db::{Database, DbSettings};
+use crate::events::redis_bus::RedisBus;
 use crate::events::{EventBus, LocalBus, SessionHub};
 use crate::forge_client::{Backend, ForgeClient};
 use crate::gateway::{Gateway, GatewaySettings};
@@ -20,6 +21,7 @@ use crate::images::ImageStore;
 use crate::metrics::Metrics;
 use crate::queue::QueueStore;
 use crate::queue::memory::MemoryQueue;
+use crate::queue::redis::RedisQueue;
 use crate::sim::{Latency, SimConfig, SimServer};
 use actix::prelude::*;
 use std::net::SocketAddr;
@@ -72,6 +74,17 @@ pub struct Core {
     pub metrics: Arc<Metrics>,
     /// Arbiters for sessions.
     pub arbiters: Vec<ArbiterHandle>,
+    /// The Redis clients, in Redis mode (closed at shutdown).
+    pub redis: Option<RedisClients>,
+}
+
+/// The Redis queue and bus of a process in Redis mode.
+#[derive(Clone)]
+pub struct RedisClients {
+    /// The queue store.
+    pub queue: Arc<RedisQueue>,
+    /// The event bus.
+    pub bus: Arc<RedisBus>,
 }
 
 impl RunningApp {
@@ -127,6 +140,10 @@ impl RunningApp {
             tracing::warn!("the actor system did not stop cleanly");
         }
         db.close().await;
+        if let Some(redis) = &parts.core.redis {
+            redis.bus.close().await;
+            redis.queue.close().await;
+        }
         if let Some(sim) = parts.sim {
             sim.shutdown().await;
         }
@@ -296,15 +313,33 @@ async fn build_core(
         .map_err(|err| StartError(format!("cannot open the database: {err}")))?;
     let metrics = Metrics::shared();
     let hub = SessionHub::new();
-    let queue_store: Arc<dyn QueueStore> = match &config.redis_url {
-        None => Arc::new(MemoryQueue::new()),
-        Some(_) => {
-            return Err(StartError(
-                "REDIS_URL: the Redis queue store is not available in this build yet".into(),
-            ));
-        }
-    };
-    let bus: Arc<dyn EventBus> = LocalBus::new(hub.clone());
+    let (queue_store, bus, redis): (Arc<dyn QueueStore>, Arc<dyn EventBus>, Option<RedisClients>) =
+        match &config.redis_url {
+            None => (
+                Arc::new(MemoryQueue::new()),
+                LocalBus::new(hub.clone()),
+                None,
+            ),
+            Some(url) => {
+                let queue = Arc::new(
+                    RedisQueue::connect(url, &config.redis_prefix)
+                        .await
+                        .map_err(|err| {
+                            StartError(format!("REDIS_URL: cannot use the Redis queue: {err}"))
+                        })?,
+                );
+                let bus = RedisBus::connect(url, &config.redis_prefix, hub.clone())
+                    .await
+                    .map_err(|err| {
+                        StartError(format!("REDIS_URL: cannot use the Redis event bus: {err}"))
+                    })?;
+                let clients = RedisClients {
+                    queue: queue.clone(),
+                    bus: bus.clone(),
+                };
+                (queue, bus, Some(clients))
+            }
+        };
 
     let rebuilt = rebuild_from_db(&*queue_store, &db)
         .await
@@ -395,6 +430,7 @@ async fn build_core(
         db,
         metrics,
         arbiters,
+        redis,
     })
 }
 

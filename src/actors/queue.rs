@@ -62,6 +62,9 @@ pub struct QueueActor {
     eta: Eta,
     rebuilding: bool,
     paused: bool,
+    /// Changes that arrived while the mirror reloads, replayed on the reloaded mirror (a
+    /// change the snapshot already holds applies as a no-op).
+    reload_backlog: Option<Vec<QueueChange>>,
     /// The position each queued job's owner was last told.
     pushed: HashMap<Uuid, u32>,
     /// Positions from this index on may have changed since the last push.
@@ -93,6 +96,7 @@ impl QueueActor {
             },
             rebuilding: false,
             paused: false,
+            reload_backlog: None,
             pushed: HashMap::new(),
             dirty_from: None,
             flush_scheduled: false,
@@ -208,12 +212,27 @@ impl QueueActor {
         }
     }
 
+    /// Reloads the mirror from the store (at start, and after a gap in the feed). Changes that
+    /// arrive meanwhile are kept and replayed on the reloaded mirror, so none is lost.
     fn reload_mirror(&mut self, ctx: &mut Context<Self>) {
+        if self.reload_backlog.is_some() {
+            return;
+        }
+        self.reload_backlog = Some(Vec::new());
         let store = self.store.clone();
         ctx.spawn(async move { store.snapshot().await }.into_actor(self).map(
-            |snapshot, act, ctx| match snapshot {
-                Ok(jobs) => act.apply_change(QueueChange::Reset(jobs), ctx),
-                Err(err) => tracing::warn!(error = %err, "could not reload the queue mirror"),
+            |snapshot, act, ctx| {
+                let backlog = act.reload_backlog.take().unwrap_or_default();
+                match snapshot {
+                    Ok(jobs) => act.apply_change(QueueChange::Reset(jobs), ctx),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "could not reload the queue mirror; retrying");
+                        ctx.run_later(Duration::from_secs(1), |act, ctx| act.reload_mirror(ctx));
+                    }
+                }
+                for change in backlog {
+                    act.apply_change(change, ctx);
+                }
             },
         ));
     }
@@ -311,7 +330,10 @@ impl Actor for QueueActor {
 impl StreamHandler<FeedItem> for QueueActor {
     fn handle(&mut self, item: FeedItem, ctx: &mut Context<Self>) {
         match item {
-            FeedItem::Change(change) => self.apply_change(change, ctx),
+            FeedItem::Change(change) => match &mut self.reload_backlog {
+                Some(backlog) => backlog.push(change),
+                None => self.apply_change(change, ctx),
+            },
             FeedItem::Gap => self.reload_mirror(ctx),
         }
     }

@@ -1,7 +1,7 @@
 //! The per-process registry of WebSocket sessions by user.
 
 use crate::actors::session::Deliver;
-use crate::domain::event::{JobEvent, JobEventKind};
+use crate::domain::event::{JobEvent, JobEventKind, control_frame_body};
 use actix::Recipient;
 use parking_lot::RwLock;
 use std::collections::HashMap;
@@ -112,6 +112,20 @@ impl SessionHub {
                 body: body.clone(),
                 position_of: Some(id),
             });
+        }
+    }
+
+    /// Tells every session it may have missed events (the bus lost messages): each sends
+    /// its client `resync`, and the client reloads over REST or asks for a snapshot.
+    pub fn resync_all(&self) {
+        let body: Arc<str> = Arc::from(control_frame_body("resync", serde_json::Map::new()));
+        for sessions in self.users.read().values() {
+            for (_, session) in sessions {
+                session.do_send(Deliver::Frame {
+                    body: body.clone(),
+                    position_of: None,
+                });
+            }
         }
     }
 

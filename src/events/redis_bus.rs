@@ -9,20 +9,17 @@
 
 use super::{EventBus, SessionHub};
 use crate::domain::event::JobEvent;
-use crate::queue::redis::{Role, builder, check_prefix};
+use crate::queue::redis::{Received, Role, Subscription, builder, check_prefix};
 use fred::clients::SubscriberClient;
-use fred::prelude::{ClientLike, EventInterface, Options, PubsubInterface};
+use fred::prelude::{ClientLike, Options, PubsubInterface};
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
 /// The longest a publish may hold up its caller (the store's publishing task): events are
 /// delivered in commit order, so one slow publish delays all the following ones.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
-/// Pause between attempts to subscribe again after a reconnect.
-const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(250);
 
 /// The event bus over Redis pub/sub.
 pub struct RedisBus {
@@ -50,35 +47,21 @@ impl RedisBus {
             .init()
             .await
             .map_err(|err| format!("connecting the Redis event publisher: {err}"))?;
-        let subscriber = match Self::start_subscriber(url, &channel).await {
-            Ok(subscriber) => subscriber,
+        let subscription = match Subscription::connect(url, &channel).await {
+            Ok(subscription) => subscription,
             Err(err) => {
                 let _ = publisher.quit().await;
                 return Err(err);
             }
         };
-        let task = tokio::spawn(run_delivery(subscriber.clone(), channel.clone(), hub));
+        let subscriber = subscription.client();
+        let task = tokio::spawn(run_delivery(subscription, hub));
         Ok(Arc::new(RedisBus {
             publisher,
             subscriber,
             channel,
             task: Mutex::new(Some(task)),
         }))
-    }
-
-    async fn start_subscriber(url: &str, channel: &str) -> Result<SubscriberClient, String> {
-        let subscriber = builder(url, Role::Subscriber)?
-            .build_subscriber_client()
-            .map_err(|err| format!("creating the Redis event subscriber: {err}"))?;
-        subscriber
-            .init()
-            .await
-            .map_err(|err| format!("connecting the Redis event subscriber: {err}"))?;
-        if let Err(err) = subscriber.subscribe(channel).await {
-            let _ = subscriber.quit().await;
-            return Err(format!("subscribing to {channel}: {err}"));
-        }
-        Ok(subscriber)
     }
 
     /// The client name of the subscriber's connection (as `CLIENT LIST` shows it).
@@ -102,9 +85,17 @@ impl RedisBus {
 
 impl Drop for RedisBus {
     fn drop(&mut self) {
-        // The delivery task holds its own handle to the subscriber; stop it with the bus.
+        // The delivery task holds its own handle to the subscriber, and fred's connection tasks
+        // live until `quit`: stop them with the bus. Quitting twice (after `close`) is harmless.
         if let Some(task) = self.task.lock().take() {
             task.abort();
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (publisher, subscriber) = (self.publisher.clone(), self.subscriber.clone());
+            runtime.spawn(async move {
+                let _ = subscriber.quit().await;
+                let _ = publisher.quit().await;
+            });
         }
     }
 }
@@ -143,54 +134,38 @@ impl EventBus for RedisBus {
     }
 }
 
-/// Subscribes again until it works; fred reconnects meanwhile if the connection drops again.
-async fn resubscribe(subscriber: &SubscriberClient, channel: &str) {
+/// Hands every event arriving on the channel to `hub` until the subscriber closes.
+async fn run_delivery(mut subscription: Subscription, hub: SessionHub) {
     loop {
-        match subscriber.subscribe(channel).await {
-            Ok(()) => return,
-            Err(err) => {
-                tracing::warn!(error = %err, "could not subscribe to job events again; retrying");
-                tokio::time::sleep(RESUBSCRIBE_PAUSE).await;
+        match subscription.next().await {
+            Received::Message(value) => {
+                let event = value
+                    .as_str()
+                    .ok_or_else(|| "not text".to_owned())
+                    .and_then(|text| {
+                        serde_json::from_str::<JobEvent>(&text).map_err(|err| err.to_string())
+                    });
+                match event {
+                    Ok(event) => hub.dispatch(&event),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "skipping a malformed job event from Redis")
+                    }
+                }
             }
-        }
-    }
-}
-
-/// Hands every event arriving on `channel` to `hub` until the subscriber closes.
-async fn run_delivery(subscriber: SubscriberClient, channel: String, hub: SessionHub) {
-    let mut messages = subscriber.message_rx();
-    let mut reconnects = subscriber.reconnect_rx();
-    loop {
-        tokio::select! {
-            reconnect = reconnects.recv() => match reconnect {
-                Ok(_) | Err(RecvError::Lagged(_)) => {
-                    resubscribe(&subscriber, &channel).await;
-                    tracing::warn!("event subscriber reconnected; events published meanwhile were lost");
-                }
-                Err(RecvError::Closed) => break,
-            },
-            message = messages.recv() => match message {
-                Ok(message) => {
-                    if message.channel != channel.as_str() {
-                        continue;
-                    }
-                    let event = message
-                        .value
-                        .as_str()
-                        .ok_or_else(|| "not text".to_owned())
-                        .and_then(|text| {
-                            serde_json::from_str::<JobEvent>(&text).map_err(|err| err.to_string())
-                        });
-                    match event {
-                        Ok(event) => hub.dispatch(&event),
-                        Err(err) => tracing::warn!(error = %err, "skipping a malformed job event from Redis"),
-                    }
-                }
-                Err(RecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "event subscriber lagged; events were lost");
-                }
-                Err(RecvError::Closed) => break,
-            },
+            Received::Resubscribed => {
+                tracing::warn!(
+                    "event subscriber reconnected; events published meanwhile may be lost: telling every session to resync"
+                );
+                hub.resync_all();
+            }
+            Received::Lagged(missed) => {
+                tracing::warn!(
+                    missed,
+                    "event subscriber lagged; events were lost: telling every session to resync"
+                );
+                hub.resync_all();
+            }
+            Received::Closed => break,
         }
     }
 }

@@ -22,22 +22,19 @@
 
 mod connection;
 
-pub(crate) use connection::{Role, builder, check_prefix};
+pub(crate) use connection::{Received, Role, Subscription, builder, check_prefix};
 
 use super::{Enqueued, FeedItem, QueueError, QueueStore, Rebuilt};
 use crate::domain::queue_book::{QueueChange, QueuedJob};
 use chrono::{DateTime, Utc};
 use fred::clients::SubscriberClient;
 use fred::prelude::{
-    ClientLike, EventInterface, KeysInterface, LuaInterface, Pool, PubsubInterface, SetsInterface,
-    SortedSetsInterface, Value,
+    ClientLike, KeysInterface, LuaInterface, Pool, SetsInterface, SortedSetsInterface, Value,
 };
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::broadcast;
-use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -51,8 +48,6 @@ const REBUILD_CHUNK: usize = 500;
 const SNAPSHOT_PAGE: usize = 1_000;
 /// Capacity of the feed's broadcast channel (as the in-process queue's).
 const FEED_CAPACITY: usize = 1 << 16;
-/// Pause between attempts to subscribe again after a reconnect.
-const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(250);
 
 /// One Lua script: its source (to load it again after a Redis restart) and its SHA1.
 struct Script {
@@ -188,13 +183,14 @@ impl RedisQueue {
         pool.init()
             .await
             .map_err(|err| unavailable("connecting to Redis", err))?;
-        let subscriber = match Self::start_subscriber(url, &keys.feed).await {
-            Ok(subscriber) => subscriber,
+        let subscription = match Subscription::connect(url, &keys.feed).await {
+            Ok(subscription) => subscription,
             Err(err) => {
                 let _ = pool.quit().await;
-                return Err(err);
+                return Err(QueueError::Unavailable(err));
             }
         };
+        let subscriber = subscription.client();
         let scripts = match Scripts::load(&pool).await {
             Ok(scripts) => scripts,
             Err(err) => {
@@ -204,11 +200,7 @@ impl RedisQueue {
             }
         };
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
-        let task = tokio::spawn(run_feed(
-            subscriber.clone(),
-            keys.feed.clone(),
-            feed.clone(),
-        ));
+        let task = tokio::spawn(run_feed(subscription, feed.clone()));
         Ok(RedisQueue {
             pool,
             subscriber,
@@ -217,22 +209,6 @@ impl RedisQueue {
             feed,
             feed_task: Mutex::new(Some(task)),
         })
-    }
-
-    async fn start_subscriber(url: &str, channel: &str) -> Result<SubscriberClient, QueueError> {
-        let subscriber = builder(url, Role::Subscriber)
-            .map_err(QueueError::Unavailable)?
-            .build_subscriber_client()
-            .map_err(|err| unavailable("creating the Redis subscriber", err))?;
-        subscriber
-            .init()
-            .await
-            .map_err(|err| unavailable("connecting the Redis subscriber", err))?;
-        if let Err(err) = subscriber.subscribe(channel).await {
-            let _ = subscriber.quit().await;
-            return Err(unavailable("subscribing to the queue feed", err));
-        }
-        Ok(subscriber)
     }
 
     /// The client name of the feed subscriber's connection (as `CLIENT LIST` shows it), so an
@@ -364,10 +340,17 @@ impl RedisQueue {
 
 impl Drop for RedisQueue {
     fn drop(&mut self) {
-        // Without this the feed task (which holds its own handle to the subscriber) would
-        // outlive the store.
+        // Without this the feed task (which holds its own handle to the subscriber) and fred's
+        // connection tasks would outlive the store. Quitting twice (after `close`) is harmless.
         if let Some(task) = self.feed_task.lock().take() {
             task.abort();
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (pool, subscriber) = (self.pool.clone(), self.subscriber.clone());
+            runtime.spawn(async move {
+                let _ = subscriber.quit().await;
+                let _ = pool.quit().await;
+            });
         }
     }
 }
@@ -666,31 +649,11 @@ fn parse_feed(text: &str) -> Option<(u64, QueueChange)> {
     }
 }
 
-/// Subscribes again until it works (the connection may drop again meanwhile: then fred
-/// reconnects and the next attempt succeeds).
-async fn resubscribe(subscriber: &SubscriberClient, channel: &str) {
-    loop {
-        match subscriber.subscribe(channel).await {
-            Ok(()) => return,
-            Err(err) => {
-                tracing::warn!(error = %err, "could not subscribe to the queue feed again; retrying");
-                tokio::time::sleep(RESUBSCRIBE_PAUSE).await;
-            }
-        }
-    }
-}
-
 /// Turns the feed channel's messages into [`FeedItem`]s until the subscriber closes.
 ///
-/// After a reconnect it subscribes again first and only then reports the gap, so a mirror that
-/// reloads on the gap cannot miss a change published after its reload.
-async fn run_feed(
-    subscriber: SubscriberClient,
-    channel: String,
-    feed: broadcast::Sender<FeedItem>,
-) {
-    let mut messages = subscriber.message_rx();
-    let mut reconnects = subscriber.reconnect_rx();
+/// A reconnect is reported as a gap only once the channel is subscribed again, so a mirror
+/// that reloads on the gap cannot miss a change published after its reload.
+async fn run_feed(mut subscription: Subscription, feed: broadcast::Sender<FeedItem>) {
     // `None`: the next sequence number is accepted whatever it is (after a gap).
     let mut last_seq: Option<u64> = None;
     // No receiver is fine: a mirror loads a snapshot when it subscribes.
@@ -698,47 +661,38 @@ async fn run_feed(
         let _ = feed.send(item);
     };
     loop {
-        tokio::select! {
-            reconnect = reconnects.recv() => match reconnect {
-                Ok(_) | Err(RecvError::Lagged(_)) => {
-                    resubscribe(&subscriber, &channel).await;
-                    tracing::info!("queue feed subscriber reconnected; mirrors reload");
-                    last_seq = None;
-                    send(FeedItem::Gap);
-                }
-                Err(RecvError::Closed) => break,
-            },
-            message = messages.recv() => match message {
-                Ok(message) => {
-                    if message.channel != channel.as_str() {
-                        continue;
-                    }
-                    let parsed = message.value.as_str().and_then(|text| parse_feed(&text));
-                    match parsed {
-                        Some((seq, change)) => {
-                            let in_order = last_seq.is_none_or(|last| seq == last.wrapping_add(1));
-                            last_seq = Some(seq);
-                            if in_order {
-                                send(FeedItem::Change(change));
-                            } else {
-                                tracing::debug!(seq, "queue feed skipped a sequence number");
-                                send(FeedItem::Gap);
-                            }
-                        }
-                        None => {
-                            tracing::warn!(message = ?message.value, "malformed queue feed message");
-                            last_seq = None;
+        match subscription.next().await {
+            Received::Message(value) => {
+                match value.as_str().and_then(|text| parse_feed(&text)) {
+                    Some((seq, change)) => {
+                        let in_order = last_seq.is_none_or(|last| seq == last.wrapping_add(1));
+                        last_seq = Some(seq);
+                        if in_order {
+                            send(FeedItem::Change(change));
+                        } else {
+                            // The mirror reloads a snapshot, which includes this change.
+                            tracing::debug!(seq, "queue feed skipped a sequence number");
                             send(FeedItem::Gap);
                         }
                     }
+                    None => {
+                        tracing::warn!(message = ?value, "malformed queue feed message");
+                        last_seq = None;
+                        send(FeedItem::Gap);
+                    }
                 }
-                Err(RecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "queue feed subscriber lagged");
-                    last_seq = None;
-                    send(FeedItem::Gap);
-                }
-                Err(RecvError::Closed) => break,
-            },
+            }
+            Received::Resubscribed => {
+                tracing::info!("queue feed subscriber reconnected; mirrors reload");
+                last_seq = None;
+                send(FeedItem::Gap);
+            }
+            Received::Lagged(missed) => {
+                tracing::warn!(missed, "queue feed subscriber lagged");
+                last_seq = None;
+                send(FeedItem::Gap);
+            }
+            Received::Closed => break,
         }
     }
 }

@@ -1,16 +1,33 @@
 //! How the gateway's Redis clients connect: shared by the queue store and the event bus so both
 //! behave the same when Redis goes away.
 
-use fred::prelude::{Builder, Config, ReconnectPolicy};
+use fred::clients::SubscriberClient;
+use fred::prelude::{
+    Builder, ClientLike, Config, EventInterface, PubsubInterface, ReconnectPolicy, Server, Value,
+};
+use fred::types::Message;
 use std::time::Duration;
+use tokio::sync::broadcast;
 
 /// How long one command may take before the caller gets an error: long enough to ride out a
 /// reconnect blip, short enough that a request never hangs on a dead Redis.
 pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// A connection with a command unanswered this long is dropped and reconnected: catches
+/// half-open TCP connections (a vanished load balancer or host) that would otherwise never
+/// fail.
+const UNRESPONSIVE_AFTER: Duration = Duration::from_secs(10);
+
+/// How often a subscriber pings its connection. A subscriber only ever reads, so without this
+/// a dead connection would go unnoticed (and messages silently stop) until the next write.
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(5);
+
 /// Capacity of fred's internal pub/sub broadcast channel. A lagging reader turns into a `Gap`
 /// (queue feed) or lost events (bus), so it is generous.
 const PUBSUB_CAPACITY: usize = 1 << 14;
+
+/// Pause between attempts to subscribe again after a reconnect.
+const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(250);
 
 /// What a client is for; decides its retry rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +61,7 @@ pub(crate) fn builder(url: &str, role: Role) -> Result<Builder, String> {
         .with_connection_config(|connection| {
             connection.connection_timeout = COMMAND_TIMEOUT;
             connection.internal_command_timeout = COMMAND_TIMEOUT;
+            connection.unresponsive.max_timeout = Some(UNRESPONSIVE_AFTER);
             // Names show up in CLIENT LIST, which is how operators (and the tests) tell the
             // gateway's connections apart.
             connection.auto_client_setname = true;
@@ -56,4 +74,122 @@ pub(crate) fn builder(url: &str, role: Role) -> Result<Builder, String> {
             performance.broadcast_channel_capacity = PUBSUB_CAPACITY;
         });
     Ok(builder)
+}
+
+/// What a subscriber task sees next.
+pub(crate) enum Received {
+    /// A message on the subscribed channel.
+    Message(Value),
+    /// The connection was re-established and the channel subscribed again: whatever was
+    /// published meanwhile is lost.
+    Resubscribed,
+    /// fred's message buffer overflowed: this many messages are lost.
+    Lagged(u64),
+    /// The client was closed.
+    Closed,
+}
+
+/// One subscriber connection to one channel, with its message and reconnect streams.
+pub(crate) struct Subscription {
+    client: SubscriberClient,
+    channel: String,
+    messages: broadcast::Receiver<Message>,
+    reconnects: broadcast::Receiver<Server>,
+    heartbeat: tokio::time::Interval,
+}
+
+impl Subscription {
+    /// Connects to `url` and subscribes to `channel`; returns once Redis has registered the
+    /// subscription, so anything published afterwards arrives.
+    pub(crate) async fn connect(url: &str, channel: &str) -> Result<Subscription, String> {
+        let client = builder(url, Role::Subscriber)?
+            .build_subscriber_client()
+            .map_err(|err| format!("creating a Redis subscriber: {err}"))?;
+        client
+            .init()
+            .await
+            .map_err(|err| format!("connecting a Redis subscriber: {err}"))?;
+        // Taken before subscribing: fred drops messages that arrive while nobody listens.
+        let messages = client.message_rx();
+        let reconnects = client.reconnect_rx();
+        if let Err(err) = subscribe_confirmed(&client, channel).await {
+            let _ = client.quit().await;
+            return Err(format!("subscribing to {channel}: {err}"));
+        }
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ok(Subscription {
+            client,
+            channel: channel.to_owned(),
+            messages,
+            reconnects,
+            heartbeat,
+        })
+    }
+
+    /// A handle to the client (to close it, or to read its name).
+    pub(crate) fn client(&self) -> SubscriberClient {
+        self.client.clone()
+    }
+
+    /// Waits for the next message on the channel, reconnect, loss or close. After a reconnect
+    /// it subscribes again (retrying until it works) before reporting
+    /// [`Received::Resubscribed`], so a reader that reloads state then misses nothing newer.
+    pub(crate) async fn next(&mut self) -> Received {
+        loop {
+            tokio::select! {
+                reconnect = self.reconnects.recv() => match reconnect {
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        self.resubscribe().await;
+                        return Received::Resubscribed;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return Received::Closed,
+                },
+                message = self.messages.recv() => match message {
+                    Ok(message) if message.channel == self.channel.as_str() => {
+                        return Received::Message(message.value);
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        return Received::Lagged(missed);
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return Received::Closed,
+                },
+                _ = self.heartbeat.tick() => {
+                    // The answer does not matter: a ping that is never answered makes fred
+                    // drop the connection as unresponsive and reconnect.
+                    if let Err(err) = self.client.ping::<Value>(None).await {
+                        tracing::debug!(channel = %self.channel, error = %err, "subscriber heartbeat failed");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn resubscribe(&self) {
+        loop {
+            match subscribe_confirmed(&self.client, &self.channel).await {
+                Ok(()) => return,
+                Err(err) => {
+                    tracing::warn!(channel = %self.channel, error = %err, "could not subscribe again; retrying");
+                    tokio::time::sleep(RESUBSCRIBE_PAUSE).await;
+                }
+            }
+        }
+    }
+}
+
+/// Subscribes to `channel` and waits until Redis has processed the subscription.
+///
+/// fred completes SUBSCRIBE as soon as it is written (its confirmation arrives out of band), so
+/// a message published right afterwards could still miss the new subscription. Redis answers
+/// one connection's commands in order, so once a PING sent behind the SUBSCRIBE on the same
+/// connection is answered, every later publication reaches this subscriber.
+async fn subscribe_confirmed(
+    subscriber: &SubscriberClient,
+    channel: &str,
+) -> Result<(), fred::error::Error> {
+    subscriber.subscribe(channel).await?;
+    subscriber.ping::<Value>(None).await?;
+    Ok(())
 }
