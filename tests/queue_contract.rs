@@ -9,7 +9,9 @@
 //! After the contract come the Redis-only checks: a lost state and its rebuild, the feed's gap
 //! after a dropped subscriber, recovery after Redis goes away, and the Redis event bus.
 
+mod common;
 use actix::{Actor, Context, Handler};
+use common::{TcpProxy, delete_redis_prefix, plain_client};
 use forge_gateway::actors::session::Deliver;
 use forge_gateway::domain::event::{JobEvent, JobEventKind};
 use forge_gateway::domain::queue_book::{QueueBook, QueueChange, QueuedJob};
@@ -18,9 +20,8 @@ use forge_gateway::events::{EventBus, SessionHub};
 use forge_gateway::queue::memory::MemoryQueue;
 use forge_gateway::queue::redis::RedisQueue;
 use forge_gateway::queue::{FeedItem, QueueError, QueueStore};
-use fred::prelude::{Builder, ClientLike, Config, KeysInterface, PubsubInterface};
+use fred::prelude::{ClientLike, PubsubInterface};
 use fred::types::{ClusterHash, CustomCommand};
-use futures::StreamExt;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
@@ -49,31 +50,6 @@ fn redis_url() -> String {
 
 fn fresh_prefix() -> String {
     format!("fgtest-{}", Uuid::now_v7().simple())
-}
-
-/// A plain Redis client for what the stores do not offer (deleting keys, CLIENT LIST).
-async fn plain_client(url: &str) -> fred::prelude::Client {
-    let config = Config::from_url(url).expect("a valid Redis URL");
-    let client = Builder::from_config(config)
-        .build()
-        .expect("a Redis client");
-    client.init().await.expect("Redis answers");
-    client
-}
-
-/// Deletes every key of `prefix` (SCAN MATCH `{prefix}:*` + DEL): what a Redis restart does to
-/// the queue, and the cleanup after each test. Never touches another prefix.
-async fn delete_prefix(url: &str, prefix: &str) {
-    let client = plain_client(url).await;
-    let keys: Vec<fred::types::Key> = client
-        .scan_buffered(format!("{{{prefix}}}:*"), Some(500), None)
-        .filter_map(|key| async move { key.ok() })
-        .collect()
-        .await;
-    for chunk in keys.chunks(500) {
-        let _: i64 = client.del(chunk.to_vec()).await.expect("DEL");
-    }
-    let _ = client.quit().await;
 }
 
 async fn redis_queue(url: &str, prefix: &str) -> Arc<RedisQueue> {
@@ -110,7 +86,7 @@ where
         .expect("initial rebuild");
     let outcome = tokio::spawn(check(queue.clone())).await;
     queue.close().await;
-    delete_prefix(&url, &prefix).await;
+    delete_redis_prefix(&url, &prefix).await;
     if let Err(err) = outcome {
         std::panic::resume_unwind(err.into_panic());
     }
@@ -126,7 +102,7 @@ where
     let url = redis_url();
     let prefix = fresh_prefix();
     let outcome = tokio::spawn(test(url.clone(), prefix.clone())).await;
-    delete_prefix(&url, &prefix).await;
+    delete_redis_prefix(&url, &prefix).await;
     if let Err(err) = outcome {
         std::panic::resume_unwind(err.into_panic());
     }
@@ -845,7 +821,7 @@ async fn redis_lost_state_is_rebuilt_by_two_processes_without_duplicates_body(
         .map(|n| (format!("u{}", n % 3), id(n)))
         .collect();
 
-    delete_prefix(&url, &prefix).await; // what a Redis restart does
+    delete_redis_prefix(&url, &prefix).await; // what a Redis restart does
     assert_eq!(
         two.enqueue(id(7), "u0", NO_CAP).await,
         Err(QueueError::NeedsRebuild)
@@ -995,83 +971,6 @@ async fn redis_malformed_feed_messages_become_gaps_body(url: String, prefix: Str
     queue.close().await;
 }
 
-/// A TCP proxy in front of Redis that can be cut (Redis "goes away") and restored on the same
-/// port.
-struct Proxy {
-    port: u16,
-    target: String,
-    state: Arc<parking_lot::Mutex<ProxyState>>,
-}
-
-#[derive(Default)]
-struct ProxyState {
-    open: bool,
-    /// The accept loop and every proxied connection.
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Proxy {
-    async fn start(target: String) -> Proxy {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-        let port = probe.local_addr().expect("address").port();
-        drop(probe);
-        let proxy = Proxy {
-            port,
-            target,
-            state: Arc::default(),
-        };
-        proxy.resume();
-        proxy
-    }
-
-    fn resume(&self) {
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
-        socket
-            .bind(([127, 0, 0, 1], self.port).into())
-            .expect("bind the proxy port");
-        let listener = socket.listen(64).expect("listen");
-        let (target, state) = (self.target.clone(), self.state.clone());
-        let mut guard = self.state.lock();
-        guard.open = true;
-        guard.tasks.push(tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                // Registered under the lock, so a cut either sees this connection or it is
-                // never proxied.
-                let mut state = state.lock();
-                if !state.open {
-                    return;
-                }
-                let target = target.clone();
-                state.tasks.push(tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                }));
-            }
-        }));
-    }
-
-    /// Closes the listener and every proxied connection, and returns once they are closed.
-    async fn cut(&self) {
-        let tasks = {
-            let mut state = self.state.lock();
-            state.open = false;
-            std::mem::take(&mut state.tasks)
-        };
-        for task in &tasks {
-            task.abort();
-        }
-        for task in tasks {
-            let _ = task.await;
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs Redis: set TEST_REDIS_URL=redis://127.0.0.1:6379"]
 async fn redis_calls_fail_promptly_while_redis_is_away_and_work_again_after() {
@@ -1092,8 +991,8 @@ async fn redis_calls_fail_promptly_while_redis_is_away_and_work_again_after_body
         .next()
         .expect("host:port")
         .to_owned();
-    let proxy = Proxy::start(target).await;
-    let queue = redis_queue(&proxy.url(), &prefix).await;
+    let proxy = TcpProxy::start(target).await;
+    let queue = redis_queue(&format!("redis://127.0.0.1:{}", proxy.port), &prefix).await;
     queue
         .rebuild(Vec::new(), Vec::new(), 0)
         .await

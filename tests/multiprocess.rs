@@ -1,0 +1,416 @@
+//! Several gateway processes on one PostgreSQL and one Redis (issues 4, 7, 10). Each test runs
+//! two gateways (two "processes") in one test process; they share nothing but the database and
+//! Redis. Marked ignored: they need `TEST_DATABASE_URL` and `TEST_REDIS_URL` (CI sets both).
+
+mod common;
+
+use common::*;
+use forge_gateway::sim::{Latency, SimConfig, SimMode};
+use serde_json::{Value, json};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+fn hang() -> SimConfig {
+    SimConfig {
+        mode: SimMode::Hang,
+        ..fast_sim()
+    }
+}
+
+async fn submit_id(app: &TestApp, token: &str, prompt: &str) -> String {
+    let (status, created) = app.submit(token, small_prompt(prompt)).await;
+    assert_eq!(status, 202, "{created}");
+    created["id"].as_str().expect("id").to_owned()
+}
+
+/// Occupies the app's only backend with a job that never ends (its simulator hangs).
+async fn block_backend(app: &TestApp, token: &str) -> String {
+    let id = submit_id(app, token, "blocker").await;
+    app.wait_message(token, &id, |m| m["status"] == "processing")
+        .await;
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL and Redis: set TEST_DATABASE_URL and TEST_REDIS_URL"]
+async fn two_hundred_jobs_through_two_processes_get_positions_one_to_two_hundred_and_run_once() {
+    let storage = shared_storage();
+    let extra = ["--max-pending-per-user", "1000"];
+    let a = TestApp::start(&storage, hang(), &extra).await;
+    let b = TestApp::start(&storage, hang(), &extra).await;
+    let token = a.token("alice").await;
+    let blocker_a = block_backend(&a, &token).await;
+    let blocker_b = block_backend(&b, &token).await;
+    let answers = futures::future::join_all((0..200).map(|n| {
+        let app = if n % 2 == 0 { &a } else { &b };
+        app.submit(&token, small_prompt(&format!("p{n}")))
+    }))
+    .await;
+    let mut positions: Vec<i64> = answers
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, 202, "{body}");
+            body["queue_position"].as_i64().expect("position")
+        })
+        .collect();
+    positions.sort();
+    assert_eq!(
+        positions,
+        (1..=200).collect::<Vec<i64>>(),
+        "exactly 1..200, each once, across both processes"
+    );
+    // Reads on either process agree with the queue.
+    let ids: Vec<String> = answers
+        .iter()
+        .map(|(_, body)| body["id"].as_str().expect("id").to_owned())
+        .collect();
+    let (_, first) = b.get(&token, &format!("/api/v1/messages/{}", ids[0])).await;
+    assert!(first["queue_position"].as_i64().is_some());
+
+    // Let both backends run everything: each job runs exactly once.
+    let fast = SimConfig {
+        latency: Latency::Fixed(Duration::ZERO),
+        ..fast_sim()
+    };
+    a.sim.set_config(fast.clone());
+    b.sim.set_config(fast);
+    for blocker in [&blocker_a, &blocker_b] {
+        let answer = a
+            .request(
+                reqwest::Method::POST,
+                &format!("/api/v1/messages/{blocker}/cancel"),
+                &token,
+            )
+            .send()
+            .await
+            .expect("cancel");
+        assert_eq!(answer.status().as_u16(), 200);
+    }
+    for id in &ids {
+        let done = a
+            .wait_message(&token, id, |m| {
+                m["status"] == "complete" || m["status"] == "error"
+            })
+            .await;
+        assert_eq!(done["status"], "complete", "{done}");
+    }
+    let runs = a.sim.stats().completed + b.sim.stats().completed;
+    assert_eq!(
+        runs,
+        200,
+        "every job ran exactly once (a: {}, b: {})",
+        a.sim.stats().completed,
+        b.sim.stats().completed
+    );
+    assert!(
+        a.sim.stats().completed > 0 && b.sim.stats().completed > 0,
+        "both processes worked"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL and Redis: set TEST_DATABASE_URL and TEST_REDIS_URL"]
+async fn a_session_on_one_process_sees_every_event_of_a_job_another_process_ran() {
+    let storage = shared_storage();
+    let a = TestApp::start(&storage, hang(), &[]).await;
+    let b = TestApp::start(&storage, fast_sim(), &[]).await;
+    let token = a.token("alice").await;
+    // A's only backend is busy for good, so B runs what A queues.
+    let blocker = block_backend(&a, &token).await;
+    let mut ws = a.ws(&token).await;
+    let id = submit_id(&a, &token, "run by b").await;
+    let complete = ws.wait_event("job.complete", &id).await;
+    assert_eq!(complete["placeholder"], false);
+    let (_, done) = a.get(&token, &format!("/api/v1/messages/{id}")).await;
+    assert_eq!(done["status"], "complete");
+    assert_eq!(b.sim.stats().completed, 1, "process B ran it");
+    // Exactly once per session: no duplicate of any event.
+    ws.send(json!({"type": "ping"})).await;
+    ws.wait_for("pong", |f| f["type"] == "pong").await;
+    let types = ws.types_for(&id);
+    for kind in ["job.queued", "job.processing", "job.complete"] {
+        assert_eq!(
+            types.iter().filter(|t| *t == kind).count(),
+            1,
+            "{kind} once: {types:?}"
+        );
+    }
+    let _ = blocker;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL and Redis: set TEST_DATABASE_URL and TEST_REDIS_URL"]
+async fn the_queue_comes_back_from_the_database_in_order_after_its_redis_keys_are_deleted() {
+    let storage = shared_storage();
+    let app = TestApp::start(&storage, hang(), &[]).await;
+    let token = app.token("alice").await;
+    block_backend(&app, &token).await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(submit_id(&app, &token, &format!("p{n}")).await);
+    }
+    let (url, prefix) = storage.redis.clone().expect("redis");
+    delete_redis_prefix(&url, &prefix).await;
+    // The next enqueue finds the queue lost and rebuilds it from the database first.
+    ids.push(submit_id(&app, &token, "after the loss").await);
+    let mut positions = Vec::new();
+    for id in &ids {
+        let (_, message) = app.get(&token, &format!("/api/v1/messages/{id}")).await;
+        positions.push(message["queue_position"].as_i64());
+    }
+    assert_eq!(
+        positions,
+        [Some(1), Some(2), Some(3), Some(4), Some(5), Some(6)],
+        "same order, nothing twice"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL and Redis: set TEST_DATABASE_URL and TEST_REDIS_URL"]
+async fn redis_going_away_and_coming_back_empty_is_survived() {
+    let mut storage = shared_storage();
+    let (url, prefix) = storage.redis.clone().expect("redis");
+    let proxy = TcpProxy::start(authority(&url)).await;
+    storage.redis = Some((
+        with_authority(&url, &format!("127.0.0.1:{}", proxy.port)),
+        prefix.clone(),
+    ));
+    let app = TestApp::start(&storage, hang(), &[]).await;
+    let token = app.token("alice").await;
+    block_backend(&app, &token).await;
+    let queued = [
+        submit_id(&app, &token, "q0").await,
+        submit_id(&app, &token, "q1").await,
+    ];
+    let ready = || async {
+        app.http
+            .get(format!("{}/readyz", app.base))
+            .send()
+            .await
+            .expect("readyz")
+            .status()
+            .as_u16()
+    };
+    assert_eq!(ready().await, 200);
+
+    // Redis restarts: connections drop and it comes back with nothing (it keeps nothing on disk).
+    proxy.cut().await;
+    delete_redis_prefix(&url, &prefix).await;
+    let deadline = Instant::now() + DEADLINE;
+    while ready().await != 503 {
+        assert!(
+            Instant::now() < deadline,
+            "readyz never said 503 while Redis was away"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = app.submit(&token, small_prompt("while away")).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("unavailable")),
+        "{body}"
+    );
+    proxy.resume();
+    while ready().await != 200 {
+        assert!(Instant::now() < deadline, "readyz never came back to 200");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // It reconnected by itself and the queue came back from the database.
+    let after = submit_id(&app, &token, "after").await;
+    let mut positions = Vec::new();
+    for id in queued.iter().chain([&after]) {
+        let (_, message) = app.get(&token, &format!("/api/v1/messages/{id}")).await;
+        positions.push(message["queue_position"].as_i64());
+    }
+    assert_eq!(positions, [Some(1), Some(2), Some(3)]);
+    let (_, all) = app.get(&token, "/api/v1/messages").await;
+    assert!(
+        all["messages"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .all(|m| m["prompt"] != "while away"),
+        "the refused job left nothing behind"
+    );
+    app.stop().await;
+    proxy.cut().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL and Redis: set TEST_DATABASE_URL and TEST_REDIS_URL"]
+async fn a_postgres_outage_answers_503_writes_nothing_half_and_recovers_by_itself() {
+    let mut storage = shared_storage();
+    let (url, schema) = storage.postgres.clone().expect("postgres");
+    let proxy = TcpProxy::start(authority(&url)).await;
+    storage.postgres = Some((
+        with_authority(&url, &format!("127.0.0.1:{}", proxy.port)),
+        schema,
+    ));
+    let slow = SimConfig {
+        latency: Latency::Fixed(Duration::from_millis(300)),
+        ..fast_sim()
+    };
+    let app = TestApp::start(&storage, slow, &["--forge-timeout", "30s"]).await;
+    let token = app.token("alice").await;
+    let before = submit_id(&app, &token, "before the outage").await;
+
+    proxy.cut().await;
+    let (status, body) = app.submit(&token, small_prompt("during")).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("unavailable")),
+        "{body}"
+    );
+    let ready = app
+        .http
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .expect("readyz")
+        .status()
+        .as_u16();
+    assert_eq!(ready, 503);
+    proxy.resume();
+
+    // Recovered by itself: new work goes through, and the job from before finished.
+    let deadline = Instant::now() + DEADLINE;
+    let after = loop {
+        let (status, body) = app.submit(&token, small_prompt("after")).await;
+        if status == 202 {
+            break body["id"].as_str().expect("id").to_owned();
+        }
+        assert!(Instant::now() < deadline, "never recovered: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    app.wait_message(&token, &after, |m| m["status"] == "complete")
+        .await;
+    let done = app
+        .wait_message(&token, &before, |m| {
+            m["status"] != "queued" && m["status"] != "processing"
+        })
+        .await;
+    assert!(
+        done["status"] == "complete" || done["error"]["code"] == "stuck_job",
+        "{done}"
+    );
+    let (_, all) = app.get(&token, "/api/v1/messages").await;
+    assert!(
+        all["messages"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .all(|m| m["prompt"] != "during"),
+        "nothing half-written"
+    );
+    app.stop().await;
+    proxy.cut().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL and Redis: set TEST_DATABASE_URL and TEST_REDIS_URL"]
+async fn five_hundred_jobs_from_fifty_clients_on_two_processes_with_failures_are_all_accounted_for()
+{
+    let storage = shared_storage();
+    let flaky = |seed| SimConfig {
+        latency: Latency::Fixed(Duration::ZERO),
+        fail_rate: 0.3,
+        seed,
+        ..fast_sim()
+    };
+    let extra = ["--breaker-failures", "4", "--breaker-open-for", "200ms"];
+    let a = TestApp::start(&storage, flaky(1), &extra).await;
+    let b = TestApp::start(&storage, flaky(2), &extra).await;
+    let mut clients = Vec::new();
+    for n in 0..50 {
+        let app = if n % 2 == 0 { &a } else { &b };
+        let token = app.token(&format!("client{n}")).await;
+        let ws = app.ws(&token).await;
+        clients.push((n, token, ws));
+    }
+    let tasks = clients.into_iter().map(|(n, token, mut ws)| {
+        let (submit_to, base) = if n % 3 == 0 {
+            (a.base.clone(), b.base.clone())
+        } else {
+            (b.base.clone(), a.base.clone())
+        };
+        async move {
+            let client = Client {
+                base: submit_to,
+                http: reqwest::Client::new(),
+            };
+            let mut ids = HashSet::new();
+            for k in 0..10 {
+                let (status, body) = client
+                    .submit(&token, small_prompt(&format!("c{n} j{k}")))
+                    .await;
+                assert_eq!(status, 202, "{body}");
+                ids.insert(body["id"].as_str().expect("id").to_owned());
+            }
+            let mut ends: HashMap<String, usize> = HashMap::new();
+            let mut resynced = false;
+            while ends.values().filter(|count| **count > 0).count() < ids.len() && !resynced {
+                let frame = ws
+                    .next()
+                    .await
+                    .unwrap_or_else(|| panic!("client {n}: events stopped"));
+                match frame["type"].as_str() {
+                    Some("job.complete" | "job.error") => {
+                        *ends
+                            .entry(frame["id"].as_str().expect("id").to_owned())
+                            .or_default() += 1
+                    }
+                    Some("resync") => resynced = true,
+                    _ => {}
+                }
+            }
+            // Read whatever else arrives for a moment: no second terminal event may come.
+            while let Some(frame) = ws.next_within(Duration::from_millis(300)).await {
+                if frame["type"] == "job.complete" || frame["type"] == "job.error" {
+                    *ends
+                        .entry(frame["id"].as_str().expect("id").to_owned())
+                        .or_default() += 1;
+                }
+            }
+            assert!(
+                ends.values().all(|count| *count <= 1),
+                "client {n}: a terminal event came twice: {ends:?}"
+            );
+            let reader = Client {
+                base,
+                http: reqwest::Client::new(),
+            };
+            for id in &ids {
+                let done = reader
+                    .wait_message(&token, id, |m| {
+                        m["status"] == "complete" || m["status"] == "error"
+                    })
+                    .await;
+                if done["status"] == "error" {
+                    assert!(
+                        ["forge_connection", "unknown"]
+                            .contains(&done["error"]["code"].as_str().unwrap_or_default()),
+                        "{done}"
+                    );
+                }
+                if !resynced {
+                    assert_eq!(
+                        ends.get(id),
+                        Some(&1),
+                        "client {n}: no terminal event for {id}"
+                    );
+                }
+            }
+            ids.len()
+        }
+    });
+    let accounted: usize = futures::future::join_all(tasks).await.into_iter().sum();
+    assert_eq!(accounted, 500);
+    a.stop().await;
+    b.stop().await;
+    let _: Value = Value::Null;
+}
