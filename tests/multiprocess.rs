@@ -115,10 +115,10 @@ async fn two_hundred_jobs_through_two_processes_get_positions_one_to_two_hundred
 async fn a_session_on_one_process_sees_every_event_of_a_job_another_process_ran() {
     let storage = shared_storage();
     let a = TestApp::start(&storage, hang(), &[]).await;
-    let b = TestApp::start(&storage, fast_sim(), &[]).await;
     let token = a.token("alice").await;
-    // A's only backend is busy for good, so B runs what A queues.
+    // A's only backend is busy for good (before B exists to take the blocker), so B runs what A queues.
     let blocker = block_backend(&a, &token).await;
+    let b = TestApp::start(&storage, fast_sim(), &[]).await;
     let mut ws = a.ws(&token).await;
     let id = submit_id(&a, &token, "run by b").await;
     let complete = ws.wait_event("job.complete", &id).await;
