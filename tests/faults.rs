@@ -275,3 +275,78 @@ async fn prompts_and_data_are_stored_verbatim_never_interpreted() {
     assert!(!page.contains("<script>alert(1)</script>"));
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_with_fifty_queued_and_two_processing_loses_nothing_and_runs_nothing_twice() {
+    let sim = start_sim(SimConfig {
+        mode: forge_gateway::sim::SimMode::Hang,
+        ..fast_sim()
+    })
+    .await;
+    let storage = Storage::fresh();
+    let mut env = storage.env();
+    env.extend([
+        ("BIND", "127.0.0.1:0".to_owned()),
+        ("DEV_MODE", "true".to_owned()),
+        ("FORGE_URLS", sim.url()),
+        ("FORGE_TIMEOUT", "10m".to_owned()),
+        ("MAX_PENDING_PER_USER", "100".to_owned()),
+        ("STUCK_AFTER", "2s".to_owned()),
+        ("WATCHDOG_INTERVAL", "100ms".to_owned()),
+    ]);
+    let mut before = env.clone();
+    before.push(("FORGE_SLOTS", "2".to_owned()));
+    let first = GatewayProcess::start(&before).await;
+    let client = first.client();
+    let token = client.token("alice").await;
+    let mut ids = Vec::new();
+    for n in 0..52 {
+        let (status, body) = client
+            .submit(&token, small_prompt(&format!("job {n}")))
+            .await;
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["id"].as_str().expect("id").to_owned());
+    }
+    for id in &ids[..2] {
+        client
+            .wait_message(&token, id, |m| m["status"] == "processing")
+            .await;
+    }
+    first.kill().await;
+
+    // One job at a time after the restart, so the order is plain to see.
+    sim.set_config(SimConfig {
+        latency: Latency::Fixed(Duration::ZERO),
+        ..fast_sim()
+    });
+    let requests_before = sim.stats().txt2img_requests;
+    let second = GatewayProcess::start(&env).await;
+    let client = second.client();
+    let token = client.token("alice").await;
+    for id in &ids[..2] {
+        let stuck = client
+            .wait_message(&token, id, |m| m["status"] == "error")
+            .await;
+        assert_eq!(stuck["error"]["code"], "stuck_job", "{stuck}");
+    }
+    let mut started = Vec::new();
+    for id in &ids[2..] {
+        let done = client
+            .wait_message(&token, id, |m| {
+                m["status"] == "complete" || m["status"] == "error"
+            })
+            .await;
+        assert_eq!(done["status"], "complete", "{done}");
+        started.push(done["started_at"].as_str().expect("started_at").to_owned());
+    }
+    let mut sorted = started.clone();
+    sorted.sort();
+    assert_eq!(started, sorted, "queued jobs ran in their order");
+    assert_eq!(
+        sim.stats().txt2img_requests - requests_before,
+        50,
+        "each queued job ran exactly once; the stuck ones never again"
+    );
+    second.kill().await;
+    sim.shutdown().await;
+}

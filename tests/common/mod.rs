@@ -48,6 +48,21 @@ impl Storage {
         }
     }
 
+    /// Environment variables selecting this storage (for a gateway process).
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![("DATA_DIR", self.dir.path().display().to_string())];
+        if let Some((url, schema)) = &self.postgres {
+            env.extend([
+                ("DATABASE_URL", url.clone()),
+                ("DATABASE_SCHEMA", schema.clone()),
+            ]);
+        }
+        if let Some((url, prefix)) = &self.redis {
+            env.extend([("REDIS_URL", url.clone()), ("REDIS_PREFIX", prefix.clone())]);
+        }
+        env
+    }
+
     /// Flags selecting this storage.
     pub fn flags(&self) -> Vec<String> {
         let mut flags = vec![
