@@ -23,6 +23,8 @@ use uuid::Uuid;
 /// have queued a job whose signal was lost), and how often the store is checked for a lost queue.
 const POLL_EVERY: Duration = Duration::from_millis(500);
 const AUDIT_EVERY: Duration = Duration::from_secs(5);
+/// Most pops in flight at once.
+const MAX_CONCURRENT_POPS: usize = 16;
 /// Position pushes of a burst of queue changes are coalesced to one per this period.
 const POSITION_FLUSH_EVERY: Duration = Duration::from_millis(25);
 
@@ -58,7 +60,7 @@ pub struct QueueActor {
     metrics: Arc<Metrics>,
     mirror: QueueBook,
     waiters: VecDeque<oneshot::Sender<QueuedJob>>,
-    popping: bool,
+    pops_in_flight: usize,
     eta: Eta,
     rebuilding: bool,
     paused: bool,
@@ -89,7 +91,7 @@ impl QueueActor {
             metrics,
             mirror: QueueBook::new(),
             waiters: VecDeque::new(),
-            popping: false,
+            pops_in_flight: 0,
             eta: Eta {
                 mean_seconds: None,
                 backends,
@@ -107,39 +109,50 @@ impl QueueActor {
     /// Hands queued jobs to waiting backends, one pop at a time.
     fn dispatch(&mut self, ctx: &mut Context<Self>) {
         self.waiters.retain(|waiter| !waiter.is_closed());
-        if self.paused || self.popping || self.waiters.is_empty() {
+        if self.paused {
             return;
         }
-        self.popping = true;
-        let store = self.store.clone();
-        ctx.spawn(async move { store.pop().await }.into_actor(self).map(|popped, act, ctx| {
-            act.popping = false;
-            match popped {
-                Ok(Some(mut job)) => loop {
-                    match act.waiters.pop_front() {
-                        Some(waiter) => match waiter.send(job) {
-                            Ok(()) => {
+        // As many pops in flight as backends wait (a pop is a round trip to Redis).
+        let wanted = self.waiters.len().min(MAX_CONCURRENT_POPS);
+        while self.pops_in_flight < wanted {
+            self.pops_in_flight += 1;
+            let store = self.store.clone();
+            ctx.spawn(
+                async move { store.pop().await }
+                    .into_actor(self)
+                    .map(|popped, act, ctx| {
+                        act.pops_in_flight -= 1;
+                        match popped {
+                            Ok(Some(job)) => {
+                                act.hand_out(job);
                                 act.dispatch(ctx);
-                                break;
                             }
-                            Err(returned) => job = returned,
-                        },
-                        None => {
-                            // Every waiter left (shutdown): put it back where it was.
-                            let store = act.store.clone();
-                            actix::spawn(async move {
-                                if let Err(err) = store.requeue(&job).await {
-                                    tracing::error!(job = %job.id, error = %err, "could not put a popped job back");
-                                }
-                            });
-                            break;
+                            // Empty: the next enqueue (or the poll) wakes the waiters again.
+                            Ok(None) => {}
+                            Err(err) => {
+                                tracing::warn!(error = %err, "queue pop failed; retrying shortly")
+                            }
                         }
-                    }
-                },
-                Ok(None) => {}
-                Err(err) => tracing::warn!(error = %err, "queue pop failed; retrying shortly"),
+                    }),
+            );
+        }
+    }
+
+    /// Gives a popped job to the first backend still waiting, or puts it back if none is.
+    fn hand_out(&mut self, mut job: QueuedJob) {
+        while let Some(waiter) = self.waiters.pop_front() {
+            match waiter.send(job) {
+                Ok(()) => return,
+                Err(returned) => job = returned,
             }
-        }));
+        }
+        // Every waiter left (shutdown): put it back where it was.
+        let store = self.store.clone();
+        actix::spawn(async move {
+            if let Err(err) = store.requeue(&job).await {
+                tracing::error!(job = %job.id, error = %err, "could not put a popped job back");
+            }
+        });
     }
 
     /// Applies a feed change to the mirror and schedules a position push. Pushes are
