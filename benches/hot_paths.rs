@@ -1,2 +1,253 @@
-//! Criterion benchmarks of the pure hot paths (being written).
-fn main() {}
+//! Criterion benchmarks of the pure hot paths: `cargo bench --bench hot_paths` (about 40 s).
+//!
+//! - merge: a small client patch into a ~2 KiB data object (`merge_client_data`);
+//! - change: `change::apply` of a client patch and of a progress report to a `Message`;
+//! - queue book: removing the first of 10,000 queued jobs and collecting the 9,999 position
+//!   updates; inserting at the tail of 10,000 (and removing it again, so the book stays 10,000);
+//! - events: `JobEvent::frame_body` (serialized once per event) and `with_seq` (once per
+//!   session), and a 20-message snapshot;
+//! - outbox: a session's `push`/`push_position` and the writer's `next_batch`.
+
+use chrono::Utc;
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use forge_gateway::domain::change::{self, Change};
+use forge_gateway::domain::event::{JobEvent, JobEventKind, snapshot_frame_body, with_seq};
+use forge_gateway::domain::merge::merge_client_data;
+use forge_gateway::domain::message::Message;
+use forge_gateway::domain::params::GenerationParams;
+use forge_gateway::domain::queue_book::{QueueBook, QueueChange, QueuedJob};
+use forge_gateway::domain::status::JobStatus;
+use forge_gateway::events::outbox::{Frame, Outbox};
+use serde_json::{Value, json};
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// A client data object of about 2 KiB: what a chat frontend might keep on a message.
+fn data_2k() -> Value {
+    let mut object = serde_json::Map::new();
+    for i in 0..24 {
+        object.insert(
+            format!("field_{i:02}"),
+            json!({"label": format!("value number {i}"), "n": i, "flags": [true, false], "note": "x".repeat(20)}),
+        );
+    }
+    let data = Value::Object(object);
+    let len = serde_json::to_vec(&data).map(|v| v.len()).unwrap_or(0);
+    assert!((1500..3000).contains(&len), "data is {len} bytes");
+    data
+}
+
+fn message(status: JobStatus, data: Value) -> Message {
+    let now = Utc::now();
+    Message {
+        id: Uuid::now_v7(),
+        user_id: "alice".into(),
+        conversation_id: Some("c-42".into()),
+        status,
+        progress: 0,
+        queue_position: Some(3),
+        ticket: Some(7),
+        prompt: "a cat in a hat, watercolour".into(),
+        params: GenerationParams::default(),
+        image_url: None,
+        placeholder: false,
+        error: None,
+        data,
+        version: 1,
+        retry_of: None,
+        backend: Some("http://127.0.0.1:7861".into()),
+        idempotency_key: None,
+        created_at: now,
+        started_at: None,
+        finished_at: None,
+        updated_at: now,
+        activity_at: now,
+    }
+}
+
+fn book(jobs: usize) -> QueueBook {
+    let users: Vec<Arc<str>> = (0..100).map(|u| Arc::from(format!("user-{u}"))).collect();
+    let mut book = QueueBook::new();
+    for ticket in 0..jobs as i64 {
+        book.insert(QueuedJob {
+            id: Uuid::from_u128(ticket as u128 + 1),
+            user_id: users[ticket as usize % users.len()].clone(),
+            ticket,
+        });
+    }
+    book
+}
+
+fn merge(c: &mut Criterion) {
+    let mut group = c.benchmark_group("merge");
+    let mut data = data_2k();
+    let patch = json!({"p3": {"n": 17}});
+    group.bench_function("small patch into 2 KiB data", |b| {
+        b.iter(|| merge_client_data(black_box(&mut data), black_box(&patch)))
+    });
+    group.finish();
+}
+
+fn apply(c: &mut Criterion) {
+    let mut group = c.benchmark_group("change::apply");
+    let now = Utc::now();
+    let patch = Change::ClientPatch(json!({"p3": {"n": 17}}));
+    let mut current = Some(message(JobStatus::Complete, data_2k()));
+    group.bench_function("client patch (2 KiB data)", |b| {
+        b.iter(|| change::apply(black_box(&mut current), black_box(&patch), now))
+    });
+    let progress = Change::Progress {
+        progress: 40,
+        eta_s: Some(3),
+    };
+    let mut current = Some(message(JobStatus::Processing, data_2k()));
+    group.bench_function("progress", |b| {
+        b.iter(|| change::apply(black_box(&mut current), black_box(&progress), now))
+    });
+    group.finish();
+}
+
+fn queue_book(c: &mut Criterion) {
+    let mut group = c.benchmark_group("queue_book");
+    group.sample_size(30);
+    let full = book(10_000);
+    let first = Uuid::from_u128(1);
+    group.bench_function(
+        "remove first of 10k + collect 9,999 position updates",
+        |b| {
+            b.iter_batched(
+                || full.clone(),
+                |mut book| {
+                    let updates = book.apply(QueueChange::Removed { id: first });
+                    assert_eq!(updates.len(), 9_999);
+                    (book, updates)
+                },
+                BatchSize::LargeInput,
+            )
+        },
+    );
+    let tail = QueuedJob {
+        id: Uuid::from_u128(u128::MAX),
+        user_id: Arc::from("user-tail"),
+        ticket: 10_000,
+    };
+    // On a long-lived book (a fresh clone has no spare capacity, so its first insert would
+    // measure a reallocation): insert at the tail, then take the job out again.
+    let mut book = full.clone();
+    group.bench_function("insert at the tail of 10k (+ remove it again)", |b| {
+        b.iter(|| {
+            let position = book.insert(black_box(tail.clone()));
+            book.remove(&tail.id);
+            position
+        })
+    });
+    group.bench_function(
+        "apply Added at the tail of 10k + its update (+ remove again)",
+        |b| {
+            b.iter(|| {
+                let updates = book.apply(QueueChange::Added(black_box(tail.clone())));
+                book.remove(&tail.id);
+                updates
+            })
+        },
+    );
+    group.finish();
+}
+
+fn events(c: &mut Criterion) {
+    let mut group = c.benchmark_group("event");
+    let complete = JobEvent {
+        user_id: "alice".into(),
+        message_id: Uuid::now_v7(),
+        version: Some(4),
+        kind: JobEventKind::Complete {
+            image_url: "/images/0193a5c4-1f1e-7c2b-9f55-1d2c3b4a5e6f.png".into(),
+            placeholder: false,
+            notice: None,
+        },
+    };
+    let position = JobEvent {
+        version: None,
+        kind: JobEventKind::Position {
+            queue_position: 1234,
+            eta_s: Some(56),
+        },
+        ..complete.clone()
+    };
+    let updated = JobEvent {
+        version: Some(9),
+        kind: JobEventKind::Updated { data: data_2k() },
+        ..complete.clone()
+    };
+    group.bench_function("frame_body job.complete", |b| {
+        b.iter(|| black_box(&complete).frame_body())
+    });
+    group.bench_function("frame_body job.position", |b| {
+        b.iter(|| black_box(&position).frame_body())
+    });
+    group.bench_function("frame_body message.updated (2 KiB data)", |b| {
+        b.iter(|| black_box(&updated).frame_body())
+    });
+    let body = complete.frame_body();
+    group.bench_function("with_seq job.complete", |b| {
+        b.iter(|| with_seq(black_box(&body), black_box(123_456)))
+    });
+    let views: Vec<_> = (0..20)
+        .map(|i| message(JobStatus::Queued, json!({"k": i})).view(Some(i + 1), Some(10)))
+        .collect();
+    group.bench_function("snapshot of 20 pending messages", |b| {
+        b.iter(|| snapshot_frame_body(black_box(&views)))
+    });
+    group.finish();
+}
+
+fn outbox(c: &mut Criterion) {
+    let mut group = c.benchmark_group("outbox");
+    let body: Arc<str> = Arc::from(
+        JobEvent {
+            user_id: "alice".into(),
+            message_id: Uuid::now_v7(),
+            version: Some(2),
+            kind: JobEventKind::Processing { progress: 0 },
+        }
+        .frame_body(),
+    );
+    let outbox = Outbox::new(256);
+    group.bench_function("push + next_batch (1 frame)", |b| {
+        b.iter(|| {
+            outbox.push(Frame::Text(body.clone()));
+            futures::executor::block_on(outbox.next_batch())
+        })
+    });
+    let ids: Vec<Uuid> = (0..8).map(|i| Uuid::from_u128(i + 1)).collect();
+    group.bench_function("8 events + 8×4 coalescing positions + next_batch", |b| {
+        b.iter(|| {
+            for id in &ids {
+                outbox.push(Frame::Text(body.clone()));
+                for _ in 0..4 {
+                    outbox.push_position(*id, body.clone());
+                }
+            }
+            let batch = futures::executor::block_on(outbox.next_batch());
+            assert_eq!(batch.len(), 16);
+            batch
+        })
+    });
+    group.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(50)
+}
+
+criterion_group! {
+    name = hot_paths;
+    config = config();
+    targets = merge, apply, queue_book, events, outbox
+}
+criterion_main!(hot_paths);
