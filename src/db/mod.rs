@@ -489,42 +489,61 @@ impl Database {
             fault
         };
 
-        let txn = self.write.begin().await?;
-        let mut conflicts = Vec::new();
-        let mut refused_inserts = Vec::new();
+        let mut inserts = Vec::new();
+        let mut updates = Vec::new();
         for (index, write) in writes {
             match write {
-                Write::Insert(message) => {
-                    // No conflict target: a duplicate id and a duplicate (user, Idempotency-Key)
-                    // both leave the row out instead of failing everyone's transaction.
-                    let inserted = Entity::insert(to_active(&message))
-                        .on_conflict(OnConflict::new().do_nothing().to_owned())
-                        .exec_without_returning(&txn)
-                        .await
-                        .or_else(|err| match err {
-                            DbErr::RecordNotInserted => Ok(0),
-                            other => Err(other),
-                        })?;
-                    if inserted != 1 {
-                        refused_inserts.push(index);
-                    }
-                }
+                Write::Insert(message) => inserts.push((index, message)),
                 Write::Update {
                     message,
                     expected_version,
-                } => {
-                    let updated = Entity::update_many()
-                        .set(to_active(&message))
-                        .filter(Column::Id.eq(message.id))
-                        .filter(Column::Version.eq(expected_version))
-                        .exec(&txn)
-                        .await?
-                        .rows_affected;
-                    if updated != 1 {
-                        conflicts.push(index);
-                    }
-                }
+                } => updates.push((index, message, expected_version)),
             }
+        }
+        // One statement for all inserts and one for all updates, whatever the batch size: a
+        // statement per row made the round trips and the server's per-statement work the
+        // largest cost of a job on PostgreSQL.
+        let txn = self.write.begin().await?;
+        let mut refused_inserts = Vec::new();
+        if !inserts.is_empty() {
+            let inserted = txn
+                .query_all_raw(insert_statement(
+                    self.backend,
+                    inserts.iter().map(|(_, message)| &**message),
+                )?)
+                .await?
+                .iter()
+                .map(|row| row.try_get::<Uuid>("", "id"))
+                .collect::<Result<std::collections::HashSet<Uuid>, _>>()?;
+            // A duplicate id or (user, Idempotency-Key) leaves the row out instead of failing
+            // everyone's transaction.
+            refused_inserts.extend(
+                inserts
+                    .iter()
+                    .filter(|(_, message)| !inserted.contains(&message.id))
+                    .map(|(index, _)| *index),
+            );
+        }
+        let mut conflicts = Vec::new();
+        if !updates.is_empty() {
+            let updated = txn
+                .query_all_raw(cas_update_statement(
+                    self.backend,
+                    updates
+                        .iter()
+                        .map(|(_, message, expected)| (&**message, *expected)),
+                ))
+                .await?
+                .iter()
+                .map(|row| row.try_get::<Uuid>("", "id"))
+                .collect::<Result<std::collections::HashSet<Uuid>, _>>()?;
+            // A row whose version moved (another process wrote it) is not updated: a conflict.
+            conflicts.extend(
+                updates
+                    .iter()
+                    .filter(|(_, message, _)| !updated.contains(&message.id))
+                    .map(|(index, _, _)| *index),
+            );
         }
         if let Some(sql) = fault {
             txn.execute_unprepared(&sql).await?;
@@ -668,6 +687,146 @@ fn to_domain(row: messages::Model) -> Result<Message, DbError> {
         updated_at: row.updated_at,
         activity_at: row.activity_at,
     })
+}
+
+/// The columns a write after create may change (the others are fixed at create).
+const MUTABLE_COLUMNS: [Column; 15] = [
+    Column::Status,
+    Column::Progress,
+    Column::QueuePosition,
+    Column::Ticket,
+    Column::ImageUrl,
+    Column::Placeholder,
+    Column::ErrorCode,
+    Column::ErrorMessage,
+    Column::Data,
+    Column::Version,
+    Column::Backend,
+    Column::StartedAt,
+    Column::FinishedAt,
+    Column::UpdatedAt,
+    Column::ActivityAt,
+];
+
+/// PostgreSQL's name for a column's type, for the casts a `VALUES` list of parameters needs
+/// (SQLite needs none).
+fn pg_type(column: Column) -> &'static str {
+    match column {
+        Column::Id | Column::RetryOf => "uuid",
+        Column::Progress => "int2",
+        Column::QueuePosition => "int4",
+        Column::Ticket | Column::Version => "int8",
+        Column::Placeholder => "bool",
+        Column::Params | Column::Data => "jsonb",
+        Column::CreatedAt
+        | Column::StartedAt
+        | Column::FinishedAt
+        | Column::UpdatedAt
+        | Column::ActivityAt => "timestamptz",
+        Column::Prompt | Column::ErrorMessage => "text",
+        Column::UserId
+        | Column::ConversationId
+        | Column::Status
+        | Column::ImageUrl
+        | Column::ErrorCode
+        | Column::Backend
+        | Column::IdempotencyKey => "varchar",
+    }
+}
+
+/// The value of `column` in `model`, bound exactly as sea-orm binds it in its own statements.
+fn column_value(model: &ActiveModel, column: Column) -> sea_orm::Value {
+    use sea_orm::ActiveModelTrait as _;
+    model
+        .get(column)
+        .into_value()
+        .unwrap_or(sea_orm::Value::String(None))
+}
+
+/// `INSERT … VALUES (…), (…) ON CONFLICT DO NOTHING RETURNING id`: the ids returned are the
+/// rows inserted.
+fn insert_statement<'a>(
+    backend: DbBackend,
+    messages: impl Iterator<Item = &'a Message>,
+) -> Result<Statement, DbError> {
+    use sea_orm::Iterable as _;
+    let columns: Vec<Column> = Column::iter().collect();
+    let mut insert = sea_orm::sea_query::Query::insert();
+    insert.into_table(Entity).columns(columns.clone());
+    for message in messages {
+        let model = to_active(message);
+        insert
+            .values(
+                columns
+                    .iter()
+                    .map(|column| Expr::value(column_value(&model, *column))),
+            )
+            .map_err(|err| DbError::Db(err.to_string()))?;
+    }
+    insert
+        .on_conflict(OnConflict::new().do_nothing().to_owned())
+        .returning_col(Column::Id);
+    Ok(backend.build(&insert))
+}
+
+/// One compare-and-swap update of many rows:
+/// `WITH v(id, expected, …) AS (VALUES …) UPDATE messages SET … FROM v
+///  WHERE messages.id = v.id AND messages.version = v.expected RETURNING messages.id`.
+/// The ids returned are the rows updated; any other row's version had moved.
+fn cas_update_statement<'a>(
+    backend: DbBackend,
+    rows: impl Iterator<Item = (&'a Message, i64)>,
+) -> Statement {
+    use sea_orm::{EntityName as _, IdenStatic as _};
+    let postgres = backend == DbBackend::Postgres;
+    let names: Vec<&str> = MUTABLE_COLUMNS
+        .iter()
+        .map(|column| column.as_str())
+        .collect();
+    let mut values = Vec::new();
+    let mut tuples = Vec::new();
+    let parameter = |value: sea_orm::Value, pg_type: &str, values: &mut Vec<_>| {
+        values.push(value);
+        if postgres {
+            format!("${}::{pg_type}", values.len())
+        } else {
+            "?".to_owned()
+        }
+    };
+    for (message, expected) in rows {
+        let model = to_active(message);
+        let mut cells = vec![
+            parameter(
+                column_value(&model, Column::Id),
+                pg_type(Column::Id),
+                &mut values,
+            ),
+            parameter(sea_orm::Value::from(expected), "int8", &mut values),
+        ];
+        for column in MUTABLE_COLUMNS {
+            cells.push(parameter(
+                column_value(&model, column),
+                pg_type(column),
+                &mut values,
+            ));
+        }
+        tuples.push(format!("({})", cells.join(", ")));
+    }
+    let table = Entity.table_name();
+    let sql = format!(
+        "WITH v(id, expected_version, {columns}) AS (VALUES {tuples}) \
+         UPDATE {table} SET {assignments} FROM v \
+         WHERE {table}.id = v.id AND {table}.version = v.expected_version \
+         RETURNING {table}.id",
+        columns = names.join(", "),
+        tuples = tuples.join(", "),
+        assignments = names
+            .iter()
+            .map(|name| format!("{name} = v.{name}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    Statement::from_sql_and_values(backend, sql, values)
 }
 
 fn to_active(message: &Message) -> ActiveModel {
