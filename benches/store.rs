@@ -110,7 +110,14 @@ async fn bench(label: &str, settings: DbSettings) {
         limits.fold = fold;
         let bus = LocalBus::new(SessionHub::new());
         let store = StoreHandle::new(
-            MessageStoreActor::new(db.clone(), bus, Arc::new(Metrics::new()), limits).start(),
+            MessageStoreActor::new(
+                db.clone(),
+                bus,
+                Arc::new(Metrics::new()),
+                limits,
+                tokio::runtime::Handle::current(),
+            )
+            .start(),
         );
         for (shape, count) in [("one hot message", 1usize), ("1000 messages", 1000)] {
             let targets: Vec<Uuid> = (0..count).map(|_| Uuid::now_v7()).collect();

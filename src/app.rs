@@ -170,7 +170,7 @@ pub async fn start(config: Config) -> Result<RunningApp, StartError> {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let http_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
-        .thread_name("http")
+        .thread_name("io")
         .enable_all()
         .build()
         .map_err(fail("cannot start the HTTP runtime"))?;
@@ -212,11 +212,13 @@ pub async fn start(config: Config) -> Result<RunningApp, StartError> {
     let core_config = config.clone();
     let core_urls = forge_urls.clone();
     let core_images = images.clone();
+    let io = http_runtime.handle().clone();
     let system_thread = std::thread::Builder::new()
         .name("actors".into())
         .spawn(move || {
             let system = actix::System::new();
-            let built = system.block_on(build_core(core_config, core_urls, core_images, threads));
+            let built =
+                system.block_on(build_core(core_config, core_urls, core_images, threads, io));
             let ok = built.is_ok();
             let _ = core_tx.send(built.map(|core| (core, actix::System::current())));
             if ok {
@@ -302,14 +304,19 @@ async fn build_core(
     forge_urls: Vec<url::Url>,
     images: ImageStore,
     threads: usize,
+    io: tokio::runtime::Handle,
 ) -> Result<Core, StartError> {
     let db_settings = DbSettings {
         url: config.database_url(),
         schema: config.database_schema.clone(),
         max_connections: config.database_max_connections,
     };
-    let db = Database::connect(&db_settings)
+    // Connections are made on the I/O runtime: a socket belongs to the runtime that opened it,
+    // and the actor thread should only run the actors' own logic.
+    let db = io
+        .spawn(async move { Database::connect(&db_settings).await })
         .await
+        .map_err(|err| StartError(format!("database connect task: {err}")))?
         .map_err(|err| StartError(format!("cannot open the database: {err}")))?;
     let metrics = Metrics::shared();
     let hub = SessionHub::new();
@@ -321,15 +328,21 @@ async fn build_core(
                 None,
             ),
             Some(url) => {
+                let (queue_url, prefix) = (url.clone(), config.redis_prefix.clone());
                 let queue = Arc::new(
-                    RedisQueue::connect(url, &config.redis_prefix)
+                    io.spawn(async move { RedisQueue::connect(&queue_url, &prefix).await })
                         .await
+                        .map_err(|err| StartError(format!("Redis connect task: {err}")))?
                         .map_err(|err| {
                             StartError(format!("REDIS_URL: cannot use the Redis queue: {err}"))
                         })?,
                 );
-                let bus = RedisBus::connect(url, &config.redis_prefix, hub.clone())
+                let (bus_url, prefix, bus_hub) =
+                    (url.clone(), config.redis_prefix.clone(), hub.clone());
+                let bus = io
+                    .spawn(async move { RedisBus::connect(&bus_url, &prefix, bus_hub).await })
                     .await
+                    .map_err(|err| StartError(format!("Redis connect task: {err}")))?
                     .map_err(|err| {
                         StartError(format!("REDIS_URL: cannot use the Redis event bus: {err}"))
                     })?;
@@ -353,7 +366,8 @@ async fn build_core(
 
     let limits = StoreLimits::for_backend(db.backend_name(), config.database_max_connections);
     let store = StoreHandle::new(
-        MessageStoreActor::new(db.clone(), bus.clone(), metrics.clone(), limits).start(),
+        MessageStoreActor::new(db.clone(), bus.clone(), metrics.clone(), limits, io.clone())
+            .start(),
     );
     let queue_addr = QueueActor::new(
         queue_store.clone(),
@@ -375,6 +389,7 @@ async fn build_core(
         metrics: metrics.clone(),
         health: health.clone(),
         busy: busy.clone(),
+        io: io.clone(),
     };
     let settings = ForgeSettings {
         timeout: config.forge_timeout,

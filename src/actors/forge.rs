@@ -66,6 +66,9 @@ pub struct ForgeDeps {
     pub health: BackendHealth,
     /// Jobs held by this process's backends.
     pub busy: Busy,
+    /// The multi-threaded runtime the slot workers run on: their HTTP calls, image writes and
+    /// store round trips would otherwise all share the actor thread.
+    pub io: tokio::runtime::Handle,
 }
 
 /// The breaker state of every backend of this process, so an open backend can tell whether
@@ -100,6 +103,7 @@ pub struct ForgeActor {
     settings: ForgeSettings,
     breaker: CircuitBreaker,
     running: HashMap<Uuid, oneshot::Sender<()>>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl ForgeActor {
@@ -113,6 +117,7 @@ impl ForgeActor {
             settings,
             breaker,
             running: HashMap::new(),
+            workers: Vec::new(),
         }
     }
 
@@ -174,13 +179,20 @@ impl Actor for ForgeActor {
                 deps: self.deps.clone(),
                 settings: self.settings.clone(),
             };
-            ctx.spawn(worker.run_slot().into_actor(self));
+            self.workers.push(self.deps.io.spawn(worker.run_slot()));
         }
         tracing::info!(
             backend = self.client.name(),
             slots = self.settings.slots,
             "Forge backend ready"
         );
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        // The workers live on the I/O runtime, not in this actor's context: stop them with it.
+        for worker in self.workers.drain(..) {
+            worker.abort();
+        }
     }
 }
 
@@ -595,7 +607,7 @@ impl Worker {
 
     fn interrupt(&self, id: Uuid) {
         let client = self.client.clone();
-        actix::spawn(async move {
+        self.deps.io.spawn(async move {
             if let Err(err) = client.interrupt().await {
                 tracing::warn!(job = %id, error = %err, "could not interrupt the generation");
             }

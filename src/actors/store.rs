@@ -21,6 +21,9 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+/// The most events the publishing task hands the bus at once.
+const PUBLISH_BATCH: usize = 512;
+
 /// Why a change was not applied.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -87,6 +90,7 @@ struct Waiting {
 /// The store actor.
 pub struct MessageStoreActor {
     db: Database,
+    io: tokio::runtime::Handle,
     events: mpsc::UnboundedSender<JobEvent>,
     metrics: Arc<Metrics>,
     limits: StoreLimits,
@@ -98,22 +102,28 @@ pub struct MessageStoreActor {
 }
 
 impl MessageStoreActor {
-    /// A store writing to `db` and publishing on `bus`.
+    /// A store writing to `db` and publishing on `bus`. The writes and the publishing run on
+    /// `io` (a multi-threaded runtime), so the driver's work is not done on the actor's thread.
     pub fn new(
         db: Database,
         bus: Arc<dyn EventBus>,
         metrics: Arc<Metrics>,
         limits: StoreLimits,
+        io: tokio::runtime::Handle,
     ) -> Self {
         let (events, mut queue) = mpsc::unbounded_channel::<JobEvent>();
         // One task publishes in commit order, so a message's events never overtake each other.
-        actix::spawn(async move {
-            while let Some(event) = queue.recv().await {
-                bus.publish(event).await;
+        // Whatever committed while the previous publish was under way goes out in one batch:
+        // one Redis round trip per batch, not per event, keeps events from queueing up here.
+        io.spawn(async move {
+            let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+            while queue.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
+                bus.publish_all(std::mem::take(&mut batch)).await;
             }
         });
         MessageStoreActor {
             db,
+            io,
             events,
             metrics,
             limits,
@@ -164,12 +174,18 @@ impl MessageStoreActor {
             }
             self.batches_in_flight += 1;
             let db = self.db.clone();
-            let write = async move {
+            let ids: Vec<Uuid> = work.iter().map(|row| row.id).collect();
+            let write = self.io.spawn(async move {
                 let result = db.apply_batch(&work, Utc::now()).await;
                 (work, result)
-            };
-            ctx.spawn(write.into_actor(self).map(move |(work, result), act, ctx| {
-                act.finish(work, replies, result);
+            });
+            ctx.spawn(write.into_actor(self).map(move |joined, act, ctx| {
+                match joined {
+                    Ok((work, result)) => act.finish(work, replies, result),
+                    // The runtime is shutting down (or the write panicked): nothing is known
+                    // to be written, and the callers hear so.
+                    Err(err) => act.abort_batch(ids, replies, &err.to_string()),
+                }
                 act.schedule(ctx);
                 act.notify_flushes();
             }));
@@ -246,6 +262,30 @@ impl MessageStoreActor {
                     }
                     self.requeue_if_waiting(row.id);
                 }
+            }
+        }
+    }
+
+    fn abort_batch(
+        &mut self,
+        ids: Vec<Uuid>,
+        replies: Vec<Vec<oneshot::Sender<Result<Message, StoreError>>>>,
+        reason: &str,
+    ) {
+        self.batches_in_flight -= 1;
+        self.metrics.store_failures.inc();
+        tracing::error!(
+            error = reason,
+            rows = ids.len(),
+            "message write task failed"
+        );
+        for (id, senders) in ids.into_iter().zip(replies) {
+            self.in_flight.remove(&id);
+            self.requeue_if_waiting(id);
+            for reply in senders {
+                let _ = reply.send(Err(StoreError::Db(format!(
+                    "the write did not complete: {reason}"
+                ))));
             }
         }
     }

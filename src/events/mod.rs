@@ -19,6 +19,14 @@ use std::sync::Arc;
 pub trait EventBus: Send + Sync {
     /// Sends the event to every session of its user, in every gateway process.
     async fn publish(&self, event: JobEvent);
+
+    /// Sends several events, in order. A bus that crosses the network overrides this to send
+    /// them in one round trip; the default publishes one after another.
+    async fn publish_all(&self, events: Vec<JobEvent>) {
+        for event in events {
+            self.publish(event).await;
+        }
+    }
 }
 
 /// The embedded mode's bus: straight to this process's sessions.

@@ -1,6 +1,7 @@
 //! The Redis event bus (production): job events cross gateway processes through Redis pub/sub.
 //!
-//! Every process publishes each [`JobEvent`] as JSON on the channel `{<prefix>}:events` and
+//! Every process publishes its [`JobEvent`]s as JSON (one event, or an array of the events that
+//! committed together) on the channel `{<prefix>}:events` and
 //! subscribes to it; whatever arrives (its own events included) goes to this process's
 //! [`SessionHub`]. A session is registered in exactly one process, so each session gets each
 //! event exactly once. Pub/sub is fire-and-forget: an event published while Redis is away is
@@ -100,18 +101,11 @@ impl Drop for RedisBus {
     }
 }
 
-#[async_trait::async_trait]
-impl EventBus for RedisBus {
-    async fn publish(&self, event: JobEvent) {
-        let body = match serde_json::to_string(&event) {
-            Ok(body) => body,
-            Err(err) => {
-                tracing::error!(message = %event.message_id, error = %err, "cannot serialize a job event");
-                return;
-            }
-        };
+impl RedisBus {
+    /// Publishes one message body (a JSON event or a JSON array of events).
+    async fn publish_body(&self, body: String, first: &JobEvent, count: usize) {
         // Fail at once while the connection is down instead of queueing behind a reconnect:
-        // the event is in the database, and waiting would delay every later event too.
+        // the events are in the database, and waiting would delay every later event too.
         let options = Options {
             timeout: Some(PUBLISH_TIMEOUT),
             fail_fast: true,
@@ -125,12 +119,60 @@ impl EventBus for RedisBus {
             .await;
         if let Err(err) = published {
             tracing::warn!(
-                message = %event.message_id,
-                kind = event.kind.type_name(),
+                message = %first.message_id,
+                kind = first.kind.type_name(),
+                events = count,
                 error = %err,
-                "could not publish a job event on Redis; sessions catch up on their next snapshot"
+                "could not publish job events on Redis; sessions catch up on their next snapshot"
             );
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl EventBus for RedisBus {
+    async fn publish(&self, event: JobEvent) {
+        match serde_json::to_string(&event) {
+            Ok(body) => self.publish_body(body, &event, 1).await,
+            Err(err) => {
+                tracing::error!(message = %event.message_id, error = %err, "cannot serialize a job event")
+            }
+        }
+    }
+
+    async fn publish_all(&self, events: Vec<JobEvent>) {
+        match events.as_slice() {
+            [] => {}
+            [_] => {
+                if let Some(event) = events.into_iter().next() {
+                    self.publish(event).await;
+                }
+            }
+            [first, ..] => match serde_json::to_string(&events) {
+                Ok(body) => self.publish_body(body, first, events.len()).await,
+                Err(err) => {
+                    tracing::error!(message = %first.message_id, error = %err, "cannot serialize job events")
+                }
+            },
+        }
+    }
+}
+
+/// What one pub/sub message holds: one event, or several in publishing order.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Published {
+    // An array first: serde would also try to read a struct from an array.
+    Many(Vec<JobEvent>),
+    One(Box<JobEvent>),
+}
+
+/// Decodes one pub/sub message.
+fn decode(text: &str) -> Result<Vec<JobEvent>, String> {
+    match serde_json::from_str::<Published>(text) {
+        Ok(Published::One(event)) => Ok(vec![*event]),
+        Ok(Published::Many(events)) => Ok(events),
+        Err(err) => Err(err.to_string()),
     }
 }
 
@@ -139,14 +181,16 @@ async fn run_delivery(mut subscription: Subscription, hub: SessionHub) {
     loop {
         match subscription.next().await {
             Received::Message(value) => {
-                let event = value
+                let events = value
                     .as_str()
                     .ok_or_else(|| "not text".to_owned())
-                    .and_then(|text| {
-                        serde_json::from_str::<JobEvent>(&text).map_err(|err| err.to_string())
-                    });
-                match event {
-                    Ok(event) => hub.dispatch(&event),
+                    .and_then(|text| decode(&text));
+                match events {
+                    Ok(events) => {
+                        for event in &events {
+                            hub.dispatch(event);
+                        }
+                    }
                     Err(err) => {
                         tracing::warn!(error = %err, "skipping a malformed job event from Redis")
                     }
@@ -167,5 +211,42 @@ async fn run_delivery(mut subscription: Subscription, hub: SessionHub) {
             }
             Received::Closed => break,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::event::JobEventKind;
+    use uuid::Uuid;
+
+    fn event(user: &str, version: i64) -> JobEvent {
+        JobEvent {
+            user_id: user.to_owned(),
+            message_id: Uuid::now_v7(),
+            version: Some(version),
+            kind: JobEventKind::Cancelled { error: None },
+        }
+    }
+
+    #[test]
+    fn decodes_one_event_and_a_batch_in_order() {
+        let one = event("ayse", 1);
+        let decoded = decode(&serde_json::to_string(&one).expect("json")).expect("one");
+        assert_eq!(decoded.len(), 1);
+        assert_eq!(decoded[0].message_id, one.message_id);
+
+        let batch = vec![event("ayse", 2), event("mehmet", 3), event("ayse", 4)];
+        let decoded = decode(&serde_json::to_string(&batch).expect("json")).expect("batch");
+        let versions: Vec<_> = decoded.iter().map(|event| event.version).collect();
+        assert_eq!(versions, vec![Some(2), Some(3), Some(4)]);
+        assert_eq!(decoded[1].user_id, "mehmet");
+    }
+
+    #[test]
+    fn refuses_what_is_not_an_event() {
+        assert!(decode("[1, 2]").is_err());
+        assert!(decode("{\"user_id\": 5}").is_err());
+        assert!(decode("not json").is_err());
     }
 }

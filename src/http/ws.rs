@@ -25,12 +25,17 @@ use warp::reply::{Reply, Response};
 /// `error` event and the connection stays open.
 const MAX_SOCKET_FRAME: usize = 1024 * 1024;
 
+/// Frames are written to the socket once this many bytes are buffered, or at the end of a batch.
+const WRITE_BATCH_BYTES: usize = 16 * 1024;
+
 /// tungstenite's buffers: small, because most sessions are idle most of the time. The read
-/// buffer grows for a large frame and the write buffer only batches small frames.
+/// buffer grows for a large frame. The writer feeds a whole outbox batch and then flushes, so
+/// the write buffer turns a batch into one `send` instead of one per frame (a burst of
+/// position updates is many small frames); it grows only as large as the batches are.
 fn socket_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BATCH_BYTES)
         .max_message_size(Some(MAX_SOCKET_FRAME))
         .max_frame_size(Some(MAX_SOCKET_FRAME))
 }
