@@ -54,10 +54,14 @@ impl StoreLimits {
     /// Sensible limits for a pool of `connections` (SQLite has one writer).
     pub fn for_backend(backend: &str, connections: u32) -> StoreLimits {
         StoreLimits {
+            // SQLite has one writer. On PostgreSQL two transactions in flight hide one's round
+            // trips behind the other's; more only make each batch smaller, and the server's
+            // cost is per transaction and per statement, not per row (measured: 8 in flight
+            // gave a third less throughput than 2; see docs/benchmarks.md).
             max_batches: if backend == "sqlite" {
                 1
             } else {
-                (connections as usize / 2).clamp(1, 8)
+                (connections as usize / 2).clamp(1, 2)
             },
             max_rows: 128,
             fold: true,

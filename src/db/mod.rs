@@ -421,14 +421,26 @@ impl Database {
         work: &[RowWork],
         now: DateTime<Utc>,
     ) -> Result<Vec<RowResult>, DbError> {
-        let ids: Vec<Uuid> = work.iter().map(|row| row.id).collect();
-        let mut current: HashMap<Uuid, messages::Model> = Entity::find()
-            .filter(Column::Id.is_in(ids))
-            .all(&self.read)
-            .await?
-            .into_iter()
-            .map(|row| (row.id, row))
+        // One connection and one transaction per batch: the read, the writes, the commit. A
+        // row that starts with its own creation has nothing to read (ids are fresh UUIDs; a
+        // duplicate is refused by the insert).
+        let txn = self.write.begin().await?;
+        let ids: Vec<Uuid> = work
+            .iter()
+            .filter(|row| !matches!(row.changes.first(), Some(Change::Create(_))))
+            .map(|row| row.id)
             .collect();
+        let mut current: HashMap<Uuid, messages::Model> = if ids.is_empty() {
+            HashMap::new()
+        } else {
+            Entity::find()
+                .filter(Column::Id.is_in(ids))
+                .all(&txn)
+                .await?
+                .into_iter()
+                .map(|row| (row.id, row))
+                .collect()
+        };
 
         enum Write {
             Insert(Box<Message>),
@@ -503,7 +515,6 @@ impl Database {
         // One statement for all inserts and one for all updates, whatever the batch size: a
         // statement per row made the round trips and the server's per-statement work the
         // largest cost of a job on PostgreSQL.
-        let txn = self.write.begin().await?;
         let mut refused_inserts = Vec::new();
         if !inserts.is_empty() {
             let inserted = txn
