@@ -4,6 +4,11 @@ use forge_gateway::app;
 use forge_gateway::config::{Config, Loaded, LogFormat};
 use std::process::ExitCode;
 
+/// mimalloc instead of glibc's allocator: under load the gateway's threads contended on
+/// glibc's arena locks (`__lll_lock_wait_private`, `malloc_consolidate` in the profile).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let config = match Config::load() {
         Ok(Loaded::Run(config)) => config,

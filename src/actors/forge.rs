@@ -228,57 +228,36 @@ impl Handler<MayTake> for ForgeActor {
     }
 }
 
+/// A worker is about to call Forge for job `id`: may it (the breaker decides), and if so the
+/// job counts as running here (so it can be abandoned) until [`Ended`].
 #[derive(Message)]
 #[rtype(result = "Admission")]
-struct Admit;
-
-impl Handler<Admit> for ForgeActor {
-    type Result = MessageResult<Admit>;
-
-    fn handle(&mut self, _msg: Admit, _ctx: &mut Context<Self>) -> Self::Result {
-        let (admission, transition) = self.breaker.admit(Instant::now());
-        self.note(transition);
-        MessageResult(admission)
-    }
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Record {
-    admission: Admission,
-    outcome: CallOutcome,
-}
-
-impl Handler<Record> for ForgeActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: Record, _ctx: &mut Context<Self>) {
-        let transition = self
-            .breaker
-            .record(msg.admission, msg.outcome, Instant::now());
-        self.note(transition);
-    }
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Started {
+struct Admit {
     id: Uuid,
     abandon: oneshot::Sender<()>,
 }
 
-impl Handler<Started> for ForgeActor {
-    type Result = ();
+impl Handler<Admit> for ForgeActor {
+    type Result = MessageResult<Admit>;
 
-    fn handle(&mut self, msg: Started, _ctx: &mut Context<Self>) {
-        self.running.insert(msg.id, msg.abandon);
+    fn handle(&mut self, msg: Admit, _ctx: &mut Context<Self>) -> Self::Result {
+        let (admission, transition) = self.breaker.admit(Instant::now());
+        self.note(transition);
+        if admission != Admission::Rejected {
+            self.running.insert(msg.id, msg.abandon);
+        }
+        MessageResult(admission)
     }
 }
 
+/// The call for job `id` is over: it no longer runs here, and its outcome goes to the breaker.
+/// (One message for both: a message to the actor per step is a thread hop per step.)
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Ended {
     id: Uuid,
+    admission: Admission,
+    outcome: CallOutcome,
 }
 
 impl Handler<Ended> for ForgeActor {
@@ -286,6 +265,10 @@ impl Handler<Ended> for ForgeActor {
 
     fn handle(&mut self, msg: Ended, _ctx: &mut Context<Self>) {
         self.running.remove(&msg.id);
+        let transition = self
+            .breaker
+            .record(msg.admission, msg.outcome, Instant::now());
+        self.note(transition);
     }
 }
 
@@ -342,7 +325,15 @@ impl Worker {
         let Some(message) = self.mark_processing(&job).await else {
             return;
         };
-        let Ok(admission) = self.addr.send(Admit).await else {
+        let (abandon, abandoned) = oneshot::channel();
+        let Ok(admission) = self
+            .addr
+            .send(Admit {
+                id: job.id,
+                abandon,
+            })
+            .await
+        else {
             return;
         };
         if admission == Admission::Rejected {
@@ -359,28 +350,25 @@ impl Worker {
             .await;
             return;
         }
-        let (abandon, abandoned) = oneshot::channel();
-        self.addr.do_send(Started {
-            id: job.id,
-            abandon,
-        });
         let generation = tokio::select! {
             result = self.generate(&message) => Ran::Generated(result),
             _ = abandoned => Ran::Abandoned,
         };
-        self.addr.do_send(Ended { id: job.id });
+        let id = job.id;
         let latency = started.elapsed().as_secs_f64();
         let backend = self.client.name().to_owned();
         match generation {
             Ran::Abandoned => {
-                self.addr.do_send(Record {
+                self.addr.do_send(Ended {
+                    id,
                     admission,
                     outcome: CallOutcome::Neutral,
                 });
                 self.interrupt(job.id);
             }
             Ran::Generated(Ok(generated)) => {
-                self.addr.do_send(Record {
+                self.addr.do_send(Ended {
+                    id,
                     admission,
                     outcome: CallOutcome::Success,
                 });
@@ -430,7 +418,8 @@ impl Worker {
                 }
             }
             Ran::Generated(Err(failure)) => {
-                self.addr.do_send(Record {
+                self.addr.do_send(Ended {
+                    id,
                     admission,
                     outcome: failure.breaker_outcome(),
                 });
