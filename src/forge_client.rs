@@ -6,7 +6,7 @@ use crate::domain::catalogue::JobFailure;
 use crate::domain::params::GenerationParams;
 use base64::Engine as _;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::time::Duration;
 use url::Url;
 
@@ -231,14 +231,16 @@ impl ForgeClient {
             .await
             .map_err(classify)?;
         let bytes = read_answer(answer).await?;
-        let value: Value = serde_json::from_slice(&bytes)
-            .map_err(|err| ForgeFailure::BadAnswer(format!("not JSON: {err}")))?;
-        let image = value
-            .get("images")
-            .and_then(Value::as_array)
+        // Typed, borrowing the base64 text: a `Value` tree of Forge's answer (its `info` and
+        // `parameters` included) cost more than the rest of reading it.
+        let answer: Txt2ImgAnswer = serde_json::from_slice(&bytes)
+            .map_err(|err| ForgeFailure::BadAnswer(format!("not the expected JSON: {err}")))?;
+        let image = answer
+            .images
+            .as_ref()
             .and_then(|images| images.first())
-            .and_then(Value::as_str)
             .ok_or_else(|| ForgeFailure::BadAnswer("no images[0] string".into()))?;
+        let image: &str = image;
         let encoded = image.split_once("base64,").map_or(image, |(_, data)| data);
         let png = base64::engine::general_purpose::STANDARD
             .decode(encoded.trim())
@@ -250,11 +252,12 @@ impl ForgeClient {
             )));
         }
         check_png(&png, params.width, params.height)?;
-        let seed = value
-            .get("info")
-            .and_then(Value::as_str)
-            .and_then(|info| serde_json::from_str::<Value>(info).ok())
-            .and_then(|info| info.get("seed").and_then(Value::as_i64));
+        let seed = match answer.info {
+            Some(InfoField::Text(info)) => serde_json::from_str::<InfoSeed>(&info)
+                .ok()
+                .and_then(|info| info.seed),
+            _ => None,
+        };
         Ok(Generated { png, seed })
     }
 
@@ -352,6 +355,29 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 }
 
 /// Decodes the PNG fully: the answer must hold a real image of the requested size.
+/// The part of a `txt2img` answer the gateway reads.
+#[derive(serde::Deserialize)]
+struct Txt2ImgAnswer<'a> {
+    #[serde(borrow)]
+    images: Option<Vec<std::borrow::Cow<'a, str>>>,
+    #[serde(borrow, default)]
+    info: Option<InfoField<'a>>,
+}
+
+/// `info` is a string in every Forge seen; anything else is ignored rather than failing the job.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum InfoField<'a> {
+    Text(#[serde(borrow)] std::borrow::Cow<'a, str>),
+    Other(serde::de::IgnoredAny),
+}
+
+/// The seed inside `info` (itself a JSON document in a string).
+#[derive(serde::Deserialize)]
+struct InfoSeed {
+    seed: Option<i64>,
+}
+
 fn check_png(png: &[u8], width: u32, height: u32) -> Result<(), ForgeFailure> {
     let mut decoder = png::Decoder::new(std::io::Cursor::new(png));
     decoder.set_transformations(png::Transformations::EXPAND);
@@ -375,6 +401,34 @@ fn check_png(png: &[u8], width: u32, height: u32) -> Result<(), ForgeFailure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_txt2img_answer_is_read_for_its_image_and_seed_only() {
+        let answer: Txt2ImgAnswer = serde_json::from_str(
+            r#"{"images":["aGk="],"parameters":{"x":[1,2]},"info":"{\"seed\": 42, \"all_seeds\": [42]}"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            answer
+                .images
+                .as_deref()
+                .and_then(|i| i.first())
+                .map(|i| i.as_ref()),
+            Some("aGk=")
+        );
+        assert!(
+            matches!(&answer.info, Some(InfoField::Text(info)) if serde_json::from_str::<InfoSeed>(info).unwrap().seed == Some(42))
+        );
+        // An `info` that is not a string is ignored, not a failure.
+        let answer: Txt2ImgAnswer =
+            serde_json::from_str(r#"{"images":["aGk="],"info":{"seed":1}}"#).unwrap();
+        assert!(matches!(answer.info, Some(InfoField::Other(_))));
+        // No images, or images that are not strings: not the expected answer.
+        let answer: Txt2ImgAnswer = serde_json::from_str(r#"{"info":"x"}"#).unwrap();
+        assert!(answer.images.is_none());
+        assert!(serde_json::from_str::<Txt2ImgAnswer>(r#"{"images":[1]}"#).is_err());
+        assert!(serde_json::from_str::<Txt2ImgAnswer>("<html>").is_err());
+    }
 
     #[test]
     fn credentials_become_basic_auth_and_leave_the_name() {
