@@ -483,6 +483,8 @@ impl Database {
             });
         }
         if writes.is_empty() {
+            // Every change was refused: nothing to write; end the read-only transaction.
+            txn.rollback().await?;
             return Ok(results);
         }
 
