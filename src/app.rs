@@ -42,7 +42,7 @@ pub struct RunningApp {
 }
 
 struct Parts {
-    http_runtime: tokio::runtime::Runtime,
+    io_runtime: tokio::runtime::Runtime,
     server_stop: oneshot::Sender<()>,
     server_done: oneshot::Receiver<()>,
     core: Core,
@@ -147,7 +147,7 @@ impl RunningApp {
         if let Some(sim) = parts.sim {
             sim.shutdown().await;
         }
-        parts.http_runtime.shutdown_background();
+        parts.io_runtime.shutdown_background();
         tracing::info!("stopped");
     }
 }
@@ -156,7 +156,7 @@ impl Drop for RunningApp {
     fn drop(&mut self) {
         if let Some(parts) = self.parts.take() {
             parts.system.stop();
-            parts.http_runtime.shutdown_background();
+            parts.io_runtime.shutdown_background();
         }
     }
 }
@@ -168,12 +168,12 @@ fn fail(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> StartErr
 /// Starts the gateway. Returns once it listens.
 pub async fn start(config: Config) -> Result<RunningApp, StartError> {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let http_runtime = tokio::runtime::Builder::new_multi_thread()
+    let io_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .thread_name("io")
         .enable_all()
         .build()
-        .map_err(fail("cannot start the HTTP runtime"))?;
+        .map_err(fail("cannot start the I/O runtime"))?;
 
     // The bundled simulator, when no Forge server is configured.
     let (sim, forge_urls) = if config.forge_urls.is_empty() {
@@ -181,7 +181,7 @@ pub async fn start(config: Config) -> Result<RunningApp, StartError> {
             latency: Latency::Fixed(config.sim_latency),
             ..SimConfig::default()
         };
-        let sim = http_runtime
+        let sim = io_runtime
             .spawn(SimServer::start(
                 SocketAddr::from(([127, 0, 0, 1], 0)),
                 sim_config,
@@ -212,7 +212,7 @@ pub async fn start(config: Config) -> Result<RunningApp, StartError> {
     let core_config = config.clone();
     let core_urls = forge_urls.clone();
     let core_images = images.clone();
-    let io = http_runtime.handle().clone();
+    let io = io_runtime.handle().clone();
     let system_thread = std::thread::Builder::new()
         .name("actors".into())
         .spawn(move || {
@@ -248,7 +248,7 @@ pub async fn start(config: Config) -> Result<RunningApp, StartError> {
     let (server_stop, stop_signal) = oneshot::channel::<()>();
     let (done_tx, server_done) = oneshot::channel::<()>();
     let listener = {
-        let _guard = http_runtime.enter();
+        let _guard = io_runtime.enter();
         tokio::net::TcpListener::from_std(listener).map_err(fail("listener"))?
     };
     let server = http::server::serve(
@@ -260,7 +260,7 @@ pub async fn start(config: Config) -> Result<RunningApp, StartError> {
         },
         config.shutdown_grace,
     );
-    http_runtime.spawn(async move {
+    io_runtime.spawn(async move {
         server.await;
         let _ = done_tx.send(());
     });
@@ -286,7 +286,7 @@ pub async fn start(config: Config) -> Result<RunningApp, StartError> {
             .map(|url| url.as_str().trim_end_matches('/').to_owned())
             .collect(),
         parts: Some(Parts {
-            http_runtime,
+            io_runtime,
             server_stop,
             server_done,
             core,
@@ -297,6 +297,25 @@ pub async fn start(config: Config) -> Result<RunningApp, StartError> {
             grace: config.shutdown_grace,
         }),
     })
+}
+
+/// Runs `connect` on the I/O runtime and waits for it. Connections are made there because a
+/// socket belongs to the runtime that opened it, and the actor thread should run only the
+/// actors' own logic. `what` starts the error message.
+async fn on_io<T, E>(
+    io: &tokio::runtime::Handle,
+    what: &str,
+    connect: impl std::future::Future<Output = Result<T, E>> + Send + 'static,
+) -> Result<T, StartError>
+where
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    match io.spawn(connect).await {
+        Ok(Ok(connected)) => Ok(connected),
+        Ok(Err(err)) => Err(StartError(format!("{what}: {err}"))),
+        Err(err) => Err(StartError(format!("{what}: the task failed: {err}"))),
+    }
 }
 
 async fn build_core(
@@ -311,13 +330,10 @@ async fn build_core(
         schema: config.database_schema.clone(),
         max_connections: config.database_max_connections,
     };
-    // Connections are made on the I/O runtime: a socket belongs to the runtime that opened it,
-    // and the actor thread should only run the actors' own logic.
-    let db = io
-        .spawn(async move { Database::connect(&db_settings).await })
-        .await
-        .map_err(|err| StartError(format!("database connect task: {err}")))?
-        .map_err(|err| StartError(format!("cannot open the database: {err}")))?;
+    let db = on_io(&io, "cannot open the database", async move {
+        Database::connect(&db_settings).await
+    })
+    .await?;
     let metrics = Metrics::shared();
     let hub = SessionHub::new();
     let (queue_store, bus, redis): (Arc<dyn QueueStore>, Arc<dyn EventBus>, Option<RedisClients>) =
@@ -330,22 +346,19 @@ async fn build_core(
             Some(url) => {
                 let (queue_url, prefix) = (url.clone(), config.redis_prefix.clone());
                 let queue = Arc::new(
-                    io.spawn(async move { RedisQueue::connect(&queue_url, &prefix).await })
-                        .await
-                        .map_err(|err| StartError(format!("Redis connect task: {err}")))?
-                        .map_err(|err| {
-                            StartError(format!("REDIS_URL: cannot use the Redis queue: {err}"))
-                        })?,
+                    on_io(&io, "REDIS_URL: cannot use the Redis queue", async move {
+                        RedisQueue::connect(&queue_url, &prefix).await
+                    })
+                    .await?,
                 );
                 let (bus_url, prefix, bus_hub) =
                     (url.clone(), config.redis_prefix.clone(), hub.clone());
-                let bus = io
-                    .spawn(async move { RedisBus::connect(&bus_url, &prefix, bus_hub).await })
-                    .await
-                    .map_err(|err| StartError(format!("Redis connect task: {err}")))?
-                    .map_err(|err| {
-                        StartError(format!("REDIS_URL: cannot use the Redis event bus: {err}"))
-                    })?;
+                let bus = on_io(
+                    &io,
+                    "REDIS_URL: cannot use the Redis event bus",
+                    async move { RedisBus::connect(&bus_url, &prefix, bus_hub).await },
+                )
+                .await?;
                 let clients = RedisClients {
                     queue: queue.clone(),
                     bus: bus.clone(),

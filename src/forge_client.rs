@@ -239,8 +239,8 @@ impl ForgeClient {
             .images
             .as_ref()
             .and_then(|images| images.first())
+            .map(|image| image.as_ref())
             .ok_or_else(|| ForgeFailure::BadAnswer("no images[0] string".into()))?;
-        let image: &str = image;
         let encoded = image.split_once("base64,").map_or(image, |(_, data)| data);
         let png = base64::engine::general_purpose::STANDARD
             .decode(encoded.trim())
@@ -354,7 +354,6 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-/// Decodes the PNG fully: the answer must hold a real image of the requested size.
 /// The part of a `txt2img` answer the gateway reads.
 #[derive(serde::Deserialize)]
 struct Txt2ImgAnswer<'a> {
@@ -378,6 +377,7 @@ struct InfoSeed {
     seed: Option<i64>,
 }
 
+/// Decodes the PNG fully: the answer must hold a real image of the requested size.
 fn check_png(png: &[u8], width: u32, height: u32) -> Result<(), ForgeFailure> {
     let mut decoder = png::Decoder::new(std::io::Cursor::new(png));
     decoder.set_transformations(png::Transformations::EXPAND);

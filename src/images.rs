@@ -66,10 +66,10 @@ impl ImageStore {
 
     /// Writes a temporary file then renames it over `name`, so a reader never sees half a file.
     async fn replace(&self, id: Uuid, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-        let shard = self.dir.join(shard_of(id));
-        let temporary = shard.join(format!(".{name}.{}.tmp", Uuid::now_v7().simple()));
+        let target = self.path_of(id, name);
+        let temporary = target.with_file_name(format!(".{name}.{}.tmp", Uuid::now_v7().simple()));
         tokio::fs::write(&temporary, bytes).await?;
-        tokio::fs::rename(&temporary, shard.join(name)).await
+        tokio::fs::rename(&temporary, target).await
     }
 
     /// Where the file `name` of job `id` lives: one of 256 subfolders, so that concurrent

@@ -106,7 +106,8 @@ impl QueueActor {
         }
     }
 
-    /// Hands queued jobs to waiting backends, one pop at a time.
+    /// Hands queued jobs to waiting backends: one pop in flight per waiting backend, at most
+    /// [`MAX_CONCURRENT_POPS`].
     fn dispatch(&mut self, ctx: &mut Context<Self>) {
         self.waiters.retain(|waiter| !waiter.is_closed());
         if self.paused {

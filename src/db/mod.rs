@@ -519,15 +519,11 @@ impl Database {
         // largest cost of a job on PostgreSQL.
         let mut refused_inserts = Vec::new();
         if !inserts.is_empty() {
-            let inserted = txn
-                .query_all_raw(insert_statement(
-                    self.backend,
-                    inserts.iter().map(|(_, message)| &**message),
-                )?)
-                .await?
-                .iter()
-                .map(|row| row.try_get::<Uuid>("", "id"))
-                .collect::<Result<std::collections::HashSet<Uuid>, _>>()?;
+            let inserted = returned_ids(
+                &txn,
+                insert_statement(self.backend, inserts.iter().map(|(_, message)| &**message))?,
+            )
+            .await?;
             // A duplicate id or (user, Idempotency-Key) leaves the row out instead of failing
             // everyone's transaction.
             refused_inserts.extend(
@@ -539,17 +535,16 @@ impl Database {
         }
         let mut conflicts = Vec::new();
         if !updates.is_empty() {
-            let updated = txn
-                .query_all_raw(cas_update_statement(
+            let updated = returned_ids(
+                &txn,
+                cas_update_statement(
                     self.backend,
                     updates
                         .iter()
                         .map(|(_, message, expected)| (&**message, *expected)),
-                ))
-                .await?
-                .iter()
-                .map(|row| row.try_get::<Uuid>("", "id"))
-                .collect::<Result<std::collections::HashSet<Uuid>, _>>()?;
+                ),
+            )
+            .await?;
             // A row whose version moved (another process wrote it) is not updated: a conflict.
             conflicts.extend(
                 updates
@@ -756,6 +751,18 @@ fn column_value(model: &ActiveModel, column: Column) -> sea_orm::Value {
         .unwrap_or(sea_orm::Value::String(None))
 }
 
+/// Runs a statement ending in `RETURNING id` and collects the ids it returned (the rows it wrote).
+async fn returned_ids(
+    txn: &sea_orm::DatabaseTransaction,
+    statement: Statement,
+) -> Result<std::collections::HashSet<Uuid>, DbError> {
+    txn.query_all_raw(statement)
+        .await?
+        .iter()
+        .map(|row| row.try_get::<Uuid>("", "id").map_err(DbError::from))
+        .collect()
+}
+
 /// `INSERT … VALUES (…), (…) ON CONFLICT DO NOTHING RETURNING id`: the ids returned are the
 /// rows inserted.
 fn insert_statement<'a>(
@@ -814,7 +821,11 @@ fn cas_update_statement<'a>(
                 pg_type(Column::Id),
                 &mut values,
             ),
-            parameter(sea_orm::Value::from(expected), "int8", &mut values),
+            parameter(
+                sea_orm::Value::from(expected),
+                pg_type(Column::Version),
+                &mut values,
+            ),
         ];
         for column in MUTABLE_COLUMNS {
             cells.push(parameter(

@@ -141,19 +141,14 @@ impl EventBus for RedisBus {
     }
 
     async fn publish_all(&self, events: Vec<JobEvent>) {
-        match events.as_slice() {
-            [] => {}
-            [_] => {
-                if let Some(event) = events.into_iter().next() {
-                    self.publish(event).await;
-                }
+        let Some(first) = events.first() else {
+            return;
+        };
+        match serde_json::to_string(&events) {
+            Ok(body) => self.publish_body(body, first, events.len()).await,
+            Err(err) => {
+                tracing::error!(message = %first.message_id, error = %err, "cannot serialize job events")
             }
-            [first, ..] => match serde_json::to_string(&events) {
-                Ok(body) => self.publish_body(body, first, events.len()).await,
-                Err(err) => {
-                    tracing::error!(message = %first.message_id, error = %err, "cannot serialize job events")
-                }
-            },
         }
     }
 }
