@@ -46,14 +46,7 @@ async fn two_hundred_jobs_through_two_processes_get_positions_one_to_two_hundred
         app.submit(&token, small_prompt(&format!("p{n}")))
     }))
     .await;
-    let mut positions: Vec<i64> = answers
-        .iter()
-        .map(|(status, body)| {
-            assert_eq!(*status, 202, "{body}");
-            body["queue_position"].as_i64().expect("position")
-        })
-        .collect();
-    positions.sort();
+    let positions = accepted_positions(&answers);
     assert_eq!(
         positions,
         (1..=200).collect::<Vec<i64>>(),
@@ -230,11 +223,7 @@ async fn redis_going_away_and_coming_back_empty_is_survived() {
     assert_eq!(positions, [Some(1), Some(2), Some(3)]);
     let (_, all) = app.get(&token, "/api/v1/messages").await;
     assert!(
-        all["messages"]
-            .as_array()
-            .expect("list")
-            .iter()
-            .all(|m| m["prompt"] != "while away"),
+        !listed_prompts(&all).contains(&"while away"),
         "the refused job left nothing behind"
     );
     app.stop().await;
@@ -300,11 +289,7 @@ async fn a_postgres_outage_answers_503_writes_nothing_half_and_recovers_by_itsel
     );
     let (_, all) = app.get(&token, "/api/v1/messages").await;
     assert!(
-        all["messages"]
-            .as_array()
-            .expect("list")
-            .iter()
-            .all(|m| m["prompt"] != "during"),
+        !listed_prompts(&all).contains(&"during"),
         "nothing half-written"
     );
     app.stop().await;

@@ -42,11 +42,7 @@ async fn three_jobs_at_once_get_positions_one_two_three_and_all_complete() {
         (0..3).map(|n| app.submit(&token, small_prompt(&format!("p{n}")))),
     )
     .await;
-    let mut positions: Vec<i64> = answers
-        .iter()
-        .map(|(_, body)| body["queue_position"].as_i64().expect("position"))
-        .collect();
-    positions.sort();
+    let positions = accepted_positions(&answers);
     assert_eq!(positions, [1, 2, 3], "unique positions (R6.1)");
     app.sim.set_mode(SimMode::Normal);
     let cancel = app
@@ -85,14 +81,7 @@ async fn two_hundred_concurrent_submissions_get_positions_one_to_two_hundred() {
         (0..200).map(|n| app.submit(&token, small_prompt(&format!("p{n}")))),
     )
     .await;
-    let mut positions: Vec<i64> = answers
-        .iter()
-        .map(|(status, body)| {
-            assert_eq!(*status, 202, "{body}");
-            body["queue_position"].as_i64().expect("position")
-        })
-        .collect();
-    positions.sort();
+    let positions = accepted_positions(&answers);
     assert_eq!(
         positions,
         (1..=200).collect::<Vec<i64>>(),

@@ -60,6 +60,16 @@ async fn redis_queue(url: &str, prefix: &str) -> Arc<RedisQueue> {
     )
 }
 
+/// A Redis queue on `prefix`, initialised empty (as a gateway's start does).
+async fn initialised_redis_queue(url: &str, prefix: &str) -> Arc<RedisQueue> {
+    let queue = redis_queue(url, prefix).await;
+    queue
+        .rebuild(Vec::new(), Vec::new(), 0)
+        .await
+        .expect("initial rebuild");
+    queue
+}
+
 /// Runs a check on a fresh in-process queue.
 async fn on_memory<F, Fut>(check: F)
 where
@@ -79,11 +89,7 @@ where
 {
     let url = redis_url();
     let prefix = fresh_prefix();
-    let queue = redis_queue(&url, &prefix).await;
-    queue
-        .rebuild(Vec::new(), Vec::new(), 0)
-        .await
-        .expect("initial rebuild");
+    let queue = initialised_redis_queue(&url, &prefix).await;
     let outcome = tokio::spawn(check(queue.clone())).await;
     queue.close().await;
     delete_redis_prefix(&url, &prefix).await;
@@ -172,6 +178,16 @@ async fn next_item(feed: &mut broadcast::Receiver<FeedItem>) -> FeedItem {
         Ok(Ok(item)) => item,
         Ok(Err(err)) => panic!("the feed failed: {err}"),
         Err(_) => panic!("no feed item within {DEADLINE:?}"),
+    }
+}
+
+/// The next feed item that is not a gap (a reconnect may report more than one).
+async fn next_change(feed: &mut broadcast::Receiver<FeedItem>) -> FeedItem {
+    loop {
+        match next_item(feed).await {
+            FeedItem::Gap => continue,
+            change => return change,
+        }
     }
 }
 
@@ -887,11 +903,7 @@ async fn redis_feed_reports_a_gap_when_its_connection_drops_and_then_recovers_bo
     url: String,
     prefix: String,
 ) {
-    let queue = redis_queue(&url, &prefix).await;
-    queue
-        .rebuild(Vec::new(), Vec::new(), 0)
-        .await
-        .expect("initialise");
+    let queue = initialised_redis_queue(&url, &prefix).await;
     let mut feed = queue.subscribe();
     queue.enqueue(id(1), "kim", NO_CAP).await.expect("enqueue");
     assert!(matches!(
@@ -918,18 +930,10 @@ async fn redis_feed_reports_a_gap_when_its_connection_drops_and_then_recovers_bo
 
     // Subscribed again before the gap was reported: the next change arrives.
     let enqueued = queue.enqueue(id(2), "kim", NO_CAP).await.expect("enqueue");
-    loop {
-        match next_item(&mut feed).await {
-            FeedItem::Gap => continue,
-            change => {
-                assert_eq!(
-                    change,
-                    FeedItem::Change(QueueChange::Added(job(2, "kim", enqueued.ticket)))
-                );
-                break;
-            }
-        }
-    }
+    assert_eq!(
+        next_change(&mut feed).await,
+        FeedItem::Change(QueueChange::Added(job(2, "kim", enqueued.ticket)))
+    );
     let _ = admin.quit().await;
     queue.close().await;
 }
@@ -941,11 +945,7 @@ async fn redis_malformed_feed_messages_become_gaps() {
 }
 
 async fn redis_malformed_feed_messages_become_gaps_body(url: String, prefix: String) {
-    let queue = redis_queue(&url, &prefix).await;
-    queue
-        .rebuild(Vec::new(), Vec::new(), 0)
-        .await
-        .expect("initialise");
+    let queue = initialised_redis_queue(&url, &prefix).await;
     let mut feed = queue.subscribe();
     let admin = plain_client(&url).await;
     let channel = format!("{{{prefix}}}:feed");
@@ -992,11 +992,8 @@ async fn redis_calls_fail_promptly_while_redis_is_away_and_work_again_after_body
         .expect("host:port")
         .to_owned();
     let proxy = TcpProxy::start(target).await;
-    let queue = redis_queue(&format!("redis://127.0.0.1:{}", proxy.port), &prefix).await;
-    queue
-        .rebuild(Vec::new(), Vec::new(), 0)
-        .await
-        .expect("initialise");
+    let queue =
+        initialised_redis_queue(&format!("redis://127.0.0.1:{}", proxy.port), &prefix).await;
     let mut feed = queue.subscribe();
     queue.enqueue(id(1), "ada", NO_CAP).await.expect("enqueue");
     assert!(matches!(
@@ -1034,18 +1031,10 @@ async fn redis_calls_fail_promptly_while_redis_is_away_and_work_again_after_body
         .expect("enqueue after recovery");
     assert_eq!(enqueued.position, 2, "the queue kept its state");
     // ... and carries changes again.
-    loop {
-        match next_item(&mut feed).await {
-            FeedItem::Gap => continue,
-            change => {
-                assert_eq!(
-                    change,
-                    FeedItem::Change(QueueChange::Added(job(2, "ada", enqueued.ticket)))
-                );
-                break;
-            }
-        }
-    }
+    assert_eq!(
+        next_change(&mut feed).await,
+        FeedItem::Change(QueueChange::Added(job(2, "ada", enqueued.ticket)))
+    );
     queue.close().await;
     proxy.cut().await;
 }

@@ -404,6 +404,29 @@ pub fn small_prompt(prompt: &str) -> Value {
     json!({ "prompt": prompt, "width": 64, "height": 64, "steps": 4 })
 }
 
+/// The queue positions of submissions that must all have been accepted, sorted.
+pub fn accepted_positions(answers: &[(u16, Value)]) -> Vec<i64> {
+    let mut positions: Vec<i64> = answers
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, 202, "{body}");
+            body["queue_position"].as_i64().expect("position")
+        })
+        .collect();
+    positions.sort();
+    positions
+}
+
+/// The prompts of a `GET /api/v1/messages` answer.
+pub fn listed_prompts(list: &Value) -> Vec<&str> {
+    list["messages"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|message| message["prompt"].as_str().expect("prompt"))
+        .collect()
+}
+
 /// A gateway running as a child process (for kill and restart tests).
 pub struct GatewayProcess {
     pub child: tokio::process::Child,
