@@ -13,7 +13,7 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use forge_gateway::domain::change::{self, Change};
 use forge_gateway::domain::event::{JobEvent, JobEventKind, snapshot_frame_body, with_seq};
 use forge_gateway::domain::merge::merge_client_data;
-use forge_gateway::domain::message::Message;
+use forge_gateway::domain::message::{LivePosition, Message};
 use forge_gateway::domain::params::GenerationParams;
 use forge_gateway::domain::queue_book::{QueueBook, QueueChange, QueuedJob};
 use forge_gateway::domain::status::JobStatus;
@@ -64,6 +64,9 @@ fn message(status: JobStatus, data: Value) -> Message {
         finished_at: None,
         updated_at: now,
         activity_at: now,
+        eta_s: None,
+        preview_url: None,
+        seed: None,
     }
 }
 
@@ -166,6 +169,7 @@ fn events(c: &mut Criterion) {
             image_url: "/images/0193a5c4-1f1e-7c2b-9f55-1d2c3b4a5e6f.png".into(),
             placeholder: false,
             notice: None,
+            seed: None,
         },
     };
     let position = JobEvent {
@@ -195,7 +199,15 @@ fn events(c: &mut Criterion) {
         b.iter(|| with_seq(black_box(&body), black_box(123_456)))
     });
     let views: Vec<_> = (0..20)
-        .map(|i| message(JobStatus::Queued, json!({"k": i})).view(Some(i + 1), Some(10)))
+        .map(|i| {
+            message(JobStatus::Queued, json!({"k": i})).view(
+                LivePosition::Queued {
+                    position: i + 1,
+                    eta_s: Some(10),
+                },
+                Utc::now(),
+            )
+        })
         .collect();
     group.bench_function("snapshot of 20 pending messages", |b| {
         b.iter(|| snapshot_frame_body(black_box(&views)))

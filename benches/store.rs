@@ -10,6 +10,7 @@ use forge_gateway::actors::store::{MessageStoreActor, StoreHandle, StoreLimits};
 use forge_gateway::db::{Database, DbSettings};
 use forge_gateway::domain::change::Change;
 use forge_gateway::domain::message::Message;
+use forge_gateway::domain::outages::Outages;
 use forge_gateway::domain::params::GenerationParams;
 use forge_gateway::domain::status::JobStatus;
 use forge_gateway::events::{LocalBus, SessionHub};
@@ -47,6 +48,9 @@ fn message(id: Uuid) -> Message {
         finished_at: None,
         updated_at: now,
         activity_at: now,
+        eta_s: None,
+        preview_url: None,
+        seed: None,
     }
 }
 
@@ -114,6 +118,7 @@ async fn bench(label: &str, settings: DbSettings) {
                 db.clone(),
                 bus,
                 Arc::new(Metrics::new()),
+                Arc::new(Outages::new(chrono::Utc::now())),
                 limits,
                 tokio::runtime::Handle::current(),
             )

@@ -8,12 +8,14 @@ use crate::actors::forge::{BackendHealth, Busy, ForgeActor, ForgeDeps, ForgePool
 use crate::actors::queue::{QueueActor, QueueHandle, rebuild_from_db};
 use crate::actors::session::SessionTiming;
 use crate::actors::store::{MessageStoreActor, StoreHandle, StoreLimits};
-use crate::actors::watchdog::{WatchdogActor, WatchdogHandle, WatchdogSettings};
 use crate::config::Config;
 use crate::db::{Database, DbSettings};
+use crate::domain::eta::EtaModel;
+use crate::domain::outages::Outages;
 use crate::events::redis_bus::RedisBus;
 use crate::events::{EventBus, LocalBus, SessionHub};
 use crate::forge_client::{Backend, ForgeClient};
+use crate::gateway::watchdog::{WatchdogActor, WatchdogDeps, WatchdogHandle, WatchdogSettings};
 use crate::gateway::{Gateway, GatewaySettings};
 use crate::http::auth::Auth;
 use crate::http::{self, HttpState};
@@ -377,20 +379,32 @@ async fn build_core(
         );
     }
 
+    let outages = Arc::new(Outages::new(chrono::Utc::now()));
     let limits = StoreLimits::for_backend(db.backend_name(), config.database_max_connections);
     let store = StoreHandle::new(
-        MessageStoreActor::new(db.clone(), bus.clone(), metrics.clone(), limits, io.clone())
-            .start(),
+        MessageStoreActor::new(
+            db.clone(),
+            bus,
+            metrics.clone(),
+            outages.clone(),
+            limits,
+            io.clone(),
+        )
+        .start(),
     );
+    let eta = Arc::new(parking_lot::Mutex::new(EtaModel::new(
+        forge_urls.len() as u32
+    )));
     let queue_addr = QueueActor::new(
         queue_store.clone(),
         db.clone(),
         hub.clone(),
         metrics.clone(),
-        forge_urls.len() as u32,
+        outages.clone(),
+        eta.clone(),
     )
     .start();
-    let queue = QueueHandle::new(queue_addr, queue_store);
+    let queue = QueueHandle::new(queue_addr, queue_store, eta);
 
     let health = BackendHealth::default();
     let busy = Busy::default();
@@ -398,7 +412,6 @@ async fn build_core(
         queue: queue.clone(),
         store: store.clone(),
         images,
-        bus,
         metrics: metrics.clone(),
         health: health.clone(),
         busy: busy.clone(),
@@ -428,15 +441,19 @@ async fn build_core(
         db.clone(),
         store.clone(),
         queue.clone(),
+        outages.clone(),
         GatewaySettings {
             max_pending_per_user: config.max_pending_per_user,
         },
     );
     let watchdog = WatchdogHandle::new(
         WatchdogActor::new(
-            db.clone(),
-            gateway.clone(),
-            metrics.clone(),
+            WatchdogDeps {
+                gateway: gateway.clone(),
+                forge: forge.clone(),
+                outages,
+                metrics: metrics.clone(),
+            },
             WatchdogSettings {
                 stuck_after: config.stuck_after,
                 interval: config.watchdog_interval,

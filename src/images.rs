@@ -64,6 +64,25 @@ impl ImageStore {
         Ok(format!("/images/{name}"))
     }
 
+    /// Deletes a job's live preview (the job ended). A preview that is not there is fine.
+    pub async fn delete_preview(&self, id: Uuid) {
+        self.remove(id, &format!("{id}.preview.png")).await;
+    }
+
+    /// Deletes every file of a job (retention): its image and its preview.
+    pub async fn delete_job(&self, id: Uuid) {
+        self.remove(id, &format!("{id}.png")).await;
+        self.delete_preview(id).await;
+    }
+
+    async fn remove(&self, id: Uuid, name: &str) {
+        match tokio::fs::remove_file(self.path_of(id, name)).await {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => tracing::warn!(file = name, error = %err, "could not delete an image file"),
+        }
+    }
+
     /// Writes a temporary file then renames it over `name`, so a reader never sees half a file.
     async fn replace(&self, id: Uuid, name: &str, bytes: &[u8]) -> std::io::Result<()> {
         let target = self.path_of(id, name);
@@ -179,6 +198,18 @@ mod tests {
             store.read(&format!("{id}.preview.png")).await,
             Some(b"p2".to_vec())
         );
+        store.delete_preview(id).await;
+        assert_eq!(store.read(&format!("{id}.preview.png")).await, None);
+        store.delete_preview(id).await;
+        assert!(
+            store.read(&format!("{id}.png")).await.is_some(),
+            "only the preview went"
+        );
+        store.save_preview(id, b"p3").await.unwrap();
+        store.delete_job(id).await;
+        assert_eq!(store.read(&format!("{id}.png")).await, None);
+        assert_eq!(store.read(&format!("{id}.preview.png")).await, None);
+        store.save(id, b"png3").await.unwrap();
         std::fs::write(dir.path().join("secret.txt"), b"x").unwrap();
         for bad in [
             "../secret.txt",

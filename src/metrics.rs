@@ -1,6 +1,8 @@
 //! The gateway's metrics, exported at `/admin/metrics` in the Prometheus text format.
 //!
 //! One [`Metrics`] per process, shared by every actor; counting is a few atomic operations.
+//! Each metric is declared once below (name, type, help); the macro writes the field, its
+//! construction and its registration, so the three cannot drift apart.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -44,6 +46,22 @@ pub struct TransitionLabel {
     pub to: String,
 }
 
+/// `reason="…"`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why.
+    pub reason: String,
+}
+
+impl ReasonLabel {
+    /// The label for `reason`.
+    pub fn of(reason: &str) -> Self {
+        ReasonLabel {
+            reason: reason.to_owned(),
+        }
+    }
+}
+
 fn job_duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.05, 2.0, 14))
 }
@@ -52,51 +70,81 @@ fn forge_latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.01, 2.0, 16))
 }
 
-/// Every metric of one gateway process.
-pub struct Metrics {
-    registry: Registry,
+macro_rules! metrics {
+    ($( $(#[doc = $doc:literal])* $field:ident : $kind:ty = $make:expr, $name:literal, $help:literal; )*) => {
+        /// Every metric of one gateway process.
+        pub struct Metrics {
+            registry: Registry,
+            $( $(#[doc = $doc])* pub $field: $kind, )*
+        }
+
+        impl Metrics {
+            /// Creates and registers every metric.
+            pub fn new() -> Self {
+                let mut registry = Registry::with_prefix("forge_gateway");
+                $( let $field: $kind = $make; registry.register($name, $help, $field.clone()); )*
+                Metrics { registry, $( $field, )* }
+            }
+        }
+    };
+}
+
+metrics! {
     /// Jobs in the queue.
-    pub queue_depth: Gauge,
+    queue_depth: Gauge = Gauge::default(), "queue_depth", "Jobs waiting in the queue";
     /// Messages by status, as the database holds them (refreshed at each scrape).
-    pub jobs_by_status: Family<StatusLabel, Gauge>,
+    jobs_by_status: Family<StatusLabel, Gauge> = Family::default(), "jobs", "Messages by status in the database";
     /// Jobs this process moved to a terminal status, by status.
-    pub jobs_finished: Family<StatusLabel, Counter>,
+    jobs_finished: Family<StatusLabel, Counter> = Family::default(), "jobs_finished", "Jobs this process moved to a terminal status";
     /// Seconds from create to a terminal status.
-    pub job_duration_seconds: Histogram,
+    job_duration_seconds: Histogram = job_duration_histogram(), "job_duration_seconds", "Seconds from create to a terminal status";
+    /// Jobs that could not be started (a row that cannot be read or written) and were failed.
+    jobs_unstartable: Counter = Counter::default(), "jobs_unstartable", "Jobs failed because their record could not be started";
     /// Seconds per txt2img call, per backend.
-    pub forge_latency_seconds: Family<BackendLabel, Histogram>,
+    forge_latency_seconds: Family<BackendLabel, Histogram> = Family::new_with_constructor(forge_latency_histogram), "forge_latency_seconds", "Seconds per txt2img call";
     /// txt2img calls by backend and outcome.
-    pub forge_requests: Family<OutcomeLabel, Counter>,
+    forge_requests: Family<OutcomeLabel, Counter> = Family::default(), "forge_requests", "txt2img calls by backend and outcome";
     /// Breaker state per backend: 0 closed, 1 open, 2 half-open.
-    pub breaker_state: Family<BackendLabel, Gauge>,
+    breaker_state: Family<BackendLabel, Gauge> = Family::default(), "breaker_state", "Circuit breaker state (0 closed, 1 open, 2 half-open)";
     /// Breaker transitions per backend.
-    pub breaker_transitions: Family<TransitionLabel, Counter>,
+    breaker_transitions: Family<TransitionLabel, Counter> = Family::default(), "breaker_transitions", "Circuit breaker transitions";
     /// Jobs served the placeholder image because the breaker was open.
-    pub placeholders_served: Counter,
+    placeholders_served: Counter = Counter::default(), "placeholders_served", "Jobs completed with the placeholder image";
     /// Stuck jobs the watchdog marked.
-    pub stuck_jobs_marked: Counter,
+    stuck_jobs_marked: Counter = Counter::default(), "stuck_jobs_marked", "Stuck jobs marked as errors by the watchdog";
+    /// A job's outcome could not be written at once and was written again later.
+    outcome_write_retries: Counter = Counter::default(), "outcome_write_retries", "Retries of a job's final write while the database was unavailable";
     /// WebSocket sessions open.
-    pub ws_sessions_open: Gauge,
+    ws_sessions_open: Gauge = Gauge::default(), "ws_sessions_open", "Open WebSocket sessions";
+    /// WebSocket upgrades refused, by reason (`per_user`, `total`, `rate`).
+    ws_sessions_refused: Family<ReasonLabel, Counter> = Family::default(), "ws_sessions_refused", "WebSocket upgrades refused by a cap";
     /// Frames written to WebSockets.
-    pub ws_events_sent: Counter,
+    ws_events_sent: Counter = Counter::default(), "ws_events_sent", "Frames written to WebSockets";
     /// Frames dropped (coalesced positions, overflowed backlogs).
-    pub ws_events_dropped: Counter,
+    ws_events_dropped: Counter = Counter::default(), "ws_events_dropped", "Frames dropped by coalescing or overflow";
     /// `resync` frames sent because a client fell behind.
-    pub ws_resyncs: Counter,
+    ws_resyncs: Counter = Counter::default(), "ws_resyncs", "Resync frames sent to clients that fell behind";
+    /// Client commands refused by the per-user rate limit.
+    ws_commands_limited: Counter = Counter::default(), "ws_commands_limited", "WebSocket commands refused by the per-user rate limit";
+    /// HTTP connections refused or closed by a limit, by reason (`max_connections`,
+    /// `header_timeout`, `idle_timeout`, `body_timeout`).
+    http_connections_cut: Family<ReasonLabel, Counter> = Family::default(), "http_connections_cut", "HTTP connections refused or closed by a limit";
     /// Changes applied to messages (status transitions, progress, client merges).
-    pub store_changes: Counter,
+    store_changes: Counter = Counter::default(), "store_changes", "Changes applied to messages";
     /// Client data merges applied.
-    pub store_merges: Counter,
+    store_merges: Counter = Counter::default(), "store_merges", "Client data merges applied";
     /// Rows written (one per read-modify-write, however many changes it folded).
-    pub store_row_writes: Counter,
+    store_row_writes: Counter = Counter::default(), "store_row_writes", "Message rows written";
     /// Write transactions.
-    pub store_batches: Counter,
+    store_batches: Counter = Counter::default(), "store_batches", "Write transactions";
     /// Compare-and-swap conflicts retried.
-    pub store_conflict_retries: Counter,
+    store_conflict_retries: Counter = Counter::default(), "store_conflict_retries", "Compare-and-swap conflicts retried";
     /// Changes refused (illegal transitions, invalid patches).
-    pub store_refusals: Counter,
-    /// Write transactions that failed and rolled back.
-    pub store_failures: Counter,
+    store_refusals: Counter = Counter::default(), "store_refusals", "Changes refused";
+    /// Write transactions that failed and rolled back, and rows that could not be written.
+    store_failures: Counter = Counter::default(), "store_failures", "Write transactions rolled back on error, and rows that could not be written";
+    /// Rows read whose client data did not parse and was kept as text (refreshed at each scrape).
+    store_unreadable_data_reads: Gauge = Gauge::default(), "store_unreadable_data_reads", "Rows read whose client data did not parse and was kept as text";
 }
 
 impl Default for Metrics {
@@ -106,144 +154,6 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Creates and registers every metric.
-    pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("forge_gateway");
-        let metrics = Metrics {
-            registry: Registry::default(),
-            queue_depth: Gauge::default(),
-            jobs_by_status: Family::default(),
-            jobs_finished: Family::default(),
-            job_duration_seconds: job_duration_histogram(),
-            forge_latency_seconds: Family::new_with_constructor(forge_latency_histogram),
-            forge_requests: Family::default(),
-            breaker_state: Family::default(),
-            breaker_transitions: Family::default(),
-            placeholders_served: Counter::default(),
-            stuck_jobs_marked: Counter::default(),
-            ws_sessions_open: Gauge::default(),
-            ws_events_sent: Counter::default(),
-            ws_events_dropped: Counter::default(),
-            ws_resyncs: Counter::default(),
-            store_changes: Counter::default(),
-            store_merges: Counter::default(),
-            store_row_writes: Counter::default(),
-            store_batches: Counter::default(),
-            store_conflict_retries: Counter::default(),
-            store_refusals: Counter::default(),
-            store_failures: Counter::default(),
-        };
-        registry.register(
-            "queue_depth",
-            "Jobs waiting in the queue",
-            metrics.queue_depth.clone(),
-        );
-        registry.register(
-            "jobs",
-            "Messages by status in the database",
-            metrics.jobs_by_status.clone(),
-        );
-        registry.register(
-            "jobs_finished",
-            "Jobs this process moved to a terminal status",
-            metrics.jobs_finished.clone(),
-        );
-        registry.register(
-            "job_duration_seconds",
-            "Seconds from create to a terminal status",
-            metrics.job_duration_seconds.clone(),
-        );
-        registry.register(
-            "forge_latency_seconds",
-            "Seconds per txt2img call",
-            metrics.forge_latency_seconds.clone(),
-        );
-        registry.register(
-            "forge_requests",
-            "txt2img calls by backend and outcome",
-            metrics.forge_requests.clone(),
-        );
-        registry.register(
-            "breaker_state",
-            "Circuit breaker state (0 closed, 1 open, 2 half-open)",
-            metrics.breaker_state.clone(),
-        );
-        registry.register(
-            "breaker_transitions",
-            "Circuit breaker transitions",
-            metrics.breaker_transitions.clone(),
-        );
-        registry.register(
-            "placeholders_served",
-            "Jobs completed with the placeholder image",
-            metrics.placeholders_served.clone(),
-        );
-        registry.register(
-            "stuck_jobs_marked",
-            "Stuck jobs marked as errors by the watchdog",
-            metrics.stuck_jobs_marked.clone(),
-        );
-        registry.register(
-            "ws_sessions_open",
-            "Open WebSocket sessions",
-            metrics.ws_sessions_open.clone(),
-        );
-        registry.register(
-            "ws_events_sent",
-            "Frames written to WebSockets",
-            metrics.ws_events_sent.clone(),
-        );
-        registry.register(
-            "ws_events_dropped",
-            "Frames dropped by coalescing or overflow",
-            metrics.ws_events_dropped.clone(),
-        );
-        registry.register(
-            "ws_resyncs",
-            "Resync frames sent to clients that fell behind",
-            metrics.ws_resyncs.clone(),
-        );
-        registry.register(
-            "store_changes",
-            "Changes applied to messages",
-            metrics.store_changes.clone(),
-        );
-        registry.register(
-            "store_merges",
-            "Client data merges applied",
-            metrics.store_merges.clone(),
-        );
-        registry.register(
-            "store_row_writes",
-            "Message rows written",
-            metrics.store_row_writes.clone(),
-        );
-        registry.register(
-            "store_batches",
-            "Write transactions",
-            metrics.store_batches.clone(),
-        );
-        registry.register(
-            "store_conflict_retries",
-            "Compare-and-swap conflicts retried",
-            metrics.store_conflict_retries.clone(),
-        );
-        registry.register(
-            "store_refusals",
-            "Changes refused",
-            metrics.store_refusals.clone(),
-        );
-        registry.register(
-            "store_failures",
-            "Write transactions rolled back on error",
-            metrics.store_failures.clone(),
-        );
-        Metrics {
-            registry,
-            ..metrics
-        }
-    }
-
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut text = String::new();
@@ -273,12 +183,18 @@ mod tests {
             })
             .set(1);
         metrics.store_conflict_retries.inc();
+        metrics
+            .ws_sessions_refused
+            .get_or_create(&ReasonLabel::of("per_user"))
+            .inc();
         let text = metrics.encode();
         for name in [
             "forge_gateway_queue_depth",
             "forge_gateway_breaker_state{backend=\"b1\"} 1",
             "forge_gateway_store_conflict_retries_total 1",
             "forge_gateway_ws_sessions_open",
+            "forge_gateway_ws_sessions_refused_total{reason=\"per_user\"} 1",
+            "forge_gateway_jobs_unstartable_total 0",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

@@ -369,9 +369,10 @@ async fn retry_creates_a_new_job_with_the_same_prompt_and_params() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn previews_are_stored_and_announced() {
+async fn previews_are_stored_announced_readable_over_rest_and_deleted_when_the_job_ends() {
+    // 20 steps at 5 a second: the job runs for 4 s, long after its first preview.
     let slow = SimConfig {
-        steps_per_second: Some(10.0),
+        steps_per_second: Some(5.0),
         latency: Latency::Fixed(Duration::ZERO),
         previews: true,
         ..fast_sim()
@@ -382,31 +383,48 @@ async fn previews_are_stored_and_announced() {
     let (_, created) = app
         .submit(
             &token,
-            json!({"prompt": "preview", "width": 64, "height": 64, "steps": 10}),
+            json!({"prompt": "preview", "width": 64, "height": 64, "steps": 20}),
         )
         .await;
     let id = created["id"].as_str().expect("id").to_owned();
     let preview = ws.wait_event("job.preview", &id).await;
     let version = preview["version"]
         .as_i64()
-        .expect("a preview carries the version of the write it follows");
+        .expect("a preview carries the version of its write");
+    let url = preview["preview_url"].as_str().expect("url").to_owned();
+    assert_eq!(url, format!("/images/{id}.preview.png"));
+    // A reload while the job runs shows the preview too (R7.2), and it is served.
+    let (_, running) = app.get(&token, &format!("/api/v1/messages/{id}")).await;
+    assert_eq!(running["status"], "processing", "{running}");
+    assert_eq!(running["preview_url"], url.as_str());
+    let fetched = app
+        .http
+        .get(format!("{}{}", app.base, url))
+        .send()
+        .await
+        .expect("preview");
+    assert_eq!(fetched.status().as_u16(), 200);
+    assert!(
+        fetched
+            .bytes()
+            .await
+            .expect("bytes")
+            .starts_with(b"\x89PNG")
+    );
     let complete = ws.wait_event("job.complete", &id).await;
     assert!(
         complete["version"].as_i64().expect("version") > version,
         "a preview never outranks the completion"
     );
-    let url = preview["preview_url"].as_str().expect("url");
-    assert_eq!(url, format!("/images/{id}.preview.png"));
-    let png = app
+    // The job ended: its preview is gone, from the record and from the disk.
+    let (_, done) = app.get(&token, &format!("/api/v1/messages/{id}")).await;
+    assert_eq!(done["preview_url"], Value::Null, "{done}");
+    let gone = app
         .http
         .get(format!("{}{}", app.base, url))
         .send()
         .await
-        .expect("preview")
-        .bytes()
-        .await
-        .expect("bytes");
-    assert!(png.starts_with(b"\x89PNG"));
-    ws.wait_event("job.complete", &id).await;
+        .expect("preview");
+    assert_eq!(gone.status().as_u16(), 404);
     app.stop().await;
 }

@@ -252,6 +252,7 @@ async fn a_transition_out_of_a_terminal_state_is_refused_and_changes_nothing() {
         Transition::Complete {
             image_url: "/images/other.png".into(),
             placeholder: true,
+            seed: None,
         },
         Transition::Cancel,
     ] {

@@ -61,6 +61,12 @@ pub struct Model {
     pub updated_at: DateTimeUtc,
     /// Last sign of life of the job (a transition or a new generation step); the watchdog reads it.
     pub activity_at: DateTimeUtc,
+    /// Forge's estimate of the seconds left, as of `activity_at` (processing jobs).
+    pub eta_s: Option<i32>,
+    /// `/images/<id>.preview.png` while a live preview exists.
+    pub preview_url: Option<String>,
+    /// The seed Forge used (from its answer), once complete.
+    pub seed: Option<i64>,
 }
 
 /// The table has no relations.

@@ -4,6 +4,7 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261129_000001_create_messages;
+mod m20261201_000001_result_fields;
 
 /// All migrations, oldest first.
 pub struct Migrator;
@@ -11,6 +12,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261129_000001_create_messages::Migration)]
+        vec![
+            Box::new(m20261129_000001_create_messages::Migration),
+            Box::new(m20261201_000001_result_fields::Migration),
+        ]
     }
 }

@@ -5,4 +5,3 @@ pub mod forge;
 pub mod queue;
 pub mod session;
 pub mod store;
-pub mod watchdog;

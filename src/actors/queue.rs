@@ -7,12 +7,15 @@
 //! estimates ETAs from recent processing times.
 
 use crate::db::Database;
+use crate::domain::eta::EtaModel;
+use crate::domain::outages::Outages;
 use crate::domain::queue_book::{QueueBook, QueueChange, QueuedJob};
 use crate::events::SessionHub;
 use crate::metrics::Metrics;
 use crate::queue::{Enqueued, FeedItem, QueueError, QueueStore};
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,40 +31,17 @@ const MAX_CONCURRENT_POPS: usize = 16;
 /// Position pushes of a burst of queue changes are coalesced to one per this period.
 const POSITION_FLUSH_EVERY: Duration = Duration::from_millis(25);
 
-/// Estimates of processing time, for ETAs.
-#[derive(Clone, Copy, Debug)]
-struct Eta {
-    /// Exponentially weighted mean seconds per job.
-    mean_seconds: Option<f64>,
-    backends: u32,
-}
-
-impl Eta {
-    fn record(&mut self, seconds: f64) {
-        self.mean_seconds = Some(match self.mean_seconds {
-            Some(mean) => mean * 0.8 + seconds * 0.2,
-            None => seconds,
-        });
-    }
-
-    /// Seconds until a job at `position` is done: the rounds of work ahead of it plus its own.
-    fn for_position(&self, position: u32) -> Option<u32> {
-        let mean = self.mean_seconds?;
-        let rounds = position.div_ceil(self.backends.max(1));
-        Some((f64::from(rounds) * mean).ceil() as u32)
-    }
-}
-
 /// The queue actor.
 pub struct QueueActor {
     store: Arc<dyn QueueStore>,
     db: Database,
     hub: SessionHub,
     metrics: Arc<Metrics>,
+    outages: Arc<Outages>,
     mirror: QueueBook,
     waiters: VecDeque<oneshot::Sender<QueuedJob>>,
     pops_in_flight: usize,
-    eta: Eta,
+    eta: Arc<Mutex<EtaModel>>,
     rebuilding: bool,
     paused: bool,
     /// Changes that arrived while the mirror reloads, replayed on the reloaded mirror (a
@@ -76,26 +56,26 @@ pub struct QueueActor {
 }
 
 impl QueueActor {
-    /// A queue actor over `store`, rebuilding from `db`, pushing positions through `hub`.
+    /// A queue actor over `store`, rebuilding from `db`, pushing positions through `hub`, its
+    /// ETAs from `eta` (which [`QueueHandle::finished`] feeds).
     pub fn new(
         store: Arc<dyn QueueStore>,
         db: Database,
         hub: SessionHub,
         metrics: Arc<Metrics>,
-        backends: u32,
+        outages: Arc<Outages>,
+        eta: Arc<Mutex<EtaModel>>,
     ) -> Self {
         QueueActor {
             store,
             db,
             hub,
             metrics,
+            outages,
             mirror: QueueBook::new(),
             waiters: VecDeque::new(),
             pops_in_flight: 0,
-            eta: Eta {
-                mean_seconds: None,
-                backends,
-            },
+            eta,
             rebuilding: false,
             paused: false,
             reload_backlog: None,
@@ -131,6 +111,7 @@ impl QueueActor {
                             // Empty: the next enqueue (or the poll) wakes the waiters again.
                             Ok(None) => {}
                             Err(err) => {
+                                act.outages.queue_failed(Utc::now());
                                 tracing::warn!(error = %err, "queue pop failed; retrying shortly")
                             }
                         }
@@ -219,7 +200,7 @@ impl QueueActor {
             if self.pushed.get(&update.id) == Some(&update.position) {
                 continue;
             }
-            let eta = self.eta.for_position(update.position);
+            let eta = self.eta.lock().for_position(update.position);
             self.hub
                 .deliver_position(&update.user_id, update.id, update.position, eta);
             self.pushed.insert(update.id, update.position);
@@ -433,21 +414,6 @@ impl Handler<NextJob> for QueueActor {
     }
 }
 
-/// A job finished processing after this many seconds (feeds the ETA).
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Finished {
-    seconds: f64,
-}
-
-impl Handler<Finished> for QueueActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: Finished, _ctx: &mut Context<Self>) {
-        self.eta.record(msg.seconds);
-    }
-}
-
 /// Rebuild from the database now.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -475,32 +441,22 @@ impl Handler<Pause> for QueueActor {
     }
 }
 
-/// The ETA for a position.
-#[derive(Message)]
-#[rtype(result = "Option<u32>")]
-struct EtaFor {
-    position: u32,
-}
-
-impl Handler<EtaFor> for QueueActor {
-    type Result = Option<u32>;
-
-    fn handle(&mut self, msg: EtaFor, _ctx: &mut Context<Self>) -> Option<u32> {
-        self.eta.for_position(msg.position)
-    }
-}
-
 /// The typed handle to the queue.
 #[derive(Clone)]
 pub struct QueueHandle {
     addr: Addr<QueueActor>,
     store: Arc<dyn QueueStore>,
+    eta: Arc<Mutex<EtaModel>>,
 }
 
 impl QueueHandle {
-    /// Wraps the actor's address and the store it owns (for direct reads).
-    pub fn new(addr: Addr<QueueActor>, store: Arc<dyn QueueStore>) -> Self {
-        QueueHandle { addr, store }
+    /// Wraps the actor's address, the store it owns (for direct reads) and its ETA model.
+    pub fn new(
+        addr: Addr<QueueActor>,
+        store: Arc<dyn QueueStore>,
+        eta: Arc<Mutex<EtaModel>>,
+    ) -> Self {
+        QueueHandle { addr, store, eta }
     }
 
     /// Queues a job if the user has fewer than `max_pending` pending jobs.
@@ -549,6 +505,11 @@ impl QueueHandle {
         self.store.position(id).await
     }
 
+    /// The live positions of several jobs at once (one round trip on Redis).
+    pub async fn positions(&self, ids: &[Uuid]) -> Result<Vec<Option<u32>>, QueueError> {
+        self.store.positions(ids).await
+    }
+
     /// Jobs queued.
     pub async fn depth(&self) -> Result<u64, QueueError> {
         self.store.depth().await
@@ -571,12 +532,12 @@ impl QueueHandle {
 
     /// Reports a finished job's processing time (for ETAs).
     pub fn finished(&self, seconds: f64) {
-        self.addr.do_send(Finished { seconds });
+        self.eta.lock().record(seconds);
     }
 
-    /// Estimated seconds until a job at `position` is done.
-    pub async fn eta_for(&self, position: u32) -> Option<u32> {
-        self.addr.send(EtaFor { position }).await.ok().flatten()
+    /// The ETA model as it stands.
+    pub fn eta(&self) -> EtaModel {
+        *self.eta.lock()
     }
 
     /// Stops handing out jobs; returns once the actor has taken note.

@@ -174,16 +174,9 @@ impl SessionActor {
     }
 
     fn handle_text(&mut self, text: String, ctx: &mut Context<Self>) {
-        let value: Value = match serde_json::from_str(&text) {
+        let value = match crate::domain::client_json::parse(text.as_bytes()) {
             Ok(value) => value,
-            Err(_) => {
-                return self.send_error(
-                    &ApiError::InvalidJson {
-                        message: "Mesaj geçerli bir JSON değil.".into(),
-                    },
-                    None,
-                );
-            }
+            Err(err) => return self.send_error(&ApiError::from(err), None),
         };
         let Some(command) = value.as_object() else {
             return self.send_error(

@@ -8,10 +8,11 @@
 //! retries them. Events are published after commit, in commit order, and carry the version
 //! each change produced.
 
-use crate::db::{Database, RowResult, RowWork};
+use crate::db::{Database, DbError, RowResult, RowWork};
 use crate::domain::change::{Change, Refusal};
 use crate::domain::event::JobEvent;
 use crate::domain::message::Message;
+use crate::domain::outages::Outages;
 use crate::events::EventBus;
 use crate::metrics::Metrics;
 use actix::prelude::*;
@@ -25,17 +26,32 @@ use uuid::Uuid;
 const PUBLISH_BATCH: usize = 512;
 
 /// Why a change was not applied.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// The change is not allowed; the message is unchanged.
     #[error("refused: {0}")]
     Refused(Refusal),
-    /// The database failed; the transaction was rolled back and the message is unchanged.
-    #[error("{0}")]
-    Db(String),
+    /// The database failed (the connection or the server: say nothing about the message); the
+    /// transaction was rolled back and the message is unchanged. Retrying later may succeed.
+    #[error(transparent)]
+    Db(DbError),
+    /// This message alone cannot be read or written (a damaged row, or a value the database
+    /// refuses); other messages are written. Retrying will not help.
+    #[error("this message cannot be written: {0}")]
+    Row(DbError),
     /// The store is shutting down.
     #[error("the store is stopped")]
     Stopped,
+}
+
+impl StoreError {
+    fn of(err: DbError) -> StoreError {
+        if err.is_transient() {
+            StoreError::Db(err)
+        } else {
+            StoreError::Row(err)
+        }
+    }
 }
 
 /// How the store batches.
@@ -97,6 +113,7 @@ pub struct MessageStoreActor {
     io: tokio::runtime::Handle,
     events: mpsc::UnboundedSender<JobEvent>,
     metrics: Arc<Metrics>,
+    outages: Arc<Outages>,
     limits: StoreLimits,
     waiting: HashMap<Uuid, VecDeque<Waiting>>,
     in_flight: HashSet<Uuid>,
@@ -112,6 +129,7 @@ impl MessageStoreActor {
         db: Database,
         bus: Arc<dyn EventBus>,
         metrics: Arc<Metrics>,
+        outages: Arc<Outages>,
         limits: StoreLimits,
         io: tokio::runtime::Handle,
     ) -> Self {
@@ -130,6 +148,7 @@ impl MessageStoreActor {
             io,
             events,
             metrics,
+            outages,
             limits,
             waiting: HashMap::new(),
             in_flight: HashSet::new(),
@@ -208,12 +227,15 @@ impl MessageStoreActor {
             Ok(rows) => rows,
             Err(err) => {
                 self.metrics.store_failures.inc();
+                if err.is_transient() {
+                    self.outages.database_failed(Utc::now());
+                }
                 tracing::error!(error = %err, rows = work.len(), "message write failed and was rolled back");
                 for (row, senders) in work.into_iter().zip(replies) {
                     self.in_flight.remove(&row.id);
                     self.requeue_if_waiting(row.id);
                     for reply in senders {
-                        let _ = reply.send(Err(StoreError::Db(err.to_string())));
+                        let _ = reply.send(Err(StoreError::of(err.clone())));
                     }
                 }
                 return;
@@ -222,6 +244,14 @@ impl MessageStoreActor {
         for ((row, senders), result) in work.into_iter().zip(replies).zip(rows) {
             self.in_flight.remove(&row.id);
             match result {
+                RowResult::Failed(err) => {
+                    self.metrics.store_failures.inc();
+                    tracing::error!(message_id = %row.id, error = %err, "a message could not be written; the rest of its batch was");
+                    for reply in senders {
+                        let _ = reply.send(Err(StoreError::of(err.clone())));
+                    }
+                    self.requeue_if_waiting(row.id);
+                }
                 RowResult::Conflict => {
                     self.metrics.store_conflict_retries.inc();
                     // The row's changes go back in front of anything that arrived meanwhile.
@@ -287,9 +317,7 @@ impl MessageStoreActor {
             self.in_flight.remove(&id);
             self.requeue_if_waiting(id);
             for reply in senders {
-                let _ = reply.send(Err(StoreError::Db(format!(
-                    "the write did not complete: {reason}"
-                ))));
+                let _ = reply.send(Err(StoreError::Db(DbError::Interrupted(reason.to_owned()))));
             }
         }
     }
@@ -318,6 +346,9 @@ fn log_refusal(id: Uuid, change: &Change, refusal: &Refusal) {
         Refusal::NotStuck => {
             tracing::debug!(message_id = %id, "job showed activity; not marked stuck")
         }
+        Refusal::Unreadable => {
+            tracing::error!(message_id = %id, change = change_name(change), "refused a change to an unreadable message")
+        }
         Refusal::Patch(_) | Refusal::NotFound => {
             tracing::debug!(message_id = %id, %refusal, "change refused")
         }
@@ -332,6 +363,7 @@ fn change_name(change: &Change) -> &'static str {
         Change::Create(_) => "create",
         Change::Transition(transition) => transition.target().as_str(),
         Change::Progress { .. } => "progress",
+        Change::Preview { .. } => "preview",
         Change::ClientPatch(_) => "client_patch",
     }
 }

@@ -3,6 +3,7 @@
 //! Job errors (stored on a message, sent in `job.error`) quote the requirements word for word
 //! (R5.1, R9.1–R9.4); API errors (the `{"error": {...}}` body of a `4xx`/`5xx`) are ours.
 
+use crate::domain::client_json::ClientJsonError;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -159,10 +160,42 @@ pub enum ApiError {
         /// The exact message.
         message: String,
     },
+    /// The user sent commands faster than `WS_COMMANDS_PER_SECOND` allows.
+    RateLimited {
+        /// Commands allowed per second.
+        per_second: u32,
+    },
+    /// A new WebSocket would pass `MAX_SESSIONS_PER_USER` (`per_user`) or `MAX_SESSIONS`.
+    TooManySessions {
+        /// The cap that was hit.
+        limit: u32,
+        /// Whether it is the user's own cap (else the server's total).
+        per_user: bool,
+    },
+    /// The request body did not arrive within `HTTP_BODY_TIMEOUT`.
+    RequestTimeout {
+        /// The timeout in whole seconds (rounded up).
+        seconds: u64,
+    },
+    /// The server holds `MAX_CONNECTIONS` connections already.
+    TooManyConnections,
     /// A dependency (database, queue store) did not answer; try again.
     Unavailable,
     /// A bug: never expected.
     Internal,
+}
+
+impl From<ClientJsonError> for ApiError {
+    fn from(err: ClientJsonError) -> Self {
+        let message = match err {
+            ClientJsonError::Empty => "İstek gövdesi boş; bir JSON nesnesi bekleniyor.".to_owned(),
+            ClientJsonError::Syntax { line, column } => format!(
+                "İstek gövdesi geçerli bir JSON değil (satır {line}, sütun {column})."
+            ),
+            ClientJsonError::IntegerOutOfRange => "Tam sayılar 64 bite sığmalıdır (-9223372036854775808 ile 18446744073709551615 arası); daha büyük sayıları metin olarak gönderin.".to_owned(),
+        };
+        ApiError::InvalidJson { message }
+    }
 }
 
 impl ApiError {
@@ -185,6 +218,9 @@ impl ApiError {
             ApiError::Unauthorized { .. } => 401,
             ApiError::Forbidden => 403,
             ApiError::TooManyPending { .. } => 429,
+            ApiError::RateLimited { .. } | ApiError::TooManySessions { .. } => 429,
+            ApiError::RequestTimeout { .. } => 408,
+            ApiError::TooManyConnections => 503,
             ApiError::ServerOwnedField { .. } => 422,
             ApiError::Conflict { .. } => 409,
             ApiError::Unavailable => 503,
@@ -205,6 +241,10 @@ impl ApiError {
             ApiError::Unauthorized { expired: true } => "token_expired",
             ApiError::Forbidden => "forbidden",
             ApiError::TooManyPending { .. } => "too_many_pending",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::TooManySessions { .. } => "too_many_sessions",
+            ApiError::RequestTimeout { .. } => "request_timeout",
+            ApiError::TooManyConnections => "too_many_connections",
             ApiError::ServerOwnedField { .. } => "server_owned_field",
             ApiError::Conflict { .. } => "conflict",
             ApiError::Unavailable => "unavailable",
@@ -240,6 +280,25 @@ impl ApiError {
             ),
             ApiError::ServerOwnedField { field } => {
                 format!("'{field}' alanı yalnızca sunucu tarafından yazılabilir.")
+            }
+            ApiError::RateLimited { per_second } => format!(
+                "Çok hızlı komut gönderiyorsunuz (saniyede en fazla {per_second}). Bu komut uygulanmadı; lütfen yavaşlayın."
+            ),
+            ApiError::TooManySessions {
+                limit,
+                per_user: true,
+            } => format!(
+                "Aynı anda en fazla {limit} canlı bağlantınız olabilir. Lütfen kullanmadığınız bir sekmeyi kapatın."
+            ),
+            ApiError::TooManySessions {
+                per_user: false, ..
+            } => "Sunucu şu anda yeni canlı bağlantı kabul edemiyor. Lütfen biraz sonra tekrar deneyin."
+                .to_owned(),
+            ApiError::RequestTimeout { seconds } => format!(
+                "İstek gövdesi {seconds} saniye içinde tamamlanmadı. Lütfen tekrar deneyin."
+            ),
+            ApiError::TooManyConnections => {
+                "Sunucu şu anda çok yoğun. Lütfen biraz sonra tekrar deneyin.".to_owned()
             }
             ApiError::Conflict { message } => message.clone(),
             ApiError::Unavailable => {

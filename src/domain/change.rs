@@ -26,6 +26,11 @@ pub enum Change {
         /// Forge's estimate of the seconds left.
         eta_s: Option<u32>,
     },
+    /// Forge showed a live preview, stored at `preview_url` (counts as activity).
+    Preview {
+        /// Where the preview is served.
+        preview_url: String,
+    },
     /// A client's JSON Merge Patch of its data.
     ClientPatch(Value),
 }
@@ -44,6 +49,8 @@ pub enum Transition {
         image_url: String,
         /// The breaker served the placeholder.
         placeholder: bool,
+        /// The seed Forge reports it used, if it said.
+        seed: Option<i64>,
     },
     /// The job failed.
     Fail {
@@ -104,6 +111,9 @@ pub enum Refusal {
     /// The client patch is invalid.
     #[error("invalid patch: {0}")]
     Patch(PatchError),
+    /// The stored record cannot be read (a damaged row); only a failure can still be written.
+    #[error("the stored message cannot be read")]
+    Unreadable,
 }
 
 /// Applies one change at time `now`. On success the message's version grows by one,
@@ -143,10 +153,19 @@ pub fn apply(
         Change::Progress { progress, eta_s } => {
             check(message.status, JobStatus::Processing)?;
             message.progress = message.progress.max((*progress).min(100));
+            message.eta_s = *eta_s;
             message.activity_at = now;
             JobEventKind::Progress {
                 progress: message.progress,
                 eta_s: *eta_s,
+            }
+        }
+        Change::Preview { preview_url } => {
+            check(message.status, JobStatus::Processing)?;
+            message.preview_url = Some(preview_url.clone());
+            message.activity_at = now;
+            JobEventKind::Preview {
+                preview_url: preview_url.clone(),
             }
         }
         Change::Transition(transition) => {
@@ -188,14 +207,17 @@ fn apply_transition(
         Transition::Complete {
             image_url,
             placeholder,
+            seed,
         } => {
             message.image_url = Some(image_url.clone());
             message.placeholder = *placeholder;
             message.progress = 100;
+            message.seed = *seed;
             JobEventKind::Complete {
                 image_url: image_url.clone(),
                 placeholder: *placeholder,
                 notice: placeholder.then(Notice::placeholder),
+                seed: *seed,
             }
         }
         Transition::Fail { error } => {
@@ -231,8 +253,12 @@ fn apply_transition(
     // The position stored at a transition is the one at that moment: only queued jobs have one.
     message.queue_position = None;
     message.activity_at = now;
+    // Forge's estimate belongs to the generation that just started or ended.
+    message.eta_s = None;
     if target.is_terminal() {
         message.finished_at = Some(now);
+        // The preview file is deleted when the job ends; so is its URL.
+        message.preview_url = None;
     }
     Ok(event)
 }
@@ -263,6 +289,7 @@ mod tests {
         Transition::Complete {
             image_url: "/images/x.png".into(),
             placeholder: false,
+            seed: Some(1234),
         }
     }
 

@@ -67,6 +67,8 @@ pub enum JobEventKind {
         placeholder: bool,
         /// Why the placeholder was served.
         notice: Option<Notice>,
+        /// The seed Forge used, when it said (null for the placeholder).
+        seed: Option<i64>,
     },
     /// Failed.
     #[serde(rename = "job.error")]
@@ -179,13 +181,14 @@ mod tests {
                 image_url: "/images/x.png".into(),
                 placeholder: false,
                 notice: None,
+                seed: Some(7),
             },
         };
         let frame: Value = serde_json::from_str(&with_seq(&event.frame_body(), 9)).unwrap();
         assert_eq!(
             frame,
             json!({"seq": 9, "type": "job.complete", "id": Uuid::nil(), "version": 3, "status": "complete",
-                   "image_url": "/images/x.png", "placeholder": false, "notice": null})
+                   "image_url": "/images/x.png", "placeholder": false, "notice": null, "seed": 7})
         );
         let position = JobEvent {
             version: None,

@@ -55,6 +55,12 @@ pub struct Message {
     pub updated_at: DateTime<Utc>,
     /// Last sign of life of the job (transitions and generation steps, not client patches).
     pub activity_at: DateTime<Utc>,
+    /// Forge's estimate of the seconds left, as of `activity_at` (processing jobs only).
+    pub eta_s: Option<u32>,
+    /// The live preview, while a processing job has one.
+    pub preview_url: Option<String>,
+    /// The seed Forge reports it used (complete jobs).
+    pub seed: Option<i64>,
 }
 
 /// A user-facing note that is not an error: why the placeholder image was served (R8.2).
@@ -87,9 +93,14 @@ pub struct MessageView {
     pub status: JobStatus,
     /// 0..=100.
     pub progress: u8,
-    /// Live 1-based queue position, only while queued.
+    /// Live 1-based queue position, only while queued; null also while the queue store cannot
+    /// be read (then `position_unavailable` is true).
     pub queue_position: Option<u32>,
-    /// Estimated seconds until done, when known.
+    /// True while a queued message's live position cannot be read (the queue store is
+    /// unreachable); the page says "position unknown for now". Positions come back by themselves.
+    pub position_unavailable: bool,
+    /// Estimated seconds until done, when known: from the queue's recent processing times
+    /// while queued, from Forge's own estimate while processing.
     pub eta_s: Option<u32>,
     /// The image, once complete.
     pub image_url: Option<String>,
@@ -99,6 +110,10 @@ pub struct MessageView {
     pub notice: Option<Notice>,
     /// Why it failed.
     pub error: Option<JobError>,
+    /// The live preview image while processing (with `FORGE_PREVIEWS`).
+    pub preview_url: Option<String>,
+    /// The seed Forge used, once complete (null for the placeholder or when Forge did not say).
+    pub seed: Option<i64>,
     /// The prompt.
     pub prompt: String,
     /// Generation parameters.
@@ -120,27 +135,54 @@ pub struct MessageView {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+/// What the queue says about a queued message right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LivePosition {
+    /// Queued at this 1-based position, with the queue's ETA estimate.
+    Queued {
+        /// 1-based position.
+        position: u32,
+        /// Seconds until done, when the queue has a processing-time history.
+        eta_s: Option<u32>,
+    },
+    /// Not in the queue (not queued, or popped and its `processing` write in flight).
+    NotQueued,
+    /// The queue store could not be read.
+    Unavailable,
+}
+
 impl Message {
-    /// The public view with the live queue position and ETA. A queued job that is not in the
-    /// queue (popped, its `processing` write in flight) shows no position rather than a stale
-    /// one that another job now has.
-    pub fn view(&self, live_position: Option<u32>, eta_s: Option<u32>) -> MessageView {
-        let queued = self.status == JobStatus::Queued;
+    /// The public view at time `now`. A queued message shows its live position (never a stale
+    /// one another job now has); a processing one Forge's estimate, counted down since it came.
+    pub fn view(&self, live: LivePosition, now: DateTime<Utc>) -> MessageView {
+        let (queue_position, position_unavailable, eta_s) = match (self.status, live) {
+            (JobStatus::Queued, LivePosition::Queued { position, eta_s }) => {
+                (Some(position), false, eta_s)
+            }
+            (JobStatus::Queued, LivePosition::Unavailable) => (None, true, None),
+            (JobStatus::Processing, _) => {
+                let elapsed = (now - self.activity_at).num_seconds().max(0);
+                let left = self
+                    .eta_s
+                    .map(|eta| (i64::from(eta) - elapsed).max(0) as u32);
+                (None, false, left)
+            }
+            _ => (None, false, None),
+        };
         MessageView {
             id: self.id,
             conversation_id: self.conversation_id.clone(),
             status: self.status,
             progress: self.progress,
-            queue_position: if queued { live_position } else { None },
-            eta_s: if self.status.is_pending() {
-                eta_s
-            } else {
-                None
-            },
+            queue_position,
+            position_unavailable,
+            eta_s,
             image_url: self.image_url.clone(),
             placeholder: self.placeholder,
             notice: self.placeholder.then(Notice::placeholder),
             error: self.error.clone(),
+            preview_url: self.preview_url.clone(),
+            seed: self.seed,
             prompt: self.prompt.clone(),
             params: self.params.clone(),
             data: self.data.clone(),
@@ -185,23 +227,41 @@ pub(crate) mod tests {
             finished_at: None,
             updated_at: now,
             activity_at: now,
+            eta_s: None,
+            preview_url: None,
+            seed: None,
         }
     }
 
     #[test]
     fn the_view_shows_the_live_position_only_while_queued() {
+        let now = Utc::now();
         let mut message = queued_message();
-        assert_eq!(message.view(Some(1), Some(4)).queue_position, Some(1));
+        let live = LivePosition::Queued {
+            position: 1,
+            eta_s: Some(4),
+        };
+        assert_eq!(message.view(live, now).queue_position, Some(1));
+        let unknown = message.view(LivePosition::Unavailable, now);
         assert_eq!(
-            message.view(None, None).queue_position,
+            (unknown.queue_position, unknown.position_unavailable),
+            (None, true)
+        );
+        assert_eq!(
+            message.view(LivePosition::NotQueued, now).queue_position,
             None,
             "never a stale position"
         );
         message.status = JobStatus::Processing;
-        assert_eq!(message.view(Some(1), None).queue_position, None);
+        message.eta_s = Some(10);
+        message.activity_at = now - chrono::Duration::seconds(3);
+        let view = message.view(live, now);
+        assert_eq!((view.queue_position, view.eta_s), (None, Some(7)));
+        message.activity_at = now - chrono::Duration::seconds(30);
+        assert_eq!(message.view(live, now).eta_s, Some(0));
         message.status = JobStatus::Complete;
         message.placeholder = true;
-        let view = message.view(None, Some(3));
+        let view = message.view(live, now);
         assert_eq!(view.eta_s, None);
         assert_eq!(
             view.notice.map(|n| n.code),

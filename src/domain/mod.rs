@@ -5,9 +5,12 @@
 pub mod breaker;
 pub mod catalogue;
 pub mod change;
+pub mod client_json;
+pub mod eta;
 pub mod event;
 pub mod merge;
 pub mod message;
+pub mod outages;
 pub mod params;
 pub mod queue_book;
 pub mod status;

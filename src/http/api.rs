@@ -123,7 +123,11 @@ where
         ["api", "v1", "messages", id, "retry"] if post => {
             let user = user(headers, state)?;
             let key = idempotency_key(headers)?;
-            let view = state.gateway.retry(&user, message_id(id)?, key).await?;
+            let reuse_seed = retry_options(body, headers).await;
+            let view = state
+                .gateway
+                .retry(&user, message_id(id)?, key, reuse_seed)
+                .await?;
             Ok(json_response(StatusCode::ACCEPTED, &view))
         }
         _ => match allowed_methods(&segments, state.dev_mode) {
@@ -212,18 +216,41 @@ where
             chunk.advance(taken);
         }
     }
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::InvalidJson {
-            message: "İstek gövdesi boş; bir JSON nesnesi bekleniyor.".into(),
-        });
+    Ok(crate::domain::client_json::parse(&bytes)?)
+}
+
+/// The optional body of a retry: `{"reuse_seed": true}` asks for the seed Forge used.
+async fn retry_options<S, B>(body: S, headers: &HeaderMap) -> Result<bool, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send + Unpin,
+    B: Buf,
+{
+    let empty = headers
+        .get("content-length")
+        .is_none_or(|length| length.as_bytes() == b"0");
+    if empty && headers.get("transfer-encoding").is_none() {
+        return Ok(false);
     }
-    serde_json::from_slice(&bytes).map_err(|err| ApiError::InvalidJson {
-        message: format!(
-            "İstek gövdesi geçerli bir JSON değil (satır {}, sütun {}).",
-            err.line(),
-            err.column()
-        ),
-    })
+    let body = read_json(body, headers).await?;
+    let Some(options) = body.as_object() else {
+        return Err(ApiError::InvalidJson {
+            message: "İstek gövdesi bir JSON nesnesi olmalıdır.".into(),
+        });
+    };
+    if let Some(unknown) = options.keys().find(|key| *key != "reuse_seed") {
+        return Err(ApiError::validation(
+            unknown.as_str(),
+            format!("Bilinmeyen alan: '{unknown}'."),
+        ));
+    }
+    match options.get("reuse_seed") {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(reuse)) => Ok(*reuse),
+        Some(_) => Err(ApiError::validation(
+            "reuse_seed",
+            "reuse_seed true ya da false olmalıdır.",
+        )),
+    }
 }
 
 fn list_filter(query: &str) -> Result<ListFilter, ApiError> {

@@ -92,6 +92,16 @@ pub trait QueueStore: Send + Sync {
     /// The job's live 1-based position, if queued.
     async fn position(&self, id: Uuid) -> Result<Option<u32>, QueueError>;
 
+    /// The live positions of several jobs, in the order of `ids` (one round trip where the
+    /// store is remote).
+    async fn positions(&self, ids: &[Uuid]) -> Result<Vec<Option<u32>>, QueueError> {
+        let mut positions = Vec::with_capacity(ids.len());
+        for id in ids {
+            positions.push(self.position(*id).await?);
+        }
+        Ok(positions)
+    }
+
     /// Number of queued jobs.
     async fn depth(&self) -> Result<u64, QueueError>;
 

@@ -4,17 +4,22 @@
 //! Reads go straight to the database (the record) and the queue (live positions); every write
 //! goes through the store actor.
 
+pub mod watchdog;
+
 use crate::actors::queue::QueueHandle;
 use crate::actors::store::{StoreError, StoreHandle};
 use crate::db::{Database, DbError, ListFilter};
 use crate::domain::catalogue::ApiError;
 use crate::domain::change::{Change, Refusal, Transition};
-use crate::domain::message::{Message, MessageView};
+use crate::domain::eta::EtaModel;
+use crate::domain::message::{LivePosition, Message, MessageView};
+use crate::domain::outages::Outages;
 use crate::domain::params::{CreateRequest, data_error};
 use crate::domain::status::JobStatus;
 use crate::queue::QueueError;
 use chrono::Utc;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -29,6 +34,7 @@ struct Inner {
     db: Database,
     store: StoreHandle,
     queue: QueueHandle,
+    outages: Arc<Outages>,
     settings: GatewaySettings,
 }
 
@@ -47,6 +53,7 @@ impl Gateway {
         db: Database,
         store: StoreHandle,
         queue: QueueHandle,
+        outages: Arc<Outages>,
         settings: GatewaySettings,
     ) -> Self {
         Gateway {
@@ -54,6 +61,7 @@ impl Gateway {
                 db,
                 store,
                 queue,
+                outages,
                 settings,
             }),
         }
@@ -99,7 +107,7 @@ impl Gateway {
                 .await
                 .map_err(db_error)?
             {
-                return self.view(existing).await;
+                return Ok(self.view(existing).await);
             }
         }
         let id = Uuid::now_v7();
@@ -139,6 +147,9 @@ impl Gateway {
             finished_at: None,
             updated_at: now,
             activity_at: now,
+            eta_s: None,
+            preview_url: None,
+            seed: None,
         };
         match self
             .inner
@@ -146,17 +157,9 @@ impl Gateway {
             .apply(id, Change::Create(Box::new(message)))
             .await
         {
-            Ok(message) => {
-                // The answer shows the position recorded at the queued transition (exact at
-                // that instant), unless the queue already moved it.
-                let live = self.inner.queue.position(id).await.ok().flatten();
-                let position = live.or(Some(enqueued.position));
-                let eta = match position {
-                    Some(position) => self.inner.queue.eta_for(position).await,
-                    None => None,
-                };
-                Ok(message.view(position, eta))
-            }
+            // The answer shows the live position (never the one at enqueue time, which the
+            // queue may have moved on from: a position shown must not go back).
+            Ok(message) => Ok(self.view(message).await),
             Err(err) => {
                 // Nothing was written: take the job out of the queue and free its slot.
                 let _ = self.inner.queue.remove(id).await;
@@ -171,7 +174,7 @@ impl Gateway {
                             .await
                             .map_err(db_error)?
                         {
-                            Some(existing) => self.view(existing).await,
+                            Some(existing) => Ok(self.view(existing).await),
                             None => Err(ApiError::Unavailable),
                         }
                     }
@@ -187,7 +190,7 @@ impl Gateway {
     /// One of `user`'s messages with its live position.
     pub async fn get(&self, user: &str, id: Uuid) -> Result<MessageView, ApiError> {
         let message = self.owned(user, id).await?;
-        self.view(message).await
+        Ok(self.view(message).await)
     }
 
     /// `user`'s messages, newest first, with live positions.
@@ -197,7 +200,7 @@ impl Gateway {
         filter: &ListFilter,
     ) -> Result<Vec<MessageView>, ApiError> {
         let messages = self.inner.db.list(user, filter).await.map_err(db_error)?;
-        self.views(messages).await
+        Ok(self.views(messages).await)
     }
 
     /// `user`'s pending messages, oldest first, with live positions (the WebSocket snapshot).
@@ -208,14 +211,14 @@ impl Gateway {
             .pending_for_user(user)
             .await
             .map_err(db_error)?;
-        self.views(messages).await
+        Ok(self.views(messages).await)
     }
 
     /// Deep-merges a client patch into the message's data.
     pub async fn patch(&self, user: &str, id: Uuid, patch: Value) -> Result<MessageView, ApiError> {
         self.owned(user, id).await?;
         match self.inner.store.apply(id, Change::ClientPatch(patch)).await {
-            Ok(message) => self.view(message).await,
+            Ok(message) => Ok(self.view(message).await),
             Err(StoreError::Refused(Refusal::Patch(err))) => Err(data_error("data", &err)),
             Err(StoreError::Refused(Refusal::NotFound)) => Err(ApiError::NotFound),
             Err(err) => {
@@ -236,7 +239,7 @@ impl Gateway {
         {
             Ok(message) => {
                 self.after_terminal(&message).await;
-                self.view(message).await
+                Ok(self.view(message).await)
             }
             Err(StoreError::Refused(Refusal::IllegalTransition { from, .. })) => {
                 Err(ApiError::Conflict {
@@ -251,23 +254,32 @@ impl Gateway {
         }
     }
 
-    /// Creates a new message with the same prompt and parameters (R5.4).
+    /// Creates a new message with the same prompt and parameters (R5.4); with `reuse_seed`,
+    /// with the seed Forge used for the original, so the same image comes again. The options
+    /// are checked only once the message is known to be the caller's: another user's id
+    /// answers 404 whatever else the request holds.
     pub async fn retry(
         &self,
         user: &str,
         id: Uuid,
         idempotency_key: Option<String>,
+        reuse_seed: Result<bool, ApiError>,
     ) -> Result<MessageView, ApiError> {
         let original = self.owned(user, id).await?;
+        let reuse_seed = reuse_seed?;
         if original.status.is_pending() {
             return Err(ApiError::Conflict {
                 message: "Mesaj hâlâ işleniyor; yeniden denemek için sonuçlanmasını bekleyin."
                     .into(),
             });
         }
+        let mut params = original.params;
+        if reuse_seed && let Some(seed) = original.seed {
+            params.seed = seed;
+        }
         let request = CreateRequest {
             prompt: original.prompt,
-            params: original.params,
+            params,
             conversation_id: original.conversation_id,
             data: Value::Object(Default::default()),
         };
@@ -307,31 +319,79 @@ impl Gateway {
             .ok_or(ApiError::NotFound)
     }
 
-    async fn view(&self, message: Message) -> Result<MessageView, ApiError> {
-        if message.status != JobStatus::Queued {
-            return Ok(message.view(None, None));
-        }
-        let position = self.inner.queue.position(message.id).await.map_err(|err| {
-            tracing::warn!(error = %err, "live position unavailable");
-            ApiError::Unavailable
-        })?;
-        let eta = match position {
-            Some(position) => self.inner.queue.eta_for(position).await,
-            None => None,
-        };
-        Ok(message.view(position, eta))
+    async fn view(&self, message: Message) -> MessageView {
+        let live = self.live_positions(std::slice::from_ref(&message)).await;
+        message.view(live.of(&message), Utc::now())
     }
 
-    async fn views(&self, messages: Vec<Message>) -> Result<Vec<MessageView>, ApiError> {
-        let mut views = Vec::with_capacity(messages.len());
-        for message in messages {
-            views.push(self.view(message).await?);
+    async fn views(&self, messages: Vec<Message>) -> Vec<MessageView> {
+        let live = self.live_positions(&messages).await;
+        let now = Utc::now();
+        messages
+            .into_iter()
+            .map(|message| message.view(live.of(&message), now))
+            .collect()
+    }
+
+    /// The live positions of the queued ones among `messages`, read in one round trip. While
+    /// the queue store cannot be read they are unavailable rather than the read failing: the
+    /// messages are in the database, and positions come back with the store.
+    async fn live_positions(&self, messages: &[Message]) -> LivePositions {
+        let queued: Vec<Uuid> = messages
+            .iter()
+            .filter(|message| message.status == JobStatus::Queued)
+            .map(|message| message.id)
+            .collect();
+        let positions = if queued.is_empty() {
+            Some(HashMap::new())
+        } else {
+            match self.inner.queue.positions(&queued).await {
+                Ok(positions) => Some(
+                    queued
+                        .into_iter()
+                        .zip(positions)
+                        .filter_map(|(id, position)| Some((id, position?)))
+                        .collect(),
+                ),
+                Err(err) => {
+                    self.inner.outages.queue_failed(Utc::now());
+                    tracing::warn!(error = %err, "live positions unavailable; showing messages without them");
+                    None
+                }
+            }
+        };
+        LivePositions {
+            positions,
+            eta: self.inner.queue.eta(),
         }
-        Ok(views)
+    }
+}
+
+/// Live positions of some messages (`None`: the queue store could not be read).
+struct LivePositions {
+    positions: Option<HashMap<Uuid, u32>>,
+    eta: EtaModel,
+}
+
+impl LivePositions {
+    fn of(&self, message: &Message) -> LivePosition {
+        match &self.positions {
+            None => LivePosition::Unavailable,
+            Some(positions) => match positions.get(&message.id) {
+                Some(&position) => LivePosition::Queued {
+                    position,
+                    eta_s: self.eta.for_position(position),
+                },
+                None => LivePosition::NotQueued,
+            },
+        }
     }
 }
 
 fn db_error(err: DbError) -> ApiError {
     tracing::error!(error = %err, "database read failed");
-    ApiError::Unavailable
+    match err {
+        DbError::Corrupt { .. } => ApiError::Internal,
+        _ => ApiError::Unavailable,
+    }
 }

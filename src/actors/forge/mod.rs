@@ -1,0 +1,261 @@
+//! `ForgeActor`: one Forge backend.
+//!
+//! The actor (this module) owns the breaker and the set of running jobs; its slot workers
+//! ([`worker`]) run the jobs on the I/O runtime; [`pool`] holds what the backends share.
+//!
+//! The actor owns the backend's circuit breaker and the set of jobs it runs; its slot workers
+//! (one per job it may run at a time) take the next job from the queue whenever the breaker
+//! lets them, run txt2img with its deadline while polling progress, and record the outcome
+//! through the store. While the breaker is open jobs complete at once with the placeholder
+//! image, but only when no other backend is healthy: an open backend leaves the queue to the
+//! healthy ones until its open period ends and it may try one trial request.
+
+mod pool;
+mod worker;
+
+pub use pool::{BackendHealth, Busy, ForgePool};
+
+use crate::actors::queue::QueueHandle;
+use crate::actors::store::StoreHandle;
+use crate::domain::breaker::{
+    Admission, BreakerState, CallOutcome, CircuitBreaker, Transition as BreakerTransition,
+};
+use crate::forge_client::ForgeClient;
+use crate::images::ImageStore;
+use crate::metrics::{BackendLabel, Metrics, TransitionLabel};
+use actix::prelude::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+use worker::Worker;
+
+/// How a backend runs jobs.
+#[derive(Clone, Debug)]
+pub struct ForgeSettings {
+    /// Deadline of one txt2img call (`FORGE_TIMEOUT`).
+    pub timeout: Duration,
+    /// Progress poll period.
+    pub progress_interval: Duration,
+    /// Fetch live previews.
+    pub previews: bool,
+    /// Jobs at a time.
+    pub slots: u32,
+    /// Consecutive failures that open the breaker.
+    pub breaker_failures: u32,
+    /// How long the breaker stays open.
+    pub breaker_open_for: Duration,
+}
+
+/// What the slot workers need besides the actor.
+#[derive(Clone)]
+pub struct ForgeDeps {
+    /// Where jobs come from.
+    pub queue: QueueHandle,
+    /// Where outcomes go.
+    pub store: StoreHandle,
+    /// Where images go.
+    pub images: ImageStore,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Every backend's breaker state.
+    pub health: BackendHealth,
+    /// Jobs held by this process's backends.
+    pub busy: Busy,
+    /// The multi-threaded runtime the slot workers run on: their HTTP calls, image writes and
+    /// store round trips would otherwise all share the actor thread.
+    pub io: tokio::runtime::Handle,
+}
+
+/// One backend.
+pub struct ForgeActor {
+    client: ForgeClient,
+    deps: ForgeDeps,
+    settings: ForgeSettings,
+    breaker: CircuitBreaker,
+    running: HashMap<Uuid, oneshot::Sender<()>>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ForgeActor {
+    /// An actor for the backend `client` talks to.
+    pub fn new(client: ForgeClient, deps: ForgeDeps, settings: ForgeSettings) -> Self {
+        let breaker = CircuitBreaker::new(settings.breaker_failures, settings.breaker_open_for);
+        deps.health.set(client.name(), BreakerState::Closed);
+        ForgeActor {
+            client,
+            deps,
+            settings,
+            breaker,
+            running: HashMap::new(),
+            workers: Vec::new(),
+        }
+    }
+
+    fn label(&self) -> BackendLabel {
+        BackendLabel {
+            backend: self.client.name().to_owned(),
+        }
+    }
+
+    fn note(&self, transition: Option<BreakerTransition>) {
+        let Some(transition) = transition else { return };
+        let backend = self.client.name();
+        match transition.to {
+            BreakerState::Open => tracing::warn!(
+                backend,
+                from = transition.from.as_str(),
+                "circuit breaker opened: jobs get the placeholder until a trial succeeds"
+            ),
+            BreakerState::HalfOpen => tracing::info!(
+                backend,
+                "circuit breaker half-open: letting one trial request through"
+            ),
+            BreakerState::Closed => tracing::info!(
+                backend,
+                "circuit breaker closed: the backend is healthy again"
+            ),
+        }
+        self.deps
+            .metrics
+            .breaker_transitions
+            .get_or_create(&TransitionLabel {
+                backend: backend.to_owned(),
+                from: transition.from.as_str().to_owned(),
+                to: transition.to.as_str().to_owned(),
+            })
+            .inc();
+        self.deps
+            .metrics
+            .breaker_state
+            .get_or_create(&self.label())
+            .set(transition.to.gauge());
+        self.deps.health.set(backend, transition.to);
+    }
+}
+
+impl Actor for ForgeActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.deps
+            .metrics
+            .breaker_state
+            .get_or_create(&self.label())
+            .set(0);
+        for _ in 0..self.settings.slots {
+            let worker = Worker {
+                addr: ctx.address(),
+                client: self.client.clone(),
+                deps: self.deps.clone(),
+                settings: self.settings.clone(),
+            };
+            self.workers.push(self.deps.io.spawn(worker.run_slot()));
+        }
+        tracing::info!(
+            backend = self.client.name(),
+            slots = self.settings.slots,
+            "Forge backend ready"
+        );
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        // The workers live on the I/O runtime, not in this actor's context: stop them with it.
+        for worker in self.workers.drain(..) {
+            worker.abort();
+        }
+    }
+}
+
+/// May this backend take a job now?
+#[derive(Message)]
+#[rtype(result = "Gate")]
+struct MayTake;
+
+/// The answer to [`MayTake`].
+pub(super) enum Gate {
+    Take,
+    WaitFor(Duration),
+}
+
+impl Handler<MayTake> for ForgeActor {
+    type Result = MessageResult<MayTake>;
+
+    fn handle(&mut self, _msg: MayTake, _ctx: &mut Context<Self>) -> Self::Result {
+        let now = Instant::now();
+        let gate = match (self.breaker.state(), self.breaker.open_until()) {
+            (BreakerState::Closed, _) => Gate::Take,
+            (BreakerState::Open, Some(until)) if now >= until => Gate::Take,
+            (BreakerState::Open, Some(until))
+                if self.deps.health.another_is_closed(self.client.name()) =>
+            {
+                Gate::WaitFor((until - now).min(Duration::from_secs(1)))
+            }
+            (BreakerState::Open, _) => Gate::Take,
+            (BreakerState::HalfOpen, _) if self.running.is_empty() => Gate::Take,
+            (BreakerState::HalfOpen, _) => Gate::WaitFor(Duration::from_millis(50)),
+        };
+        MessageResult(gate)
+    }
+}
+
+/// A worker is about to call Forge for job `id`: may it (the breaker decides), and if so the
+/// job counts as running here (so it can be abandoned) until [`Ended`].
+#[derive(Message)]
+#[rtype(result = "Admission")]
+struct Admit {
+    id: Uuid,
+    abandon: oneshot::Sender<()>,
+}
+
+impl Handler<Admit> for ForgeActor {
+    type Result = MessageResult<Admit>;
+
+    fn handle(&mut self, msg: Admit, _ctx: &mut Context<Self>) -> Self::Result {
+        let (admission, transition) = self.breaker.admit(Instant::now());
+        self.note(transition);
+        if admission != Admission::Rejected {
+            self.running.insert(msg.id, msg.abandon);
+        }
+        MessageResult(admission)
+    }
+}
+
+/// The call for job `id` is over: it no longer runs here, and its outcome goes to the breaker.
+/// (One message for both: a message to the actor per step is a thread hop per step.)
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Ended {
+    id: Uuid,
+    admission: Admission,
+    outcome: CallOutcome,
+}
+
+impl Handler<Ended> for ForgeActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Ended, _ctx: &mut Context<Self>) {
+        self.running.remove(&msg.id);
+        let transition = self
+            .breaker
+            .record(msg.admission, msg.outcome, Instant::now());
+        self.note(transition);
+    }
+}
+
+/// Stop working on a job (it was cancelled or marked stuck): interrupt it on Forge.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Abandon(pub Uuid);
+
+impl Handler<Abandon> for ForgeActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Abandon, _ctx: &mut Context<Self>) {
+        if let Some(signal) = self.running.remove(&msg.0) {
+            tracing::info!(backend = self.client.name(), job = %msg.0, "abandoning a running job");
+            let _ = signal.send(());
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! What this process's backends share: each backend's breaker state (so an open backend can
+//! leave the queue to a healthy one), the jobs they hold, and the handle to all of them.
+
+use super::{Abandon, ForgeActor};
+use crate::domain::breaker::BreakerState;
+use actix::Addr;
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// The breaker state of every backend of this process.
+#[derive(Clone, Default)]
+pub struct BackendHealth(Arc<RwLock<HashMap<String, BreakerState>>>);
+
+impl BackendHealth {
+    pub(super) fn set(&self, backend: &str, state: BreakerState) {
+        self.0.write().insert(backend.to_owned(), state);
+    }
+
+    pub(super) fn another_is_closed(&self, backend: &str) -> bool {
+        self.0
+            .read()
+            .iter()
+            .any(|(name, state)| name != backend && *state == BreakerState::Closed)
+    }
+
+    /// Each backend's breaker state.
+    pub fn states(&self) -> Vec<(String, BreakerState)> {
+        let mut states: Vec<_> = self.0.read().iter().map(|(n, s)| (n.clone(), *s)).collect();
+        states.sort_by(|a, b| a.0.cmp(&b.0));
+        states
+    }
+}
+
+/// Where a held job is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Taken from the queue and being run.
+    Running,
+    /// Its outcome is known and being written (perhaps again and again, while the database
+    /// is unavailable): the watchdog must not mark it stuck meanwhile.
+    Finishing,
+}
+
+/// The jobs this process's backends hold, from pop to recorded outcome.
+#[derive(Clone, Default)]
+pub struct Busy(Arc<Mutex<HashMap<Uuid, Phase>>>);
+
+impl Busy {
+    /// Holds `id` until the guard drops.
+    pub(super) fn hold(&self, id: Uuid) -> BusyGuard {
+        self.0.lock().insert(id, Phase::Running);
+        BusyGuard {
+            busy: self.clone(),
+            id,
+        }
+    }
+
+    /// Jobs held now.
+    pub fn count(&self) -> usize {
+        self.0.lock().len()
+    }
+
+    fn is_finishing(&self, id: Uuid) -> bool {
+        self.0.lock().get(&id) == Some(&Phase::Finishing)
+    }
+}
+
+/// A held job; dropping it lets go.
+pub(super) struct BusyGuard {
+    busy: Busy,
+    id: Uuid,
+}
+
+impl BusyGuard {
+    /// The job's outcome is being written from now on.
+    pub(super) fn finishing(&self) {
+        self.busy.0.lock().insert(self.id, Phase::Finishing);
+    }
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.busy.0.lock().remove(&self.id);
+    }
+}
+
+/// Handles to every backend of this process.
+#[derive(Clone, Default)]
+pub struct ForgePool {
+    backends: Vec<Addr<ForgeActor>>,
+    health: BackendHealth,
+    busy: Busy,
+}
+
+impl ForgePool {
+    /// Wraps the backends' addresses.
+    pub fn new(backends: Vec<Addr<ForgeActor>>, health: BackendHealth, busy: Busy) -> Self {
+        ForgePool {
+            backends,
+            health,
+            busy,
+        }
+    }
+
+    /// Waits until no backend holds a job, or `grace` passes; returns how many still run.
+    /// (Call after pausing the queue, so no new job is taken meanwhile.)
+    pub async fn drain(&self, grace: Duration) -> usize {
+        let deadline = Instant::now() + grace;
+        while self.busy.count() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.busy.count()
+    }
+
+    /// Tells every backend to drop the job if it runs it.
+    pub fn abandon(&self, id: Uuid) {
+        for backend in &self.backends {
+            backend.do_send(Abandon(id));
+        }
+    }
+
+    /// Whether a backend of this process is writing the job's outcome right now.
+    pub fn is_finishing(&self, id: Uuid) -> bool {
+        self.busy.is_finishing(id)
+    }
+
+    /// Number of backends.
+    pub fn len(&self) -> usize {
+        self.backends.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.backends.is_empty()
+    }
+
+    /// Each backend's breaker state.
+    pub fn health(&self) -> Vec<(String, BreakerState)> {
+        self.health.states()
+    }
+}

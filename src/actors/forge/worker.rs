@@ -1,0 +1,386 @@
+//! A slot worker of one backend: takes the next job when the breaker lets it, marks it
+//! processing, runs txt2img with its deadline while polling progress, and writes the outcome.
+//!
+//! Two rules keep one bad moment from losing a job or stopping the queue:
+//! - an outcome is written until it lands: while the database is unavailable the write is
+//!   retried with a backoff (the image is on disk already), and the job counts as finishing,
+//!   so this process's watchdog does not race it with a stuck mark;
+//! - a job whose record cannot be read or written (a damaged row) is tried a few times, then
+//!   failed with R9.4 (through the store's quarantine) so the queue moves on.
+
+use super::pool::BusyGuard;
+use super::{Admit, Ended, ForgeActor, ForgeDeps, ForgeSettings, Gate, MayTake};
+use crate::actors::store::StoreError;
+use crate::domain::breaker::{Admission, CallOutcome};
+use crate::domain::catalogue::JobFailure;
+use crate::domain::change::{Change, Refusal, Transition};
+use crate::domain::message::Message;
+use crate::domain::queue_book::QueuedJob;
+use crate::forge_client::{ForgeClient, ForgeFailure, Generated};
+use crate::images::PLACEHOLDER_URL;
+use crate::metrics::{BackendLabel, OutcomeLabel, StatusLabel};
+use actix::Addr;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+/// Deadline of storing a generated image.
+const STORAGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Tries of marking a job processing whose record cannot be read or written.
+const START_ATTEMPTS: u32 = 3;
+/// How long a popped job's missing record is waited for (its create may still be in flight).
+const CREATE_GRACE: Duration = Duration::from_secs(5);
+/// Longest pause between two writes of an outcome while the database is unavailable.
+const OUTCOME_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// One slot of a backend: takes a job, runs it, repeats.
+pub(super) struct Worker {
+    pub addr: Addr<ForgeActor>,
+    pub client: ForgeClient,
+    pub deps: ForgeDeps,
+    pub settings: ForgeSettings,
+}
+
+enum Ran {
+    Generated(Result<Generated, ForgeFailure>),
+    Abandoned,
+}
+
+impl Worker {
+    pub(super) async fn run_slot(self) {
+        loop {
+            match self.addr.send(MayTake).await {
+                Ok(Gate::Take) => {}
+                Ok(Gate::WaitFor(pause)) => {
+                    tokio::time::sleep(pause).await;
+                    continue;
+                }
+                Err(_) => return,
+            }
+            let Some(job) = self.deps.queue.next_job().await else {
+                return;
+            };
+            let busy = self.deps.busy.hold(job.id);
+            self.run_job(job, &busy).await;
+        }
+    }
+
+    async fn run_job(&self, job: QueuedJob, busy: &BusyGuard) {
+        let started = Instant::now();
+        let Some(message) = self.mark_processing(&job).await else {
+            return;
+        };
+        let (abandon, abandoned) = oneshot::channel();
+        let Ok(admission) = self
+            .addr
+            .send(Admit {
+                id: job.id,
+                abandon,
+            })
+            .await
+        else {
+            return;
+        };
+        if admission == Admission::Rejected {
+            self.deps.metrics.placeholders_served.inc();
+            tracing::info!(backend = self.client.name(), job = %job.id, "breaker open: serving the placeholder image");
+            let placeholder = Transition::Complete {
+                image_url: PLACEHOLDER_URL.to_owned(),
+                placeholder: true,
+                seed: None,
+            };
+            self.finish(&message, placeholder, started, busy).await;
+            return;
+        }
+        let generation = tokio::select! {
+            result = self.generate(&message) => Ran::Generated(result),
+            _ = abandoned => Ran::Abandoned,
+        };
+        let latency = started.elapsed().as_secs_f64();
+        let outcome = match &generation {
+            Ran::Abandoned => CallOutcome::Neutral,
+            Ran::Generated(Ok(_)) => CallOutcome::Success,
+            Ran::Generated(Err(failure)) => failure.breaker_outcome(),
+        };
+        self.addr.do_send(Ended {
+            id: job.id,
+            admission,
+            outcome,
+        });
+        let transition = match generation {
+            Ran::Abandoned => {
+                // Cancelled or marked stuck meanwhile: the terminal state is written already.
+                self.interrupt(job.id);
+                self.forget_preview(job.id).await;
+                return;
+            }
+            Ran::Generated(Ok(generated)) => {
+                self.count_call(latency, "ok");
+                self.store_image(&job, generated).await
+            }
+            Ran::Generated(Err(failure)) => {
+                self.count_call(latency, failure.label());
+                tracing::warn!(job = %job.id, backend = self.client.name(), cause = %failure, "Forge call failed");
+                if failure == ForgeFailure::Timeout {
+                    // Forge has no timeout of its own: stop the abandoned generation.
+                    self.interrupt(job.id);
+                }
+                Transition::Fail {
+                    error: failure.job_failure(self.settings.timeout).to_error(),
+                }
+            }
+        };
+        self.finish(&message, transition, started, busy).await;
+    }
+
+    fn count_call(&self, latency: f64, outcome: &str) {
+        let backend = self.client.name().to_owned();
+        self.deps
+            .metrics
+            .forge_latency_seconds
+            .get_or_create(&BackendLabel {
+                backend: backend.clone(),
+            })
+            .observe(latency);
+        self.deps
+            .metrics
+            .forge_requests
+            .get_or_create(&OutcomeLabel {
+                backend,
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Stores the generated image; the transition to write.
+    async fn store_image(&self, job: &QueuedJob, generated: Generated) -> Transition {
+        let saved = tokio::time::timeout(
+            STORAGE_TIMEOUT,
+            self.deps.images.save(job.id, &generated.png),
+        )
+        .await;
+        match saved {
+            Ok(Ok(image_url)) => Transition::Complete {
+                image_url,
+                placeholder: false,
+                seed: generated.seed,
+            },
+            failed => {
+                // A storage step that ran out of time is R9.2's "any other deadline".
+                let failure = match failed {
+                    Err(_) => JobFailure::Timeout,
+                    Ok(_) => JobFailure::Unknown,
+                };
+                tracing::error!(job = %job.id, outcome = ?failed.map(|saved| saved.map(|_| ())), "could not store the image");
+                Transition::Fail {
+                    error: failure.to_error(),
+                }
+            }
+        }
+    }
+
+    /// Moves the job to processing. The create of a job popped right after its enqueue may
+    /// still be in flight, so a missing record is waited for a little; a record that cannot be
+    /// read or written is tried a few times, then the job is failed.
+    async fn mark_processing(&self, job: &QueuedJob) -> Option<Message> {
+        let change = || {
+            Change::Transition(Transition::Processing {
+                backend: self.client.name().to_owned(),
+            })
+        };
+        let mut pause = Duration::from_millis(5);
+        let give_up = Instant::now() + CREATE_GRACE;
+        let mut attempts = 0;
+        loop {
+            match self.deps.store.apply(job.id, change()).await {
+                Ok(message) => return Some(message),
+                Err(StoreError::Refused(Refusal::NotFound)) if Instant::now() < give_up => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(250));
+                }
+                Err(StoreError::Refused(Refusal::NotFound)) => {
+                    // If its create commits after all, the queue's audit puts it back.
+                    tracing::warn!(job = %job.id, "queued job has no record (its create failed); dropping it");
+                    let _ = self.deps.queue.release(&job.user_id, job.id).await;
+                    return None;
+                }
+                Err(StoreError::Refused(refusal)) => {
+                    tracing::info!(job = %job.id, %refusal, "popped job is no longer queued; skipping it");
+                    return None;
+                }
+                Err(StoreError::Row(err)) => {
+                    attempts += 1;
+                    if attempts < START_ATTEMPTS {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    self.fail_unstartable(job, &err.to_string()).await;
+                    return None;
+                }
+                Err(err @ StoreError::Db(_)) => {
+                    tracing::error!(job = %job.id, error = %err, "could not mark the job processing; putting it back");
+                    let _ = self.deps.queue.requeue(job).await;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    return None;
+                }
+                Err(StoreError::Stopped) => return None,
+            }
+        }
+    }
+
+    /// Fails a job whose record cannot be started (R9.4), so the queue moves on.
+    async fn fail_unstartable(&self, job: &QueuedJob, cause: &str) {
+        self.deps.metrics.jobs_unstartable.inc();
+        tracing::error!(job = %job.id, cause, "job cannot be started; failing it (R9.4)");
+        let fail = Change::Transition(Transition::Fail {
+            error: JobFailure::Unknown.to_error(),
+        });
+        if let Err(err) = self.deps.store.apply(job.id, fail).await {
+            tracing::error!(job = %job.id, error = %err, "could not fail it either; it stays out of this process's queue");
+        }
+        let _ = self.deps.queue.release(&job.user_id, job.id).await;
+    }
+
+    /// Runs txt2img while polling progress (when this backend runs one job at a time:
+    /// Forge's progress is global to the server).
+    async fn generate(&self, message: &Message) -> Result<Generated, ForgeFailure> {
+        let call = self.client.txt2img(&message.prompt, &message.params);
+        if self.settings.slots != 1 {
+            return call.await;
+        }
+        tokio::select! {
+            result = call => result,
+            () = self.poll_progress(message) => Err(ForgeFailure::BadAnswer("progress polling ended".into())),
+        }
+    }
+
+    async fn poll_progress(&self, message: &Message) {
+        let id = message.id;
+        let mut last_step = 0;
+        let deadline = (self.settings.progress_interval * 3)
+            .clamp(Duration::from_millis(200), Duration::from_secs(10));
+        loop {
+            tokio::time::sleep(self.settings.progress_interval).await;
+            let progress = match self.client.progress(self.settings.previews, deadline).await {
+                Ok(progress) => progress,
+                Err(err) => {
+                    tracing::debug!(job = %id, error = %err, "progress poll failed");
+                    continue;
+                }
+            };
+            let mut changes = Vec::new();
+            if progress.step > last_step {
+                last_step = progress.step;
+                let percent = (progress.fraction * 100.0).round().clamp(0.0, 99.0) as u8;
+                let eta_s = progress.eta_seconds.map(|eta| eta.ceil() as u32);
+                changes.push(Change::Progress {
+                    progress: percent,
+                    eta_s,
+                });
+            }
+            if let Some(png) = progress.preview_png
+                && let Ok(preview_url) = self.deps.images.save_preview(id, &png).await
+            {
+                changes.push(Change::Preview { preview_url });
+            }
+            let advanced = !changes.is_empty();
+            for change in changes {
+                // Cancelled or marked stuck meanwhile: no more progress or previews; the abandon
+                // signal ends the call itself.
+                if let Err(StoreError::Refused(_)) = self.deps.store.apply(id, change).await {
+                    std::future::pending::<()>().await;
+                }
+            }
+            if advanced {
+                let _ = self.deps.queue.mark_moved().await;
+            }
+        }
+    }
+
+    /// Writes the outcome until it lands (see the module doc), then lets the job go.
+    async fn finish(
+        &self,
+        message: &Message,
+        transition: Transition,
+        started: Instant,
+        busy: &BusyGuard,
+    ) {
+        busy.finishing();
+        // The preview goes first, so that nobody who heard of the end finds it still there.
+        self.forget_preview(message.id).await;
+        let status = transition.target();
+        let mut pause = Duration::from_millis(100);
+        let mut retried = false;
+        let mut transition = transition;
+        loop {
+            match self
+                .deps
+                .store
+                .apply(message.id, Change::Transition(transition.clone()))
+                .await
+            {
+                Ok(done) => {
+                    self.deps
+                        .metrics
+                        .jobs_finished
+                        .get_or_create(&StatusLabel {
+                            status: done.status.as_str().into(),
+                        })
+                        .inc();
+                    let total = (done.updated_at - done.created_at)
+                        .num_milliseconds()
+                        .max(0) as f64
+                        / 1000.0;
+                    self.deps.metrics.job_duration_seconds.observe(total);
+                    self.deps.queue.finished(started.elapsed().as_secs_f64());
+                    if retried {
+                        tracing::info!(job = %message.id, %status, "the job's outcome is written after all");
+                    }
+                    break;
+                }
+                Err(StoreError::Refused(refusal)) => {
+                    // Cancelled or marked stuck meanwhile: the terminal state stands.
+                    tracing::info!(job = %message.id, %refusal, "late result ignored");
+                    break;
+                }
+                Err(StoreError::Row(err)) if !matches!(transition, Transition::Fail { .. }) => {
+                    tracing::error!(job = %message.id, error = %err, "the job's outcome cannot be written to its record; failing it");
+                    transition = Transition::Fail {
+                        error: JobFailure::Unknown.to_error(),
+                    };
+                }
+                Err(StoreError::Row(err)) => {
+                    tracing::error!(job = %message.id, error = %err, "the job's failure cannot be written to its record");
+                    break;
+                }
+                Err(StoreError::Stopped) => break,
+                Err(err @ StoreError::Db(_)) => {
+                    if !retried {
+                        tracing::warn!(job = %message.id, error = %err, "could not write the job's outcome; retrying until the database answers");
+                    }
+                    retried = true;
+                    self.deps.metrics.outcome_write_retries.inc();
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(OUTCOME_RETRY_MAX);
+                }
+            }
+        }
+        let _ = self.deps.queue.release(&message.user_id, message.id).await;
+    }
+
+    /// Deletes the job's live preview file (it has ended).
+    async fn forget_preview(&self, id: Uuid) {
+        if self.settings.previews {
+            self.deps.images.delete_preview(id).await;
+        }
+    }
+
+    fn interrupt(&self, id: Uuid) {
+        let client = self.client.clone();
+        self.deps.io.spawn(async move {
+            if let Err(err) = client.interrupt().await {
+                tracing::warn!(job = %id, error = %err, "could not interrupt the generation");
+            }
+        });
+    }
+}

@@ -1,0 +1,300 @@
+//! Every read of the `messages` table. Listings decode row by row (see [`super::rows`]): a
+//! row that cannot be decoded is left out of a listing with an error in the log, never the
+//! reason a whole listing fails.
+
+use super::rows::{MessageRow, select_messages};
+use super::{Database, DbError};
+use crate::domain::message::Message;
+use crate::domain::status::JobStatus;
+use chrono::{DateTime, Utc};
+use entity::messages::{Column, Entity};
+use sea_orm::sea_query::ExprTrait as _;
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, Select, Statement,
+};
+use uuid::Uuid;
+
+/// Filters of a message listing.
+#[derive(Clone, Debug, Default)]
+pub struct ListFilter {
+    /// Only these statuses (empty = all).
+    pub statuses: Vec<JobStatus>,
+    /// Only this conversation.
+    pub conversation_id: Option<String>,
+    /// At most this many (newest first).
+    pub limit: u64,
+    /// Only messages older than this one.
+    pub before: Option<Uuid>,
+}
+
+const PENDING: [&str; 2] = ["queued", "processing"];
+
+impl Database {
+    /// Runs a whole-message query and decodes the rows one by one; undecodable ones are
+    /// logged and left out.
+    async fn messages(&self, query: Select<Entity>) -> Result<Vec<Message>, DbError> {
+        let rows = query.into_model::<MessageRow>().all(&self.read).await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| {
+                let id = row.id();
+                match self.decode(row) {
+                    Ok(message) => Some(message),
+                    Err(err) => {
+                        tracing::error!(message_id = %id, error = %err, "left an undecodable row out of a listing");
+                        None
+                    }
+                }
+            })
+            .collect())
+    }
+
+    /// One message.
+    pub async fn get(&self, id: Uuid) -> Result<Option<Message>, DbError> {
+        select_messages()
+            .filter(Column::Id.eq(id))
+            .into_model::<MessageRow>()
+            .one(&self.read)
+            .await?
+            .map(|row| self.decode(row))
+            .transpose()
+    }
+
+    /// One message of one user (another user's id answers `None`).
+    pub async fn get_for_user(&self, user_id: &str, id: Uuid) -> Result<Option<Message>, DbError> {
+        Ok(self
+            .get(id)
+            .await?
+            .filter(|message| message.user_id == user_id))
+    }
+
+    /// A user's message with this idempotency key.
+    pub async fn find_by_idempotency_key(
+        &self,
+        user_id: &str,
+        key: &str,
+    ) -> Result<Option<Message>, DbError> {
+        select_messages()
+            .filter(Column::UserId.eq(user_id))
+            .filter(Column::IdempotencyKey.eq(key))
+            .into_model::<MessageRow>()
+            .one(&self.read)
+            .await?
+            .map(|row| self.decode(row))
+            .transpose()
+    }
+
+    /// A user's messages, newest first.
+    pub async fn list(&self, user_id: &str, filter: &ListFilter) -> Result<Vec<Message>, DbError> {
+        let mut query = select_messages().filter(Column::UserId.eq(user_id));
+        if !filter.statuses.is_empty() {
+            query = query.filter(Column::Status.is_in(filter.statuses.iter().map(|s| s.as_str())));
+        }
+        if let Some(conversation) = &filter.conversation_id {
+            query = query.filter(Column::ConversationId.eq(conversation.as_str()));
+        }
+        if let Some(before) = filter.before {
+            let cursor = Entity::find_by_id(before)
+                .select_only()
+                .column(Column::UserId)
+                .column(Column::CreatedAt)
+                .into_tuple::<(String, DateTime<Utc>)>()
+                .one(&self.read)
+                .await?;
+            match cursor {
+                Some((owner, created_at)) if owner == user_id => {
+                    query = query.filter(
+                        Column::CreatedAt
+                            .lt(created_at)
+                            .or(Column::CreatedAt.eq(created_at).and(Column::Id.lt(before))),
+                    );
+                }
+                _ => return Ok(Vec::new()),
+            }
+        }
+        self.messages(
+            query
+                .order_by_desc(Column::CreatedAt)
+                .order_by_desc(Column::Id)
+                .limit(filter.limit),
+        )
+        .await
+    }
+
+    /// A user's pending (queued or processing) messages, oldest first.
+    pub async fn pending_for_user(&self, user_id: &str) -> Result<Vec<Message>, DbError> {
+        let mut messages = self
+            .list(
+                user_id,
+                &ListFilter {
+                    statuses: vec![JobStatus::Queued, JobStatus::Processing],
+                    limit: 10_000,
+                    ..ListFilter::default()
+                },
+            )
+            .await?;
+        messages.reverse();
+        Ok(messages)
+    }
+
+    /// Which of `ids` exist and are terminal (their pending-cap slot can be freed).
+    pub async fn terminal_among(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, DbError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(Entity::find()
+            .select_only()
+            .column(Column::Id)
+            .filter(Column::Id.is_in(ids.iter().copied()))
+            .filter(Column::Status.is_not_in(PENDING))
+            .into_tuple::<Uuid>()
+            .all(&self.read)
+            .await?)
+    }
+
+    /// The highest ticket ever drawn (new tickets must come after it).
+    pub async fn max_ticket(&self) -> Result<i64, DbError> {
+        Ok(Entity::find()
+            .select_only()
+            .column_as(Column::Ticket.max(), "max_ticket")
+            .into_tuple::<Option<i64>>()
+            .one(&self.read)
+            .await?
+            .flatten()
+            .unwrap_or(0))
+    }
+
+    /// Every queued job in ticket order: the record the queue is rebuilt from.
+    pub async fn queued_in_ticket_order(&self) -> Result<Vec<(Uuid, String, i64)>, DbError> {
+        Ok(Entity::find()
+            .select_only()
+            .column(Column::Id)
+            .column(Column::UserId)
+            .column(Column::Ticket)
+            .filter(Column::Status.eq(JobStatus::Queued.as_str()))
+            .filter(Column::Ticket.is_not_null())
+            .order_by_asc(Column::Ticket)
+            .into_tuple::<(Uuid, String, i64)>()
+            .all(&self.read)
+            .await?)
+    }
+
+    /// How many messages are queued (an index-only count on `(status, …)`).
+    pub async fn queued_count(&self) -> Result<u64, DbError> {
+        Ok(Entity::find()
+            .filter(Column::Status.eq(JobStatus::Queued.as_str()))
+            .count(&self.read)
+            .await?)
+    }
+
+    /// Pending jobs counted per user (to rebuild the queue's per-user pending sets).
+    pub async fn pending_by_user(&self) -> Result<Vec<(String, Uuid)>, DbError> {
+        Ok(Entity::find()
+            .select_only()
+            .column(Column::UserId)
+            .column(Column::Id)
+            .filter(Column::Status.is_in(PENDING))
+            .into_tuple::<(String, Uuid)>()
+            .all(&self.read)
+            .await?)
+    }
+
+    /// Stuck jobs, by one indexed query on `(status, activity_at)`: processing jobs with no
+    /// activity since `cutoff`, and (with `include_queued`) queued ones with none either.
+    pub async fn stuck_jobs(
+        &self,
+        cutoff: DateTime<Utc>,
+        include_queued: bool,
+        limit: u64,
+    ) -> Result<Vec<(Uuid, String, JobStatus)>, DbError> {
+        let statuses: &[&str] = if include_queued {
+            &PENDING
+        } else {
+            &PENDING[1..]
+        };
+        let rows = Entity::find()
+            .select_only()
+            .column(Column::Id)
+            .column(Column::UserId)
+            .column(Column::Status)
+            .filter(Column::Status.is_in(statuses.iter().copied()))
+            .filter(Column::ActivityAt.lte(cutoff))
+            .limit(limit)
+            .into_tuple::<(Uuid, String, String)>()
+            .all(&self.read)
+            .await?;
+        rows.into_iter()
+            .map(|(id, user, status)| {
+                let status =
+                    status
+                        .parse()
+                        .map_err(
+                            |err: crate::domain::status::UnknownStatus| DbError::Corrupt {
+                                id,
+                                reason: err.to_string(),
+                            },
+                        )?;
+                Ok((id, user, status))
+            })
+            .collect()
+    }
+
+    /// Pending jobs created at or before `created_before` (past the job deadline), by one
+    /// indexed query on `(status, created_at)`.
+    pub async fn expired_jobs(
+        &self,
+        created_before: DateTime<Utc>,
+        limit: u64,
+    ) -> Result<Vec<Uuid>, DbError> {
+        Ok(Entity::find()
+            .select_only()
+            .column(Column::Id)
+            .filter(Column::Status.is_in(PENDING))
+            .filter(Column::CreatedAt.lte(created_before))
+            .limit(limit)
+            .into_tuple::<Uuid>()
+            .all(&self.read)
+            .await?)
+    }
+
+    /// Messages counted by status (for the metrics).
+    pub async fn count_by_status(&self) -> Result<Vec<(JobStatus, i64)>, DbError> {
+        #[derive(FromQueryResult)]
+        struct Count {
+            status: String,
+            count: i64,
+        }
+        let rows = Count::find_by_statement(Statement::from_string(
+            self.backend,
+            "SELECT status, COUNT(*) AS count FROM messages GROUP BY status",
+        ))
+        .all(&self.read)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| row.status.parse().ok().map(|status| (status, row.count)))
+            .collect())
+    }
+
+    /// The text of an `EXPLAIN` (benchmarks and operators checking index use).
+    pub async fn explain(&self, sql: &str) -> Result<String, DbError> {
+        let rows = self
+            .read
+            .query_all_raw(Statement::from_string(self.backend, sql.to_owned()))
+            .await?;
+        let mut lines = Vec::new();
+        for row in rows {
+            let mut cells = Vec::new();
+            for column in row.column_names() {
+                if let Ok(text) = row.try_get::<String>("", &column) {
+                    cells.push(text);
+                } else if let Ok(number) = row.try_get::<i64>("", &column) {
+                    cells.push(number.to_string());
+                }
+            }
+            lines.push(cells.join(" | "));
+        }
+        Ok(lines.join("\n"))
+    }
+}
