@@ -1,6 +1,7 @@
-//! The gateway's public contract as the load generator uses it: REST calls and WebSocket
-//! sessions that record, per job, when each event arrived.
+//! WebSocket sessions of the gateway's users: each one's reader task records, per job, when
+//! each event arrived, checks `seq` for gaps, and counts what scenarios wait for.
 
+use crate::client::Api;
 use crate::ws::{self, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, WsReader, WsWriter};
 use parking_lot::Mutex;
 use serde::Deserialize;
@@ -12,231 +13,32 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore, oneshot};
 use uuid::Uuid;
 
-/// REST access to one gateway.
-#[derive(Clone)]
-pub struct Api {
-    pub base: String,
-    /// `host:port` for WebSocket connections.
-    pub ws_addr: String,
-    pub http: reqwest::Client,
-}
-
-/// What a `POST /api/v1/messages` gave.
-pub struct Submitted {
-    pub sent: Instant,
-    pub answered: Instant,
-    /// The job id and its position, or an error code (`http 503`, `too_many_pending`, …).
-    pub result: Result<(Uuid, Option<u32>), String>,
-}
-
-#[derive(Deserialize)]
-struct ViewHead {
-    id: Uuid,
-    queue_position: Option<u32>,
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: ErrorCode,
-}
-
-#[derive(Deserialize)]
-struct ErrorCode {
-    code: String,
-}
-
-fn error_code(status: reqwest::StatusCode, body: &[u8]) -> String {
-    match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(parsed) => format!("http {} {}", status.as_u16(), parsed.error.code),
-        Err(_) => format!("http {}", status.as_u16()),
-    }
-}
-
-impl Api {
-    pub fn new(base: &str) -> Result<Api, String> {
-        let parsed = url::Url::parse(base).map_err(|err| format!("--url {base}: {err}"))?;
-        let host = parsed.host_str().ok_or("the gateway URL has no host")?;
-        let port = parsed.port_or_known_default().unwrap_or(80);
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .pool_max_idle_per_host(4096)
-            .pool_idle_timeout(Duration::from_secs(300))
-            .timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|err| format!("http client: {err}"))?;
-        Ok(Api {
-            base: base.trim_end_matches('/').to_owned(),
-            ws_addr: format!("{host}:{port}"),
-            http,
-        })
-    }
-
-    /// `POST /api/v1/dev/token`.
-    pub async fn token(&self, user: &str) -> Result<String, String> {
-        #[derive(Deserialize)]
-        struct Token {
-            token: String,
-        }
-        let mut last = String::new();
-        for attempt in 0..5 {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-            }
-            let answer = self
-                .http
-                .post(format!("{}/api/v1/dev/token", self.base))
-                .json(&serde_json::json!({ "user": user }))
-                .send()
-                .await;
-            match answer {
-                Ok(response) if response.status().is_success() => {
-                    let body = response.bytes().await.map_err(|err| err.to_string())?;
-                    return serde_json::from_slice::<Token>(&body)
-                        .map(|token| token.token)
-                        .map_err(|err| format!("token answer: {err}"));
-                }
-                Ok(response) => {
-                    let status = response.status();
-                    let body = response.bytes().await.unwrap_or_default();
-                    last = error_code(status, &body);
-                    if status.is_client_error() {
-                        break;
-                    }
-                }
-                Err(err) => last = err.to_string(),
-            }
-        }
-        Err(format!("dev token for {user}: {last}"))
-    }
-
-    /// `POST /api/v1/messages` with a small, fast job.
-    pub async fn submit(&self, token: &str, prompt: &str) -> Submitted {
-        let body = serde_json::to_vec(&serde_json::json!({
-            "prompt": prompt, "width": 64, "height": 64, "steps": 1
-        }))
-        .unwrap_or_default();
-        let request = self
-            .http
-            .post(format!("{}/api/v1/messages", self.base))
-            .bearer_auth(token)
-            .header("content-type", "application/json")
-            .body(body);
-        let sent = Instant::now();
-        let result = match request.send().await {
-            Ok(response) => {
-                let status = response.status();
-                match response.bytes().await {
-                    Ok(body) if status.as_u16() == 202 => serde_json::from_slice::<ViewHead>(&body)
-                        .map(|view| (view.id, view.queue_position))
-                        .map_err(|err| format!("bad 202 body: {err}")),
-                    Ok(body) => Err(error_code(status, &body)),
-                    Err(err) => Err(format!("body: {}", short_error(&err))),
-                }
-            }
-            Err(err) => Err(format!("send: {}", short_error(&err))),
-        };
-        Submitted {
-            sent,
-            answered: Instant::now(),
-            result,
-        }
-    }
-
-    /// `POST /api/v1/messages/{id}/cancel`: the status code.
-    pub async fn cancel(&self, token: &str, id: Uuid) -> Result<u16, String> {
-        let response = self
-            .http
-            .post(format!("{}/api/v1/messages/{id}/cancel", self.base))
-            .bearer_auth(token)
-            .send()
-            .await
-            .map_err(|err| short_error(&err))?;
-        let status = response.status().as_u16();
-        let _ = response.bytes().await;
-        Ok(status)
-    }
-
-    /// `GET /api/v1/messages/{id}`.
-    pub async fn message(&self, token: &str, id: Uuid) -> Result<serde_json::Value, String> {
-        let response = self
-            .http
-            .get(format!("{}/api/v1/messages/{id}", self.base))
-            .bearer_auth(token)
-            .send()
-            .await
-            .map_err(|err| short_error(&err))?;
-        let status = response.status();
-        let body = response.bytes().await.map_err(|err| short_error(&err))?;
-        if !status.is_success() {
-            return Err(error_code(status, &body));
-        }
-        serde_json::from_slice(&body).map_err(|err| err.to_string())
-    }
-
-    /// `GET /healthz`.
-    pub async fn healthz(&self) -> bool {
-        matches!(
-            self.http.get(format!("{}/healthz", self.base)).send().await,
-            Ok(response) if response.status().is_success()
-        )
-    }
-
-    /// `POST <sim>/sim/config`.
-    pub async fn sim_config(&self, sim: &str, body: serde_json::Value) -> Result<(), String> {
-        let response = self
-            .http
-            .post(format!("{}/sim/config", sim.trim_end_matches('/')))
-            .json(&body)
-            .send()
-            .await
-            .map_err(|err| short_error(&err))?;
-        if response.status().is_success() {
-            Ok(())
-        } else {
-            let status = response.status();
-            let body = response.text().await.unwrap_or_default();
-            Err(format!("sim config {status}: {body}"))
-        }
-    }
-}
-
-pub fn short_error(err: &reqwest::Error) -> String {
-    let kind = if err.is_timeout() {
-        "timeout"
-    } else if err.is_connect() {
-        "connect"
-    } else if err.is_request() {
-        "request"
-    } else if err.is_body() {
-        "body"
-    } else {
-        "other"
-    };
-    let mut text = format!("{kind}: {err}");
-    let mut source = std::error::Error::source(err);
-    while let Some(inner) = source {
-        text.push_str(&format!(": {inner}"));
-        source = inner.source();
-    }
-    crate::procs::truncate(&text, 200)
-}
-
 /// What happened to one job, as one session saw it.
 #[derive(Debug, Default, Clone)]
 pub struct JobTrace {
+    /// When `job.queued` arrived.
     pub queued: Option<Instant>,
+    /// The position `job.queued` carried.
     pub queued_position: Option<u32>,
+    /// When `job.processing` arrived.
     pub processing: Option<Instant>,
+    /// When `job.complete` arrived.
     pub complete: Option<Instant>,
+    /// When `job.error` arrived, with its code.
     pub error: Option<(Instant, String)>,
+    /// When `job.cancelled` arrived.
     pub cancelled: Option<Instant>,
     /// (time, position) of every `job.position`, when the session records them.
     pub positions: Vec<(Instant, u32)>,
+    /// The latest position heard (`job.queued` or `job.position`).
     pub last_position: Option<u32>,
+    /// `job.position` frames received for this job.
     pub position_events: u32,
+    /// `job.progress` and `job.preview` frames received.
     pub progress_events: u32,
+    /// `message.updated` frames received.
     pub updated_events: u64,
+    /// Frames of a once-only type received again, or events repeating a version.
     pub duplicates: u32,
     /// Events whose version was below one already seen.
     pub reordered: u32,
@@ -244,6 +46,7 @@ pub struct JobTrace {
 }
 
 impl JobTrace {
+    /// When the first terminal event (complete, error, cancelled) arrived.
     pub fn terminal(&self) -> Option<Instant> {
         self.complete
             .or(self.error.as_ref().map(|(at, _)| *at))
@@ -254,11 +57,17 @@ impl JobTrace {
 /// Event counts over all sessions, for scenarios that wait for a number of events.
 #[derive(Default)]
 pub struct Counters {
+    /// `job.queued` frames.
     pub queued: AtomicU64,
+    /// `job.processing` frames.
     pub processing: AtomicU64,
+    /// Jobs that got their first terminal event.
     pub terminal: AtomicU64,
+    /// `job.position` frames.
     pub position: AtomicU64,
+    /// `message.updated` frames.
     pub updated: AtomicU64,
+    /// All text frames.
     pub frames: AtomicU64,
 }
 
@@ -273,24 +82,37 @@ pub struct SessionOptions {
 
 /// Shared state of one WebSocket session: written by its reader task.
 pub struct SessionState {
+    /// What this session saw of each job.
     pub jobs: Mutex<HashMap<Uuid, JobTrace>>,
+    /// Counts shared with the scenario's other sessions.
     pub counters: Arc<Counters>,
     options: SessionOptions,
     patch_needle: Option<Vec<u8>>,
+    /// Text frames received.
     pub frames: AtomicU64,
+    /// `seq` numbers skipped.
     pub seq_gaps: AtomicU64,
+    /// Frames whose `seq` was not above the previous one.
     pub seq_regressions: AtomicU64,
+    /// `resync` frames received.
     pub resyncs: AtomicU64,
+    /// Frames that were not JSON, lacked a `seq` or an id, or had an unknown type.
     pub bad_frames: AtomicU64,
+    /// `error` frames, by `ws error <code>`.
     pub command_errors: Mutex<BTreeMap<String, u64>>,
     /// Permits added on each job's first terminal event (for closed-loop submitters).
     pub done: Semaphore,
     /// The highest patch number acknowledged (`patch_key`), -1 before any.
     pub acked: AtomicI64,
+    /// Woken on each acknowledged patch and when the session ends.
     pub ack_notify: Notify,
+    /// `message.updated` frames received.
     pub updated: AtomicU64,
+    /// We asked for the close.
     pub closing: AtomicBool,
+    /// The reader ended.
     pub closed: AtomicBool,
+    /// Why the reader ended.
     pub end_reason: Mutex<Option<String>>,
     ready: Mutex<Option<oneshot::Sender<()>>>,
     saw_hello: AtomicBool,
@@ -516,8 +338,11 @@ fn number_after(haystack: &[u8], needle: &[u8]) -> Option<i64> {
 
 /// One open WebSocket session of a user.
 pub struct Session {
+    /// The user's token.
     pub token: String,
+    /// The socket's writing half (commands to the gateway).
     pub writer: WsWriter,
+    /// What the reader task recorded.
     pub state: Arc<SessionState>,
     task: tokio::task::JoinHandle<()>,
 }

@@ -1,0 +1,165 @@
+//! The command line: every knob of every scenario is a flag, so a run is reproducible from the
+//! command alone (`docs/benchmarks.md` quotes them).
+
+use clap::Parser;
+use std::time::Duration;
+
+/// The scenarios `--scenario` accepts, in the order `--help` lists them.
+pub const SCENARIOS: [&str; 6] = ["throughput", "latency", "fanout", "hot", "idle", "soak"];
+
+/// What `--scenario all` runs.
+pub const ALL: [&str; 5] = ["throughput", "latency", "fanout", "hot", "idle"];
+
+/// Load generator of forge-gateway: throughput, latency, fan-out, hot message, idle memory, soak.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "loadgen", version)]
+pub struct Args {
+    /// Scenarios to run, comma-separated: throughput, latency, fanout, hot, idle, soak, or all
+    /// (= throughput,latency,fanout,hot,idle).
+    #[arg(long, default_value = "all")]
+    pub scenario: String,
+
+    /// Target an already running gateway instead of starting one.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// With --url: the simulator behind it (needed by fanout).
+    #[arg(long)]
+    pub sim_url: Option<String>,
+    /// With --url: the gateway's pid, to measure its memory.
+    #[arg(long)]
+    pub gateway_pid: Option<u32>,
+
+    /// PostgreSQL for the started gateway (a fresh schema per scenario, dropped afterwards).
+    #[arg(long, env = "LOADGEN_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Redis for the started gateway (a fresh key prefix per scenario, deleted afterwards).
+    #[arg(long, env = "LOADGEN_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Simulators (Forge backends) for the throughput, latency and soak runs; fanout, hot and
+    /// idle always use one.
+    #[arg(long, default_value_t = 1)]
+    pub sims: usize,
+    /// FORGE_SLOTS of the started gateway for the throughput, latency and soak runs (jobs one
+    /// backend runs at a time) [default: the gateway's default].
+    #[arg(long)]
+    pub forge_slots: Option<u32>,
+    /// WS_OUTBOX of the started gateway.
+    #[arg(long, default_value_t = 65536)]
+    pub ws_outbox: u32,
+    /// Where the started gateways' fresh DATA_DIRs (SQLite file, images) are created
+    /// [default: the system temp dir].
+    #[arg(long)]
+    pub data_dir_base: Option<std::path::PathBuf>,
+    /// Extra environment for the started gateway, KEY=VALUE (repeatable).
+    #[arg(long = "gateway-env")]
+    pub gateway_env: Vec<String>,
+
+    /// Length of the throughput and latency runs.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub duration: Duration,
+    /// throughput: concurrent users, each with a WebSocket.
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// throughput: outstanding jobs per user.
+    #[arg(long, default_value_t = 8)]
+    pub window: usize,
+    /// latency: offered load, jobs per second.
+    #[arg(long, default_value_t = 200.0)]
+    pub rate: f64,
+    /// latency and soak: users the load is spread over.
+    #[arg(long, default_value_t = 32)]
+    pub latency_users: usize,
+    /// fanout: WebSocket sessions, each with one queued job.
+    #[arg(long, default_value_t = 10_000)]
+    pub sessions: usize,
+    /// fanout: pops to measure.
+    #[arg(long, default_value_t = 20)]
+    pub pops: usize,
+    /// fanout: pause between pops after every update arrived, in ms.
+    #[arg(long, default_value_t = 100)]
+    pub pop_gap_ms: u64,
+    /// hot: sessions patching the one message.
+    #[arg(long, default_value_t = 64)]
+    pub patchers: usize,
+    /// hot: unacknowledged patches per session.
+    #[arg(long, default_value_t = 32)]
+    pub patch_window: usize,
+    /// hot: how long the patchers run.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub hot_duration: Duration,
+    /// idle: sessions to open.
+    #[arg(long, default_value_t = 10_000)]
+    pub idle_sessions: usize,
+    /// idle: open/close rounds (the second shows whether closed sessions' memory is reused).
+    #[arg(long, default_value_t = 2)]
+    pub idle_rounds: usize,
+    /// soak: length.
+    #[arg(long, default_value = "10m", value_parser = duration)]
+    pub soak_duration: Duration,
+    /// soak: jobs per second.
+    #[arg(long, default_value_t = 100.0)]
+    pub soak_rate: f64,
+    /// soak: idle sessions held open meanwhile.
+    #[arg(long, default_value_t = 1000)]
+    pub soak_idle: usize,
+
+    /// How long after a run's last submission every job must have ended.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    pub drain_timeout: Duration,
+    /// Parallel WebSocket connects and token requests.
+    #[arg(long, default_value_t = 200)]
+    pub connect_concurrency: usize,
+    /// Parallel submissions when queueing many jobs at once (fanout).
+    #[arg(long, default_value_t = 200)]
+    pub submit_concurrency: usize,
+    /// Finished jobs read back over REST to check their stored status.
+    #[arg(long, default_value_t = 500)]
+    pub verify_sample: usize,
+    /// Record a `perf` profile of the gateway during the throughput window into PREFIX-<stores>.data.
+    #[arg(long)]
+    pub perf_out: Option<String>,
+    /// Print a JSON summary on stdout instead of the Markdown tables (which still go to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Worker threads of the load generator's runtime.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|err| format!("{err}"))
+}
+
+/// The scenarios named by `--scenario`, in the order given (`all` expanded).
+pub fn scenario_list(text: &str) -> Result<Vec<String>, String> {
+    let mut list = Vec::new();
+    for name in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if name == "all" {
+            list.extend(ALL.map(String::from));
+        } else if SCENARIOS.contains(&name) {
+            list.push(name.to_owned());
+        } else {
+            return Err(format!("unknown scenario {name:?}"));
+        }
+    }
+    if list.is_empty() {
+        return Err("no scenario given".into());
+    }
+    Ok(list)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_expands_and_unknown_names_are_refused() {
+        assert_eq!(scenario_list("all").unwrap(), ALL.map(String::from));
+        assert_eq!(
+            scenario_list("soak, idle").unwrap(),
+            ["soak", "idle"].map(String::from)
+        );
+        assert!(scenario_list("nope").is_err());
+        assert!(scenario_list(" , ").is_err());
+    }
+}
