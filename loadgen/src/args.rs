@@ -5,17 +5,26 @@ use clap::Parser;
 use std::time::Duration;
 
 /// The scenarios `--scenario` accepts, in the order `--help` lists them.
-pub const SCENARIOS: [&str; 6] = ["throughput", "latency", "fanout", "hot", "idle", "soak"];
+pub const SCENARIOS: [&str; 7] = [
+    "throughput",
+    "latency",
+    "fanout",
+    "hot",
+    "idle",
+    "soak",
+    "flood",
+];
 
 /// What `--scenario all` runs.
 pub const ALL: [&str; 5] = ["throughput", "latency", "fanout", "hot", "idle"];
 
-/// Load generator of forge-gateway: throughput, latency, fan-out, hot message, idle memory, soak.
+/// Load generator of forge-gateway: throughput, latency, fan-out, hot message, idle memory, soak,
+/// WebSocket flood.
 #[derive(Clone, Debug, Parser)]
 #[command(name = "loadgen", version)]
 pub struct Args {
-    /// Scenarios to run, comma-separated: throughput, latency, fanout, hot, idle, soak, or all
-    /// (= throughput,latency,fanout,hot,idle).
+    /// Scenarios to run, comma-separated: throughput, latency, fanout, hot, idle, soak, flood,
+    /// or all (= throughput,latency,fanout,hot,idle).
     #[arg(long, default_value = "all")]
     pub scenario: String,
 
@@ -35,8 +44,8 @@ pub struct Args {
     /// Redis for the started gateway (a fresh key prefix per scenario, deleted afterwards).
     #[arg(long, env = "LOADGEN_REDIS_URL")]
     pub redis_url: Option<String>,
-    /// Simulators (Forge backends) for the throughput, latency and soak runs; fanout, hot and
-    /// idle always use one.
+    /// Simulators (Forge backends) for the throughput, latency and soak runs; fanout, hot,
+    /// idle and flood always use one.
     #[arg(long, default_value_t = 1)]
     pub sims: usize,
     /// FORGE_SLOTS of the started gateway for the throughput, latency and soak runs (jobs one
@@ -54,9 +63,9 @@ pub struct Args {
     #[arg(long = "gateway-env")]
     pub gateway_env: Vec<String>,
 
-    /// Length of the throughput and latency runs.
-    #[arg(long, default_value = "30s", value_parser = duration)]
-    pub duration: Duration,
+    /// Length of the run [default: 30s for throughput and latency, 10s for flood].
+    #[arg(long, value_parser = duration)]
+    pub duration: Option<Duration>,
     /// throughput: concurrent users, each with a WebSocket.
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
@@ -103,6 +112,21 @@ pub struct Args {
     #[arg(long, default_value_t = 1000)]
     pub soak_idle: usize,
 
+    /// flood: size of the `data.blob` string of each `update_message` frame, in bytes.
+    #[arg(long, default_value_t = 60_000)]
+    pub flood_blob_bytes: usize,
+    /// flood: the second user's submission period while the flood runs.
+    #[arg(long, default_value = "100ms", value_parser = duration)]
+    pub flood_submit_every: Duration,
+    /// flood: a single frame write blocked this long means the server stopped reading; the
+    /// flooder then stops.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    pub flood_write_stall: Duration,
+    /// flood: stop the flooder when the gateway's RSS passes this many MiB (the machine is
+    /// shared; 0: no limit).
+    #[arg(long, default_value_t = 4096)]
+    pub flood_rss_limit_mib: u64,
+
     /// How long after a run's last submission every job must have ended.
     #[arg(long, default_value = "60s", value_parser = duration)]
     pub drain_timeout: Duration,
@@ -124,6 +148,13 @@ pub struct Args {
     /// Worker threads of the load generator's runtime.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+}
+
+impl Args {
+    /// `--duration`, or the scenario's own default when it was not given.
+    pub fn duration_or(&self, default: Duration) -> Duration {
+        self.duration.unwrap_or(default)
+    }
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -156,10 +187,25 @@ mod tests {
     fn all_expands_and_unknown_names_are_refused() {
         assert_eq!(scenario_list("all").unwrap(), ALL.map(String::from));
         assert_eq!(
-            scenario_list("soak, idle").unwrap(),
-            ["soak", "idle"].map(String::from)
+            scenario_list("flood, soak").unwrap(),
+            ["flood", "soak"].map(String::from)
         );
         assert!(scenario_list("nope").is_err());
         assert!(scenario_list(" , ").is_err());
+    }
+
+    #[test]
+    fn the_duration_defaults_per_scenario() {
+        let args = Args::try_parse_from(["loadgen"]).unwrap();
+        assert_eq!(args.duration, None);
+        assert_eq!(
+            args.duration_or(Duration::from_secs(7)),
+            Duration::from_secs(7)
+        );
+        let args = Args::try_parse_from(["loadgen", "--duration", "3s"]).unwrap();
+        assert_eq!(
+            args.duration_or(Duration::from_secs(7)),
+            Duration::from_secs(3)
+        );
     }
 }

@@ -196,6 +196,7 @@ async fn run(args: Args) -> Result<bool, String> {
             "hot" => scenarios::hot(&ctx).await,
             "idle" => scenarios::idle(&ctx).await,
             "soak" => scenarios::soak(&ctx).await,
+            "flood" => scenarios::flood(&ctx).await,
             _ => unreachable!("checked by args::scenario_list"),
         };
         let mut result = match outcome {

@@ -13,11 +13,15 @@ use crate::report::{Row, ScenarioResult, ms, summarize};
 use crate::sampling::RssSampler;
 use crate::session::{Counters, SessionOptions};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// `--duration` when not given.
+const DEFAULT_DURATION: Duration = Duration::from_secs(30);
 
 /// Runs the latency scenario.
 pub async fn latency(ctx: &Ctx) -> Res<ScenarioResult> {
     let args = &ctx.args;
-    let duration = args.duration;
+    let duration = args.duration_or(DEFAULT_DURATION);
     let mut result = ScenarioResult::new("latency", &ctx.stores);
     result.config = format!(
         "open loop {} jobs/s over {} users for {:?}, {}, 64×64, 1 step",

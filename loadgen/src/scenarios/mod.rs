@@ -1,7 +1,10 @@
 //! The scenarios, one module each, and what they share.
 //!
 //! - `throughput`, `latency`, `fanout`, `hot`, `idle`, `soak`: the benchmarks of issue 9
-//!   (`docs/benchmarks.md`).
+//!   (`docs/benchmarks.md`);
+//! - `flood` (issue 14): one WebSocket writing large `update_message` frames as fast as the
+//!   socket takes them, while another user submits jobs; the gateway's memory and the other
+//!   user's latency.
 //!
 //! `common` holds the helpers (tokens, sessions, accounting, REST read-back), `drive` the load
 //! shapes (closed and open loop), `perf` the optional `perf record` of the gateway.
@@ -9,6 +12,7 @@
 mod common;
 mod drive;
 mod fanout;
+mod flood;
 mod hot;
 mod idle;
 mod latency;
@@ -17,6 +21,7 @@ mod soak;
 mod throughput;
 
 pub use fanout::fanout;
+pub use flood::flood;
 pub use hot::hot;
 pub use idle::idle;
 pub use latency::latency;

@@ -16,11 +16,15 @@ use crate::sampling::RssSampler;
 use crate::session::{Counters, SessionOptions};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// `--duration` when not given.
+const DEFAULT_DURATION: Duration = Duration::from_secs(30);
 
 /// Runs the throughput scenario.
 pub async fn throughput(ctx: &Ctx) -> Res<ScenarioResult> {
     let args = &ctx.args;
-    let duration = args.duration;
+    let duration = args.duration_or(DEFAULT_DURATION);
     let mut result = ScenarioResult::new("throughput", &ctx.stores);
     result.config = format!(
         "{} clients × window {} outstanding jobs, {:?}, {}, 64×64, 1 step",
