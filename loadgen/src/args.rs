@@ -5,7 +5,7 @@ use clap::Parser;
 use std::time::Duration;
 
 /// The scenarios `--scenario` accepts, in the order `--help` lists them.
-pub const SCENARIOS: [&str; 7] = [
+pub const SCENARIOS: [&str; 8] = [
     "throughput",
     "latency",
     "fanout",
@@ -13,18 +13,19 @@ pub const SCENARIOS: [&str; 7] = [
     "idle",
     "soak",
     "flood",
+    "open",
 ];
 
 /// What `--scenario all` runs.
 pub const ALL: [&str; 5] = ["throughput", "latency", "fanout", "hot", "idle"];
 
 /// Load generator of forge-gateway: throughput, latency, fan-out, hot message, idle memory, soak,
-/// WebSocket flood.
+/// WebSocket flood and open-loop intake.
 #[derive(Clone, Debug, Parser)]
 #[command(name = "loadgen", version)]
 pub struct Args {
     /// Scenarios to run, comma-separated: throughput, latency, fanout, hot, idle, soak, flood,
-    /// or all (= throughput,latency,fanout,hot,idle).
+    /// open, or all (= throughput,latency,fanout,hot,idle).
     #[arg(long, default_value = "all")]
     pub scenario: String,
 
@@ -44,11 +45,11 @@ pub struct Args {
     /// Redis for the started gateway (a fresh key prefix per scenario, deleted afterwards).
     #[arg(long, env = "LOADGEN_REDIS_URL")]
     pub redis_url: Option<String>,
-    /// Simulators (Forge backends) for the throughput, latency and soak runs; fanout, hot,
+    /// Simulators (Forge backends) for the throughput, latency, soak and open runs; fanout, hot,
     /// idle and flood always use one.
     #[arg(long, default_value_t = 1)]
     pub sims: usize,
-    /// FORGE_SLOTS of the started gateway for the throughput, latency and soak runs (jobs one
+    /// FORGE_SLOTS of the started gateway for the throughput, latency, soak and open runs (jobs one
     /// backend runs at a time) [default: the gateway's default].
     #[arg(long)]
     pub forge_slots: Option<u32>,
@@ -63,7 +64,8 @@ pub struct Args {
     #[arg(long = "gateway-env")]
     pub gateway_env: Vec<String>,
 
-    /// Length of the run [default: 30s for throughput and latency, 10s for flood].
+    /// Length of the run [default: 30s for throughput and latency, 10s for flood, 20s for
+    /// open].
     #[arg(long, value_parser = duration)]
     pub duration: Option<Duration>,
     /// throughput: concurrent users, each with a WebSocket.
@@ -126,6 +128,9 @@ pub struct Args {
     /// shared; 0: no limit).
     #[arg(long, default_value_t = 4096)]
     pub flood_rss_limit_mib: u64,
+    /// open: concurrent HTTP connections, each POSTing back to back.
+    #[arg(long, default_value_t = 32)]
+    pub connections: usize,
 
     /// How long after a run's last submission every job must have ended.
     #[arg(long, default_value = "60s", value_parser = duration)]
@@ -187,8 +192,8 @@ mod tests {
     fn all_expands_and_unknown_names_are_refused() {
         assert_eq!(scenario_list("all").unwrap(), ALL.map(String::from));
         assert_eq!(
-            scenario_list("flood, soak").unwrap(),
-            ["flood", "soak"].map(String::from)
+            scenario_list("flood, soak,open").unwrap(),
+            ["flood", "soak", "open"].map(String::from)
         );
         assert!(scenario_list("nope").is_err());
         assert!(scenario_list(" , ").is_err());

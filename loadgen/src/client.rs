@@ -1,5 +1,6 @@
 //! The gateway's REST contract as the load generator uses it (`/api/v1/*`, `/healthz`) and
-//! the simulator's `/sim/config`. The WebSocket side is `session.rs`.
+//! the simulator's `/sim/config`. Kept apart from the WebSocket side (`session.rs`) so that
+//! scenarios that only POST (open) need nothing else.
 
 use serde::Deserialize;
 use std::time::{Duration, Instant};
@@ -170,6 +171,34 @@ impl Api {
             return Err(error_code(status, &body));
         }
         serde_json::from_slice(&body).map_err(|err| err.to_string())
+    }
+
+    /// `POST /api/v1/messages` with a prepared body, reading the answer only for its status
+    /// (the open-loop intake, like `wrk`): when it was sent and the status or a send error.
+    pub async fn post_message_status(
+        &self,
+        token: &str,
+        body: bytes::Bytes,
+    ) -> (Instant, Result<u16, String>) {
+        let request = self
+            .http
+            .post(format!("{}/api/v1/messages", self.base))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body);
+        let sent = Instant::now();
+        let result = match request.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                // Read the body to the end so that the connection is reused.
+                match response.bytes().await {
+                    Ok(_) => Ok(status),
+                    Err(err) => Err(format!("body: {}", short_error(&err))),
+                }
+            }
+            Err(err) => Err(format!("send: {}", short_error(&err))),
+        };
+        (sent, result)
     }
 
     /// `GET /healthz`.

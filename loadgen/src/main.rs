@@ -131,7 +131,7 @@ async fn run(args: Args) -> Result<bool, String> {
                 )
             }
             None => {
-                let many = matches!(name.as_str(), "throughput" | "latency" | "soak");
+                let many = matches!(name.as_str(), "throughput" | "latency" | "soak" | "open");
                 let settings = DeploySettings {
                     stores: stores.clone(),
                     sim_latency: "0s".into(),
@@ -197,6 +197,7 @@ async fn run(args: Args) -> Result<bool, String> {
             "idle" => scenarios::idle(&ctx).await,
             "soak" => scenarios::soak(&ctx).await,
             "flood" => scenarios::flood(&ctx).await,
+            "open" => scenarios::open(&ctx).await,
             _ => unreachable!("checked by args::scenario_list"),
         };
         let mut result = match outcome {

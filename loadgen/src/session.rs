@@ -63,6 +63,8 @@ pub struct Counters {
     pub processing: AtomicU64,
     /// Jobs that got their first terminal event.
     pub terminal: AtomicU64,
+    /// `job.complete` frames.
+    pub complete: AtomicU64,
     /// `job.position` frames.
     pub position: AtomicU64,
     /// `message.updated` frames.
@@ -271,6 +273,7 @@ impl SessionState {
                 }
                 "job.progress" | "job.preview" => trace.progress_events += 1,
                 "job.complete" => {
+                    counters.complete.fetch_add(1, Ordering::Relaxed);
                     terminal = trace.terminal().is_none();
                     if trace.complete.is_some() {
                         duplicate = true;

@@ -4,7 +4,8 @@
 //!   (`docs/benchmarks.md`);
 //! - `flood` (issue 14): one WebSocket writing large `update_message` frames as fast as the
 //!   socket takes them, while another user submits jobs; the gateway's memory and the other
-//!   user's latency.
+//!   user's latency;
+//! - `open` (issue 16): open-loop intake over many HTTP connections, like `wrk` on the POST.
 //!
 //! `common` holds the helpers (tokens, sessions, accounting, REST read-back), `drive` the load
 //! shapes (closed and open loop), `perf` the optional `perf record` of the gateway.
@@ -16,6 +17,7 @@ mod flood;
 mod hot;
 mod idle;
 mod latency;
+mod open;
 mod perf;
 mod soak;
 mod throughput;
@@ -25,6 +27,7 @@ pub use flood::flood;
 pub use hot::hot;
 pub use idle::idle;
 pub use latency::latency;
+pub use open::open;
 pub use soak::soak;
 pub use throughput::throughput;
 
