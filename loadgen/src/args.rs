@@ -5,7 +5,7 @@ use clap::Parser;
 use std::time::Duration;
 
 /// The scenarios `--scenario` accepts, in the order `--help` lists them.
-pub const SCENARIOS: [&str; 8] = [
+pub const SCENARIOS: [&str; 9] = [
     "throughput",
     "latency",
     "fanout",
@@ -13,6 +13,7 @@ pub const SCENARIOS: [&str; 8] = [
     "idle",
     "soak",
     "flood",
+    "deep",
     "open",
 ];
 
@@ -20,19 +21,19 @@ pub const SCENARIOS: [&str; 8] = [
 pub const ALL: [&str; 5] = ["throughput", "latency", "fanout", "hot", "idle"];
 
 /// Load generator of forge-gateway: throughput, latency, fan-out, hot message, idle memory, soak,
-/// WebSocket flood and open-loop intake.
+/// WebSocket flood, deep queues and open-loop intake.
 #[derive(Clone, Debug, Parser)]
 #[command(name = "loadgen", version)]
 pub struct Args {
     /// Scenarios to run, comma-separated: throughput, latency, fanout, hot, idle, soak, flood,
-    /// open, or all (= throughput,latency,fanout,hot,idle).
+    /// deep, open, or all (= throughput,latency,fanout,hot,idle).
     #[arg(long, default_value = "all")]
     pub scenario: String,
 
     /// Target an already running gateway instead of starting one.
     #[arg(long)]
     pub url: Option<String>,
-    /// With --url: the simulator behind it (needed by fanout).
+    /// With --url: the simulator behind it (needed by fanout and deep's drain measurement).
     #[arg(long)]
     pub sim_url: Option<String>,
     /// With --url: the gateway's pid, to measure its memory.
@@ -45,12 +46,12 @@ pub struct Args {
     /// Redis for the started gateway (a fresh key prefix per scenario, deleted afterwards).
     #[arg(long, env = "LOADGEN_REDIS_URL")]
     pub redis_url: Option<String>,
-    /// Simulators (Forge backends) for the throughput, latency, soak and open runs; fanout, hot,
-    /// idle and flood always use one.
+    /// Simulators (Forge backends) for the throughput, latency, soak, deep and open runs;
+    /// fanout, hot, idle and flood always use one.
     #[arg(long, default_value_t = 1)]
     pub sims: usize,
-    /// FORGE_SLOTS of the started gateway for the throughput, latency, soak and open runs (jobs one
-    /// backend runs at a time) [default: the gateway's default].
+    /// FORGE_SLOTS of the started gateway for the throughput, latency, soak, deep and open runs
+    /// (jobs one backend runs at a time) [default: the gateway's default].
     #[arg(long)]
     pub forge_slots: Option<u32>,
     /// WS_OUTBOX of the started gateway.
@@ -65,10 +66,11 @@ pub struct Args {
     pub gateway_env: Vec<String>,
 
     /// Length of the run [default: 30s for throughput and latency, 10s for flood, 20s for
-    /// open].
+    /// open, 10s per window for deep].
     #[arg(long, value_parser = duration)]
     pub duration: Option<Duration>,
-    /// throughput: concurrent users, each with a WebSocket.
+    /// throughput and deep: concurrent users, each with a WebSocket (deep's drain spreads its
+    /// jobs over them too).
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
     /// throughput: outstanding jobs per user.
@@ -128,6 +130,16 @@ pub struct Args {
     /// shared; 0: no limit).
     #[arg(long, default_value_t = 4096)]
     pub flood_rss_limit_mib: u64,
+    /// deep: outstanding jobs per user, one closed-loop run per value, comma-separated.
+    #[arg(long, default_value = "2,32,160", value_delimiter = ',', value_parser = window_list)]
+    pub windows: Vec<usize>,
+    /// deep: jobs queued behind a hanging backend for each drain measurement (spread over
+    /// --clients users); 0 skips the drain and staleness measurements.
+    #[arg(long, default_value_t = 10_240)]
+    pub drain_jobs: usize,
+    /// deep: how long after the queue stops every session's positions must equal REST's.
+    #[arg(long, default_value = "1500ms", value_parser = duration)]
+    pub stale_after: Duration,
     /// open: concurrent HTTP connections, each POSTing back to back.
     #[arg(long, default_value_t = 32)]
     pub connections: usize,
@@ -138,7 +150,7 @@ pub struct Args {
     /// Parallel WebSocket connects and token requests.
     #[arg(long, default_value_t = 200)]
     pub connect_concurrency: usize,
-    /// Parallel submissions when queueing many jobs at once (fanout).
+    /// Parallel submissions when queueing many jobs at once (fanout, deep).
     #[arg(long, default_value_t = 200)]
     pub submit_concurrency: usize,
     /// Finished jobs read back over REST to check their stored status.
@@ -164,6 +176,17 @@ impl Args {
 
 fn duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim()).map_err(|err| format!("{err}"))
+}
+
+fn window_list(text: &str) -> Result<usize, String> {
+    let window: usize = text
+        .trim()
+        .parse()
+        .map_err(|err| format!("{text:?}: {err}"))?;
+    if window == 0 {
+        return Err("a window must be at least 1".into());
+    }
+    Ok(window)
 }
 
 /// The scenarios named by `--scenario`, in the order given (`all` expanded).
@@ -192,8 +215,8 @@ mod tests {
     fn all_expands_and_unknown_names_are_refused() {
         assert_eq!(scenario_list("all").unwrap(), ALL.map(String::from));
         assert_eq!(
-            scenario_list("flood, soak,open").unwrap(),
-            ["flood", "soak", "open"].map(String::from)
+            scenario_list("flood, deep,open").unwrap(),
+            ["flood", "deep", "open"].map(String::from)
         );
         assert!(scenario_list("nope").is_err());
         assert!(scenario_list(" , ").is_err());
@@ -212,5 +235,14 @@ mod tests {
             args.duration_or(Duration::from_secs(7)),
             Duration::from_secs(3)
         );
+    }
+
+    #[test]
+    fn windows_are_a_comma_separated_list() {
+        let args = Args::try_parse_from(["loadgen", "--windows", "2,32,160"]).unwrap();
+        assert_eq!(args.windows, vec![2, 32, 160]);
+        let args = Args::try_parse_from(["loadgen"]).unwrap();
+        assert_eq!(args.windows, vec![2, 32, 160]);
+        assert!(Args::try_parse_from(["loadgen", "--windows", "0"]).is_err());
     }
 }

@@ -1,6 +1,6 @@
 //! The gateway's REST contract as the load generator uses it (`/api/v1/*`, `/healthz`) and
 //! the simulator's `/sim/config`. Kept apart from the WebSocket side (`session.rs`) so that
-//! scenarios that only POST (open) need nothing else.
+//! scenarios that only POST (open) or only poll (deep's drain) need nothing else.
 
 use serde::Deserialize;
 use std::time::{Duration, Instant};
@@ -25,6 +25,18 @@ pub struct Submitted {
     pub answered: Instant,
     /// The job id and its position, or an error code (`http 503`, `too_many_pending`, …).
     pub result: Result<(Uuid, Option<u32>), String>,
+}
+
+/// The largest `limit` the list call accepts (API.md: `GET /api/v1/messages`).
+pub const LIST_LIMIT: usize = 200;
+
+/// The fields of a listed message view the load generator reads.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Listed {
+    /// The message (and job) id.
+    pub id: Uuid,
+    /// The live position while queued.
+    pub queue_position: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -199,6 +211,56 @@ impl Api {
             Err(err) => Err(format!("send: {}", short_error(&err))),
         };
         (sent, result)
+    }
+
+    /// One page of `GET /api/v1/messages?status=…&limit=…[&before=…]`, newest first.
+    pub async fn list(
+        &self,
+        token: &str,
+        status: &str,
+        limit: usize,
+        before: Option<Uuid>,
+    ) -> Result<Vec<Listed>, String> {
+        #[derive(Deserialize)]
+        struct Page {
+            messages: Vec<Listed>,
+        }
+        let mut url = format!(
+            "{}/api/v1/messages?status={status}&limit={limit}",
+            self.base
+        );
+        if let Some(before) = before {
+            url.push_str(&format!("&before={before}"));
+        }
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|err| short_error(&err))?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|err| short_error(&err))?;
+        if !status.is_success() {
+            return Err(error_code(status, &body));
+        }
+        serde_json::from_slice::<Page>(&body)
+            .map(|page| page.messages)
+            .map_err(|err| format!("list answer: {err}"))
+    }
+
+    /// Every message of the user with `status` (pages of [`LIST_LIMIT`] followed with `before`).
+    pub async fn list_all(&self, token: &str, status: &str) -> Result<Vec<Listed>, String> {
+        let mut all: Vec<Listed> = Vec::new();
+        loop {
+            let before = all.last().map(|listed| listed.id);
+            let page = self.list(token, status, LIST_LIMIT, before).await?;
+            let full = page.len() == LIST_LIMIT;
+            all.extend(page);
+            if !full {
+                return Ok(all);
+            }
+        }
     }
 
     /// `GET /healthz`.

@@ -131,7 +131,10 @@ async fn run(args: Args) -> Result<bool, String> {
                 )
             }
             None => {
-                let many = matches!(name.as_str(), "throughput" | "latency" | "soak" | "open");
+                let many = matches!(
+                    name.as_str(),
+                    "throughput" | "latency" | "soak" | "deep" | "open"
+                );
                 let settings = DeploySettings {
                     stores: stores.clone(),
                     sim_latency: "0s".into(),
@@ -197,6 +200,7 @@ async fn run(args: Args) -> Result<bool, String> {
             "idle" => scenarios::idle(&ctx).await,
             "soak" => scenarios::soak(&ctx).await,
             "flood" => scenarios::flood(&ctx).await,
+            "deep" => scenarios::deep(&ctx).await,
             "open" => scenarios::open(&ctx).await,
             _ => unreachable!("checked by args::scenario_list"),
         };

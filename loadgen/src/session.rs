@@ -1,5 +1,7 @@
 //! WebSocket sessions of the gateway's users: each one's reader task records, per job, when
-//! each event arrived, checks `seq` for gaps, and counts what scenarios wait for.
+//! each event arrived, checks `seq` for gaps, and counts what scenarios wait for. Both the
+//! per-job `job.position` frame and a batched `job.positions` frame (one frame, many jobs) are
+//! understood, so the same scenarios measure the gateway before and after it batches positions.
 
 use crate::client::Api;
 use crate::ws::{self, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, WsReader, WsWriter};
@@ -28,11 +30,11 @@ pub struct JobTrace {
     pub error: Option<(Instant, String)>,
     /// When `job.cancelled` arrived.
     pub cancelled: Option<Instant>,
-    /// (time, position) of every `job.position`, when the session records them.
+    /// (time, position) of every position update, when the session records them.
     pub positions: Vec<(Instant, u32)>,
-    /// The latest position heard (`job.queued` or `job.position`).
+    /// The latest position heard (`job.queued`, `job.position` or an entry of `job.positions`).
     pub last_position: Option<u32>,
-    /// `job.position` frames received for this job.
+    /// Position updates received for this job.
     pub position_events: u32,
     /// `job.progress` and `job.preview` frames received.
     pub progress_events: u32,
@@ -65,8 +67,10 @@ pub struct Counters {
     pub terminal: AtomicU64,
     /// `job.complete` frames.
     pub complete: AtomicU64,
-    /// `job.position` frames.
+    /// Position updates: one per `job.position` frame, one per entry of a `job.positions` frame.
     pub position: AtomicU64,
+    /// Position frames: `job.position` and `job.positions` alike count one each.
+    pub position_frames: AtomicU64,
     /// `message.updated` frames.
     pub updated: AtomicU64,
     /// All text frames.
@@ -76,10 +80,13 @@ pub struct Counters {
 /// How a session behaves.
 #[derive(Clone, Default)]
 pub struct SessionOptions {
-    /// Keep every `job.position` with its time.
+    /// Keep every position update with its time.
     pub record_positions: bool,
     /// In `message.updated` frames, track `data.<key>.n` as the acknowledged patch number.
     pub patch_key: Option<String>,
+    /// Count position frames per whole second since this instant
+    /// ([`SessionState::position_frames_per_second`]).
+    pub position_buckets_since: Option<Instant>,
 }
 
 /// Shared state of one WebSocket session: written by its reader task.
@@ -90,6 +97,8 @@ pub struct SessionState {
     pub counters: Arc<Counters>,
     options: SessionOptions,
     patch_needle: Option<Vec<u8>>,
+    /// Position frames per whole second since `options.position_buckets_since`.
+    position_buckets: Mutex<Vec<u32>>,
     /// Text frames received.
     pub frames: AtomicU64,
     /// `seq` numbers skipped.
@@ -130,6 +139,14 @@ struct Frame<'a> {
     version: Option<i64>,
     queue_position: Option<u32>,
     error: Option<FrameError>,
+    /// The entries of a batched `job.positions` frame.
+    positions: Option<Vec<PositionEntry>>,
+}
+
+#[derive(Deserialize)]
+struct PositionEntry {
+    id: Uuid,
+    queue_position: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -148,6 +165,7 @@ impl SessionState {
             counters,
             options,
             patch_needle,
+            position_buckets: Mutex::new(Vec::new()),
             frames: AtomicU64::new(0),
             seq_gaps: AtomicU64::new(0),
             seq_regressions: AtomicU64::new(0),
@@ -200,6 +218,7 @@ impl SessionState {
                 }
             }
             "pong" => {}
+            "job.positions" => self.position_batch(frame.positions.unwrap_or_default(), now),
             "resync" => {
                 self.resyncs.fetch_add(1, Ordering::Relaxed);
             }
@@ -254,14 +273,8 @@ impl SessionState {
                     counters.queued.fetch_add(1, Ordering::Relaxed);
                 }
                 "job.position" => {
-                    trace.position_events += 1;
-                    if let Some(position) = frame.queue_position {
-                        trace.last_position = Some(position);
-                        if self.options.record_positions {
-                            trace.positions.push((now, position));
-                        }
-                    }
-                    counters.position.fetch_add(1, Ordering::Relaxed);
+                    self.position_update(trace, frame.queue_position, now);
+                    self.count_position_frame(now);
                 }
                 "job.processing" => {
                     if trace.processing.is_some() {
@@ -323,6 +336,56 @@ impl SessionState {
             counters.terminal.fetch_add(1, Ordering::Relaxed);
             self.done.add_permits(1);
         }
+    }
+}
+
+impl SessionState {
+    /// One position update of one job (a `job.position` frame or a `job.positions` entry).
+    fn position_update(&self, trace: &mut JobTrace, position: Option<u32>, now: Instant) {
+        trace.position_events += 1;
+        if let Some(position) = position {
+            trace.last_position = Some(position);
+            if self.options.record_positions {
+                trace.positions.push((now, position));
+            }
+        }
+        self.counters.position.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A batched `job.positions` frame: `{"positions":[{"id","queue_position","eta_s"},…]}`.
+    fn position_batch(&self, entries: Vec<PositionEntry>, now: Instant) {
+        self.count_position_frame(now);
+        let mut jobs = self.jobs.lock();
+        for entry in entries {
+            let trace = jobs.entry(entry.id).or_default();
+            self.position_update(trace, entry.queue_position, now);
+        }
+    }
+
+    fn count_position_frame(&self, now: Instant) {
+        self.counters
+            .position_frames
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(since) = self.options.position_buckets_since {
+            let second = now.saturating_duration_since(since).as_secs() as usize;
+            let mut buckets = self.position_buckets.lock();
+            if buckets.len() <= second {
+                buckets.resize(second + 1, 0);
+            }
+            buckets[second] += 1;
+        }
+    }
+
+    /// Position frames received in each whole second `from..to` (seconds since
+    /// `SessionOptions::position_buckets_since`); empty without it.
+    pub fn position_frames_per_second(&self, from: usize, to: usize) -> Vec<u32> {
+        if self.options.position_buckets_since.is_none() {
+            return Vec::new();
+        }
+        let buckets = self.position_buckets.lock();
+        (from..to)
+            .map(|second| buckets.get(second).copied().unwrap_or(0))
+            .collect()
     }
 }
 

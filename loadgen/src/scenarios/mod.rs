@@ -5,12 +5,16 @@
 //! - `flood` (issue 14): one WebSocket writing large `update_message` frames as fast as the
 //!   socket takes them, while another user submits jobs; the gateway's memory and the other
 //!   user's latency;
+//! - `deep` (issue 16): throughput and position traffic at growing queue depths, how fast a deep
+//!   queue drains with and without its owners' sessions, and stale positions once it stops;
 //! - `open` (issue 16): open-loop intake over many HTTP connections, like `wrk` on the POST.
 //!
 //! `common` holds the helpers (tokens, sessions, accounting, REST read-back), `drive` the load
 //! shapes (closed and open loop), `perf` the optional `perf record` of the gateway.
 
 mod common;
+mod deep;
+mod drain;
 mod drive;
 mod fanout;
 mod flood;
@@ -22,6 +26,7 @@ mod perf;
 mod soak;
 mod throughput;
 
+pub use deep::deep;
 pub use fanout::fanout;
 pub use flood::flood;
 pub use hot::hot;
