@@ -19,6 +19,9 @@
 //!                        --redis-url redis://127.0.0.1:6379
 //! target/release/loadgen --scenario throughput --duration 10s --clients 128
 //! target/release/loadgen --url http://127.0.0.1:8080 --sim-url http://127.0.0.1:7861 --gateway-pid 1234
+//! target/release/loadgen --scenario flood                  # issue 14: one WebSocket floods
+//! target/release/loadgen --scenario deep --sims 2 --forge-slots 64   # issue 16: deep queues
+//! target/release/loadgen --scenario open --connections 128 # issue 16: open-loop intake
 //! ```
 //!
 //! Definitions (all times are taken in the load generator, on receipt):
@@ -30,6 +33,8 @@
 //!   its `job.queued`/`job.processing`; duplicate: a second frame of the same type for a job
 //!   (`job.position`, `job.progress`, `job.preview`, `message.updated` excepted) or a second
 //!   event with the same version.
+//! - position frame: a `job.position`, or a batched `job.positions` (one frame, many jobs); a
+//!   position update: one job's new position, whichever frame carried it.
 
 mod args;
 mod client;
