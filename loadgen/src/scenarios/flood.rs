@@ -193,7 +193,9 @@ async fn write_flood(
             Ok(Err(err)) => break format!("a write failed: {err}"),
             Err(_) => {
                 partial = true;
-                break format!("one frame write blocked for {stall:?}: the server stopped reading");
+                break format!(
+                    "one frame write blocked for {stall:?} (--flood-write-stall): the server stopped reading, or reads slower than that"
+                );
             }
         }
     };
