@@ -43,6 +43,7 @@ mod report;
 mod sampling;
 mod scenarios;
 mod session;
+mod trace;
 mod ws;
 
 use args::Args;
