@@ -1,4 +1,5 @@
-//! Percentiles, per-scenario results and their Markdown/JSON rendering.
+//! Percentiles, per-scenario results and their Markdown/JSON rendering: every scenario reports
+//! in this one format, so runs and scenarios compare side by side.
 
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -7,14 +8,21 @@ use std::time::Duration;
 /// Percentiles of a sample, in milliseconds (nearest rank).
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct Summary {
+    /// Sample size.
     pub n: usize,
+    /// Median.
     pub p50: f64,
+    /// 95th percentile.
     pub p95: f64,
+    /// 99th percentile.
     pub p99: f64,
+    /// Largest value.
     pub max: f64,
+    /// Arithmetic mean.
     pub mean: f64,
 }
 
+/// Percentiles of `values` (nearest rank); `None` when empty.
 pub fn summarize(mut values: Vec<f64>) -> Option<Summary> {
     if values.is_empty() {
         return None;
@@ -32,6 +40,7 @@ pub fn summarize(mut values: Vec<f64>) -> Option<Summary> {
     })
 }
 
+/// A duration in milliseconds.
 pub fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
@@ -39,12 +48,16 @@ pub fn ms(duration: Duration) -> f64 {
 /// One measured quantity of a scenario.
 #[derive(Clone, Debug, Serialize)]
 pub struct Row {
+    /// What was measured.
     pub metric: String,
+    /// A rate, or empty.
     pub throughput: String,
+    /// Percentiles of the measured times (ms), when it is a latency.
     pub latency: Option<Summary>,
 }
 
 impl Row {
+    /// A row of the scenario's table.
     pub fn new(
         metric: impl Into<String>,
         throughput: impl Into<String>,
@@ -61,11 +74,17 @@ impl Row {
 /// The outcome of one scenario.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ScenarioResult {
+    /// The scenario's name.
     pub scenario: String,
+    /// Which stores the gateway ran on.
     pub stores: String,
+    /// One line saying what ran.
     pub config: String,
+    /// The measurements.
     pub rows: Vec<Row>,
+    /// The gateway's peak RSS over the measurement.
     pub peak_rss_mib: Option<f64>,
+    /// The gateway's RSS at the end of the measurement.
     pub end_rss_mib: Option<f64>,
     /// Jobs accepted (202) that never got a terminal event.
     pub lost_jobs: u64,
@@ -79,15 +98,18 @@ pub struct ScenarioResult {
     pub reordered: u64,
     /// Failures by kind: `job.error <code>`, `http <status> <code>`, `ws error <code>`, …
     pub errors: BTreeMap<String, u64>,
+    /// Free-form lines below the table.
     pub notes: Vec<String>,
     /// Warnings and errors the gateway logged: (level, message, count).
     pub gateway_log: Vec<(String, String, u64)>,
+    /// Scenario-specific numbers for the JSON output.
     pub extra: serde_json::Value,
     /// The scenario could not run to the end.
     pub failed: Option<String>,
 }
 
 impl ScenarioResult {
+    /// An empty result of `scenario` on `stores`.
     pub fn new(scenario: &str, stores: &str) -> ScenarioResult {
         ScenarioResult {
             scenario: scenario.into(),
@@ -97,12 +119,14 @@ impl ScenarioResult {
         }
     }
 
+    /// Counts `count` failures of `kind` (nothing when 0).
     pub fn error(&mut self, kind: impl Into<String>, count: u64) {
         if count > 0 {
             *self.errors.entry(kind.into()).or_default() += count;
         }
     }
 
+    /// Nothing lost, duplicated or resynced, and the scenario ran to the end.
     pub fn clean(&self) -> bool {
         self.lost_jobs == 0
             && self.lost_frames == 0

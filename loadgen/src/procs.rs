@@ -1,13 +1,13 @@
 //! Starting `forge-sim` and `forge-gateway`, reading their logs, sampling the gateway's memory,
 //! and cleaning up (children killed, temp dir removed, schema dropped, Redis keys deleted)
-//! whatever way the run ends.
+//! whatever way the run ends. The binaries are found next to the load generator's own
+//! executable (one cargo target directory for the whole workspace).
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -16,7 +16,9 @@ use tokio::sync::oneshot;
 /// Warnings and errors a child logged, by (level, message), with a count.
 #[derive(Default)]
 pub struct LogStats {
+    /// Warning and error lines by (level, message).
     pub by_message: Mutex<HashMap<(String, String), u64>>,
+    /// The last 30 lines of any level.
     pub tail: Mutex<std::collections::VecDeque<String>>,
 }
 
@@ -72,6 +74,7 @@ impl LogStats {
         list
     }
 
+    /// The last lines the child printed.
     pub fn tail(&self) -> Vec<String> {
         self.tail.lock().iter().cloned().collect()
     }
@@ -86,6 +89,7 @@ fn level_of(line: &str) -> String {
     String::new()
 }
 
+/// `text` cut to `max` characters, with `…` when cut.
 pub fn truncate(text: &str, max: usize) -> String {
     if text.chars().count() <= max {
         text.to_owned()
@@ -98,9 +102,13 @@ pub fn truncate(text: &str, max: usize) -> String {
 
 /// A started child that printed its URL.
 pub struct Started {
+    /// The process (killed when dropped).
     pub child: Child,
+    /// Its pid.
     pub pid: u32,
+    /// The URL from its `listening on` line.
     pub url: String,
+    /// What it logged.
     pub logs: Arc<LogStats>,
 }
 
@@ -190,7 +198,7 @@ pub fn sibling(name: &str) -> Result<PathBuf, String> {
         Ok(path)
     } else {
         Err(format!(
-            "{} not found (build it: cargo build --release --bin {name})",
+            "{} not found (build it: cargo build --release --workspace --bin {name})",
             path.display()
         ))
     }
@@ -199,11 +207,14 @@ pub fn sibling(name: &str) -> Result<PathBuf, String> {
 /// External stores for the gateway.
 #[derive(Clone, Debug, Default)]
 pub struct Stores {
+    /// PostgreSQL, or the embedded SQLite when unset.
     pub database_url: Option<String>,
+    /// Redis, or the in-process queue and events when unset.
     pub redis_url: Option<String>,
 }
 
 impl Stores {
+    /// "SQLite + in-process", "PostgreSQL + Redis", …
     pub fn label(&self) -> String {
         match (&self.database_url, &self.redis_url) {
             (None, None) => "SQLite + in-process".into(),
@@ -218,6 +229,7 @@ impl Stores {
 pub struct Deployment {
     /// The simulators (the first one is the one scenarios control).
     pub sims: Vec<Started>,
+    /// The gateway.
     pub gateway: Started,
     data_dir: PathBuf,
     schema: Option<(String, String)>,
@@ -225,20 +237,27 @@ pub struct Deployment {
     cleaned: bool,
 }
 
+/// How to start a [`Deployment`].
 pub struct DeploySettings {
+    /// Where the gateway keeps its state.
     pub stores: Stores,
+    /// The simulators' generation time (`--latency`).
     pub sim_latency: String,
     /// Simulators to start (one backend each).
     pub sims: usize,
     /// FORGE_SLOTS of the gateway, when set.
     pub forge_slots: Option<u32>,
+    /// WS_OUTBOX of the gateway.
     pub ws_outbox: u32,
     /// Where the fresh data directories go.
     pub data_dir_base: PathBuf,
+    /// More environment for the gateway.
     pub extra_env: Vec<(String, String)>,
 }
 
 impl Deployment {
+    /// Starts the simulators, then the gateway on a fresh data directory (and schema and key
+    /// prefix), with dev mode and a high MAX_PENDING_PER_USER.
     pub async fn start(settings: &DeploySettings) -> Result<Deployment, String> {
         let sim_path = sibling("forge-sim")?;
         let gateway_path = sibling("forge-gateway")?;
@@ -401,147 +420,5 @@ impl Cleanup {
                 }
             }
         }
-    }
-}
-
-/// Resident memory of a process, from `/proc/<pid>/status`, in KiB: (VmRSS, VmHWM).
-pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|line| line.starts_with(name))
-            .and_then(|line| line.split_whitespace().nth(1))
-            .and_then(|value| value.parse::<u64>().ok())
-    };
-    Some((field("VmRSS:")?, field("VmHWM:").unwrap_or(0)))
-}
-
-/// Resets the peak RSS (VmHWM) of `pid` so that it covers only what follows (Linux: `clear_refs` 5).
-pub fn reset_peak(pid: u32) {
-    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
-}
-
-/// CPU time (user + system) of a process so far, in seconds (`/proc/<pid>/stat`, 100 Hz ticks).
-pub fn cpu_seconds(pid: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
-}
-
-/// Busy and total jiffies of all CPUs so far (`/proc/stat`).
-pub fn system_cpu() -> Option<(f64, f64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().find(|line| line.starts_with("cpu "))?;
-    let values: Vec<f64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let total: f64 = values.iter().sum();
-    // idle and iowait
-    let idle = values.get(3).copied().unwrap_or(0.0) + values.get(4).copied().unwrap_or(0.0);
-    Some((total - idle, total))
-}
-
-/// Samples the gateway's RSS every 100 ms while it runs, and counts CPU time.
-pub struct RssSampler {
-    pid: Option<u32>,
-    started: std::time::Instant,
-    cpu_at_start: (Option<f64>, Option<f64>),
-    system_at_start: Option<(f64, f64)>,
-    others: Vec<(String, u32, Option<f64>)>,
-    peak: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct RssReport {
-    pub peak_kib: u64,
-    pub end_kib: u64,
-    /// Wall time of the measurement and CPU seconds of the gateway and of the load generator.
-    pub wall_s: f64,
-    pub gateway_cpu_s: Option<f64>,
-    pub loadgen_cpu_s: Option<f64>,
-    /// Share of all cores busy over the measurement (0..1).
-    pub system_busy: Option<f64>,
-    /// CPU seconds of other processes we started (simulators), by name.
-    pub others_cpu_s: Vec<(String, f64)>,
-}
-
-impl RssSampler {
-    /// Also counts the CPU time of `others` (name, pid).
-    pub fn start_with(pid: Option<u32>, others: Vec<(String, u32)>) -> RssSampler {
-        let peak = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let task = pid.map(|pid| {
-            reset_peak(pid);
-            let (peak, stop) = (peak.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_millis(100));
-                while !stop.load(Ordering::Relaxed) {
-                    tick.tick().await;
-                    if let Some((rss, _)) = rss_kib(pid) {
-                        peak.fetch_max(rss, Ordering::Relaxed);
-                    }
-                }
-            })
-        });
-        RssSampler {
-            pid,
-            started: std::time::Instant::now(),
-            cpu_at_start: (
-                pid.and_then(|pid| cpu_seconds(&pid.to_string())),
-                cpu_seconds("self"),
-            ),
-            system_at_start: system_cpu(),
-            others: others
-                .into_iter()
-                .map(|(name, pid)| {
-                    let cpu = cpu_seconds(&pid.to_string());
-                    (name, pid, cpu)
-                })
-                .collect(),
-            peak,
-            stop,
-            task,
-        }
-    }
-
-    pub async fn finish(mut self) -> Option<RssReport> {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-        let pid = self.pid?;
-        let (rss, hwm) = rss_kib(pid)?;
-        let diff = |start: Option<f64>, end: Option<f64>| Some(end? - start?);
-        Some(RssReport {
-            peak_kib: self.peak.load(Ordering::Relaxed).max(hwm).max(rss),
-            end_kib: rss,
-            wall_s: self.started.elapsed().as_secs_f64(),
-            gateway_cpu_s: diff(self.cpu_at_start.0, cpu_seconds(&pid.to_string())),
-            loadgen_cpu_s: diff(self.cpu_at_start.1, cpu_seconds("self")),
-            system_busy: self
-                .system_at_start
-                .zip(system_cpu())
-                .and_then(|(start, end)| {
-                    let total = end.1 - start.1;
-                    (total > 0.0).then(|| (end.0 - start.0) / total)
-                }),
-            others_cpu_s: self
-                .others
-                .iter()
-                .filter_map(|(name, pid, start)| {
-                    Some((name.clone(), cpu_seconds(&pid.to_string())? - (*start)?))
-                })
-                .collect(),
-        })
     }
 }

@@ -231,6 +231,14 @@ impl WsWriter {
         Ok(())
     }
 
+    /// Writes a frame already encoded with [`encode_frame`] (the flood scenario masks its
+    /// frames once, so that the writer is bound by the socket, not by masking).
+    pub async fn send_raw(&self, frame: &[u8]) -> Result<(), WsError> {
+        let mut half = self.half.lock().await;
+        half.write_all(frame).await?;
+        Ok(())
+    }
+
     /// Sends a text frame.
     pub async fn text(&self, text: &str) -> Result<(), WsError> {
         self.send(OP_TEXT, text.as_bytes()).await
