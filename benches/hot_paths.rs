@@ -2,22 +2,28 @@
 //!
 //! - merge: a small client patch into a ~2 KiB data object (`merge_client_data`);
 //! - change: `change::apply` of a client patch and of a progress report to a `Message`;
-//! - queue book: removing the first of 10,000 queued jobs and collecting the 9,999 position
-//!   updates; inserting at the tail of 10,000 (and removing it again, so the book stays 10,000);
-//! - events: `JobEvent::frame_body` (serialized once per event) and `with_seq` (once per
-//!   session), and a 20-message snapshot;
-//! - outbox: a session's `push`/`push_position` and the writer's `next_batch`.
+//! - queue book: taking the head of 100,000 queued jobs; inserting at the tail (and removing it
+//!   again); the positions of one user's 20 jobs in a queue of 100,000;
+//! - position feed: one tick telling 10,000 connected users their positions in a queue of
+//!   100,000 after a pop (the cost of live positions per tick);
+//! - events: `JobEvent::frame_body` (serialized once per event), positions frames, `with_seq`
+//!   (once per session), and a 20-message snapshot;
+//! - outbox: a session's `push`/`push_keyed` and the writer's `next_batch`.
 
 use chrono::Utc;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use forge_gateway::domain::change::{self, Change};
-use forge_gateway::domain::event::{JobEvent, JobEventKind, snapshot_frame_body, with_seq};
+use forge_gateway::domain::eta::EtaModel;
+use forge_gateway::domain::event::{
+    JobEvent, JobEventKind, positions_frame_body, snapshot_frame_body, with_seq,
+};
 use forge_gateway::domain::merge::merge_client_data;
 use forge_gateway::domain::message::{LivePosition, Message};
 use forge_gateway::domain::params::GenerationParams;
+use forge_gateway::domain::position_feed::{JobPosition, PositionFeed};
 use forge_gateway::domain::queue_book::{QueueBook, QueueChange, QueuedJob};
 use forge_gateway::domain::status::JobStatus;
-use forge_gateway::events::outbox::{Frame, Outbox};
+use forge_gateway::http::ws::outbox::{Coalesce, Frame, Outbox};
 use serde_json::{Value, json};
 use std::hint::black_box;
 use std::sync::Arc;
@@ -70,8 +76,9 @@ fn message(status: JobStatus, data: Value) -> Message {
     }
 }
 
-fn book(jobs: usize) -> QueueBook {
-    let users: Vec<Arc<str>> = (0..100).map(|u| Arc::from(format!("user-{u}"))).collect();
+/// `jobs` queued jobs of `users` users, round robin.
+fn book(jobs: usize, users: usize) -> QueueBook {
+    let users: Vec<Arc<str>> = (0..users).map(|u| Arc::from(format!("user-{u}"))).collect();
     let mut book = QueueBook::new();
     for ticket in 0..jobs as i64 {
         book.insert(QueuedJob {
@@ -115,47 +122,58 @@ fn apply(c: &mut Criterion) {
 fn queue_book(c: &mut Criterion) {
     let mut group = c.benchmark_group("queue_book");
     group.sample_size(30);
-    let full = book(10_000);
-    let first = Uuid::from_u128(1);
-    group.bench_function(
-        "remove first of 10k + collect 9,999 position updates",
-        |b| {
-            b.iter_batched(
-                || full.clone(),
-                |mut book| {
-                    let updates = book.apply(QueueChange::Removed { id: first });
-                    assert_eq!(updates.len(), 9_999);
-                    (book, updates)
-                },
-                BatchSize::LargeInput,
-            )
-        },
-    );
+    let full = book(100_000, 5_000);
+    group.bench_function("take the head of 100k", |b| {
+        b.iter_batched(
+            || full.clone(),
+            |mut book| {
+                let head = book.pop_front();
+                (book, head)
+            },
+            BatchSize::LargeInput,
+        )
+    });
     let tail = QueuedJob {
         id: Uuid::from_u128(u128::MAX),
         user_id: Arc::from("user-tail"),
-        ticket: 10_000,
+        ticket: 100_000,
     };
     // On a long-lived book (a fresh clone has no spare capacity, so its first insert would
     // measure a reallocation): insert at the tail, then take the job out again.
     let mut book = full.clone();
-    group.bench_function("insert at the tail of 10k (+ remove it again)", |b| {
+    group.bench_function("apply Added at the tail of 100k (+ remove again)", |b| {
         b.iter(|| {
-            let position = book.insert(black_box(tail.clone()));
+            let changed = book.apply(QueueChange::Added(black_box(tail.clone())));
             book.remove(&tail.id);
-            position
+            changed
         })
     });
-    group.bench_function(
-        "apply Added at the tail of 10k + its update (+ remove again)",
-        |b| {
-            b.iter(|| {
-                let updates = book.apply(QueueChange::Added(black_box(tail.clone())));
-                book.remove(&tail.id);
-                updates
-            })
-        },
-    );
+    group.bench_function("positions of one user's 20 jobs in 100k", |b| {
+        b.iter(|| black_box(&book).positions_of(black_box("user-42")))
+    });
+    group.finish();
+}
+
+fn position_feed(c: &mut Criterion) {
+    let mut group = c.benchmark_group("position_feed");
+    group.sample_size(20);
+    // 100,000 queued jobs of 10,000 users (10 each), all of them connected here.
+    let mut mirror = book(100_000, 10_000);
+    let mut feed = PositionFeed::new();
+    for user in 0..10_000 {
+        feed.watch(Arc::from(format!("user-{user}")));
+    }
+    let mut eta = EtaModel::new(4);
+    eta.record(2.0);
+    let now = std::time::Instant::now();
+    feed.tick(&mirror, &eta, now, Duration::ZERO);
+    group.bench_function("tick after a pop: 10k users, 100k queued", |b| {
+        b.iter(|| {
+            mirror.pop_front();
+            feed.changed();
+            black_box(feed.tick(&mirror, &eta, now, Duration::ZERO).len())
+        })
+    });
     group.finish();
 }
 
@@ -172,14 +190,6 @@ fn events(c: &mut Criterion) {
             seed: None,
         },
     };
-    let position = JobEvent {
-        version: None,
-        kind: JobEventKind::Position {
-            queue_position: 1234,
-            eta_s: Some(56),
-        },
-        ..complete.clone()
-    };
     let updated = JobEvent {
         version: Some(9),
         kind: JobEventKind::Updated { data: data_2k() },
@@ -188,8 +198,23 @@ fn events(c: &mut Criterion) {
     group.bench_function("frame_body job.complete", |b| {
         b.iter(|| black_box(&complete).frame_body())
     });
-    group.bench_function("frame_body job.position", |b| {
-        b.iter(|| black_box(&position).frame_body())
+    let one = [JobPosition {
+        id: Uuid::now_v7(),
+        queue_position: 1234,
+        eta_s: Some(56),
+    }];
+    let twenty: Vec<JobPosition> = (0..20)
+        .map(|i| JobPosition {
+            id: Uuid::from_u128(i + 1),
+            queue_position: 1000 + i as u32,
+            eta_s: Some(60),
+        })
+        .collect();
+    group.bench_function("job.position frame", |b| {
+        b.iter(|| positions_frame_body(black_box(&one)))
+    });
+    group.bench_function("job.positions frame of 20 jobs", |b| {
+        b.iter(|| positions_frame_body(black_box(&twenty)))
     });
     group.bench_function("frame_body message.updated (2 KiB data)", |b| {
         b.iter(|| black_box(&updated).frame_body())
@@ -226,27 +251,29 @@ fn outbox(c: &mut Criterion) {
         }
         .frame_body(),
     );
-    let outbox = Outbox::new(256);
+    let outbox = Outbox::new(256, 512 * 1024);
     group.bench_function("push + next_batch (1 frame)", |b| {
         b.iter(|| {
             outbox.push(Frame::Text(body.clone()));
             futures::executor::block_on(outbox.next_batch())
         })
     });
-    let ids: Vec<Uuid> = (0..8).map(|i| Uuid::from_u128(i + 1)).collect();
-    group.bench_function("8 events + 8×4 coalescing positions + next_batch", |b| {
-        b.iter(|| {
-            for id in &ids {
-                outbox.push(Frame::Text(body.clone()));
-                for _ in 0..4 {
-                    outbox.push_position(*id, body.clone());
+    group.bench_function(
+        "8 events + 32 coalescing positions frames + next_batch",
+        |b| {
+            b.iter(|| {
+                for _ in 0..8 {
+                    outbox.push(Frame::Text(body.clone()));
+                    for _ in 0..4 {
+                        outbox.push_keyed(Frame::Text(body.clone()), Some(Coalesce::Positions));
+                    }
                 }
-            }
-            let batch = futures::executor::block_on(outbox.next_batch());
-            assert_eq!(batch.len(), 16);
-            batch
-        })
-    });
+                let batch = futures::executor::block_on(outbox.next_batch());
+                assert_eq!(batch.len(), 9);
+                batch
+            })
+        },
+    );
     group.finish();
 }
 
@@ -260,6 +287,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = hot_paths;
     config = config();
-    targets = merge, apply, queue_book, events, outbox
+    targets = merge, apply, queue_book, position_feed, events, outbox
 }
 criterion_main!(hot_paths);

@@ -13,7 +13,8 @@ use forge_gateway::domain::message::Message;
 use forge_gateway::domain::outages::Outages;
 use forge_gateway::domain::params::GenerationParams;
 use forge_gateway::domain::status::JobStatus;
-use forge_gateway::events::{LocalBus, SessionHub};
+use forge_gateway::events::registry::SessionCaps;
+use forge_gateway::events::{LocalBus, SessionRegistry};
 use forge_gateway::metrics::Metrics;
 use serde_json::json;
 use std::sync::Arc;
@@ -112,7 +113,13 @@ async fn bench(label: &str, settings: DbSettings) {
     for fold in [true, false] {
         let mut limits = StoreLimits::for_backend(db.backend_name(), settings.max_connections);
         limits.fold = fold;
-        let bus = LocalBus::new(SessionHub::new());
+        let bus = LocalBus::new(SessionRegistry::start(
+            &actix::Arbiter::current(),
+            SessionCaps {
+                per_user: 1,
+                total: 1,
+            },
+        ));
         let store = StoreHandle::new(
             MessageStoreActor::new(
                 db.clone(),

@@ -704,8 +704,9 @@ async fn a_late_client_gets_every_pending_job_in_its_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_sessions_all_get_hello_and_snapshot() {
     let (app, _storage) = TestApp::spawn_with(slow_sim(), &[]).await;
+    // 125 users with 8 sessions each: MAX_SESSIONS_PER_USER's default.
     let mut tokens = Vec::new();
-    for n in 0..10 {
+    for n in 0..125 {
         tokens.push(app.token(&format!("user{n}")).await);
     }
     let sessions = futures::future::join_all(
@@ -787,14 +788,14 @@ async fn dev_mode_off_hides_the_token_endpoint() {
         &[sim.url()],
         &[
             "--auth-jwt-secret",
-            "a-real-secret-of-some-length",
+            "a-real-secret-of-at-least-32-bytes",
             "--admin-token",
             "admin-token-123",
         ],
     );
     config.dev_mode = Some(false);
     let app = forge_gateway::app::start(config).await.expect("starts");
-    let answer = reqwest::Client::new()
+    let answer = http_client()
         .post(format!("{}/api/v1/dev/token", app.url()))
         .json(&json!({"user": "x"}))
         .send()
@@ -808,7 +809,7 @@ async fn dev_mode_off_hides_the_token_endpoint() {
         .await
         .expect("json");
     assert!(doc["paths"].get("/api/v1/dev/token").is_none());
-    let metrics = reqwest::Client::new()
+    let metrics = http_client()
         .get(format!("{}/admin/metrics", app.url()))
         .bearer_auth("admin-token-123")
         .send()

@@ -258,7 +258,7 @@ async fn two_backends_run_two_jobs_at_the_same_time() {
         app: Some(app),
         data_dir: storage.dir.path().to_owned(),
         base: base.clone(),
-        http: reqwest::Client::new(),
+        http: http_client(),
         sim: first,
     };
     let token = client.token("alice").await;

@@ -326,7 +326,7 @@ async fn five_hundred_jobs_from_fifty_clients_on_two_processes_with_failures_are
         async move {
             let client = Client {
                 base: submit_to,
-                http: reqwest::Client::new(),
+                http: http_client(),
             };
             let mut ids = HashSet::new();
             for k in 0..10 {
@@ -367,7 +367,7 @@ async fn five_hundred_jobs_from_fifty_clients_on_two_processes_with_failures_are
             );
             let reader = Client {
                 base,
-                http: reqwest::Client::new(),
+                http: http_client(),
             };
             for id in &ids {
                 let done = reader

@@ -12,11 +12,11 @@
 mod common;
 use actix::{Actor, Context, Handler};
 use common::{TcpProxy, delete_redis_prefix, plain_client};
-use forge_gateway::actors::session::Deliver;
 use forge_gateway::domain::event::{JobEvent, JobEventKind};
 use forge_gateway::domain::queue_book::{QueueBook, QueueChange, QueuedJob};
 use forge_gateway::events::redis_bus::RedisBus;
-use forge_gateway::events::{EventBus, SessionHub};
+use forge_gateway::events::registry::{Deliver, Permit, SessionCaps};
+use forge_gateway::events::{EventBus, SessionRegistry};
 use forge_gateway::queue::memory::MemoryQueue;
 use forge_gateway::queue::redis::RedisQueue;
 use forge_gateway::queue::{FeedItem, QueueError, QueueStore};
@@ -1074,16 +1074,32 @@ impl Handler<Deliver> for FakeSession {
     }
 }
 
-fn fake_session(hub: &SessionHub, user: &str) -> tokio::sync::mpsc::UnboundedReceiver<Deliver> {
+/// A registry on the test's arbiter.
+fn registry() -> SessionRegistry {
+    SessionRegistry::start(
+        &actix::Arbiter::current(),
+        SessionCaps {
+            per_user: 8,
+            total: 100,
+        },
+    )
+}
+
+/// A session of `user` in `registry`: its permit (keep it) and what it receives.
+async fn fake_session(
+    registry: &SessionRegistry,
+    user: &str,
+) -> (Permit, tokio::sync::mpsc::UnboundedReceiver<Deliver>) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    hub.register(user, FakeSession(tx).start().recipient());
-    rx
+    let permit = registry.admit(user).await.expect("admitted");
+    registry.attach(&permit, FakeSession(tx).start().recipient());
+    (permit, rx)
 }
 
 async fn next_frame(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Deliver>) -> String {
     match tokio::time::timeout(DEADLINE, rx.recv()).await {
-        Ok(Some(Deliver::Frame { body, .. })) => body.to_string(),
-        Ok(Some(Deliver::Shutdown)) => panic!("unexpected shutdown"),
+        Ok(Some(Deliver::Event { body, .. })) => body.to_string(),
+        Ok(Some(other)) => panic!("unexpected {other:?}"),
         Ok(None) => panic!("the session channel closed"),
         Err(_) => panic!("no frame within {DEADLINE:?}"),
     }
@@ -1103,16 +1119,16 @@ fn event(user: &str, n: u128, version: i64) -> JobEvent {
 async fn redis_bus_delivers_each_event_once_to_every_process() {
     let url = redis_url();
     let prefix = fresh_prefix();
-    let (hub_a, hub_b) = (SessionHub::new(), SessionHub::new());
+    let (hub_a, hub_b) = (registry(), registry());
     let bus_a = RedisBus::connect(&url, &prefix, hub_a.clone())
         .await
         .expect("bus a");
     let bus_b = RedisBus::connect(&url, &prefix, hub_b.clone())
         .await
         .expect("bus b");
-    let mut on_a = fake_session(&hub_a, "alice");
-    let mut on_b = fake_session(&hub_b, "alice");
-    let mut bob_on_b = fake_session(&hub_b, "bob");
+    let (_a, mut on_a) = fake_session(&hub_a, "alice").await;
+    let (_b, mut on_b) = fake_session(&hub_b, "alice").await;
+    let (_c, mut bob_on_b) = fake_session(&hub_b, "bob").await;
 
     let first = event("alice", 1, 1);
     bus_a.publish(first.clone()).await;
@@ -1145,11 +1161,11 @@ async fn redis_bus_delivers_each_event_once_to_every_process() {
 async fn redis_bus_skips_malformed_messages() {
     let url = redis_url();
     let prefix = fresh_prefix();
-    let hub = SessionHub::new();
+    let hub = registry();
     let bus = RedisBus::connect(&url, &prefix, hub.clone())
         .await
         .expect("bus");
-    let mut session = fake_session(&hub, "alice");
+    let (_permit, mut session) = fake_session(&hub, "alice").await;
     let admin = plain_client(&url).await;
     let channel = format!("{{{prefix}}}:events");
     for garbage in ["not json", "{\"user_id\":\"alice\"}", "[]"] {

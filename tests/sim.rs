@@ -31,6 +31,7 @@ async fn start(config: SimConfig) -> Result<SimServer, std::io::Error> {
 
 /// A client that ignores proxy variables of the environment and never waits forever.
 fn client() -> reqwest::Client {
+    forge_gateway::forge_client::install_default_provider();
     reqwest::Client::builder()
         .no_proxy()
         .timeout(PATIENCE)
@@ -587,6 +588,7 @@ async fn fail_rate_one_fails_every_request() -> TestResult {
     })
     .await?;
     // A fresh connection per request, so a reset cannot be retried on a pooled one.
+    forge_gateway::forge_client::install_default_provider();
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(PATIENCE)
@@ -619,6 +621,7 @@ async fn the_same_seed_fails_the_same_requests() -> TestResult {
         seed: 1234,
         ..instant()
     };
+    forge_gateway::forge_client::install_default_provider();
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(PATIENCE)

@@ -23,6 +23,15 @@ fn slow_sim(seconds: f64) -> SimConfig {
     }
 }
 
+/// One user writing from 25 sockets at once, as fast as they can: the session caps and the
+/// command rate are not what these tests are about.
+const HOT: &[&str] = &[
+    "--max-sessions-per-user",
+    "64",
+    "--ws-commands-per-second",
+    "100000",
+];
+
 fn patch(writer: usize, n: usize) -> Value {
     json!({
         format!("w{writer}_k{n}"): n,
@@ -81,9 +90,17 @@ async fn concurrent_writers_lose_nothing(app: &TestApp, other: Option<&TestApp>)
                     ws.send(json!({"type": "update_message", "id": id, "data": patch(writer, n)}))
                         .await;
                 }
-                // A ping answered after the patches proves they were all read.
-                ws.send(json!({"type": "ping"})).await;
-                ws.wait_for("pong", |frame| frame["type"] == "pong").await;
+                // A session applies its patches in order, so once its last one shows, all of
+                // them were applied (commands still queued when a socket closes are dropped, so
+                // a writer keeps its socket open until then).
+                let last = format!("w{writer}_k{}", PATCHES - 1);
+                let client = Client {
+                    base: base.clone(),
+                    http: http.clone(),
+                };
+                client
+                    .wait_message(&token, &id, |m| m["data"].get(&last).is_some())
+                    .await;
                 assert!(
                     ws.seen.iter().all(|frame| frame["type"] != "error"),
                     "errors: {:?}",
@@ -139,7 +156,7 @@ async fn concurrent_writers_lose_nothing(app: &TestApp, other: Option<&TestApp>)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_writers_and_the_pipeline_lose_nothing() {
-    let (app, _storage) = TestApp::spawn_with(slow_sim(1.5), &[]).await;
+    let (app, _storage) = TestApp::spawn_with(slow_sim(1.5), HOT).await;
     concurrent_writers_lose_nothing(&app, None).await;
     let metrics = app.metrics().await;
     let merges = metric(&metrics, "forge_gateway_store_merges_total");
@@ -157,8 +174,8 @@ async fn two_store_instances_on_one_database_lose_nothing() {
         "set TEST_DATABASE_URL=postgres://… to run this test"
     );
     let storage = Storage::fresh();
-    let a = TestApp::start(&storage, slow_sim(1.5), &[]).await;
-    let b = TestApp::start(&storage, slow_sim(1.5), &[]).await;
+    let a = TestApp::start(&storage, slow_sim(1.5), HOT).await;
+    let b = TestApp::start(&storage, slow_sim(1.5), HOT).await;
     concurrent_writers_lose_nothing(&a, Some(&b)).await;
     let retries = metric(
         &a.metrics().await,

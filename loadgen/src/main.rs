@@ -64,6 +64,7 @@ pub fn log(message: impl AsRef<str>) {
 
 fn main() -> ExitCode {
     START.get_or_init(Instant::now);
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))

@@ -3,5 +3,4 @@
 
 pub mod forge;
 pub mod queue;
-pub mod session;
 pub mod store;

@@ -2,6 +2,7 @@
 
 use crate::domain::catalogue::JobError;
 use crate::domain::message::{MessageView, Notice};
+use crate::domain::position_feed::JobPosition;
 use crate::domain::status::JobStatus;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -14,7 +15,7 @@ pub struct JobEvent {
     pub user_id: String,
     /// The message.
     pub message_id: Uuid,
-    /// The message's version after the change; `None` for live position updates, which change no record.
+    /// The message's version after the change (`None` only for an event that changes no record).
     pub version: Option<i64>,
     /// What happened.
     pub kind: JobEventKind,
@@ -29,14 +30,6 @@ pub enum JobEventKind {
     Queued {
         /// Its position when it entered.
         queue_position: Option<u32>,
-    },
-    /// Its live position changed.
-    #[serde(rename = "job.position")]
-    Position {
-        /// The new position.
-        queue_position: u32,
-        /// Estimated seconds until done.
-        eta_s: Option<u32>,
     },
     /// A backend took it.
     #[serde(rename = "job.processing")]
@@ -95,7 +88,6 @@ impl JobEventKind {
     pub fn type_name(&self) -> &'static str {
         match self {
             JobEventKind::Queued { .. } => "job.queued",
-            JobEventKind::Position { .. } => "job.position",
             JobEventKind::Processing { .. } => "job.processing",
             JobEventKind::Progress { .. } => "job.progress",
             JobEventKind::Preview { .. } => "job.preview",
@@ -109,7 +101,7 @@ impl JobEventKind {
     /// The status the message is in after this event, for job events that imply one.
     pub fn status(&self) -> Option<JobStatus> {
         match self {
-            JobEventKind::Queued { .. } | JobEventKind::Position { .. } => Some(JobStatus::Queued),
+            JobEventKind::Queued { .. } => Some(JobStatus::Queued),
             JobEventKind::Processing { .. }
             | JobEventKind::Progress { .. }
             | JobEventKind::Preview { .. } => Some(JobStatus::Processing),
@@ -159,6 +151,39 @@ pub fn snapshot_frame_body(messages: &[MessageView]) -> String {
     control_frame_body("snapshot", fields)
 }
 
+/// The frame telling a user the live positions of their queued jobs: `job.position` for one
+/// job, `job.positions` (`{"type":"job.positions","positions":[{"id","queue_position","eta_s"}…]}`)
+/// for several. Neither carries a version: positions change no record.
+pub fn positions_frame_body(positions: &[JobPosition]) -> String {
+    if let [one] = positions {
+        let mut fields = serde_json::Map::new();
+        fields.insert("id".into(), Value::String(one.id.to_string()));
+        fields.insert("queue_position".into(), Value::from(one.queue_position));
+        fields.insert(
+            "eta_s".into(),
+            serde_json::to_value(one.eta_s).unwrap_or(Value::Null),
+        );
+        fields.insert(
+            "status".into(),
+            Value::String(JobStatus::Queued.as_str().into()),
+        );
+        return control_frame_body("job.position", fields);
+    }
+    let entries = positions
+        .iter()
+        .map(|position| {
+            serde_json::json!({
+                "id": position.id,
+                "queue_position": position.queue_position,
+                "eta_s": position.eta_s,
+            })
+        })
+        .collect();
+    let mut fields = serde_json::Map::new();
+    fields.insert("positions".into(), Value::Array(entries));
+    control_frame_body("job.positions", fields)
+}
+
 /// Splices `"seq":N` into a frame body made by [`JobEvent::frame_body`] or [`control_frame_body`].
 pub fn with_seq(body: &str, seq: u64) -> String {
     let rest = body.strip_prefix('{').unwrap_or(body);
@@ -190,17 +215,6 @@ mod tests {
             json!({"seq": 9, "type": "job.complete", "id": Uuid::nil(), "version": 3, "status": "complete",
                    "image_url": "/images/x.png", "placeholder": false, "notice": null, "seed": 7})
         );
-        let position = JobEvent {
-            version: None,
-            kind: JobEventKind::Position {
-                queue_position: 2,
-                eta_s: Some(8),
-            },
-            ..event
-        };
-        let frame: Value = serde_json::from_str(&with_seq(&position.frame_body(), 1)).unwrap();
-        assert_eq!(frame["queue_position"], 2);
-        assert!(frame.get("version").is_none());
     }
 
     #[test]
@@ -218,6 +232,37 @@ mod tests {
         };
         let text = serde_json::to_string(&event).unwrap();
         assert_eq!(serde_json::from_str::<JobEvent>(&text).unwrap(), event);
+    }
+
+    #[test]
+    fn one_position_is_a_job_position_and_several_a_job_positions_frame() {
+        let id = Uuid::from_u128(1);
+        let one = [JobPosition {
+            id,
+            queue_position: 3,
+            eta_s: Some(9),
+        }];
+        let frame: Value = serde_json::from_str(&positions_frame_body(&one)).unwrap();
+        assert_eq!(
+            frame,
+            json!({"type": "job.position", "id": id, "queue_position": 3, "eta_s": 9, "status": "queued"})
+        );
+        let two = [
+            one[0],
+            JobPosition {
+                id: Uuid::from_u128(2),
+                queue_position: 7,
+                eta_s: None,
+            },
+        ];
+        let frame: Value = serde_json::from_str(&positions_frame_body(&two)).unwrap();
+        assert_eq!(
+            frame,
+            json!({"type": "job.positions", "positions": [
+                {"id": id, "queue_position": 3, "eta_s": 9},
+                {"id": Uuid::from_u128(2), "queue_position": 7, "eta_s": null},
+            ]})
+        );
     }
 
     #[test]

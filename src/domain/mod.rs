@@ -12,5 +12,6 @@ pub mod merge;
 pub mod message;
 pub mod outages;
 pub mod params;
+pub mod position_feed;
 pub mod queue_book;
 pub mod status;

@@ -1,15 +1,15 @@
 //! Job events on their way to browsers.
 //!
 //! The pipeline publishes [`JobEvent`]s on an [`EventBus`]; every gateway process's
-//! [`SessionHub`] hands each event to the local sessions of the event's user. In the embedded
-//! mode the bus is the hub itself; with Redis every process publishes to one channel and
-//! delivers what it receives, its own events included, so each session gets each event once.
+//! [`SessionRegistry`] hands each event to the local sessions of the event's user. In the
+//! embedded mode the bus delivers straight to the registry; with Redis every process publishes
+//! to one channel and delivers what it receives, its own events included, so each session gets
+//! each event once.
 
-pub mod hub;
-pub mod outbox;
 pub mod redis_bus;
+pub mod registry;
 
-pub use hub::SessionHub;
+pub use registry::SessionRegistry;
 
 use crate::domain::event::JobEvent;
 use std::sync::Arc;
@@ -31,19 +31,19 @@ pub trait EventBus: Send + Sync {
 
 /// The embedded mode's bus: straight to this process's sessions.
 pub struct LocalBus {
-    hub: SessionHub,
+    registry: SessionRegistry,
 }
 
 impl LocalBus {
-    /// A bus delivering to `hub`.
-    pub fn new(hub: SessionHub) -> Arc<Self> {
-        Arc::new(LocalBus { hub })
+    /// A bus delivering to `registry`.
+    pub fn new(registry: SessionRegistry) -> Arc<Self> {
+        Arc::new(LocalBus { registry })
     }
 }
 
 #[async_trait::async_trait]
 impl EventBus for LocalBus {
     async fn publish(&self, event: JobEvent) {
-        self.hub.dispatch(&event);
+        self.registry.dispatch(event);
     }
 }

@@ -3,12 +3,12 @@
 //! Every process publishes its [`JobEvent`]s as JSON (one event, or an array of the events that
 //! committed together) on the channel `{<prefix>}:events` and
 //! subscribes to it; whatever arrives (its own events included) goes to this process's
-//! [`SessionHub`]. A session is registered in exactly one process, so each session gets each
+//! [`SessionRegistry`]. A session is registered in exactly one process, so each session gets each
 //! event exactly once. Pub/sub is fire-and-forget: an event published while Redis is away is
 //! lost, which is acceptable because the database stays the record and clients catch up with
 //! a snapshot.
 
-use super::{EventBus, SessionHub};
+use super::{EventBus, SessionRegistry};
 use crate::domain::event::JobEvent;
 use crate::queue::redis::{Received, Role, Subscription, builder, check_prefix};
 use fred::clients::SubscriberClient;
@@ -32,12 +32,12 @@ pub struct RedisBus {
 
 impl RedisBus {
     /// Connects to `url`, subscribes to `{prefix}:events` and starts delivering what arrives
-    /// there to `hub`. Fails if Redis cannot be reached now; afterwards both connections
+    /// there to `registry`. Fails if Redis cannot be reached now; afterwards both connections
     /// reconnect by themselves.
     pub async fn connect(
         url: &str,
         prefix: &str,
-        hub: SessionHub,
+        registry: SessionRegistry,
     ) -> Result<Arc<RedisBus>, String> {
         check_prefix(prefix)?;
         let channel = format!("{{{prefix}}}:events");
@@ -56,7 +56,7 @@ impl RedisBus {
             }
         };
         let subscriber = subscription.client();
-        let task = tokio::spawn(run_delivery(subscription, hub));
+        let task = tokio::spawn(run_delivery(subscription, registry));
         Ok(Arc::new(RedisBus {
             publisher,
             subscriber,
@@ -171,8 +171,8 @@ fn decode(text: &str) -> Result<Vec<JobEvent>, String> {
     }
 }
 
-/// Hands every event arriving on the channel to `hub` until the subscriber closes.
-async fn run_delivery(mut subscription: Subscription, hub: SessionHub) {
+/// Hands every event arriving on the channel to `registry` until the subscriber closes.
+async fn run_delivery(mut subscription: Subscription, registry: SessionRegistry) {
     loop {
         match subscription.next().await {
             Received::Message(value) => {
@@ -182,8 +182,8 @@ async fn run_delivery(mut subscription: Subscription, hub: SessionHub) {
                     .and_then(|text| decode(&text));
                 match events {
                     Ok(events) => {
-                        for event in &events {
-                            hub.dispatch(event);
+                        for event in events {
+                            registry.dispatch(event);
                         }
                     }
                     Err(err) => {
@@ -195,14 +195,14 @@ async fn run_delivery(mut subscription: Subscription, hub: SessionHub) {
                 tracing::warn!(
                     "event subscriber reconnected; events published meanwhile may be lost: telling every session to resync"
                 );
-                hub.resync_all();
+                registry.resync_all();
             }
             Received::Lagged(missed) => {
                 tracing::warn!(
                     missed,
                     "event subscriber lagged; events were lost: telling every session to resync"
                 );
-                hub.resync_all();
+                registry.resync_all();
             }
             Received::Closed => break,
         }

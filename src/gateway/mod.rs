@@ -295,19 +295,45 @@ impl Gateway {
         }
     }
 
-    /// Whether the database and the queue store answer.
-    pub async fn ready(&self) -> Result<(), String> {
-        self.inner
+    /// Whether the database and the queue store answer, each with why not.
+    pub async fn readiness(&self) -> Readiness {
+        let (database, queue) = tokio::join!(self.inner.db.ping(), self.inner.queue.ping());
+        Readiness {
+            database: database.map_err(|err| err.to_string()),
+            queue: queue.map_err(|err| err.to_string()),
+        }
+    }
+
+    /// `user`'s pending messages, oldest first, for a new WebSocket session: their positions
+    /// are read from this process's queue mirror (with its version), the source of every
+    /// position the session sends later.
+    pub async fn snapshot(&self, user: &str) -> Result<Snapshot, ApiError> {
+        let messages = self
+            .inner
             .db
-            .ping()
+            .pending_for_user(user)
             .await
-            .map_err(|err| format!("database: {err}"))?;
-        self.inner
+            .map_err(db_error)?;
+        let (positions_version, positions) = self
+            .inner
             .queue
-            .ping()
+            .mirror_positions(user)
             .await
-            .map_err(|err| format!("queue: {err}"))?;
-        Ok(())
+            .ok_or(ApiError::Unavailable)?;
+        let live = LivePositions {
+            positions: Some(positions.iter().copied().collect()),
+            eta: self.inner.queue.eta(),
+        };
+        let now = Utc::now();
+        let views = messages
+            .into_iter()
+            .map(|message| message.view(live.of(&message), now))
+            .collect();
+        Ok(Snapshot {
+            views,
+            positions_version,
+            positions,
+        })
     }
 
     async fn owned(&self, user: &str, id: Uuid) -> Result<Message, ApiError> {
@@ -365,6 +391,33 @@ impl Gateway {
             eta: self.inner.queue.eta(),
         }
     }
+}
+
+/// Whether each dependency answers (`Err` holds why not, for the log and the admin).
+#[derive(Clone, Debug)]
+pub struct Readiness {
+    /// The database.
+    pub database: Result<(), String>,
+    /// The queue store.
+    pub queue: Result<(), String>,
+}
+
+impl Readiness {
+    /// Whether everything answers.
+    pub fn is_ready(&self) -> bool {
+        self.database.is_ok() && self.queue.is_ok()
+    }
+}
+
+/// What a new WebSocket session shows first.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// The user's pending messages, oldest first.
+    pub views: Vec<MessageView>,
+    /// The version of the queue mirror the positions were read at.
+    pub positions_version: u64,
+    /// The positions of the user's queued messages in the mirror.
+    pub positions: Vec<(Uuid, u32)>,
 }
 
 /// Live positions of some messages (`None`: the queue store could not be read).

@@ -76,12 +76,13 @@ where
             None => Err(ApiError::NotFound),
         },
         ["admin", "metrics"] if get => metrics(headers, state).await,
+        ["admin", "status"] if get => status(headers, state).await,
         ["api", "v1", "dev", "token"] if state.dev_mode && post => {
             dev_token(body, headers, state).await
         }
         ["api", "v1", "messages"] if post => {
             let user = user(headers, state)?;
-            let body = read_json(body, headers).await?;
+            let body = read_json(body, headers, state.limits.body_timeout).await?;
             let request = CreateRequest::from_json(&body)?;
             let key = idempotency_key(headers)?;
             let view = state.gateway.submit(&user, request, key, None).await?;
@@ -104,7 +105,7 @@ where
         ["api", "v1", "messages", id] if *method == Method::PATCH => {
             let user = user(headers, state)?;
             let id = message_id(id)?;
-            let body = read_json(body, headers).await?;
+            let body = read_json(body, headers, state.limits.body_timeout).await?;
             let Some(object) = body.as_object() else {
                 return Err(ApiError::InvalidJson {
                     message: "İstek gövdesi bir JSON nesnesi olmalıdır.".into(),
@@ -123,7 +124,7 @@ where
         ["api", "v1", "messages", id, "retry"] if post => {
             let user = user(headers, state)?;
             let key = idempotency_key(headers)?;
-            let reuse_seed = retry_options(body, headers).await;
+            let reuse_seed = retry_options(body, headers, state.limits.body_timeout).await;
             let view = state
                 .gateway
                 .retry(&user, message_id(id)?, key, reuse_seed)
@@ -146,7 +147,8 @@ fn allowed_methods(segments: &[&str], dev_mode: bool) -> Option<&'static str> {
         | ["openapi.json"]
         | ["ws"]
         | ["images", _]
-        | ["admin", "metrics"] => Some("GET, HEAD"),
+        | ["admin", "metrics"]
+        | ["admin", "status"] => Some("GET, HEAD"),
         ["api", "v1", "dev", "token"] if dev_mode => Some("POST"),
         ["api", "v1", "messages"] => Some("GET, HEAD, POST"),
         ["api", "v1", "messages", _] => Some("GET, HEAD, PATCH"),
@@ -184,8 +186,26 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(String::from_utf8_lossy(key).into_owned()))
 }
 
-/// Reads the body up to the limit and parses it as JSON.
-async fn read_json<S, B>(mut body: S, headers: &HeaderMap) -> Result<Value, ApiError>
+/// Reads the body up to the size limit, within `timeout`, and parses it as JSON.
+async fn read_json<S, B>(
+    body: S,
+    headers: &HeaderMap,
+    timeout: std::time::Duration,
+) -> Result<Value, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send + Unpin,
+    B: Buf,
+{
+    match tokio::time::timeout(timeout, read_body(body, headers)).await {
+        Ok(read) => Ok(crate::domain::client_json::parse(&read?)?),
+        Err(_) => Err(ApiError::RequestTimeout {
+            seconds: timeout.as_secs_f64().ceil() as u64,
+        }),
+    }
+}
+
+/// Reads the body up to the size limit.
+async fn read_body<S, B>(mut body: S, headers: &HeaderMap) -> Result<Vec<u8>, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>> + Send + Unpin,
     B: Buf,
@@ -216,11 +236,15 @@ where
             chunk.advance(taken);
         }
     }
-    Ok(crate::domain::client_json::parse(&bytes)?)
+    Ok(bytes)
 }
 
 /// The optional body of a retry: `{"reuse_seed": true}` asks for the seed Forge used.
-async fn retry_options<S, B>(body: S, headers: &HeaderMap) -> Result<bool, ApiError>
+async fn retry_options<S, B>(
+    body: S,
+    headers: &HeaderMap,
+    timeout: std::time::Duration,
+) -> Result<bool, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>> + Send + Unpin,
     B: Buf,
@@ -231,7 +255,7 @@ where
     if empty && headers.get("transfer-encoding").is_none() {
         return Ok(false);
     }
-    let body = read_json(body, headers).await?;
+    let body = read_json(body, headers, timeout).await?;
     let Some(options) = body.as_object() else {
         return Err(ApiError::InvalidJson {
             message: "İstek gövdesi bir JSON nesnesi olmalıdır.".into(),
@@ -302,31 +326,73 @@ fn list_filter(query: &str) -> Result<ListFilter, ApiError> {
     Ok(filter)
 }
 
+/// Public readiness: ok or not per dependency, never why (the log and `/admin/status` say).
 async fn readiness(state: &HttpState) -> Response {
-    match state.gateway.ready().await {
-        Ok(()) => json_response(StatusCode::OK, &json!({"status": "ready"})),
-        Err(detail) => {
-            tracing::warn!(%detail, "not ready");
-            let err = ApiError::Unavailable;
-            json_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &json!({"status": "unavailable", "error": {"code": err.code(), "message": err.message(), "field": null}, "detail": detail}),
-            )
+    let readiness = state.gateway.readiness().await;
+    let check = |result: &Result<(), String>| if result.is_ok() { "ok" } else { "unavailable" };
+    let checks = json!({"database": check(&readiness.database), "queue": check(&readiness.queue)});
+    if readiness.is_ready() {
+        return json_response(
+            StatusCode::OK,
+            &json!({"status": "ready", "checks": checks}),
+        );
+    }
+    for (dependency, result) in [
+        ("database", &readiness.database),
+        ("queue", &readiness.queue),
+    ] {
+        if let Err(detail) = result {
+            tracing::warn!(dependency, %detail, "not ready");
         }
+    }
+    let err = ApiError::Unavailable;
+    json_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &json!({"status": "unavailable", "checks": checks,
+                "error": {"code": err.code(), "message": err.message(), "field": null}}),
+    )
+}
+
+/// `GET /admin/status`: readiness with the reasons, breakers and sessions of this process.
+async fn status(headers: &HeaderMap, state: &HttpState) -> Result<Response, ApiError> {
+    admin(headers, state)?;
+    let readiness = state.gateway.readiness().await;
+    let detail = |result: &Result<(), String>| match result {
+        Ok(()) => json!({"ok": true}),
+        Err(detail) => json!({"ok": false, "detail": detail}),
+    };
+    let (sessions, users) = state.registry.count().await;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "ready": readiness.is_ready(),
+            "database": detail(&readiness.database),
+            "queue": detail(&readiness.queue),
+            "sessions": {"open": sessions, "users": users},
+        }),
+    ))
+}
+
+/// Refuses anyone without the admin token.
+fn admin(headers: &HeaderMap, state: &HttpState) -> Result<(), ApiError> {
+    let header = headers
+        .get("authorization")
+        .and_then(|value| value.to_str().ok());
+    if state.auth.is_admin(header) {
+        Ok(())
+    } else if header.is_some() {
+        Err(ApiError::Forbidden)
+    } else {
+        Err(ApiError::Unauthorized { expired: false })
     }
 }
 
 async fn metrics(headers: &HeaderMap, state: &HttpState) -> Result<Response, ApiError> {
-    let header = headers
-        .get("authorization")
-        .and_then(|value| value.to_str().ok());
-    if !state.auth.is_admin(header) {
-        return Err(if header.is_some() {
-            ApiError::Forbidden
-        } else {
-            ApiError::Unauthorized { expired: false }
-        });
-    }
+    admin(headers, state)?;
+    state
+        .metrics
+        .store_unreadable_data_reads
+        .set(state.gateway.db().unreadable_data_reads() as i64);
     if let Ok(counts) = state.gateway.db().count_by_status().await {
         for status in JobStatus::ALL {
             let count = counts
@@ -362,7 +428,7 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Send + Unpin,
     B: Buf,
 {
-    let body = read_json(body, headers).await?;
+    let body = read_json(body, headers, state.limits.body_timeout).await?;
     if let Some(unknown) = body
         .as_object()
         .and_then(|object| object.keys().find(|key| *key != "user"))

@@ -1,4 +1,9 @@
 //! Bearer tokens: HS256 JWTs whose `sub` is the user, and the admin token.
+//!
+//! A user token must carry `sub` and `exp` (a token without an expiry would be valid forever),
+//! and, when configured, the `iss` and `aud` the deployment expects. Dev tokens (dev mode only)
+//! are signed with a key of their own, never with `AUTH_JWT_SECRET`, so turning dev mode on in
+//! a deployment does not let anyone mint production tokens.
 
 use crate::domain::catalogue::ApiError;
 use jsonwebtoken::{
@@ -21,44 +26,106 @@ struct Claims {
     iat: Option<i64>,
 }
 
+/// How user tokens are checked.
+#[derive(Clone, Debug, Default)]
+pub struct TokenRules {
+    /// `AUTH_JWT_SECRET`: the key of real user tokens.
+    pub secret: Option<Vec<u8>>,
+    /// The dev-mode key (dev tokens only).
+    pub dev_secret: Option<Vec<u8>>,
+    /// `AUTH_JWT_ISSUER`.
+    pub issuer: Option<String>,
+    /// `AUTH_JWT_AUDIENCE`.
+    pub audience: Option<String>,
+}
+
+/// One key and what a token signed with it must carry.
+#[derive(Clone)]
+struct Verifier {
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl Verifier {
+    fn new(
+        secret: &[u8],
+        issuer: Option<&str>,
+        audience: Option<&str>,
+    ) -> Result<Verifier, String> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.required_spec_claims = HashSet::from(["sub".to_owned(), "exp".to_owned()]);
+        validation.validate_exp = true;
+        validation.leeway = 5;
+        if let Some(issuer) = issuer {
+            validation.set_issuer(&[issuer]);
+            validation.required_spec_claims.insert("iss".to_owned());
+        }
+        match audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                validation.required_spec_claims.insert("aud".to_owned());
+            }
+            None => validation.validate_aud = false,
+        }
+        Ok(Verifier {
+            decoding: DecodingKey::from_secret(secret)
+                .map_err(|err| format!("bad JWT secret: {err}"))?,
+            validation,
+        })
+    }
+}
+
 /// Verifies (and in dev mode issues) user tokens; checks the admin token.
 #[derive(Clone)]
 pub struct Auth {
-    decoding: DecodingKey,
-    encoding: EncodingKey,
-    validation: Validation,
+    verifiers: Vec<Verifier>,
+    dev_encoding: Option<EncodingKey>,
     admin_token: Option<String>,
 }
 
 impl Auth {
-    /// Tokens signed with `secret`; `/admin/*` opened by `admin_token`.
-    pub fn new(secret: &[u8], admin_token: Option<String>) -> Result<Auth, String> {
-        let decoding =
-            DecodingKey::from_secret(secret).map_err(|err| format!("bad JWT secret: {err}"))?;
-        let encoding =
-            EncodingKey::from_secret(secret).map_err(|err| format!("bad JWT secret: {err}"))?;
-        let mut validation = Validation::new(Algorithm::HS256);
-        // `exp` is checked whenever a token carries one; `sub` is what a token must carry.
-        validation.required_spec_claims = HashSet::from(["sub".to_owned()]);
-        validation.validate_exp = true;
-        validation.leeway = 5;
+    /// Tokens checked by `rules`; `/admin/*` opened by `admin_token`.
+    pub fn new(rules: &TokenRules, admin_token: Option<String>) -> Result<Auth, String> {
+        let mut verifiers = Vec::new();
+        if let Some(secret) = &rules.secret {
+            verifiers.push(Verifier::new(
+                secret,
+                rules.issuer.as_deref(),
+                rules.audience.as_deref(),
+            )?);
+        }
+        if let Some(dev) = &rules.dev_secret {
+            verifiers.push(Verifier::new(dev, None, None)?);
+        }
+        if verifiers.is_empty() {
+            return Err("no key to check user tokens with".into());
+        }
         Ok(Auth {
-            decoding,
-            encoding,
-            validation,
+            verifiers,
+            dev_encoding: rules
+                .dev_secret
+                .as_deref()
+                .map(EncodingKey::from_secret)
+                .transpose()
+                .map_err(|err| format!("bad dev secret: {err}"))?,
             admin_token,
         })
     }
 
     /// The user of a bearer token.
     pub fn user_of(&self, token: &str) -> Result<String, ApiError> {
-        let data =
-            decode::<Claims>(token.trim(), &self.decoding, &self.validation).map_err(|err| {
-                ApiError::Unauthorized {
-                    expired: matches!(err.kind(), ErrorKind::ExpiredSignature),
+        let mut expired = false;
+        let mut claims = None;
+        for verifier in &self.verifiers {
+            match decode::<Claims>(token.trim(), &verifier.decoding, &verifier.validation) {
+                Ok(data) => {
+                    claims = Some(data.claims);
+                    break;
                 }
-            })?;
-        let user = data.claims.sub;
+                Err(err) => expired |= matches!(err.kind(), ErrorKind::ExpiredSignature),
+            }
+        }
+        let user = claims.ok_or(ApiError::Unauthorized { expired })?.sub;
         if !valid_user(&user) {
             return Err(ApiError::Unauthorized { expired: false });
         }
@@ -88,12 +155,13 @@ impl Auth {
         constant_time_eq(given.trim().as_bytes(), expected.as_bytes())
     }
 
-    /// A token for `user`, valid for `lifetime` (dev mode).
+    /// A dev token for `user`, valid for `lifetime`, signed with the dev key (dev mode only).
     pub fn issue(
         &self,
         user: &str,
         lifetime: chrono::Duration,
     ) -> Result<(String, chrono::DateTime<chrono::Utc>), ApiError> {
+        let encoding = self.dev_encoding.as_ref().ok_or(ApiError::Internal)?;
         let now = chrono::Utc::now();
         let expires = now + lifetime;
         let claims = Claims {
@@ -101,7 +169,7 @@ impl Auth {
             exp: Some(expires.timestamp()),
             iat: Some(now.timestamp()),
         };
-        let token = encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        let token = encode(&Header::new(Algorithm::HS256), &claims, encoding)
             .map_err(|_| ApiError::Internal)?;
         Ok((token, expires))
     }
@@ -124,9 +192,34 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+    const DEV: &[u8] = b"dev-dev-dev-dev-dev-dev-dev-dev-dev";
 
     fn auth() -> Auth {
-        Auth::new(b"test-secret-test-secret", Some("admin-token".into())).unwrap()
+        Auth::new(
+            &TokenRules {
+                secret: Some(SECRET.to_vec()),
+                dev_secret: Some(DEV.to_vec()),
+                ..TokenRules::default()
+            },
+            Some("admin-token".into()),
+        )
+        .unwrap()
+    }
+
+    fn sign(secret: &[u8], claims: serde_json::Value) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn later() -> i64 {
+        chrono::Utc::now().timestamp() + 3600
     }
 
     #[test]
@@ -134,10 +227,23 @@ mod tests {
         let auth = auth();
         let (token, _) = auth.issue("alice", chrono::Duration::hours(1)).unwrap();
         assert_eq!(auth.user_of(&token).unwrap(), "alice");
-        let other = Auth::new(b"another-secret-another", None).unwrap();
+        let prod_only = Auth::new(
+            &TokenRules {
+                secret: Some(SECRET.to_vec()),
+                ..TokenRules::default()
+            },
+            None,
+        )
+        .unwrap();
         assert_eq!(
-            other.user_of(&token),
-            Err(ApiError::Unauthorized { expired: false })
+            prod_only.user_of(&token),
+            Err(ApiError::Unauthorized { expired: false }),
+            "a dev token is never signed with AUTH_JWT_SECRET"
+        );
+        assert!(
+            prod_only
+                .issue("alice", chrono::Duration::hours(1))
+                .is_err()
         );
         assert!(auth.user_of("not.a.token").is_err());
         assert!(auth.user_of_header(Some("Basic abc")).is_err());
@@ -146,16 +252,52 @@ mod tests {
                 .unwrap(),
             "alice"
         );
+        let real = sign(SECRET, json!({"sub": "bob", "exp": later()}));
+        assert_eq!(prod_only.user_of(&real).unwrap(), "bob");
     }
 
     #[test]
-    fn expired_tokens_say_so() {
+    fn a_token_without_exp_or_past_it_is_refused() {
         let auth = auth();
+        let forever = sign(SECRET, json!({"sub": "mallory"}));
+        assert_eq!(
+            auth.user_of(&forever),
+            Err(ApiError::Unauthorized { expired: false })
+        );
         let (token, _) = auth.issue("alice", chrono::Duration::hours(-1)).unwrap();
         assert_eq!(
             auth.user_of(&token),
             Err(ApiError::Unauthorized { expired: true })
         );
+    }
+
+    #[test]
+    fn issuer_and_audience_are_checked_when_configured() {
+        let auth = Auth::new(
+            &TokenRules {
+                secret: Some(SECRET.to_vec()),
+                issuer: Some("chat".into()),
+                audience: Some("forge-gateway".into()),
+                ..TokenRules::default()
+            },
+            None,
+        )
+        .unwrap();
+        let good = sign(
+            SECRET,
+            json!({"sub": "a", "exp": later(), "iss": "chat", "aud": "forge-gateway"}),
+        );
+        assert_eq!(auth.user_of(&good).unwrap(), "a");
+        for claims in [
+            json!({"sub": "a", "exp": later(), "iss": "other", "aud": "forge-gateway"}),
+            json!({"sub": "a", "exp": later(), "iss": "chat", "aud": "billing"}),
+            json!({"sub": "a", "exp": later()}),
+        ] {
+            assert!(
+                auth.user_of(&sign(SECRET, claims.clone())).is_err(),
+                "{claims}"
+            );
+        }
     }
 
     #[test]

@@ -2,17 +2,18 @@
 //!
 //! One catch-all route hands every request to [`api::route`], which answers unknown routes
 //! and methods in the same JSON error shape as everything else; the WebSocket upgrade is the
-//! only other route. Handlers talk to the gateway through typed handles, never actix types.
+//! only other route ([`ws`], which also hosts the socket's session actor). REST handlers talk
+//! to the gateway through its use cases.
 
 pub mod api;
 pub mod auth;
+pub mod conn;
 pub mod openapi;
 pub mod server;
 pub mod ws;
 
-use crate::actors::session::SessionTiming;
 use crate::domain::catalogue::ApiError;
-use crate::events::SessionHub;
+use crate::events::SessionRegistry;
 use crate::gateway::Gateway;
 use crate::images::ImageStore;
 use crate::metrics::Metrics;
@@ -29,6 +30,43 @@ use warp::reply::{Reply, Response};
 /// Largest request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// The HTTP limits.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    /// `MAX_CONNECTIONS`.
+    pub max_connections: usize,
+    /// `HTTP_HEADER_TIMEOUT`.
+    pub header_timeout: std::time::Duration,
+    /// `HTTP_BODY_TIMEOUT`.
+    pub body_timeout: std::time::Duration,
+    /// `HTTP_IDLE_TIMEOUT`.
+    pub idle_timeout: std::time::Duration,
+}
+
+/// What the HTTP edge is built from.
+pub struct HttpParts {
+    /// The use cases.
+    pub gateway: Gateway,
+    /// Token checks.
+    pub auth: Auth,
+    /// Image files.
+    pub images: ImageStore,
+    /// Who is connected here.
+    pub registry: SessionRegistry,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Arbiters the session actors are spread over.
+    pub arbiters: Vec<ArbiterHandle>,
+    /// The WebSocket settings.
+    pub ws: ws::WsSettings,
+    /// `WS_COMMANDS_PER_SECOND`.
+    pub ws_commands_per_second: u32,
+    /// The HTTP limits.
+    pub limits: HttpLimits,
+    /// Whether the dev token endpoint is on.
+    pub dev_mode: bool,
+}
+
 /// What the handlers share.
 pub struct HttpState {
     /// The use cases.
@@ -37,17 +75,20 @@ pub struct HttpState {
     pub auth: Auth,
     /// Image files.
     pub images: ImageStore,
-    /// Local sessions.
-    pub hub: SessionHub,
+    /// Who is connected here.
+    pub registry: SessionRegistry,
     /// Counters.
     pub metrics: Arc<Metrics>,
-    /// Arbiters the sessions are spread over.
+    /// Arbiters the session actors are spread over (the socket's actor lives with its socket
+    /// here, in the HTTP layer).
     pub arbiters: Vec<ArbiterHandle>,
     next_arbiter: AtomicUsize,
-    /// Session heartbeat settings.
-    pub timing: SessionTiming,
-    /// Frames a session may have waiting.
-    pub outbox_capacity: usize,
+    /// The WebSocket settings.
+    pub ws: ws::WsSettings,
+    /// Each user's command rate.
+    pub ws_rate: Arc<ws::rate::CommandRate>,
+    /// The HTTP limits.
+    pub limits: HttpLimits,
     /// Whether the dev token endpoint is on.
     pub dev_mode: bool,
     /// False once shutdown began: new WebSockets are refused.
@@ -56,29 +97,19 @@ pub struct HttpState {
 
 impl HttpState {
     /// Shared state for the routes.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        gateway: Gateway,
-        auth: Auth,
-        images: ImageStore,
-        hub: SessionHub,
-        metrics: Arc<Metrics>,
-        arbiters: Vec<ArbiterHandle>,
-        timing: SessionTiming,
-        outbox_capacity: usize,
-        dev_mode: bool,
-    ) -> Arc<HttpState> {
+    pub fn new(parts: HttpParts) -> Arc<HttpState> {
         Arc::new(HttpState {
-            gateway,
-            auth,
-            images,
-            hub,
-            metrics,
-            arbiters,
+            gateway: parts.gateway,
+            auth: parts.auth,
+            images: parts.images,
+            registry: parts.registry,
+            metrics: parts.metrics,
+            arbiters: parts.arbiters,
             next_arbiter: AtomicUsize::new(0),
-            timing,
-            outbox_capacity,
-            dev_mode,
+            ws: parts.ws,
+            ws_rate: Arc::new(ws::rate::CommandRate::new(parts.ws_commands_per_second)),
+            limits: parts.limits,
+            dev_mode: parts.dev_mode,
             accepting: AtomicBool::new(true),
         })
     }
@@ -132,11 +163,22 @@ pub fn error_response(err: &ApiError) -> Response {
             .headers_mut()
             .insert("allow", warp::http::HeaderValue::from_static(allow));
     }
-    if matches!(err, ApiError::PayloadTooLarge { .. }) {
+    if matches!(
+        err,
+        ApiError::PayloadTooLarge { .. } | ApiError::RequestTimeout { .. }
+    ) {
         // The body was not read to its end: this connection cannot carry another request.
         response
             .headers_mut()
             .insert("connection", warp::http::HeaderValue::from_static("close"));
+    }
+    if matches!(
+        err,
+        ApiError::RateLimited { .. } | ApiError::TooManySessions { .. }
+    ) {
+        response
+            .headers_mut()
+            .insert("retry-after", warp::http::HeaderValue::from_static("1"));
     }
     if matches!(err, ApiError::Unauthorized { .. }) {
         response.headers_mut().insert(

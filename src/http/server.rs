@@ -4,9 +4,14 @@
 //! [`super::ws`] completes itself. The reason is memory: warp's `Ws` filter cannot set
 //! tungstenite's buffer sizes, and tungstenite's default read buffer is 128 KiB per socket,
 //! zero-filled on the first read: 10,000 idle sessions would hold 1.3 GiB. The loop is the
-//! one `warp::serve` runs (hyper-util's auto builder with upgrades), plus graceful shutdown.
+//! one `warp::serve` runs (hyper-util's auto builder with upgrades), plus what a public server
+//! needs: at most `MAX_CONNECTIONS` connections (more are answered 503 and closed at once),
+//! head and idle deadlines on every connection ([`super::conn`]), and graceful shutdown.
 
 use super::HttpState;
+use super::conn::{ConnLimits, ConnState, Cut, GuardedIo};
+use crate::domain::catalogue::ApiError;
+use crate::metrics::ReasonLabel;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -16,9 +21,13 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use tower_service::Service;
 use warp::Filter;
 use warp::reply::Response;
+
+/// Requests one HTTP/2 connection may have in flight at once.
+const H2_MAX_STREAMS: u32 = 32;
 
 /// Serves `routes` (and `/ws`) on `listener` until `shutdown` resolves, then lets open
 /// requests finish for up to `grace`.
@@ -33,7 +42,13 @@ pub async fn serve<F>(
 {
     let service = warp::service(routes);
     let graceful = GracefulShutdown::new();
-    let builder = Builder::new(TokioExecutor::new());
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http2().max_concurrent_streams(H2_MAX_STREAMS);
+    let connections = Arc::new(Semaphore::new(state.limits.max_connections));
+    let limits = ConnLimits {
+        header: state.limits.header_timeout,
+        idle: state.limits.idle_timeout,
+    };
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
@@ -49,24 +64,56 @@ pub async fn serve<F>(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            state
+                .metrics
+                .http_connections_cut
+                .get_or_create(&ReasonLabel::of("max_connections"))
+                .inc();
+            refuse(&stream);
+            continue;
+        };
+        let conn = ConnState::new(limits);
+        let io = GuardedIo::new(stream, conn.clone(), permit);
         let service = service.clone();
-        let state = state.clone();
-        let handler = service_fn(move |request: hyper::Request<Incoming>| {
-            let mut service = service.clone();
-            let state = state.clone();
-            async move {
-                if super::ws::is_upgrade(&request) {
-                    Ok::<_, Infallible>(super::ws::upgrade(request, state))
-                } else {
-                    service.call(request).await
+        let handler = {
+            let (state, conn) = (state.clone(), conn.clone());
+            service_fn(move |request: hyper::Request<Incoming>| {
+                let mut service = service.clone();
+                let (state, conn) = (state.clone(), conn.clone());
+                async move {
+                    let _serving = conn.serving();
+                    if super::ws::is_upgrade(&request) {
+                        let response = super::ws::upgrade(request, state).await;
+                        if response.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
+                            conn.upgraded();
+                        }
+                        Ok::<_, Infallible>(response)
+                    } else {
+                        service.call(request).await
+                    }
                 }
-            }
-        });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), handler);
+            })
+        };
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), handler);
         let connection = graceful.watch(connection.into_owned());
+        let metrics = state.metrics.clone();
         tokio::spawn(async move {
             if let Err(err) = connection.await {
-                tracing::debug!(error = %err, "connection ended with an error");
+                match conn.cut() {
+                    Some(cut) => {
+                        let reason = match cut {
+                            Cut::HeaderTimeout => "header_timeout",
+                            Cut::IdleTimeout => "idle_timeout",
+                        };
+                        metrics
+                            .http_connections_cut
+                            .get_or_create(&ReasonLabel::of(reason))
+                            .inc();
+                        tracing::debug!(reason, "closed a connection at its deadline");
+                    }
+                    None => tracing::debug!(error = %err, "connection ended with an error"),
+                }
             }
         });
     }
@@ -77,4 +124,21 @@ pub async fn serve<F>(
     {
         tracing::warn!("open HTTP connections outlived the grace period");
     }
+}
+
+/// Answers a connection over `MAX_CONNECTIONS` with a 503 it can read, without reading its
+/// request, and closes it.
+fn refuse(stream: &tokio::net::TcpStream) {
+    let err = ApiError::TooManyConnections;
+    let body = serde_json::json!({
+        "error": {"code": err.code(), "message": err.message(), "field": null}
+    })
+    .to_string();
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    // Best effort: the socket's buffer takes a few hundred bytes at once, or the client
+    // misses the reason but is refused anyway.
+    let _ = stream.try_write(answer.as_bytes());
 }

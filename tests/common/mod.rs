@@ -12,9 +12,16 @@ use forge_gateway::config::Config;
 use forge_gateway::sim::{Latency, SimConfig, SimServer};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use uuid::Uuid;
+
+/// An HTTP client (the process's TLS provider installed first: reqwest has none of its own).
+pub fn http_client() -> reqwest::Client {
+    forge_gateway::forge_client::install_default_provider();
+    reqwest::Client::new()
+}
 
 /// Longest a test waits for an expected event.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -156,7 +163,7 @@ impl TestApp {
             app: Some(app),
             data_dir: storage.dir.path().to_owned(),
             base,
-            http: reqwest::Client::new(),
+            http: http_client(),
             sim,
         }
     }
@@ -367,6 +374,40 @@ impl WsClient {
         self.stream.send(frame).await.expect("send");
     }
 
+    /// The positions `id` was shown at, in order: its `job.queued`, then every `job.position`
+    /// and `job.positions` entry about it.
+    pub fn positions_of(&self, id: &str) -> Vec<i64> {
+        self.seen
+            .iter()
+            .flat_map(positions_in)
+            .filter(|(about, _)| about == id)
+            .map(|(_, position)| position)
+            .collect()
+    }
+
+    /// The newest position shown of each queued message.
+    pub fn latest_positions(&self) -> HashMap<String, i64> {
+        self.seen.iter().flat_map(positions_in).collect()
+    }
+
+    /// Reads frames until the newest positions shown of `expected`'s messages are these.
+    pub async fn wait_positions(&mut self, expected: &[(&str, i64)]) {
+        let holds = |latest: &HashMap<String, i64>| {
+            expected
+                .iter()
+                .all(|(id, position)| latest.get(*id) == Some(position))
+        };
+        let deadline = Instant::now() + DEADLINE;
+        while !holds(&self.latest_positions()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                self.next_within(left).await.is_some(),
+                "positions never became {expected:?}; latest {:?}",
+                self.latest_positions()
+            );
+        }
+    }
+
     /// The events seen so far about message `id`, by type.
     pub fn types_for(&self, id: &str) -> Vec<String> {
         self.seen
@@ -374,6 +415,25 @@ impl WsClient {
             .filter(|frame| frame["id"] == id)
             .map(|frame| frame["type"].as_str().unwrap_or_default().to_owned())
             .collect()
+    }
+}
+
+/// The `(message, position)` pairs a frame shows: `job.queued` and `job.position` carry one,
+/// `job.positions` several.
+pub fn positions_in(frame: &Value) -> Vec<(String, i64)> {
+    let one = |frame: &Value| {
+        Some((
+            frame["id"].as_str()?.to_owned(),
+            frame["queue_position"].as_i64()?,
+        ))
+    };
+    match frame["type"].as_str() {
+        Some("job.queued" | "job.position") => one(frame).into_iter().collect(),
+        Some("job.positions") => frame["positions"]
+            .as_array()
+            .map(|entries| entries.iter().filter_map(one).collect())
+            .unwrap_or_default(),
+        _ => Vec::new(),
     }
 }
 
@@ -495,7 +555,7 @@ impl GatewayProcess {
     pub fn client(&self) -> Client {
         Client {
             base: self.base.clone(),
-            http: reqwest::Client::new(),
+            http: http_client(),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! with one line naming it (see [`Config::load`]).
 
 use clap::builder::BoolishValueParser;
-use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -63,12 +63,22 @@ pub struct Config {
     pub redis_prefix: String,
 
     /// Comma-separated Forge base URLs; `http://user:pass@host:7860` sets HTTP basic auth (Forge's --api-auth) [default: start the bundled simulator].
-    #[arg(long, env = "FORGE_URLS", value_delimiter = ',')]
+    #[arg(long, env = "FORGE_URLS", value_delimiter = ',', hide_env_values = true, value_parser = forge_url)]
     pub forge_urls: Vec<Url>,
 
     /// Deadline of one txt2img call.
     #[arg(long, env = "FORGE_TIMEOUT", default_value = "180s", value_parser = duration)]
     pub forge_timeout: Duration,
+
+    /// Deadline of opening a connection to a Forge backend (an unreachable backend fails with
+    /// R9.1 after this).
+    #[arg(long, env = "FORGE_CONNECT_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub forge_connect_timeout: Duration,
+
+    /// A PEM file of certificates to trust for https Forge URLs besides the system's roots (a
+    /// private CA, or a self-signed Forge).
+    #[arg(long, env = "FORGE_CA_FILE")]
+    pub forge_ca_file: Option<PathBuf>,
 
     /// Jobs one backend runs at a time (Forge itself generates one at a time).
     #[arg(long, env = "FORGE_SLOTS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
@@ -114,13 +124,56 @@ pub struct Config {
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
-    /// Dev mode: enables POST /api/v1/dev/token [default: on when nothing else is configured].
+    /// Dev mode: enables POST /api/v1/dev/token [default: on only when nothing else is configured and BIND is a loopback address].
     #[arg(long = "dev", env = "DEV_MODE", value_parser = BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
     pub dev_mode: Option<bool>,
+
+    /// Issuer (`iss`) user tokens must carry [default: not checked].
+    #[arg(long, env = "AUTH_JWT_ISSUER")]
+    pub auth_jwt_issuer: Option<String>,
+
+    /// Audience (`aud`) user tokens must carry [default: not checked].
+    #[arg(long, env = "AUTH_JWT_AUDIENCE")]
+    pub auth_jwt_audience: Option<String>,
 
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
+
+    /// A request head (request line and headers) must arrive within this, counted from the
+    /// connection's start or the request's first byte.
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub http_header_timeout: Duration,
+
+    /// A request body must arrive in full within this.
+    #[arg(long, env = "HTTP_BODY_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub http_body_timeout: Duration,
+
+    /// A kept-alive connection with no request for this long is closed.
+    #[arg(long, env = "HTTP_IDLE_TIMEOUT", default_value = "60s", value_parser = duration)]
+    pub http_idle_timeout: Duration,
+
+    /// Open connections (HTTP and WebSocket) at most; more are answered 503 and closed.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// WebSocket sessions one user may have open in this process.
+    #[arg(long, env = "MAX_SESSIONS_PER_USER", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sessions_per_user: u32,
+
+    /// WebSocket sessions this process serves at most.
+    #[arg(long, env = "MAX_SESSIONS", default_value_t = 10000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sessions: u32,
+
+    /// Commands (WebSocket frames) and connects one user may send per second, over all of
+    /// their sessions in this process; twice as many may come in a burst.
+    #[arg(long, env = "WS_COMMANDS_PER_SECOND", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ws_commands_per_second: u32,
+
+    /// Write commands (update_message, cancel) a session may have waiting; the socket is not
+    /// read while they do.
+    #[arg(long, env = "WS_COMMAND_QUEUE", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub ws_command_queue: u32,
 
     /// Server ping period on WebSockets.
     #[arg(long, env = "WS_HEARTBEAT", default_value = "15s", value_parser = duration)]
@@ -133,6 +186,11 @@ pub struct Config {
     /// Frames a WebSocket may have waiting before the client is told to resync.
     #[arg(long, env = "WS_OUTBOX", default_value_t = 256, value_parser = clap::value_parser!(u32).range(8..=65536))]
     pub ws_outbox: u32,
+
+    /// Bytes a WebSocket may have waiting before the client is told to resync (one frame
+    /// larger than this still goes through an empty outbox).
+    #[arg(long, env = "WS_OUTBOX_BYTES", default_value = "512KiB", value_parser = bytes)]
+    pub ws_outbox_bytes: usize,
 
     /// Generation time of the bundled simulator (embedded default only).
     #[arg(long, env = "SIM_LATENCY", default_value = "2s", value_parser = duration)]
@@ -156,10 +214,9 @@ pub enum Loaded {
     Print(String),
 }
 
-fn duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|err| format!("{err} (expected a duration such as 500ms, 30s, 5m)"))
-}
+pub mod checks;
+
+use checks::{bytes, duration, forge_url, one_line};
 
 impl Config {
     /// Parses the process's arguments and environment, then checks the settings together.
@@ -207,9 +264,11 @@ impl Config {
         Ok(config)
     }
 
-    /// Whether the dev token endpoint is on: as set, or on when nothing else is configured.
+    /// Whether the dev token endpoint is on: as set, or on when nothing else is configured
+    /// and the gateway listens on a loopback address only.
     pub fn dev_mode(&self) -> bool {
-        self.dev_mode.unwrap_or(self.is_embedded_default())
+        self.dev_mode
+            .unwrap_or(self.is_embedded_default() && self.bind.ip().is_loopback())
     }
 
     /// No database, Redis, Forge or JWT secret configured.
@@ -236,151 +295,7 @@ impl Config {
             )
         })
     }
-
-    /// Checks settings that depend on each other.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let fail = |message: String| Err(ConfigError(message));
-        if let Some(secret) = &self.auth_jwt_secret
-            && secret.is_empty()
-        {
-            return fail("AUTH_JWT_SECRET (--auth-jwt-secret) must not be empty".into());
-        }
-        if let Some(token) = &self.admin_token
-            && token.len() < 8
-        {
-            return fail("ADMIN_TOKEN (--admin-token) must be at least 8 characters".into());
-        }
-        if let Some(url) = &self.database_url
-            && !(url.starts_with("postgres://")
-                || url.starts_with("postgresql://")
-                || url.starts_with("sqlite:"))
-        {
-            return fail(format!(
-                "DATABASE_URL (--database-url) must start with postgres:// or sqlite: (got {:?})",
-                url.split(':').next().unwrap_or_default()
-            ));
-        }
-        if let Some(schema) = &self.database_schema
-            && (schema.is_empty()
-                || schema.len() > 63
-                || !schema
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
-                || schema.starts_with(|c: char| c.is_ascii_digit()))
-        {
-            return fail(format!(
-                "DATABASE_SCHEMA (--database-schema) must be a plain identifier (letters, digits, _), got {schema:?}"
-            ));
-        }
-        if let Some(url) = &self.redis_url
-            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
-        {
-            return fail("REDIS_URL (--redis-url) must start with redis:// or rediss://".into());
-        }
-        if self.redis_prefix.is_empty()
-            || !self
-                .redis_prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_:.".contains(c))
-        {
-            return fail(format!(
-                "REDIS_PREFIX (--redis-prefix) must be letters, digits or -_:. (got {:?})",
-                self.redis_prefix
-            ));
-        }
-        for url in &self.forge_urls {
-            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-                return fail(format!(
-                    "FORGE_URLS (--forge-urls): {url} is not an http(s) URL"
-                ));
-            }
-        }
-        if self.database_max_connections == 0 {
-            return fail(
-                "DATABASE_MAX_CONNECTIONS (--database-max-connections) must be at least 1".into(),
-            );
-        }
-        let positive = [
-            ("FORGE_TIMEOUT (--forge-timeout)", self.forge_timeout),
-            (
-                "FORGE_PROGRESS_INTERVAL (--forge-progress-interval)",
-                self.forge_progress_interval,
-            ),
-            ("STUCK_AFTER (--stuck-after)", self.stuck_after),
-            (
-                "WATCHDOG_INTERVAL (--watchdog-interval)",
-                self.watchdog_interval,
-            ),
-            (
-                "BREAKER_OPEN_FOR (--breaker-open-for)",
-                self.breaker_open_for,
-            ),
-            ("WS_HEARTBEAT (--ws-heartbeat)", self.ws_heartbeat),
-            ("WS_IDLE_TIMEOUT (--ws-idle-timeout)", self.ws_idle_timeout),
-        ];
-        for (name, value) in positive {
-            if value.is_zero() {
-                return fail(format!("{name} must be longer than 0"));
-            }
-        }
-        if self.ws_idle_timeout <= self.ws_heartbeat {
-            return fail(
-                "WS_IDLE_TIMEOUT (--ws-idle-timeout) must be longer than WS_HEARTBEAT".into(),
-            );
-        }
-        if !self.dev_mode() && self.auth_jwt_secret.is_none() {
-            return fail("AUTH_JWT_SECRET (--auth-jwt-secret) is required unless dev mode is on (DEV_MODE=true)".into());
-        }
-        Ok(())
-    }
 }
-
-/// Renders a clap error as one line that names the setting by its variable and flag.
-fn one_line(err: &clap::Error) -> ConfigError {
-    let command = Config::command();
-    let setting = match err.get(ContextKind::InvalidArg) {
-        Some(ContextValue::String(arg)) => {
-            let flag = arg.split_whitespace().next().unwrap_or(arg);
-            let env = command
-                .get_arguments()
-                .find(|candidate| {
-                    candidate
-                        .get_long()
-                        .is_some_and(|long| flag == format!("--{long}"))
-                })
-                .and_then(|candidate| candidate.get_env())
-                .map(|env| env.to_string_lossy().into_owned());
-            match env {
-                Some(env) => format!("{env} ({flag})"),
-                None => flag.to_owned(),
-            }
-        }
-        _ => String::new(),
-    };
-    let value = match err.get(ContextKind::InvalidValue) {
-        Some(ContextValue::String(value)) => format!(" = {value:?}"),
-        _ => String::new(),
-    };
-    let detail = err
-        .source()
-        .map(|source| source.to_string())
-        .or_else(|| {
-            let rendered = err.render().to_string();
-            rendered
-                .lines()
-                .next()
-                .map(|line| line.trim_start_matches("error: ").to_owned())
-        })
-        .unwrap_or_default();
-    let message = if setting.is_empty() {
-        detail
-    } else {
-        format!("{setting}{value}: {detail}")
-    };
-    ConfigError(message.replace('\n', " "))
-}
-
-use std::error::Error as _;
 
 #[cfg(test)]
 mod tests {
@@ -423,6 +338,8 @@ mod tests {
         assert!(err.to_string().contains("--breaker-failures"), "{err}");
         let err = Config::from_flags(["forge-gateway", "--forge-urls", "ftp://x"]).unwrap_err();
         assert!(err.to_string().contains("FORGE_URLS"), "{err}");
+        let err = Config::from_flags(["forge-gateway", "--ws-outbox-bytes", "lots"]).unwrap_err();
+        assert!(err.to_string().contains("WS_OUTBOX_BYTES"), "{err}");
     }
 
     #[test]
@@ -434,14 +351,80 @@ mod tests {
             Config::from_flags(["forge-gateway", "--database-url", "postgres://x/y", "--dev"])
                 .unwrap();
         assert!(config.dev_mode());
-        let config = Config::from_flags([
+        let config =
+            Config::from_flags(["forge-gateway", "--auth-jwt-secret", SECRET, "--dev=false"])
+                .unwrap();
+        assert!(!config.dev_mode());
+        let err = Config::from_flags(["forge-gateway", "--auth-jwt-secret", "s3cret"]).unwrap_err();
+        assert!(err.to_string().contains("at least 32 bytes"), "{err}");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn dev_mode_is_implicit_only_on_a_loopback_address() {
+        let err = Config::from_flags(["forge-gateway", "--bind", "0.0.0.0:8080"]).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("not a loopback address"), "{text}");
+        assert!(
+            text.contains("AUTH_JWT_SECRET") && text.contains("DEV_MODE=true"),
+            "{text}"
+        );
+        assert!(!text.contains('\n'));
+        let explicit =
+            Config::from_flags(["forge-gateway", "--bind", "0.0.0.0:8080", "--dev"]).unwrap();
+        assert!(explicit.dev_mode(), "DEV_MODE=true is taken at its word");
+        let production = Config::from_flags([
             "forge-gateway",
+            "--bind",
+            "0.0.0.0:8080",
             "--auth-jwt-secret",
-            "s3cret",
-            "--dev=false",
+            SECRET,
         ])
         .unwrap();
-        assert!(!config.dev_mode());
+        assert!(!production.dev_mode());
+        let local = Config::from_flags(["forge-gateway", "--bind", "[::1]:0"]).unwrap();
+        assert!(local.dev_mode());
+    }
+
+    #[test]
+    fn credentials_stay_out_of_errors_and_help() {
+        let err = Config::from_flags([
+            "forge-gateway",
+            "--forge-urls",
+            "ftp://u:hunter2@x/",
+            "--dev",
+        ])
+        .unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert!(err.to_string().contains("FORGE_URLS"), "{err}");
+        let err = Config::from_flags([
+            "forge-gateway",
+            "--forge-urls",
+            "http://u:hunter2@",
+            "--dev",
+        ])
+        .unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        // `--help` shows an environment variable's value unless told not to.
+        let command = Config::command();
+        for secret_setting in [
+            "FORGE_URLS",
+            "DATABASE_URL",
+            "REDIS_URL",
+            "AUTH_JWT_SECRET",
+            "ADMIN_TOKEN",
+        ] {
+            let arg = command
+                .get_arguments()
+                .find(|arg| arg.get_env().is_some_and(|env| env == secret_setting))
+                .expect("the setting exists");
+            assert!(
+                arg.is_hide_env_values_set(),
+                "{secret_setting} would show its value in --help"
+            );
+        }
     }
 
     #[test]

@@ -1,26 +1,34 @@
 //! `QueueActor`: owns the queue order and positions.
 //!
 //! It wraps the [`QueueStore`] (in-process or Redis), hands jobs to idle backends, keeps a
-//! mirror of the queue fed by the store's change feed and pushes `job.position` to the owner
-//! of every job whose position changed, rebuilds the queue from the database (at start and
-//! whenever the store is found empty or lost while the database holds queued jobs), and
-//! estimates ETAs from recent processing times.
+//! mirror of the queue fed by the store's change feed, and tells the users connected to this
+//! process the positions of their queued jobs (the [`PositionFeed`]: one frame per user per
+//! tick, at a pace bounded by connected users, not by queue depth). It keeps the store and the
+//! database in step ([`rebuild`]): at start, and when the audit finds the store lost its
+//! queue or a queued job of the database missing from it.
 
 use crate::db::Database;
 use crate::domain::eta::EtaModel;
+use crate::domain::event::positions_frame_body;
 use crate::domain::outages::Outages;
+use crate::domain::position_feed::PositionFeed;
 use crate::domain::queue_book::{QueueBook, QueueChange, QueuedJob};
-use crate::events::SessionHub;
+use crate::events::registry::{Positions, UserWatch};
 use crate::metrics::Metrics;
 use crate::queue::{Enqueued, FeedItem, QueueError, QueueStore};
 use actix::prelude::*;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use parking_lot::Mutex;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, oneshot};
 use uuid::Uuid;
+
+mod handle;
+pub mod rebuild;
+
+pub use handle::QueueHandle;
 
 /// How often idle backends look at the queue even without a feed signal (another process may
 /// have queued a job whose signal was lost), and how often the store is checked for a lost queue.
@@ -28,14 +36,12 @@ const POLL_EVERY: Duration = Duration::from_millis(500);
 const AUDIT_EVERY: Duration = Duration::from_secs(5);
 /// Most pops in flight at once.
 const MAX_CONCURRENT_POPS: usize = 16;
-/// Position pushes of a burst of queue changes are coalesced to one per this period.
-const POSITION_FLUSH_EVERY: Duration = Duration::from_millis(25);
 
 /// The queue actor.
 pub struct QueueActor {
     store: Arc<dyn QueueStore>,
     db: Database,
-    hub: SessionHub,
+    positions: Recipient<Positions>,
     metrics: Arc<Metrics>,
     outages: Arc<Outages>,
     mirror: QueueBook,
@@ -47,21 +53,21 @@ pub struct QueueActor {
     /// Changes that arrived while the mirror reloads, replayed on the reloaded mirror (a
     /// change the snapshot already holds applies as a no-op).
     reload_backlog: Option<Vec<QueueChange>>,
-    /// The position each queued job's owner was last told.
-    pushed: HashMap<Uuid, u32>,
-    /// Positions from this index on may have changed since the last push.
-    dirty_from: Option<usize>,
-    flush_scheduled: bool,
-    last_flush: Instant,
+    feed: PositionFeed,
+    tick_scheduled: bool,
+    last_tick_cost: Duration,
+    /// Queued ids of the database missing from the store at the last audit: missing again at
+    /// the next one, they are put back (a pop in flight explains one audit, not two).
+    suspects: HashSet<Uuid>,
 }
 
 impl QueueActor {
-    /// A queue actor over `store`, rebuilding from `db`, pushing positions through `hub`, its
-    /// ETAs from `eta` (which [`QueueHandle::finished`] feeds).
+    /// A queue actor over `store`, rebuilding from `db`, sending positions to `positions`
+    /// (the session registry), its ETAs from `eta` (which [`QueueHandle::finished`] feeds).
     pub fn new(
         store: Arc<dyn QueueStore>,
         db: Database,
-        hub: SessionHub,
+        positions: Recipient<Positions>,
         metrics: Arc<Metrics>,
         outages: Arc<Outages>,
         eta: Arc<Mutex<EtaModel>>,
@@ -69,7 +75,7 @@ impl QueueActor {
         QueueActor {
             store,
             db,
-            hub,
+            positions,
             metrics,
             outages,
             mirror: QueueBook::new(),
@@ -79,10 +85,10 @@ impl QueueActor {
             rebuilding: false,
             paused: false,
             reload_backlog: None,
-            pushed: HashMap::new(),
-            dirty_from: None,
-            flush_scheduled: false,
-            last_flush: Instant::now(),
+            feed: PositionFeed::new(),
+            tick_scheduled: false,
+            last_tick_cost: Duration::ZERO,
+            suspects: HashSet::new(),
         }
     }
 
@@ -137,74 +143,61 @@ impl QueueActor {
         });
     }
 
-    /// Applies a feed change to the mirror and schedules a position push. Pushes are
-    /// coalesced: a burst of pops moves a waiting job several places but its owner gets one
-    /// `job.position` with where it is now, at most every [`POSITION_FLUSH_EVERY`]; the first
-    /// change after a quiet period goes out at once.
+    /// Applies a feed change to the mirror; a change of the queue schedules a positions tick.
     fn apply_change(&mut self, change: QueueChange, ctx: &mut Context<Self>) {
-        let added = match &change {
-            QueueChange::Added(job) => Some(job.id),
-            QueueChange::Removed { id } => {
-                self.pushed.remove(id);
-                None
-            }
-            QueueChange::Reset(_) => {
-                self.dirty_from = Some(0);
-                None
-            }
-        };
-        let updates = self.mirror.apply(change);
-        if let Some(first) = updates.first() {
-            let from = first.position as usize - 1;
-            self.dirty_from = Some(self.dirty_from.map_or(from, |dirty| dirty.min(from)));
+        let added = matches!(change, QueueChange::Added(_));
+        if self.mirror.apply(change) {
+            self.metrics.queue_depth.set(self.mirror.len() as i64);
+            self.feed.changed();
+            self.schedule_tick(ctx);
         }
-        if let Some(id) = added {
-            // Its `job.queued` event carries this position already.
-            if let Some(update) = updates.iter().find(|update| update.id == id) {
-                self.pushed.insert(id, update.position);
-            }
-        }
-        self.metrics.queue_depth.set(self.mirror.len() as i64);
-        self.schedule_flush(ctx);
-        if added.is_some() {
+        if added {
             self.dispatch(ctx);
         }
     }
 
-    fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
-        if self.flush_scheduled || self.dirty_from.is_none() {
+    fn schedule_tick(&mut self, ctx: &mut Context<Self>) {
+        if self.tick_scheduled {
             return;
         }
-        let since = self.last_flush.elapsed();
-        if since >= POSITION_FLUSH_EVERY {
-            self.flush_positions();
-        } else {
-            self.flush_scheduled = true;
-            ctx.run_later(POSITION_FLUSH_EVERY - since, |act, _| {
-                act.flush_scheduled = false;
-                act.flush_positions();
-            });
+        let now = Instant::now();
+        match self.feed.due(now) {
+            None => {}
+            Some(at) if at <= now => self.tick(ctx),
+            Some(at) => {
+                self.tick_scheduled = true;
+                ctx.run_later(at - now, |act, ctx| {
+                    act.tick_scheduled = false;
+                    act.tick(ctx);
+                });
+            }
         }
     }
 
-    /// Pushes the position of every job that moved since its owner last heard of it.
-    fn flush_positions(&mut self) {
-        let Some(from) = self.dirty_from.take() else {
-            return;
-        };
-        self.last_flush = Instant::now();
-        if from == 0 {
-            self.pushed.retain(|id, _| self.mirror.contains(id));
+    /// Sends each connected user whose positions changed one frame with them.
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let started = Instant::now();
+        let eta = *self.eta.lock();
+        let version = self.mirror.version();
+        for user in self
+            .feed
+            .tick(&self.mirror, &eta, started, self.last_tick_cost)
+        {
+            let body: Arc<str> = Arc::from(positions_frame_body(&user.positions));
+            let positions = user
+                .positions
+                .iter()
+                .map(|position| (position.id, position.queue_position))
+                .collect();
+            self.positions.do_send(Positions {
+                user: user.user,
+                version,
+                positions,
+                body,
+            });
         }
-        for update in self.mirror.positions_from(from) {
-            if self.pushed.get(&update.id) == Some(&update.position) {
-                continue;
-            }
-            let eta = self.eta.lock().for_position(update.position);
-            self.hub
-                .deliver_position(&update.user_id, update.id, update.position, eta);
-            self.pushed.insert(update.id, update.position);
-        }
+        self.last_tick_cost = started.elapsed();
+        self.schedule_tick(ctx);
     }
 
     /// Reloads the mirror from the store (at start, and after a gap in the feed). Changes that
@@ -238,7 +231,7 @@ impl QueueActor {
         }
         self.rebuilding = true;
         let (store, db) = (self.store.clone(), self.db.clone());
-        let work = async move { rebuild_from_db(&*store, &db).await };
+        let work = async move { rebuild::rebuild_from_db(&*store, &db).await };
         ctx.spawn(work.into_actor(self).map(move |result, act, ctx| {
             act.rebuilding = false;
             match result {
@@ -259,47 +252,35 @@ impl QueueActor {
         }));
     }
 
-    /// The store is empty but the database holds queued jobs: the store lost them (a Redis
-    /// restart or FLUSHALL). Rebuild.
+    /// Keeps the store and the database in step: a store that lost its whole queue (a Redis
+    /// restart) is rebuilt; a queued job of the database missing from the store at two audits
+    /// in a row (a `processing` write that never came, a create that committed late) is put
+    /// back with its ticket.
     fn audit(&mut self, ctx: &mut Context<Self>) {
+        if self.rebuilding {
+            return;
+        }
         let (store, db) = (self.store.clone(), self.db.clone());
-        let check = async move {
-            let stored = store.depth().await?;
-            let recorded = db
-                .queued_in_ticket_order()
-                .await
-                .map_err(|err| QueueError::Unavailable(err.to_string()))?;
-            Ok::<_, QueueError>(stored == 0 && !recorded.is_empty())
-        };
-        ctx.spawn(check.into_actor(self).map(|lost, act, ctx| match lost {
-            Ok(true) => act.rebuild(
+        let suspects = std::mem::take(&mut self.suspects);
+        let check = async move { rebuild::audit(&*store, &db, &suspects).await };
+        ctx.spawn(check.into_actor(self).map(|found, act, ctx| match found {
+            Ok(rebuild::Audit::Lost) => act.rebuild(
                 ctx,
                 "queue store empty while the database holds queued jobs",
             ),
-            Ok(false) => {}
+            Ok(rebuild::Audit::Missing { put_back, suspects }) => {
+                if put_back > 0 {
+                    tracing::warn!(
+                        put_back,
+                        "queued jobs of the database were missing from the queue; put back"
+                    );
+                    act.dispatch(ctx);
+                }
+                act.suspects = suspects;
+            }
             Err(err) => tracing::debug!(error = %err, "queue audit skipped"),
         }));
     }
-}
-
-/// Puts back every queued job of the database the store lacks, in ticket order.
-pub async fn rebuild_from_db(
-    store: &dyn QueueStore,
-    db: &Database,
-) -> Result<crate::queue::Rebuilt, QueueError> {
-    let unavailable = |err: crate::db::DbError| QueueError::Unavailable(err.to_string());
-    let queued = db.queued_in_ticket_order().await.map_err(unavailable)?;
-    let pending = db.pending_by_user().await.map_err(unavailable)?;
-    let max_ticket = db.max_ticket().await.map_err(unavailable)?;
-    let jobs = queued
-        .into_iter()
-        .map(|(id, user, ticket)| QueuedJob {
-            id,
-            user_id: Arc::from(user.as_str()),
-            ticket,
-        })
-        .collect();
-    store.rebuild(jobs, pending, max_ticket).await
 }
 
 impl Actor for QueueActor {
@@ -378,7 +359,7 @@ impl Handler<Enqueue> for QueueActor {
                     }
                     Err(QueueError::NeedsRebuild) if !rebuilt => {
                         rebuilt = true;
-                        let result = rebuild_from_db(&*store, &db).await?;
+                        let result = rebuild::rebuild_from_db(&*store, &db).await?;
                         tracing::warn!(
                             added = result.added,
                             "queue store had lost its state; rebuilt from the database"
@@ -427,6 +408,35 @@ impl Handler<Rebuild> for QueueActor {
     }
 }
 
+impl Handler<UserWatch> for QueueActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: UserWatch, ctx: &mut Context<Self>) {
+        if msg.watching {
+            self.feed.watch(msg.user);
+        } else {
+            self.feed.unwatch(&msg.user);
+        }
+        self.schedule_tick(ctx);
+    }
+}
+
+/// The positions of a user's queued jobs in this process's mirror, and its version (what a
+/// new session shows first; later frames carry higher versions).
+#[derive(Message)]
+#[rtype(result = "(u64, Vec<(Uuid, u32)>)")]
+struct MirrorPositions {
+    user: String,
+}
+
+impl Handler<MirrorPositions> for QueueActor {
+    type Result = MessageResult<MirrorPositions>;
+
+    fn handle(&mut self, msg: MirrorPositions, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult((self.mirror.version(), self.mirror.positions_of(&msg.user)))
+    }
+}
+
 /// Stop handing out jobs (shutdown): waiting backends are let go, queued jobs stay queued.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -438,120 +448,5 @@ impl Handler<Pause> for QueueActor {
     fn handle(&mut self, _msg: Pause, _ctx: &mut Context<Self>) {
         self.paused = true;
         self.waiters.clear();
-    }
-}
-
-/// The typed handle to the queue.
-#[derive(Clone)]
-pub struct QueueHandle {
-    addr: Addr<QueueActor>,
-    store: Arc<dyn QueueStore>,
-    eta: Arc<Mutex<EtaModel>>,
-}
-
-impl QueueHandle {
-    /// Wraps the actor's address, the store it owns (for direct reads) and its ETA model.
-    pub fn new(
-        addr: Addr<QueueActor>,
-        store: Arc<dyn QueueStore>,
-        eta: Arc<Mutex<EtaModel>>,
-    ) -> Self {
-        QueueHandle { addr, store, eta }
-    }
-
-    /// Queues a job if the user has fewer than `max_pending` pending jobs.
-    pub async fn enqueue(
-        &self,
-        id: Uuid,
-        user_id: &str,
-        max_pending: u32,
-    ) -> Result<Enqueued, QueueError> {
-        let (reply, answer) = oneshot::channel();
-        self.addr.do_send(Enqueue {
-            id,
-            user_id: user_id.to_owned(),
-            max_pending,
-            reply,
-        });
-        answer
-            .await
-            .unwrap_or_else(|_| Err(QueueError::Unavailable("the queue actor stopped".into())))
-    }
-
-    /// Waits for the next job; `None` when the queue actor stopped.
-    pub async fn next_job(&self) -> Option<QueuedJob> {
-        let (reply, answer) = oneshot::channel();
-        self.addr.do_send(NextJob { reply });
-        answer.await.ok()
-    }
-
-    /// Removes a queued job (cancel, stuck). Returns whether it was queued.
-    pub async fn remove(&self, id: Uuid) -> Result<bool, QueueError> {
-        self.store.remove(id).await
-    }
-
-    /// Frees the job's slot in its owner's pending cap.
-    pub async fn release(&self, user_id: &str, id: Uuid) -> Result<(), QueueError> {
-        self.store.release(user_id, id).await
-    }
-
-    /// Puts a popped job back (a worker that could not start it).
-    pub async fn requeue(&self, job: &QueuedJob) -> Result<(), QueueError> {
-        self.store.requeue(job).await
-    }
-
-    /// The job's live position, read from the queue itself.
-    pub async fn position(&self, id: Uuid) -> Result<Option<u32>, QueueError> {
-        self.store.position(id).await
-    }
-
-    /// The live positions of several jobs at once (one round trip on Redis).
-    pub async fn positions(&self, ids: &[Uuid]) -> Result<Vec<Option<u32>>, QueueError> {
-        self.store.positions(ids).await
-    }
-
-    /// Jobs queued.
-    pub async fn depth(&self) -> Result<u64, QueueError> {
-        self.store.depth().await
-    }
-
-    /// When the queue last moved.
-    pub async fn last_moved(&self) -> Result<Option<DateTime<Utc>>, QueueError> {
-        self.store.last_moved().await
-    }
-
-    /// Records that a running job advanced (the queue is moving).
-    pub async fn mark_moved(&self) -> Result<(), QueueError> {
-        self.store.mark_moved(Utc::now()).await
-    }
-
-    /// Whether the store answers.
-    pub async fn ping(&self) -> Result<(), QueueError> {
-        self.store.ping().await
-    }
-
-    /// Reports a finished job's processing time (for ETAs).
-    pub fn finished(&self, seconds: f64) {
-        self.eta.lock().record(seconds);
-    }
-
-    /// The ETA model as it stands.
-    pub fn eta(&self) -> EtaModel {
-        *self.eta.lock()
-    }
-
-    /// Stops handing out jobs; returns once the actor has taken note.
-    pub async fn pause(&self) {
-        let _ = self.addr.send(Pause).await;
-    }
-
-    /// Rebuilds from the database now.
-    pub fn rebuild(&self) {
-        self.addr.do_send(Rebuild);
-    }
-
-    /// The store's kind (`memory` or `redis`).
-    pub fn kind(&self) -> &'static str {
-        self.store.kind()
     }
 }

@@ -1,0 +1,144 @@
+//! The typed handle to the queue: the actor's messages and direct reads of its store.
+
+use super::{Enqueue, MirrorPositions, NextJob, Pause, QueueActor, Rebuild};
+use crate::domain::eta::EtaModel;
+use crate::domain::queue_book::QueuedJob;
+use crate::events::registry::UserWatch;
+use crate::queue::{Enqueued, QueueError, QueueStore};
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+/// The typed handle to the queue.
+#[derive(Clone)]
+pub struct QueueHandle {
+    addr: Addr<QueueActor>,
+    store: Arc<dyn QueueStore>,
+    eta: Arc<Mutex<EtaModel>>,
+}
+
+impl QueueHandle {
+    /// Wraps the actor's address, the store it owns (for direct reads) and its ETA model.
+    pub fn new(
+        addr: Addr<QueueActor>,
+        store: Arc<dyn QueueStore>,
+        eta: Arc<Mutex<EtaModel>>,
+    ) -> Self {
+        QueueHandle { addr, store, eta }
+    }
+
+    /// Queues a job if the user has fewer than `max_pending` pending jobs.
+    pub async fn enqueue(
+        &self,
+        id: Uuid,
+        user_id: &str,
+        max_pending: u32,
+    ) -> Result<Enqueued, QueueError> {
+        let (reply, answer) = oneshot::channel();
+        self.addr.do_send(Enqueue {
+            id,
+            user_id: user_id.to_owned(),
+            max_pending,
+            reply,
+        });
+        answer
+            .await
+            .unwrap_or_else(|_| Err(QueueError::Unavailable("the queue actor stopped".into())))
+    }
+
+    /// Waits for the next job; `None` when the queue actor stopped.
+    pub async fn next_job(&self) -> Option<QueuedJob> {
+        let (reply, answer) = oneshot::channel();
+        self.addr.do_send(NextJob { reply });
+        answer.await.ok()
+    }
+
+    /// Removes a queued job (cancel, stuck). Returns whether it was queued.
+    pub async fn remove(&self, id: Uuid) -> Result<bool, QueueError> {
+        self.store.remove(id).await
+    }
+
+    /// Frees the job's slot in its owner's pending cap.
+    pub async fn release(&self, user_id: &str, id: Uuid) -> Result<(), QueueError> {
+        self.store.release(user_id, id).await
+    }
+
+    /// Puts a popped job back (a worker that could not start it).
+    pub async fn requeue(&self, job: &QueuedJob) -> Result<(), QueueError> {
+        self.store.requeue(job).await
+    }
+
+    /// The job's live position, read from the queue itself.
+    pub async fn position(&self, id: Uuid) -> Result<Option<u32>, QueueError> {
+        self.store.position(id).await
+    }
+
+    /// The live positions of several jobs at once (one round trip on Redis).
+    pub async fn positions(&self, ids: &[Uuid]) -> Result<Vec<Option<u32>>, QueueError> {
+        self.store.positions(ids).await
+    }
+
+    /// Jobs queued.
+    pub async fn depth(&self) -> Result<u64, QueueError> {
+        self.store.depth().await
+    }
+
+    /// When the queue last moved.
+    pub async fn last_moved(&self) -> Result<Option<DateTime<Utc>>, QueueError> {
+        self.store.last_moved().await
+    }
+
+    /// Records that a running job advanced (the queue is moving).
+    pub async fn mark_moved(&self) -> Result<(), QueueError> {
+        self.store.mark_moved(Utc::now()).await
+    }
+
+    /// Whether the store answers.
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        self.store.ping().await
+    }
+
+    /// Reports a finished job's processing time (for ETAs).
+    pub fn finished(&self, seconds: f64) {
+        self.eta.lock().record(seconds);
+    }
+
+    /// The ETA model as it stands.
+    pub fn eta(&self) -> EtaModel {
+        *self.eta.lock()
+    }
+
+    /// Stops handing out jobs; returns once the actor has taken note.
+    pub async fn pause(&self) {
+        let _ = self.addr.send(Pause).await;
+    }
+
+    /// Rebuilds from the database now.
+    pub fn rebuild(&self) {
+        self.addr.do_send(Rebuild);
+    }
+
+    /// The positions of `user`'s queued jobs in this process's mirror, and the mirror's
+    /// version (`None` if the actor stopped).
+    pub async fn mirror_positions(&self, user: &str) -> Option<(u64, Vec<(Uuid, u32)>)> {
+        self.addr
+            .send(MirrorPositions {
+                user: user.to_owned(),
+            })
+            .await
+            .ok()
+    }
+
+    /// Where the session registry tells which users are connected.
+    pub fn watch_recipient(&self) -> Recipient<UserWatch> {
+        self.addr.clone().recipient()
+    }
+
+    /// The store's kind (`memory` or `redis`).
+    pub fn kind(&self) -> &'static str {
+        self.store.kind()
+    }
+}

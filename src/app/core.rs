@@ -1,0 +1,216 @@
+//! Builds what runs on the actix system: the database, the queue store and bus, the session
+//! registry, the store, queue, Forge and watchdog actors, and the use cases over them.
+
+use super::{Core, RedisClients, StartError};
+use crate::actors::forge::{BackendHealth, Busy, ForgeActor, ForgeDeps, ForgePool, ForgeSettings};
+use crate::actors::queue::{QueueActor, QueueHandle, rebuild::rebuild_from_db};
+use crate::actors::store::{MessageStoreActor, StoreHandle, StoreLimits};
+use crate::config::Config;
+use crate::db::{Database, DbSettings};
+use crate::domain::eta::EtaModel;
+use crate::domain::outages::Outages;
+use crate::events::redis_bus::RedisBus;
+use crate::events::registry::SessionCaps;
+use crate::events::{EventBus, LocalBus, SessionRegistry};
+use crate::forge_client::{Backend, ForgeClient, TlsRoots};
+use crate::gateway::watchdog::{WatchdogActor, WatchdogDeps, WatchdogHandle, WatchdogSettings};
+use crate::gateway::{Gateway, GatewaySettings};
+use crate::images::ImageStore;
+use crate::metrics::Metrics;
+use crate::queue::QueueStore;
+use crate::queue::memory::MemoryQueue;
+use crate::queue::redis::RedisQueue;
+use actix::prelude::*;
+use std::sync::Arc;
+
+/// Runs `connect` on the I/O runtime and waits for it. Connections are made there because a
+/// socket belongs to the runtime that opened it, and the actor thread should run only the
+/// actors' own logic. `what` starts the error message.
+async fn on_io<T, E>(
+    io: &tokio::runtime::Handle,
+    what: &str,
+    connect: impl std::future::Future<Output = Result<T, E>> + Send + 'static,
+) -> Result<T, StartError>
+where
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    match io.spawn(connect).await {
+        Ok(Ok(connected)) => Ok(connected),
+        Ok(Err(err)) => Err(StartError(format!("{what}: {err}"))),
+        Err(err) => Err(StartError(format!("{what}: the task failed: {err}"))),
+    }
+}
+
+pub(super) async fn build_core(
+    config: Config,
+    forge_urls: Vec<url::Url>,
+    images: ImageStore,
+    threads: usize,
+    io: tokio::runtime::Handle,
+) -> Result<Core, StartError> {
+    let db_settings = DbSettings {
+        url: config.database_url(),
+        schema: config.database_schema.clone(),
+        max_connections: config.database_max_connections,
+    };
+    let db = on_io(&io, "cannot open the database", async move {
+        Database::connect(&db_settings).await
+    })
+    .await?;
+    let metrics = Metrics::shared();
+    // The registry gets an arbiter of its own: every event and position passes through it.
+    let registry = SessionRegistry::start(
+        &Arbiter::new().handle(),
+        SessionCaps {
+            per_user: config.max_sessions_per_user,
+            total: config.max_sessions,
+        },
+    );
+    let (queue_store, bus, redis): (Arc<dyn QueueStore>, Arc<dyn EventBus>, Option<RedisClients>) =
+        match &config.redis_url {
+            None => (
+                Arc::new(MemoryQueue::new()),
+                LocalBus::new(registry.clone()),
+                None,
+            ),
+            Some(url) => {
+                let (queue_url, prefix) = (url.clone(), config.redis_prefix.clone());
+                let queue = Arc::new(
+                    on_io(&io, "REDIS_URL: cannot use the Redis queue", async move {
+                        RedisQueue::connect(&queue_url, &prefix).await
+                    })
+                    .await?,
+                );
+                let (bus_url, prefix, bus_registry) =
+                    (url.clone(), config.redis_prefix.clone(), registry.clone());
+                let bus = on_io(
+                    &io,
+                    "REDIS_URL: cannot use the Redis event bus",
+                    async move { RedisBus::connect(&bus_url, &prefix, bus_registry).await },
+                )
+                .await?;
+                let clients = RedisClients {
+                    queue: queue.clone(),
+                    bus: bus.clone(),
+                };
+                (queue, bus, Some(clients))
+            }
+        };
+
+    let rebuilt = rebuild_from_db(&*queue_store, &db)
+        .await
+        .map_err(|err| StartError(format!("cannot rebuild the queue from the database: {err}")))?;
+    if rebuilt.added > 0 {
+        tracing::info!(
+            jobs = rebuilt.added,
+            "queued jobs from the database are back in the queue"
+        );
+    }
+
+    let outages = Arc::new(Outages::new(chrono::Utc::now()));
+    let limits = StoreLimits::for_backend(db.backend_name(), config.database_max_connections);
+    let store = StoreHandle::new(
+        MessageStoreActor::new(
+            db.clone(),
+            bus,
+            metrics.clone(),
+            outages.clone(),
+            limits,
+            io.clone(),
+        )
+        .start(),
+    );
+    let eta = Arc::new(parking_lot::Mutex::new(EtaModel::new(
+        forge_urls.len() as u32
+    )));
+    let queue_addr = QueueActor::new(
+        queue_store.clone(),
+        db.clone(),
+        registry.positions(),
+        metrics.clone(),
+        outages.clone(),
+        eta.clone(),
+    )
+    .start();
+    let queue = QueueHandle::new(queue_addr, queue_store, eta);
+    registry.watch_users_with(queue.watch_recipient());
+
+    let health = BackendHealth::default();
+    let busy = Busy::default();
+    let deps = ForgeDeps {
+        queue: queue.clone(),
+        store: store.clone(),
+        images,
+        metrics: metrics.clone(),
+        health: health.clone(),
+        busy: busy.clone(),
+        io: io.clone(),
+    };
+    let settings = ForgeSettings {
+        timeout: config.forge_timeout,
+        progress_interval: config.forge_progress_interval,
+        previews: config.forge_previews,
+        slots: config.forge_slots,
+        breaker_failures: config.breaker_failures,
+        breaker_open_for: config.breaker_open_for,
+    };
+    let roots = TlsRoots::load(config.forge_ca_file.as_deref()).map_err(StartError)?;
+    let mut backends = Vec::new();
+    for url in &forge_urls {
+        let client = ForgeClient::new(
+            Backend::from_url(url),
+            config.forge_timeout,
+            config.forge_connect_timeout,
+            &roots,
+        )
+        .map_err(StartError)?;
+        backends.push(ForgeActor::new(client, deps.clone(), settings.clone()).start());
+    }
+    let forge = ForgePool::new(backends, health, busy);
+    {
+        let forge = forge.clone();
+        registry.on_job_ended(move |id| forge.abandon(id));
+    }
+
+    let gateway = Gateway::new(
+        db.clone(),
+        store.clone(),
+        queue.clone(),
+        outages.clone(),
+        GatewaySettings {
+            max_pending_per_user: config.max_pending_per_user,
+        },
+    );
+    let watchdog = WatchdogHandle::new(
+        WatchdogActor::new(
+            WatchdogDeps {
+                gateway: gateway.clone(),
+                forge: forge.clone(),
+                outages,
+                metrics: metrics.clone(),
+            },
+            WatchdogSettings {
+                stuck_after: config.stuck_after,
+                interval: config.watchdog_interval,
+                job_deadline: (!config.job_deadline.is_zero()).then_some(config.job_deadline),
+            },
+        )
+        .start(),
+    );
+    let arbiters = (0..threads.max(1))
+        .map(|_| Arbiter::new().handle())
+        .collect();
+    Ok(Core {
+        gateway,
+        store,
+        queue,
+        forge,
+        watchdog,
+        registry,
+        db,
+        metrics,
+        arbiters,
+        redis,
+    })
+}

@@ -1,0 +1,250 @@
+//! Which connected users get which positions, and when: the live-position bookkeeping of a
+//! gateway process, as plain logic with the time passed in.
+//!
+//! Each pop moves every waiting job, so telling each moved job's owner at every pop costs
+//! queue depth × pop rate. Instead, a tick reads, for each *connected* user, the positions of
+//! that user's queued jobs from the mirror (O(log N) each) and sends one frame per user whose
+//! positions changed: the cost is connected users × tick rate, whatever the depth and however
+//! fast the queue moves. Ticks follow changes: the first change after a quiet period is
+//! answered at once, a burst at most once per interval. The interval adapts to the tick's own
+//! cost (five times what the last tick took), between [`MIN_INTERVAL`] and [`MAX_INTERVAL`],
+//! so a session gets at most 1 / `MIN_INTERVAL` position frames a second and a position is at
+//! most about `MAX_INTERVAL` stale while the queue moves.
+
+use crate::domain::eta::EtaModel;
+use crate::domain::queue_book::QueueBook;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// Shortest time between two ticks (at most 5 position frames a second per session).
+pub const MIN_INTERVAL: Duration = Duration::from_millis(200);
+/// Longest time between two ticks while positions change.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(1);
+
+/// One queued job's position and estimate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JobPosition {
+    /// The message.
+    pub id: Uuid,
+    /// 1-based position.
+    pub queue_position: u32,
+    /// Estimated seconds until done.
+    pub eta_s: Option<u32>,
+}
+
+/// The positions of one user's queued jobs, to send to that user's sessions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserPositions {
+    /// The user.
+    pub user: Arc<str>,
+    /// Their queued jobs in queue order.
+    pub positions: Vec<JobPosition>,
+}
+
+/// The bookkeeping.
+#[derive(Debug, Default)]
+pub struct PositionFeed {
+    /// Connected users.
+    watched: HashSet<Arc<str>>,
+    /// What each connected user was last told.
+    sent: HashMap<Arc<str>, Vec<JobPosition>>,
+    /// Users to tell at the next tick even if nothing changed (a new session).
+    fresh: HashSet<Arc<str>>,
+    /// The queue changed since the last tick.
+    changed: bool,
+    last_tick: Option<Instant>,
+    interval: Duration,
+}
+
+impl PositionFeed {
+    /// Nobody connected yet.
+    pub fn new() -> Self {
+        PositionFeed {
+            interval: MIN_INTERVAL,
+            ..Default::default()
+        }
+    }
+
+    /// A session of `user` opened here: the next tick tells the user, changed or not.
+    pub fn watch(&mut self, user: Arc<str>) {
+        self.fresh.insert(user.clone());
+        self.watched.insert(user);
+    }
+
+    /// The last session of `user` here closed.
+    pub fn unwatch(&mut self, user: &str) {
+        self.watched.remove(user);
+        self.sent.remove(user);
+        self.fresh.remove(user);
+    }
+
+    /// The queue (or the ETA model) changed.
+    pub fn changed(&mut self) {
+        self.changed = true;
+    }
+
+    /// When the next tick should run: `None` while there is nothing to tell.
+    pub fn due(&self, now: Instant) -> Option<Instant> {
+        if !self.changed && self.fresh.is_empty() {
+            return None;
+        }
+        Some(match self.last_tick {
+            Some(last) => (last + self.interval).max(now),
+            None => now,
+        })
+    }
+
+    /// Reads the positions of every connected user from `mirror` and returns those to send:
+    /// the users whose positions (or estimates) changed since they were last told, and new
+    /// sessions' users. `cost` is how long the previous tick took (it sets the pace).
+    pub fn tick(
+        &mut self,
+        mirror: &QueueBook,
+        eta: &EtaModel,
+        now: Instant,
+        cost: Duration,
+    ) -> Vec<UserPositions> {
+        self.interval = (cost * 5).clamp(MIN_INTERVAL, MAX_INTERVAL);
+        self.last_tick = Some(now);
+        self.changed = false;
+        let fresh = std::mem::take(&mut self.fresh);
+        let mut out = Vec::new();
+        for user in &self.watched {
+            if !mirror.has_jobs_of(user) {
+                self.sent.remove(user);
+                continue;
+            }
+            let positions: Vec<JobPosition> = mirror
+                .positions_of(user)
+                .into_iter()
+                .map(|(id, queue_position)| JobPosition {
+                    id,
+                    queue_position,
+                    eta_s: eta.for_position(queue_position),
+                })
+                .collect();
+            if !fresh.contains(user) && self.sent.get(user) == Some(&positions) {
+                continue;
+            }
+            self.sent.insert(user.clone(), positions.clone());
+            out.push(UserPositions {
+                user: user.clone(),
+                positions,
+            });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::queue_book::QueuedJob;
+
+    fn job(ticket: i64, user: &str) -> QueuedJob {
+        QueuedJob {
+            id: Uuid::from_u128(ticket as u128),
+            user_id: Arc::from(user),
+            ticket,
+        }
+    }
+
+    fn told(out: &[UserPositions]) -> Vec<(String, Vec<u32>)> {
+        let mut told: Vec<_> = out
+            .iter()
+            .map(|user| {
+                (
+                    user.user.to_string(),
+                    user.positions.iter().map(|p| p.queue_position).collect(),
+                )
+            })
+            .collect();
+        told.sort();
+        told
+    }
+
+    #[test]
+    fn only_connected_users_whose_positions_changed_are_told() {
+        let mut mirror = QueueBook::new();
+        for (ticket, user) in [(1, "a"), (2, "b"), (3, "a"), (4, "c")] {
+            mirror.insert(job(ticket, user));
+        }
+        let eta = EtaModel::new(1);
+        let mut feed = PositionFeed::new();
+        let start = Instant::now();
+        feed.watch(Arc::from("a"));
+        feed.watch(Arc::from("b"));
+        let out = feed.tick(&mirror, &eta, start, Duration::ZERO);
+        assert_eq!(
+            told(&out),
+            [("a".into(), vec![1, 3]), ("b".into(), vec![2])]
+        );
+        // c is not connected here: never computed. Nothing changed: nothing sent.
+        assert!(feed.tick(&mirror, &eta, start, Duration::ZERO).is_empty());
+        // The head leaves: everyone behind moved.
+        mirror.pop_front();
+        feed.changed();
+        let out = feed.tick(&mirror, &eta, start, Duration::ZERO);
+        assert_eq!(told(&out), [("a".into(), vec![2]), ("b".into(), vec![1])]);
+        // The last job of c leaves: a and b did not move, nobody is told.
+        mirror.remove(&job(4, "c").id);
+        feed.changed();
+        assert!(feed.tick(&mirror, &eta, start, Duration::ZERO).is_empty());
+        // A new session of b is told at once, unchanged or not.
+        feed.watch(Arc::from("b"));
+        assert_eq!(
+            told(&feed.tick(&mirror, &eta, start, Duration::ZERO)),
+            [("b".into(), vec![1])]
+        );
+        // A user who left is not told.
+        feed.unwatch("a");
+        mirror.pop_front();
+        feed.changed();
+        assert!(feed.tick(&mirror, &eta, start, Duration::ZERO).is_empty());
+    }
+
+    #[test]
+    fn ticks_follow_changes_at_most_once_per_interval() {
+        let mut feed = PositionFeed::new();
+        let mirror = QueueBook::new();
+        let eta = EtaModel::new(1);
+        let t0 = Instant::now();
+        assert_eq!(feed.due(t0), None, "nothing to tell");
+        feed.changed();
+        assert_eq!(feed.due(t0), Some(t0), "the first change goes out at once");
+        feed.tick(&mirror, &eta, t0, Duration::ZERO);
+        feed.changed();
+        assert_eq!(
+            feed.due(t0),
+            Some(t0 + MIN_INTERVAL),
+            "a burst waits for the interval"
+        );
+        let later = t0 + Duration::from_secs(5);
+        assert_eq!(feed.due(later), Some(later));
+        // An expensive tick slows the pace, up to the longest interval.
+        feed.tick(&mirror, &eta, later, Duration::from_millis(100));
+        feed.changed();
+        assert_eq!(feed.due(later), Some(later + Duration::from_millis(500)));
+        feed.tick(&mirror, &eta, later, Duration::from_secs(3));
+        feed.changed();
+        assert_eq!(feed.due(later), Some(later + MAX_INTERVAL));
+    }
+
+    #[test]
+    fn estimates_change_what_is_told() {
+        let mut mirror = QueueBook::new();
+        mirror.insert(job(1, "a"));
+        let mut eta = EtaModel::new(1);
+        let mut feed = PositionFeed::new();
+        let now = Instant::now();
+        feed.watch(Arc::from("a"));
+        let out = feed.tick(&mirror, &eta, now, Duration::ZERO);
+        assert_eq!(out[0].positions[0].eta_s, None);
+        eta.record(4.0);
+        feed.changed();
+        let out = feed.tick(&mirror, &eta, now, Duration::ZERO);
+        assert_eq!(out[0].positions[0].eta_s, Some(4));
+    }
+}

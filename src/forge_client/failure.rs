@@ -1,0 +1,179 @@
+//! Every way a call to Forge can fail, what each means for the job (the error catalogue's
+//! code and message) and for the backend's circuit breaker.
+//!
+//! A call that never reached Forge (DNS, refused, no answer to the connect within
+//! `FORGE_CONNECT_TIMEOUT`, TLS) is R9.1 `forge_connection`, whatever the clock says; only the
+//! txt2img deadline itself is R5.1 `forge_timeout`, with that deadline in its text.
+
+use crate::domain::breaker::CallOutcome;
+use crate::domain::catalogue::JobFailure;
+use std::time::Duration;
+
+/// How a call to Forge failed. The technical detail goes to the log, never to the user.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ForgeFailure {
+    /// Refused, reset, closed early, DNS.
+    #[error("connection failed: {0}")]
+    Connection(String),
+    /// The call ran past its deadline.
+    #[error("timed out")]
+    Timeout,
+    /// Forge answered an HTTP error.
+    #[error("HTTP {status}: {body}")]
+    Status {
+        /// The status code.
+        status: u16,
+        /// The start of the answer's body.
+        body: String,
+    },
+    /// The answer is not the expected JSON, or holds no decodable PNG.
+    #[error("unexpected answer: {0}")]
+    BadAnswer(String),
+}
+
+impl ForgeFailure {
+    /// The user-facing failure (code and exact message).
+    pub fn job_failure(&self, forge_timeout: Duration) -> JobFailure {
+        match self {
+            ForgeFailure::Connection(_) => JobFailure::ForgeConnection,
+            ForgeFailure::Timeout => JobFailure::ForgeTimeout {
+                timeout: forge_timeout,
+            },
+            ForgeFailure::Status {
+                status: 401 | 403, ..
+            } => JobFailure::ForgeAuth,
+            ForgeFailure::Status { status, .. } if (400..500).contains(status) => {
+                JobFailure::ForgeRejected { status: *status }
+            }
+            ForgeFailure::Status { .. } | ForgeFailure::BadAnswer(_) => JobFailure::Unknown,
+        }
+    }
+
+    /// What the failure says about the backend's health (R8.1: connection errors, timeouts
+    /// and 5xx count; a refused request or an odd answer does not).
+    pub fn breaker_outcome(&self) -> CallOutcome {
+        match self {
+            ForgeFailure::Connection(_) | ForgeFailure::Timeout => CallOutcome::Failure,
+            ForgeFailure::Status { status, .. } if *status >= 500 => CallOutcome::Failure,
+            _ => CallOutcome::Neutral,
+        }
+    }
+
+    /// A short label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ForgeFailure::Connection(_) => "connection",
+            ForgeFailure::Timeout => "timeout",
+            ForgeFailure::Status { status, .. } if *status >= 500 => "http_5xx",
+            ForgeFailure::Status { .. } => "http_4xx",
+            ForgeFailure::BadAnswer(_) => "bad_answer",
+        }
+    }
+}
+
+pub(super) async fn read_answer(answer: reqwest::Response) -> Result<Vec<u8>, ForgeFailure> {
+    let status = answer.status();
+    // We decode JSON ourselves, so any error while reading the body (reqwest calls some of
+    // them "decode" errors) means the connection broke mid-answer.
+    let bytes = answer.bytes().await.map_err(|err| match classify(err) {
+        ForgeFailure::BadAnswer(detail) => ForgeFailure::Connection(detail),
+        other => other,
+    })?;
+    if !status.is_success() {
+        let body = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
+        return Err(ForgeFailure::Status {
+            status: status.as_u16(),
+            body,
+        });
+    }
+    Ok(bytes.to_vec())
+}
+
+pub(super) fn classify(err: reqwest::Error) -> ForgeFailure {
+    // A connect that timed out is a connection failure: Forge never got the request.
+    if err.is_connect() {
+        ForgeFailure::Connection(error_chain(&err))
+    } else if err.is_timeout() {
+        ForgeFailure::Timeout
+    } else if err.is_request() || err.is_body() {
+        ForgeFailure::Connection(error_chain(&err))
+    } else if err.is_decode() {
+        ForgeFailure::BadAnswer(error_chain(&err))
+    } else {
+        ForgeFailure::Connection(error_chain(&err))
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_map_to_codes_and_breaker_outcomes() {
+        let timeout = Duration::from_secs(180);
+        let cases = [
+            (
+                ForgeFailure::Connection("refused".into()),
+                "forge_connection",
+                CallOutcome::Failure,
+            ),
+            (ForgeFailure::Timeout, "forge_timeout", CallOutcome::Failure),
+            (
+                ForgeFailure::Status {
+                    status: 500,
+                    body: String::new(),
+                },
+                "unknown",
+                CallOutcome::Failure,
+            ),
+            (
+                ForgeFailure::Status {
+                    status: 503,
+                    body: String::new(),
+                },
+                "unknown",
+                CallOutcome::Failure,
+            ),
+            (
+                ForgeFailure::Status {
+                    status: 422,
+                    body: String::new(),
+                },
+                "forge_rejected",
+                CallOutcome::Neutral,
+            ),
+            (
+                ForgeFailure::Status {
+                    status: 401,
+                    body: String::new(),
+                },
+                "forge_auth",
+                CallOutcome::Neutral,
+            ),
+            (
+                ForgeFailure::BadAnswer("x".into()),
+                "unknown",
+                CallOutcome::Neutral,
+            ),
+        ];
+        for (failure, code, outcome) in cases {
+            assert_eq!(failure.job_failure(timeout).code(), code, "{failure}");
+            assert_eq!(failure.breaker_outcome(), outcome, "{failure}");
+        }
+        assert_eq!(
+            ForgeFailure::Timeout.job_failure(timeout).message(),
+            "Forge API zaman aşımına uğradı (180s). Lütfen tekrar deneyin."
+        );
+    }
+}

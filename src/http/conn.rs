@@ -1,0 +1,305 @@
+//! One accepted connection's limits, enforced below HTTP: the socket is wrapped so that its
+//! reads fail once a deadline passes, which makes hyper drop the connection.
+//!
+//! - `HTTP_HEADER_TIMEOUT`: from the connection's start, or from the first byte of a request,
+//!   until the request's head is complete (the service is called). A client that sends half a
+//!   head, or nothing, is cut off (slowloris).
+//! - `HTTP_IDLE_TIMEOUT`: a kept-alive connection with no request and no traffic for this long
+//!   is closed.
+//! - Neither runs while a request is being served, nor after the connection became a
+//!   WebSocket (the session has its own heartbeat and silence limit).
+//!
+//! The connection also holds its `MAX_CONNECTIONS` permit, so the count drops when the socket
+//! does, whether it served HTTP or became a WebSocket.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Sleep;
+
+/// The deadlines of a connection.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnLimits {
+    /// `HTTP_HEADER_TIMEOUT`.
+    pub header: Duration,
+    /// `HTTP_IDLE_TIMEOUT`.
+    pub idle: Duration,
+}
+
+/// Why a connection was cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cut {
+    /// A request head did not arrive in time.
+    HeaderTimeout,
+    /// Nothing happened for too long between requests.
+    IdleTimeout,
+}
+
+/// What the connection's service and its socket share.
+#[derive(Debug)]
+pub struct ConnState {
+    origin: Instant,
+    limits: ConnLimits,
+    /// Requests being served.
+    in_flight: AtomicUsize,
+    /// When the head being read started (ms since `origin`, plus one; 0: none).
+    head_started: AtomicU64,
+    /// Last traffic or end of a request (ms since `origin`).
+    last_activity: AtomicU64,
+    /// The connection is a WebSocket now.
+    upgraded: AtomicBool,
+    /// Why it was cut, if it was.
+    cut: parking_lot::Mutex<Option<Cut>>,
+}
+
+impl ConnState {
+    /// A fresh connection: the header timeout runs from now.
+    pub fn new(limits: ConnLimits) -> Arc<ConnState> {
+        Arc::new(ConnState {
+            origin: Instant::now(),
+            limits,
+            in_flight: AtomicUsize::new(0),
+            head_started: AtomicU64::new(1),
+            last_activity: AtomicU64::new(0),
+            upgraded: AtomicBool::new(false),
+            cut: parking_lot::Mutex::new(None),
+        })
+    }
+
+    fn now(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
+    /// A request's head is complete and is being served; the guard marks its end.
+    pub fn serving(self: &Arc<Self>) -> Serving {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.head_started.store(0, Ordering::Release);
+        Serving(self.clone())
+    }
+
+    /// The connection became a WebSocket: its HTTP deadlines end.
+    pub fn upgraded(&self) {
+        self.upgraded.store(true, Ordering::Release);
+    }
+
+    /// Why the connection was cut, if it was.
+    pub fn cut(&self) -> Option<Cut> {
+        *self.cut.lock()
+    }
+
+    /// The deadline that applies now (ms since `origin`), and what passing it means.
+    fn deadline(&self) -> Option<(u64, Cut)> {
+        if self.upgraded.load(Ordering::Acquire) || self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let header = self.limits.header.as_millis() as u64;
+        match self.head_started.load(Ordering::Acquire) {
+            0 => Some((
+                self.last_activity.load(Ordering::Acquire) + self.limits.idle.as_millis() as u64,
+                Cut::IdleTimeout,
+            )),
+            started => Some((started - 1 + header, Cut::HeaderTimeout)),
+        }
+    }
+
+    fn read_some(&self) {
+        let now = self.now();
+        self.last_activity.fetch_max(now, Ordering::AcqRel);
+        if self.in_flight.load(Ordering::Acquire) == 0 {
+            // The first byte of the next request: its head must arrive in time.
+            let _ =
+                self.head_started
+                    .compare_exchange(0, now + 1, Ordering::AcqRel, Ordering::Acquire);
+        }
+    }
+}
+
+/// A request being served; dropping it ends it.
+pub struct Serving(Arc<ConnState>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let now = self.0.now();
+        self.0.last_activity.fetch_max(now, Ordering::AcqRel);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The accepted socket with its deadlines and its permit.
+pub struct GuardedIo<T> {
+    io: T,
+    state: Arc<ConnState>,
+    timer: Pin<Box<Sleep>>,
+    armed: Option<u64>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<T> GuardedIo<T> {
+    /// Wraps `io`, holding `permit` for as long as it lives.
+    pub fn new(io: T, state: Arc<ConnState>, permit: OwnedSemaphorePermit) -> Self {
+        GuardedIo {
+            io,
+            state,
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            armed: None,
+            _permit: permit,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.state.read_some();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+            Poll::Pending => {
+                let Some((deadline, cut)) = this.state.deadline() else {
+                    return Poll::Pending;
+                };
+                if this.armed != Some(deadline) {
+                    this.armed = Some(deadline);
+                    let at = this.state.origin + Duration::from_millis(deadline);
+                    this.timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::from_std(at));
+                }
+                match this.timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        *this.state.cut.lock() = Some(cut);
+                        Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            match cut {
+                                Cut::HeaderTimeout => "request head timed out",
+                                Cut::IdleTimeout => "idle connection timed out",
+                            },
+                        )))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.io).poll_write(cx, data);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            let now = this.state.now();
+            this.state.last_activity.fetch_max(now, Ordering::AcqRel);
+        }
+        written
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            let now = this.state.now();
+            this.state.last_activity.fetch_max(now, Ordering::AcqRel);
+        }
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn limits(header_ms: u64, idle_ms: u64) -> ConnLimits {
+        ConnLimits {
+            header: Duration::from_millis(header_ms),
+            idle: Duration::from_millis(idle_ms),
+        }
+    }
+
+    async fn guarded(
+        limits: ConnLimits,
+    ) -> (
+        GuardedIo<tokio::io::DuplexStream>,
+        tokio::io::DuplexStream,
+        Arc<ConnState>,
+    ) {
+        let (ours, theirs) = tokio::io::duplex(1024);
+        let state = ConnState::new(limits);
+        let permit = Arc::new(tokio::sync::Semaphore::new(1))
+            .try_acquire_owned()
+            .expect("permit");
+        (GuardedIo::new(ours, state.clone(), permit), theirs, state)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_that_does_not_come_in_time_cuts_the_connection() {
+        let (mut io, mut client, state) = guarded(limits(1000, 60_000)).await;
+        client.write_all(b"GET / HT").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(io.read(&mut buf).await.unwrap(), 8);
+        let err = io.read(&mut buf).await.expect_err("cut");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(state.cut(), Some(Cut::HeaderTimeout));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_being_served_and_a_websocket_are_not_cut() {
+        let (mut io, mut client, state) = guarded(limits(1000, 2000)).await;
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(io.read(&mut buf).await.unwrap(), 18);
+        let serving = state.serving();
+        let read = tokio::time::timeout(Duration::from_secs(30), io.read(&mut buf)).await;
+        assert!(read.is_err(), "no deadline while a request is served");
+        drop(serving);
+        // Kept alive with no traffic: the idle limit.
+        let err = io.read(&mut buf).await.expect_err("cut");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(state.cut(), Some(Cut::IdleTimeout));
+
+        let (mut io, mut client, state) = guarded(limits(1000, 2000)).await;
+        client.write_all(b"GET /ws HTTP/1.1\r\n\r\n").await.unwrap();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 20);
+        drop(state.serving());
+        state.upgraded();
+        let read = tokio::time::timeout(Duration::from_secs(30), io.read(&mut buf)).await;
+        assert!(read.is_err(), "a WebSocket has no HTTP deadline");
+        assert_eq!(state.cut(), None);
+    }
+}

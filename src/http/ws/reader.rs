@@ -1,0 +1,216 @@
+//! The socket's read side: what a client sends, bounded in rate, size and backlog.
+//!
+//! Frames are read one at a time, and the next is read only once the previous is dealt with:
+//! - every frame takes a token of the user's [`CommandRate`]; without one the frame is refused
+//!   with a `rate_limited` error and the reader waits for the next token before reading on, so
+//!   a flood costs a bounded amount of work and is slowed by TCP itself;
+//! - a write command (`update_message`, `cancel`) goes into a queue of `WS_COMMAND_QUEUE`
+//!   commands that [`apply_commands`] works through in order; while it is full, nothing more is
+//!   read;
+//! - at most one `resync` is answered at a time (one more while it runs is redundant).
+//!
+//! When the socket ends, the commands still queued are dropped, not executed.
+
+use super::outbox::{Frame, Outbox};
+use super::rate::CommandRate;
+use super::session::{LastSeen, Resync, SessionActor, error_frame_body};
+use crate::domain::catalogue::ApiError;
+use crate::domain::merge;
+use crate::domain::params::data_error;
+use crate::gateway::Gateway;
+use crate::metrics::Metrics;
+use actix::Addr;
+use futures::{Stream, StreamExt};
+use serde_json::{Map, Value};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use uuid::Uuid;
+
+/// A client command that writes, applied in the order the client sent it.
+pub(super) enum Command {
+    Patch(Uuid, Value),
+    Cancel(Uuid),
+}
+
+/// Why reading stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum End {
+    /// The client closed, or the connection broke.
+    Gone,
+    /// The client sent nothing for `WS_IDLE_TIMEOUT`.
+    Idle,
+    /// The client sent a frame over the hard limit.
+    TooBig,
+}
+
+/// What the reader works with.
+pub(super) struct Reader {
+    pub user: Arc<str>,
+    pub outbox: Arc<Outbox>,
+    pub session: Addr<SessionActor>,
+    pub commands: mpsc::Sender<Command>,
+    pub resyncing: Arc<AtomicBool>,
+    pub last_seen: Arc<LastSeen>,
+    pub rate: Arc<CommandRate>,
+    pub metrics: Arc<Metrics>,
+    pub idle_timeout: Duration,
+    /// The largest text frame taken as a command.
+    pub max_frame: usize,
+}
+
+impl Reader {
+    /// Reads until the socket ends.
+    pub(super) async fn run<S>(self, mut stream: S) -> End
+    where
+        S: Stream<Item = Result<Message, WsError>> + Unpin,
+    {
+        loop {
+            let frame = match tokio::time::timeout(self.idle_timeout, stream.next()).await {
+                Err(_) => return End::Idle,
+                Ok(None) => return End::Gone,
+                Ok(Some(Err(WsError::Capacity(_)))) => return End::TooBig,
+                Ok(Some(Err(_))) => return End::Gone,
+                Ok(Some(Ok(frame))) => frame,
+            };
+            self.last_seen.touch();
+            let text = match frame {
+                Message::Close(_) => return End::Gone,
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+                Message::Binary(_) => {
+                    self.refuse(&ApiError::InvalidJson {
+                        message: "İkili (binary) çerçeveler desteklenmiyor; JSON metin gönderin."
+                            .into(),
+                    });
+                    continue;
+                }
+                Message::Text(text) => text,
+            };
+            if let Err(wait) = self.rate.take(&self.user) {
+                self.metrics.ws_commands_limited.inc();
+                self.refuse(&ApiError::RateLimited {
+                    per_second: self.rate.per_second(),
+                });
+                // Read on only when the user may send again: a flood waits in TCP.
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            if text.len() > self.max_frame {
+                self.refuse(&ApiError::PayloadTooLarge {
+                    limit: self.max_frame,
+                });
+                continue;
+            }
+            if let Some(command) = self.parse(text.as_bytes()) {
+                // Waits while the queue is full: nothing more is read meanwhile.
+                if self.commands.send(command).await.is_err() {
+                    return End::Gone;
+                }
+            }
+        }
+    }
+
+    fn refuse(&self, err: &ApiError) {
+        self.refuse_about(err, None);
+    }
+
+    fn refuse_about(&self, err: &ApiError, id: Option<&str>) {
+        self.outbox
+            .push(Frame::Text(Arc::from(error_frame_body(err, id))));
+    }
+
+    /// Deals with one text frame; returns a write command to queue, if it is one.
+    fn parse(&self, text: &[u8]) -> Option<Command> {
+        let value = match crate::domain::client_json::parse(text) {
+            Ok(value) => value,
+            Err(err) => {
+                self.refuse(&ApiError::from(err));
+                return None;
+            }
+        };
+        let Some(command) = value.as_object() else {
+            self.refuse(&ApiError::InvalidJson {
+                message: "Mesaj bir JSON nesnesi olmalıdır.".into(),
+            });
+            return None;
+        };
+        let kind = command
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        match kind {
+            "ping" => {
+                let pong = crate::domain::event::control_frame_body("pong", Map::new());
+                self.outbox.push(Frame::Text(Arc::from(pong)));
+                None
+            }
+            "resync" => {
+                if !self.resyncing.swap(true, Ordering::AcqRel) {
+                    self.session.do_send(Resync);
+                }
+                None
+            }
+            "update_message" | "cancel" => self.write_command(kind, command),
+            "" => {
+                self.refuse(&ApiError::validation("type", "type alanı zorunludur."));
+                None
+            }
+            other => {
+                self.refuse(&ApiError::validation(
+                    "type",
+                    format!(
+                        "Bilinmeyen komut: '{}'.",
+                        other.chars().take(64).collect::<String>()
+                    ),
+                ));
+                None
+            }
+        }
+    }
+
+    fn write_command(&self, kind: &str, command: &Map<String, Value>) -> Option<Command> {
+        let Some(raw_id) = command.get("id").and_then(Value::as_str) else {
+            self.refuse(&ApiError::validation(
+                "id",
+                "id alanı zorunludur (mesaj kimliği).",
+            ));
+            return None;
+        };
+        let Ok(id) = Uuid::try_parse(raw_id) else {
+            self.refuse_about(&ApiError::NotFound, Some(raw_id));
+            return None;
+        };
+        if kind == "cancel" {
+            return Some(Command::Cancel(id));
+        }
+        match merge::client_patch_from_body(command, &["type", "id"]) {
+            Ok(patch) => Some(Command::Patch(id, patch)),
+            Err(err) => {
+                self.refuse_about(&data_error("data", &err), Some(raw_id));
+                None
+            }
+        }
+    }
+}
+
+/// Applies a session's write commands one after another, so a client's patches land in the
+/// order it sent them; a failure becomes an `error` frame naming the message.
+pub(super) async fn apply_commands(
+    mut commands: mpsc::Receiver<Command>,
+    gateway: Gateway,
+    user: Arc<str>,
+    outbox: Arc<Outbox>,
+) {
+    while let Some(command) = commands.recv().await {
+        let (id, result) = match command {
+            Command::Patch(id, patch) => (id, gateway.patch(&user, id, patch).await.map(|_| ())),
+            Command::Cancel(id) => (id, gateway.cancel(&user, id).await.map(|_| ())),
+        };
+        if let Err(error) = result {
+            let body = error_frame_body(&error, Some(&id.to_string()));
+            outbox.push(Frame::Text(Arc::from(body)));
+        }
+    }
+}

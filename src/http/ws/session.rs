@@ -1,0 +1,273 @@
+//! `SessionActor`: one browser connection's state.
+//!
+//! On start it sends `hello`, attaches to the session registry and sends a `snapshot` of the
+//! user's pending messages; frames the registry delivers meanwhile wait in the mailbox (the
+//! snapshot loads with `ctx.wait`), so they follow it. It relays its user's events and
+//! positions into the [`Outbox`], answers `resync` with a new snapshot (one at a time),
+//! pings every heartbeat and drops a silent client. The socket itself is served by the tasks
+//! of [`super::serve`]: a reader that parses and applies the client's commands, and a writer
+//! that drains the outbox.
+//!
+//! Positions come from this process's queue mirror and carry its version: the snapshot's and
+//! every later frame's. A frame older than what the session showed is dropped, and a
+//! `job.queued` event (written before the position frames that follow it were computed, but
+//! delivered after the commit) shows the newest position the session knows: a position shown
+//! never goes back.
+
+use super::outbox::{Coalesce, Frame, Outbox};
+use crate::domain::catalogue::ApiError;
+use crate::domain::event::{control_frame_body, snapshot_frame_body};
+use crate::events::SessionRegistry;
+use crate::events::registry::{Deliver, Permit, resync_frame_body};
+use crate::gateway::Gateway;
+use actix::prelude::*;
+use serde_json::{Map, Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// Timing of one session.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionTiming {
+    /// Ping period.
+    pub heartbeat: Duration,
+    /// Silence after which the client is dropped.
+    pub idle_timeout: Duration,
+}
+
+/// When the client last showed a sign of life (any frame), shared with the socket reader.
+#[derive(Debug)]
+pub struct LastSeen {
+    origin: Instant,
+    millis: AtomicU64,
+}
+
+impl LastSeen {
+    /// Seen now.
+    pub fn new() -> Arc<LastSeen> {
+        Arc::new(LastSeen {
+            origin: Instant::now(),
+            millis: AtomicU64::new(0),
+        })
+    }
+
+    /// The client showed a sign of life.
+    pub fn touch(&self) {
+        let millis = self.origin.elapsed().as_millis() as u64;
+        self.millis.fetch_max(millis, Ordering::Relaxed);
+    }
+
+    fn elapsed(&self) -> Duration {
+        let seen = Duration::from_millis(self.millis.load(Ordering::Relaxed));
+        self.origin.elapsed().saturating_sub(seen)
+    }
+}
+
+/// What a session shares with its socket's tasks.
+pub struct SessionParts {
+    /// The user.
+    pub user: Arc<str>,
+    /// The frames to write.
+    pub outbox: Arc<Outbox>,
+    /// When the client was last heard.
+    pub last_seen: Arc<LastSeen>,
+    /// A `resync` is being answered (the reader sends the next one only after).
+    pub resyncing: Arc<AtomicBool>,
+}
+
+/// One WebSocket session.
+pub struct SessionActor {
+    parts: SessionParts,
+    gateway: Gateway,
+    registry: SessionRegistry,
+    permit: Option<Permit>,
+    timing: SessionTiming,
+    /// The mirror version of the positions shown last.
+    positions_version: u64,
+    /// The newest position shown of each queued message.
+    positions: HashMap<Uuid, u32>,
+}
+
+impl SessionActor {
+    /// A session of the permit's user.
+    pub fn new(
+        parts: SessionParts,
+        permit: Permit,
+        gateway: Gateway,
+        registry: SessionRegistry,
+        timing: SessionTiming,
+    ) -> Self {
+        SessionActor {
+            parts,
+            gateway,
+            registry,
+            permit: Some(permit),
+            timing,
+            positions_version: 0,
+            positions: HashMap::new(),
+        }
+    }
+
+    fn push_text(&self, body: String) {
+        self.parts.outbox.push(Frame::Text(Arc::from(body)));
+    }
+
+    /// Loads and sends the snapshot; the mailbox waits meanwhile so frames follow it.
+    fn send_snapshot(&mut self, ctx: &mut Context<Self>) {
+        let (gateway, user) = (self.gateway.clone(), self.parts.user.clone());
+        ctx.wait(
+            async move { gateway.snapshot(&user).await }
+                .into_actor(self)
+                .map(|snapshot, act, _ctx| {
+                    match snapshot {
+                        Ok(snapshot) => {
+                            if snapshot.positions_version >= act.positions_version {
+                                act.positions_version = snapshot.positions_version;
+                                act.positions = snapshot.positions.into_iter().collect();
+                            }
+                            act.push_text(snapshot_frame_body(&snapshot.views));
+                        }
+                        Err(err) => {
+                            tracing::warn!(user = %act.parts.user, error = ?err, "snapshot failed");
+                            act.push_text(error_frame_body(&err, None));
+                        }
+                    }
+                    act.parts.resyncing.store(false, Ordering::Release);
+                }),
+        );
+    }
+
+    /// A `job.queued` frame with the newest position this session knows of the message.
+    fn queued_body(&self, body: Arc<str>, id: Uuid) -> Arc<str> {
+        let Some(&position) = self.positions.get(&id) else {
+            return body;
+        };
+        match serde_json::from_str::<Value>(&body) {
+            Ok(Value::Object(mut frame)) => {
+                frame.insert("queue_position".into(), Value::from(position));
+                Arc::from(Value::Object(frame).to_string())
+            }
+            _ => body,
+        }
+    }
+}
+
+/// An `error` frame body for `err`, about the command on message `id` if any.
+pub fn error_frame_body(err: &ApiError, id: Option<&str>) -> String {
+    let mut error = Map::new();
+    error.insert("code".into(), Value::from(err.code()));
+    error.insert("message".into(), Value::from(err.message()));
+    if let Some(field) = err.field() {
+        error.insert("field".into(), Value::from(field));
+    }
+    let mut fields = Map::new();
+    fields.insert("error".into(), Value::Object(error));
+    if let Some(id) = id {
+        fields.insert("id".into(), Value::from(id));
+    }
+    control_frame_body("error", fields)
+}
+
+impl Actor for SessionActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.push_text(control_frame_body(
+            "hello",
+            Map::from_iter([
+                ("user".to_owned(), Value::from(&*self.parts.user)),
+                ("server_time".to_owned(), json!(chrono::Utc::now())),
+            ]),
+        ));
+        if let Some(permit) = &self.permit {
+            self.registry.attach(permit, ctx.address().recipient());
+        }
+        self.send_snapshot(ctx);
+        ctx.run_interval(self.timing.heartbeat, |act, ctx| {
+            if act.parts.last_seen.elapsed() > act.timing.idle_timeout {
+                tracing::debug!(user = %act.parts.user, "dropping a silent WebSocket client");
+                act.parts.outbox.push(Frame::Close(1001, "idle timeout"));
+                ctx.stop();
+            } else {
+                act.parts.outbox.push(Frame::Ping);
+            }
+        });
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        // Dropping the permit unregisters the session.
+        self.permit = None;
+        if !self.parts.outbox.is_closed() {
+            self.parts.outbox.push(Frame::Close(1000, "session ended"));
+        }
+    }
+}
+
+impl Handler<Deliver> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
+        let outbox = &self.parts.outbox;
+        match msg {
+            Deliver::Event {
+                body,
+                queued,
+                updates,
+            } => {
+                let body = match queued {
+                    Some(id) => self.queued_body(body, id),
+                    None => body,
+                };
+                outbox.push_keyed(Frame::Text(body), updates.map(Coalesce::Updated));
+            }
+            Deliver::Positions {
+                version,
+                positions,
+                body,
+            } => {
+                if version <= self.positions_version {
+                    return;
+                }
+                self.positions_version = version;
+                self.positions = positions.iter().copied().collect();
+                outbox.push_keyed(Frame::Text(body), Some(Coalesce::Positions));
+            }
+            Deliver::Resync => {
+                outbox.push(Frame::Text(Arc::from(resync_frame_body())));
+            }
+            Deliver::Shutdown => {
+                outbox.push(Frame::Close(1001, "server shutting down"));
+                ctx.stop();
+            }
+        }
+    }
+}
+
+/// The client asked for a new snapshot (`resync`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Resync;
+
+impl Handler<Resync> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Resync, ctx: &mut Context<Self>) {
+        self.send_snapshot(ctx);
+    }
+}
+
+/// The socket closed or failed: end the session.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Closed;
+
+impl Handler<Closed> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Closed, ctx: &mut Context<Self>) {
+        self.parts.outbox.abandon();
+        ctx.stop();
+    }
+}
