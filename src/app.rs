@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::queue::QueueStore;
 use crate::queue::memory::MemoryQueue;
 use crate::queue::redis::RedisQueue;
-use crate::sim::{Latency, SimConfig, SimServer};
+use forge_sim::{Latency, SimConfig, SimServer};
 use actix::prelude::*;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use forge_gateway::sim::{Latency, SimConfig, SimMode, SimServer};
+use forge_sim::{Latency, SimConfig, SimMode, SimServer};
 use serde_json::{Value, json};
 use std::future::Future;
 use std::time::{Duration, Instant};

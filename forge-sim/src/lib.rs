@@ -9,7 +9,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
-//! use forge_gateway::sim::{SimConfig, SimMode, SimServer};
+//! use forge_sim::{SimConfig, SimMode, SimServer};
 //! let server = SimServer::start("127.0.0.1:0".parse().expect("address"), SimConfig::default()).await?;
 //! println!("Forge at {}", server.url());
 //! server.set_mode(SimMode::Hang);

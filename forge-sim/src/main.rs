@@ -1,10 +1,10 @@
 //! forge-sim: a stand-in for a Stable Diffusion WebUI Forge server, for running the gateway
-//! without a GPU and for making a backend misbehave on purpose (see `forge_gateway::sim`).
+//! without a GPU and for making a backend misbehave on purpose (see `forge_sim`).
 
 use clap::Parser;
 use clap::builder::BoolishValueParser;
 use clap::error::ErrorKind;
-use forge_gateway::sim::{Latency, SimConfig, SimMode, SimServer};
+use forge_sim::{Latency, SimConfig, SimMode, SimServer};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
