@@ -466,6 +466,38 @@ async fn a_hang_never_answers_and_frees_the_server_when_the_client_leaves() -> T
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_generation_runs_to_its_end_after_its_client_leaves() -> TestResult {
+    let server = start(SimConfig {
+        latency: Latency::Fixed(Duration::from_millis(500)),
+        ..SimConfig::default()
+    })
+    .await?;
+    let client = client();
+    let gone = client
+        .post(format!("{}/sdapi/v1/txt2img", server.url()))
+        .timeout(Duration::from_millis(100))
+        .json(&json!({"width": 64, "height": 64}))
+        .send()
+        .await;
+    assert!(gone.is_err_and(|err| err.is_timeout()));
+    // Like Forge, the generation keeps the lock to its end: the next one waits for it.
+    let view = until_job_runs(&client, &server).await?;
+    assert_eq!(view["state"]["job"], "txt2img");
+    let started = Instant::now();
+    let response = txt2img(&client, &server, &json!({"width": 64, "height": 64})).await?;
+    assert_eq!(response.status(), 200);
+    assert!(
+        started.elapsed() >= Duration::from_millis(650),
+        "the abandoned generation did not hold the lock: {:?}",
+        started.elapsed()
+    );
+    let stats = server.stats();
+    assert_eq!((stats.completed, stats.max_concurrent_generations), (2, 1));
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn error500_answers_forges_out_of_memory_error() -> TestResult {
     let server = start(SimConfig {
         mode: SimMode::Error500,
