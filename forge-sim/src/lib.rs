@@ -31,9 +31,11 @@ mod reset;
 mod server;
 mod state;
 mod tasks;
+mod tls;
 mod txt2img;
 
 pub use config::{Latency, ParseLatencyError, ParseModeError, SimConfig, SimConfigError, SimMode};
 pub use render::{MAX_SIDE, render_png};
 pub use server::SimServer;
 pub use state::SimStats;
+pub use tls::{TlsError, TlsIdentity};
