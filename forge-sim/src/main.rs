@@ -78,14 +78,20 @@ fn steps_per_second(text: &str) -> Result<f64, String> {
     }
 }
 
-/// Clap's first error line (it names the flag and the value), without its usage block.
+/// Clap's message (it names the flag and the value) on one line, without its usage block. A
+/// missing flag is named on the lines after the first, so those are kept, joined.
 fn one_line(err: &clap::Error) -> String {
     let rendered = err.render().to_string();
-    let line = rendered
+    let message: Vec<&str> = rendered
         .lines()
-        .find(|line| !line.trim().is_empty())
-        .unwrap_or("invalid arguments");
-    line.trim_start_matches("error: ").to_owned()
+        .map(str::trim)
+        .skip_while(|line| line.is_empty())
+        .take_while(|line| !line.is_empty() && !line.starts_with("Usage:"))
+        .collect();
+    if message.is_empty() {
+        return "invalid arguments".to_owned();
+    }
+    message.join(" ").trim_start_matches("error: ").to_owned()
 }
 
 #[tokio::main]

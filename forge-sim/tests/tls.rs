@@ -256,5 +256,16 @@ async fn the_binary_serves_https_with_tls_cert_and_tls_key() -> Result<(), Error
     assert_eq!(refused.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("--tls-cert/--tls-key"), "{stderr}");
+
+    // Each of the two flags needs the other.
+    let alone = tokio::process::Command::new(env!("CARGO_BIN_EXE_forge-sim"))
+        .arg("--tls-cert")
+        .arg(&cert_file)
+        .env_remove("SIM_TLS_KEY")
+        .output()
+        .await?;
+    assert_eq!(alone.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&alone.stderr);
+    assert!(stderr.contains("--tls-key"), "{stderr}");
     Ok(())
 }
