@@ -7,7 +7,7 @@
 //! directory (or PostgreSQL schema and Redis prefix), and kills them at the end.
 //!
 //! ```sh
-//! cargo build --release --bin loadgen --bin forge-gateway --bin forge-sim
+//! cargo build --release --workspace --bin loadgen --bin forge-gateway --bin forge-sim
 //! target/release/loadgen                                   # all scenarios, embedded default
 //! target/release/loadgen --database-url postgres://postgres@127.0.0.1:5432/test \
 //!                        --redis-url redis://127.0.0.1:6379

@@ -190,7 +190,7 @@ pub fn sibling(name: &str) -> Result<PathBuf, String> {
         Ok(path)
     } else {
         Err(format!(
-            "{} not found (build it: cargo build --release --bin {name})",
+            "{} not found (build it: cargo build --release --workspace --bin {name})",
             path.display()
         ))
     }
