@@ -2,8 +2,7 @@
 //! connection to hyper, and the [`SimServer`] handle that the gateway, the tests and the
 //! binary hold.
 
-use crate::SimMode;
-use crate::config::SimConfig;
+use crate::config::{SimConfig, SimMode};
 use crate::exchange::Exchange;
 use crate::http::{IDLE_TIMEOUT, MAX_HEAD, MAX_HEADERS};
 use crate::reset::{ResetSwitch, ResettableStream};
@@ -38,9 +37,10 @@ impl SimServer {
         let acceptor = match &tls {
             None => None,
             Some(identity) => {
-                Some(TlsAcceptor::from(identity.server_config().map_err(
-                    |err| std::io::Error::new(std::io::ErrorKind::InvalidInput, err),
-                )?))
+                let settings = identity
+                    .server_config()
+                    .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidInput, err))?;
+                Some(TlsAcceptor::from(settings))
             }
         };
         let listener = TcpListener::bind(bind).await?;

@@ -2,14 +2,16 @@
 //! completes a txt2img, one that trusts another certificate is refused, the faults still
 //! reach the client, and the binary's `--tls-cert`/`--tls-key` serve the same way.
 
+mod common;
+
 use bytes::Bytes;
-use forge_sim::{Latency, SimConfig, SimMode, SimServer, TlsIdentity};
+use common::{PATIENCE, instant};
+use forge_sim::{SimConfig, SimMode, SimServer, TlsIdentity};
 use http_body_util::{BodyExt, Full};
 use hyper::StatusCode;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -18,9 +20,6 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
-
-/// Longest any single wait in these tests may take before it counts as a failure.
-const PATIENCE: Duration = Duration::from_secs(5);
 
 /// A certificate for `localhost` and 127.0.0.1, with its key.
 struct Certificate {
@@ -49,13 +48,6 @@ async fn start_https(certificate: &Certificate, config: SimConfig) -> Result<Sim
         ..config
     };
     Ok(SimServer::start("127.0.0.1:0".parse()?, config).await?)
-}
-
-fn instant() -> SimConfig {
-    SimConfig {
-        latency: Latency::Fixed(Duration::ZERO),
-        ..SimConfig::default()
-    }
 }
 
 /// A TLS client that trusts `root` and nothing else (no system roots).
