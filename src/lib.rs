@@ -16,4 +16,3 @@ pub mod http;
 pub mod images;
 pub mod metrics;
 pub mod queue;
-pub mod sim;

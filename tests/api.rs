@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use forge_gateway::sim::{Latency, SimConfig, SimMode};
+use forge_sim::{Latency, SimConfig, SimMode};
 use futures::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use forge_gateway::sim::{Latency, SimConfig};
+use forge_sim::{Latency, SimConfig};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -280,7 +280,7 @@ async fn prompts_and_data_are_stored_verbatim_never_interpreted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_with_fifty_queued_and_two_processing_loses_nothing_and_runs_nothing_twice() {
     let sim = start_sim(SimConfig {
-        mode: forge_gateway::sim::SimMode::Hang,
+        mode: forge_sim::SimMode::Hang,
         ..fast_sim()
     })
     .await;

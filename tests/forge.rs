@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use forge_gateway::sim::{Latency, SimConfig, SimMode};
+use forge_sim::{Latency, SimConfig, SimMode};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use forge_gateway::domain::client_json::canonicalize;
 use forge_gateway::domain::merge::merge_client_data;
-use forge_gateway::sim::{Latency, SimConfig, SimMode};
+use forge_sim::{Latency, SimConfig, SimMode};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use reqwest::Method;

@@ -6,7 +6,7 @@ use common::*;
 use forge_gateway::actors::store::StoreError;
 use forge_gateway::domain::catalogue::JobFailure;
 use forge_gateway::domain::change::{Change, Refusal, Transition};
-use forge_gateway::sim::{Latency, SimConfig};
+use forge_sim::{Latency, SimConfig};
 use serde_json::{Value, json};
 use std::time::Duration;
 use uuid::Uuid;

@@ -1,8 +1,9 @@
 //! The keys of user tokens and the admin token: configured, or in dev mode generated once and
 //! kept in the data folder so tokens survive restarts.
 //!
-//! No secret is logged. A generated admin token is named by its file and a fingerprint (the
-//! start of its SHA-256), enough to tell which one a process uses without showing it.
+//! No secret the operator supplied is ever logged. A dev-mode admin token is printed once, by
+//! the start that generated it; later starts name it by its file and a fingerprint (the start
+//! of its SHA-256), enough to tell which one a process uses without showing it again.
 
 use super::StartError;
 use crate::config::Config;
@@ -44,12 +45,20 @@ pub(super) fn secrets(config: &Config) -> Result<Secrets, StartError> {
         (None, true) => {
             let (token, created) = dev_file(config, "dev-admin-token")?;
             let path = config.data_dir.join("dev-admin-token");
-            tracing::warn!(
-                file = %path.display(),
-                fingerprint = %fingerprint(&token),
-                created,
-                "dev mode admin token for /admin/* (read it from the file)"
-            );
+            if created {
+                // Printed once, the start that made it; later starts name it only.
+                tracing::warn!(
+                    admin_token = %token,
+                    file = %path.display(),
+                    "dev mode generated an admin token for /admin/* (kept in the file; it is not printed again)"
+                );
+            } else {
+                tracing::warn!(
+                    file = %path.display(),
+                    fingerprint = %fingerprint(&token),
+                    "dev mode admin token for /admin/* (read it from the file)"
+                );
+            }
             Some(token)
         }
         (None, false) => {

@@ -9,7 +9,7 @@
 
 use forge_gateway::app::{self, RunningApp};
 use forge_gateway::config::Config;
-use forge_gateway::sim::{Latency, SimConfig, SimServer};
+use forge_sim::{Latency, SimConfig, SimServer};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::collections::HashMap;

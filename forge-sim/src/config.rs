@@ -1,6 +1,7 @@
 //! The simulator's settings: fault mode, latency, failure rate, and how they parse from flags
 //! and from the admin endpoint.
 
+use crate::tls::TlsIdentity;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 use std::fmt;
@@ -211,6 +212,11 @@ pub struct SimConfig {
     pub seed: u64,
     /// Whether `/sdapi/v1/progress` returns a live preview image (Forge's live previews).
     pub previews: bool,
+    /// When set, the server speaks HTTPS with this certificate and key instead of HTTP. Read
+    /// once by [`SimServer::start`](super::SimServer::start): a running server keeps the
+    /// identity it started with. Not part of the JSON of `/sim/config`.
+    #[serde(skip)]
+    pub tls: Option<TlsIdentity>,
 }
 
 impl Default for SimConfig {
@@ -222,6 +228,7 @@ impl Default for SimConfig {
             steps_per_second: None,
             seed: 0,
             previews: true,
+            tls: None,
         }
     }
 }
@@ -458,6 +465,7 @@ mod tests {
             steps_per_second: Some(12.5),
             seed: 9,
             previews: false,
+            tls: None,
         };
         let json = serde_json::to_value(&config).expect("serializable");
         assert_eq!(json["latency"], json!("100ms..1s"));

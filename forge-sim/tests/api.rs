@@ -1,111 +1,12 @@
-//! The Forge simulator over real sockets: the API the gateway uses, and every fault mode.
+//! The simulator over real sockets: the AUTOMATIC1111 routes the gateway uses, one generation
+//! at a time, interrupts, and the `/sim/*` admin routes.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use forge_gateway::sim::{Latency, SimConfig, SimMode, SimServer};
+mod common;
+
+use common::*;
+use forge_sim::{Latency, SimConfig, SimMode};
 use serde_json::{Value, json};
-use std::future::Future;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
-
-/// Longest any single wait in these tests may take before it counts as a failure.
-const PATIENCE: Duration = Duration::from_secs(5);
-
-fn instant() -> SimConfig {
-    SimConfig {
-        latency: Latency::Fixed(Duration::ZERO),
-        ..SimConfig::default()
-    }
-}
-
-async fn start(config: SimConfig) -> Result<SimServer, std::io::Error> {
-    SimServer::start(
-        "127.0.0.1:0".parse().map_err(std::io::Error::other)?,
-        config,
-    )
-    .await
-}
-
-/// A client that ignores proxy variables of the environment and never waits forever.
-fn client() -> reqwest::Client {
-    forge_gateway::forge_client::install_default_provider();
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(PATIENCE)
-        .build()
-        .expect("a plain HTTP client builds")
-}
-
-async fn txt2img(
-    client: &reqwest::Client,
-    server: &SimServer,
-    body: &Value,
-) -> reqwest::Result<reqwest::Response> {
-    client
-        .post(format!("{}/sdapi/v1/txt2img", server.url()))
-        .json(body)
-        .send()
-        .await
-}
-
-async fn get_json(client: &reqwest::Client, url: String) -> Result<Value, reqwest::Error> {
-    client.get(url).send().await?.json().await
-}
-
-async fn progress(
-    client: &reqwest::Client,
-    server: &SimServer,
-    skip_image: bool,
-) -> Result<Value, reqwest::Error> {
-    get_json(
-        client,
-        format!(
-            "{}/sdapi/v1/progress?skip_current_image={skip_image}",
-            server.url()
-        ),
-    )
-    .await
-}
-
-/// Width and height of a base64 PNG.
-fn png_size(b64: &str) -> Result<(u32, u32), Box<dyn std::error::Error + Send + Sync>> {
-    let bytes = BASE64.decode(b64)?;
-    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
-    let mut reader = decoder.read_info()?;
-    let mut buf = vec![0; reader.output_buffer_size().ok_or("no buffer size")?];
-    let info = reader.next_frame(&mut buf)?;
-    Ok((info.width, info.height))
-}
-
-/// Polls `check` until it yields a value or `PATIENCE` runs out.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> Result<T, String>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(value) = check().await {
-            return Ok(value);
-        }
-        if Instant::now() > deadline {
-            return Err(format!("timed out waiting for {what}"));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Waits until some generation holds the server's lock.
-async fn until_job_runs(client: &reqwest::Client, server: &SimServer) -> Result<Value, String> {
-    eventually("a running job", || async {
-        let view = progress(client, server, true).await.ok()?;
-        (view["state"]["job"] != "").then_some(view)
-    })
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_normal_txt2img_returns_a_png_of_the_requested_size() -> TestResult {
@@ -420,229 +321,34 @@ async fn interrupt_ends_a_long_job_early_with_an_image() -> TestResult {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_hang_never_answers_and_frees_the_server_when_the_client_leaves() -> TestResult {
+async fn a_generation_runs_to_its_end_after_its_client_leaves() -> TestResult {
     let server = start(SimConfig {
-        mode: SimMode::Hang,
-        ..instant()
-    })
-    .await?;
-    let client = client();
-    let hung = {
-        let client = client.clone();
-        let url = server.url();
-        tokio::spawn(async move {
-            client
-                .post(format!("{url}/sdapi/v1/txt2img"))
-                .timeout(Duration::from_millis(300))
-                .json(&json!({"prompt": "stuck"}))
-                .send()
-                .await
-        })
-    };
-    let view = until_job_runs(&client, &server).await?;
-    assert_eq!(view["state"]["sampling_step"], 0);
-    assert!(view["progress"].as_f64().is_some_and(|p| p < 0.05));
-    // A wedged server does not listen to interrupts.
-    client
-        .post(format!("{}/sdapi/v1/interrupt", server.url()))
-        .send()
-        .await?;
-    match hung.await? {
-        Err(err) => assert!(err.is_timeout(), "{err}"),
-        Ok(response) => return Err(format!("a hang answered {}", response.status()).into()),
-    }
-
-    server.set_mode(SimMode::Normal);
-    let started = Instant::now();
-    let response = txt2img(&client, &server, &json!({"width": 64, "height": 64})).await?;
-    assert_eq!(response.status(), 200);
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
-    assert_eq!(server.stats().failed, 1);
-    server.shutdown().await;
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn error500_answers_forges_out_of_memory_error() -> TestResult {
-    let server = start(SimConfig {
-        mode: SimMode::Error500,
-        latency: Latency::Fixed(Duration::from_secs(60)),
+        latency: Latency::Fixed(Duration::from_millis(500)),
         ..SimConfig::default()
     })
     .await?;
     let client = client();
-    let response = txt2img(&client, &server, &json!({})).await?;
-    assert_eq!(response.status(), 500);
-    let body: Value = response.json().await?;
-    assert_eq!(
-        body,
-        json!({"error": "OutOfMemoryError", "detail": "", "body": "", "errors": "CUDA out of memory. Tried to allocate 2.00 GiB"})
-    );
-    // Other routes stay healthy.
-    assert_eq!(
-        get_json(&client, format!("{}/internal/ping", server.url())).await?,
-        json!({})
-    );
-    server.shutdown().await;
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn reset_breaks_the_connection() -> TestResult {
-    let server = start(SimConfig {
-        mode: SimMode::Reset,
-        ..instant()
-    })
-    .await?;
-    let client = client();
-    let err = txt2img(&client, &server, &json!({"prompt": "x"}))
-        .await
-        .err()
-        .ok_or("a reset answered")?;
-    assert!(err.is_connect() || err.is_request(), "{err:?}");
-    assert!(!err.is_timeout(), "{err:?}");
-
-    // A reset, not an orderly close: the read fails instead of reaching the end.
-    let mut stream = TcpStream::connect(server.addr()).await?;
-    stream
-        .write_all(b"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
-        .await?;
-    let mut buf = [0u8; 64];
-    let read = tokio::time::timeout(PATIENCE, stream.read(&mut buf)).await?;
-    match read {
-        Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}"),
-        Ok(n) => return Err(format!("read {n} bytes instead of a reset").into()),
-    }
-    assert_eq!(server.stats().failed, 2);
-    server.shutdown().await;
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn garbage_is_a_200_that_is_not_json() -> TestResult {
-    let server = start(SimConfig {
-        mode: SimMode::Garbage,
-        ..instant()
-    })
-    .await?;
-    let client = client();
-    for _ in 0..4 {
-        let response = txt2img(&client, &server, &json!({})).await?;
-        assert_eq!(response.status(), 200);
-        assert_eq!(response.headers()["content-type"], "application/json");
-        let bytes = response.bytes().await?;
-        assert!(!bytes.is_empty());
-        assert!(
-            serde_json::from_slice::<Value>(&bytes).is_err(),
-            "{bytes:?}"
-        );
-    }
-    server.shutdown().await;
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn close_cuts_the_body_short() -> TestResult {
-    let server = start(SimConfig {
-        mode: SimMode::Close,
-        ..instant()
-    })
-    .await?;
-    let client = client();
-    let response = txt2img(&client, &server, &json!({})).await?;
+    let gone = client
+        .post(format!("{}/sdapi/v1/txt2img", server.url()))
+        .timeout(Duration::from_millis(100))
+        .json(&json!({"width": 64, "height": 64}))
+        .send()
+        .await;
+    assert!(gone.is_err_and(|err| err.is_timeout()));
+    // Like Forge, the generation keeps the lock to its end: the next one waits for it.
+    let view = until_job_runs(&client, &server).await?;
+    assert_eq!(view["state"]["job"], "txt2img");
+    let started = Instant::now();
+    let response = txt2img(&client, &server, &json!({"width": 64, "height": 64})).await?;
     assert_eq!(response.status(), 200);
-    let err = response
-        .bytes()
-        .await
-        .err()
-        .ok_or("the whole body arrived")?;
     assert!(
-        err.is_body() || err.is_decode() || err.is_request(),
-        "{err:?}"
-    );
-    server.shutdown().await;
-    Ok(())
-}
-
-/// Sorts a txt2img outcome into the kind of failure the gateway sees.
-async fn outcome(client: &reqwest::Client, server: &SimServer) -> &'static str {
-    match txt2img(client, server, &json!({"width": 64, "height": 64})).await {
-        Err(_) => "connection",
-        Ok(response) if response.status() == 500 => "500",
-        Ok(response) => match response.bytes().await {
-            Ok(bytes) if serde_json::from_slice::<Value>(&bytes).is_ok() => "ok",
-            _ => "garbage",
-        },
-    }
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn fail_rate_one_fails_every_request() -> TestResult {
-    let server = start(SimConfig {
-        fail_rate: 1.0,
-        ..instant()
-    })
-    .await?;
-    // A fresh connection per request, so a reset cannot be retried on a pooled one.
-    forge_gateway::forge_client::install_default_provider();
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(PATIENCE)
-        .pool_max_idle_per_host(0)
-        .build()?;
-    let mut kinds = std::collections::BTreeSet::new();
-    for _ in 0..15 {
-        let kind = outcome(&client, &server).await;
-        assert_ne!(kind, "ok");
-        kinds.insert(kind);
-    }
-    assert_eq!(
-        kinds.len(),
-        3,
-        "the faults are picked among three: {kinds:?}"
+        started.elapsed() >= Duration::from_millis(650),
+        "the abandoned generation did not hold the lock: {:?}",
+        started.elapsed()
     );
     let stats = server.stats();
-    assert_eq!(
-        (stats.failed, stats.completed, stats.txt2img_requests),
-        (15, 0, 15)
-    );
+    assert_eq!((stats.completed, stats.max_concurrent_generations), (2, 1));
     server.shutdown().await;
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn the_same_seed_fails_the_same_requests() -> TestResult {
-    let config = SimConfig {
-        fail_rate: 0.5,
-        seed: 1234,
-        ..instant()
-    };
-    forge_gateway::forge_client::install_default_provider();
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(PATIENCE)
-        .pool_max_idle_per_host(0)
-        .build()?;
-    let mut runs = Vec::new();
-    for _ in 0..2 {
-        let server = start(config.clone()).await?;
-        let mut kinds = Vec::new();
-        for _ in 0..12 {
-            kinds.push(outcome(&client, &server).await);
-        }
-        server.shutdown().await;
-        runs.push(kinds);
-    }
-    assert_eq!(runs[0], runs[1]);
-    assert!(
-        runs[0].contains(&"ok") && runs[0].iter().any(|kind| *kind != "ok"),
-        "{:?}",
-        runs[0]
-    );
     Ok(())
 }
 
@@ -767,98 +473,5 @@ async fn health_routes_answer_and_unknown_ones_are_404_or_405() -> TestResult {
         .await?;
     assert_eq!(response.status(), 422);
     server.shutdown().await;
-    Ok(())
-}
-
-/// Sends raw bytes on a fresh connection and reads until the server closes it.
-async fn raw_exchange(
-    server: &SimServer,
-    bytes: &[u8],
-) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
-    let mut stream = TcpStream::connect(server.addr()).await?;
-    stream.write_all(bytes).await?;
-    let mut answer = Vec::new();
-    match tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer)).await {
-        Ok(Ok(_)) | Ok(Err(_)) => Ok(answer),
-        Err(_) => Err("the server kept the connection open".into()),
-    }
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn malformed_http_is_refused_and_the_server_keeps_serving() -> TestResult {
-    let server = start(instant()).await?;
-    for junk in [
-        &b"\x00\x01\x02\xff garbage\r\n\r\n"[..],
-        b"GET / HTTP/7.0\r\n\r\n",
-        b"POST /sdapi/v1/txt2img HTTP/1.1\r\nContent-Length: nine\r\n\r\n",
-        b"POST /sdapi/v1/txt2img HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-    ] {
-        let answer = raw_exchange(&server, junk).await?;
-        let text = String::from_utf8_lossy(&answer);
-        assert!(
-            answer.is_empty() || text.starts_with("HTTP/1.1 400") || text.starts_with("HTTP/1.1 411"),
-            "{text}"
-        );
-    }
-    let answer = raw_exchange(&server, &vec![b'A'; 100 * 1024]).await?;
-    let text = String::from_utf8_lossy(&answer);
-    assert!(
-        answer.is_empty() || text.starts_with("HTTP/1.1 4"),
-        "{text}"
-    );
-
-    let response = txt2img(&client(), &server, &json!({"width": 64, "height": 64})).await?;
-    assert_eq!(response.status(), 200);
-    server.shutdown().await;
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn keep_alive_serves_several_requests_until_connection_close() -> TestResult {
-    let server = start(instant()).await?;
-    let answer = raw_exchange(
-        &server,
-        b"GET /internal/ping HTTP/1.1\r\nHost: x\r\n\r\nGET /sdapi/v1/options?a=b HTTP/1.1\r\nHost: x\r\n\r\nGET /internal/ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await?;
-    let text = String::from_utf8_lossy(&answer);
-    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 3, "{text}");
-    assert!(text.contains("connection: close"), "{text}");
-    assert!(text.to_ascii_lowercase().contains("content-length: 2\r\n"));
-    server.shutdown().await;
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn shutdown_closes_hung_and_idle_connections_promptly() -> TestResult {
-    let server = start(SimConfig {
-        mode: SimMode::Hang,
-        ..instant()
-    })
-    .await?;
-    let client = client();
-    let hung = {
-        let client = client.clone();
-        let url = server.url();
-        tokio::spawn(async move {
-            client
-                .post(format!("{url}/sdapi/v1/txt2img"))
-                .json(&json!({}))
-                .send()
-                .await
-        })
-    };
-    until_job_runs(&client, &server).await?;
-    let mut idle = TcpStream::connect(server.addr()).await?;
-    let addr = server.addr();
-    tokio::time::timeout(PATIENCE, server.shutdown())
-        .await
-        .map_err(|_| "shutdown hung")?;
-    let answer = hung.await?;
-    assert!(answer.is_err(), "a hung request answered: {answer:?}");
-    let mut buf = [0u8; 16];
-    let read = tokio::time::timeout(PATIENCE, idle.read(&mut buf)).await?;
-    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
-    assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
     Ok(())
 }

@@ -1,11 +1,13 @@
 //! forge-sim: a stand-in for a Stable Diffusion WebUI Forge server, for running the gateway
-//! without a GPU and for making a backend misbehave on purpose (see `forge_gateway::sim`).
+//! without a GPU and for making a backend misbehave on purpose. The server is the library
+//! (`forge_sim`); this is its command line.
 
 use clap::Parser;
 use clap::builder::BoolishValueParser;
 use clap::error::ErrorKind;
-use forge_gateway::sim::{Latency, SimConfig, SimMode, SimServer};
+use forge_sim::{Latency, SimConfig, SimMode, SimServer, TlsIdentity};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Serves the part of the AUTOMATIC1111 API the gateway uses, with injectable faults.
@@ -44,6 +46,14 @@ struct Args {
     /// Whether /sdapi/v1/progress returns a live preview image.
     #[arg(long, env = "SIM_PREVIEWS", default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
     previews: bool,
+
+    /// Serve HTTPS with this PEM certificate chain (leaf first); needs --tls-key.
+    #[arg(long, env = "SIM_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "SIM_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 fn latency(text: &str) -> Result<Latency, String> {
@@ -68,14 +78,20 @@ fn steps_per_second(text: &str) -> Result<f64, String> {
     }
 }
 
-/// Clap's first error line (it names the flag and the value), without its usage block.
+/// Clap's message (it names the flag and the value) on one line, without its usage block. A
+/// missing flag is named on the lines after the first, so those are kept, joined.
 fn one_line(err: &clap::Error) -> String {
     let rendered = err.render().to_string();
-    let line = rendered
+    let message: Vec<&str> = rendered
         .lines()
-        .find(|line| !line.trim().is_empty())
-        .unwrap_or("invalid arguments");
-    line.trim_start_matches("error: ").to_owned()
+        .map(str::trim)
+        .skip_while(|line| line.is_empty())
+        .take_while(|line| !line.is_empty() && !line.starts_with("Usage:"))
+        .collect();
+    if message.is_empty() {
+        return "invalid arguments".to_owned();
+    }
+    message.join(" ").trim_start_matches("error: ").to_owned()
 }
 
 #[tokio::main]
@@ -105,6 +121,18 @@ async fn main() -> ExitCode {
         )
         .init();
 
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => match TlsIdentity::from_pem_files(cert, key) {
+            Ok(identity) => Some(identity),
+            Err(err) => {
+                eprintln!("forge-sim: --tls-cert/--tls-key: {err}");
+                return ExitCode::from(2);
+            }
+        },
+        // clap makes each of the two require the other.
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let config = SimConfig {
         latency: args.latency,
         fail_rate: args.fail_rate,
@@ -112,6 +140,7 @@ async fn main() -> ExitCode {
         steps_per_second: args.steps_per_second,
         seed: args.seed,
         previews: args.previews,
+        tls,
     };
     let server = match SimServer::start(args.bind, config.clone()).await {
         Ok(server) => server,
@@ -124,7 +153,7 @@ async fn main() -> ExitCode {
         mode = %config.mode,
         latency = %config.latency,
         fail_rate = config.fail_rate,
-        "listening on http://{}",
+        "listening on {scheme}://{}",
         server.addr()
     );
 
