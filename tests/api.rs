@@ -154,6 +154,7 @@ async fn create_validates_every_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_checked_for_signature_expiry_and_owner() {
+    // (`secret` is the dev key: a token signed with it is what a dev token is.)
     let (app, _storage) = TestApp::spawn().await;
     let secret = std::fs::read_to_string(app.data_dir.join("dev-jwt-secret")).expect("secret");
     let secret = secret.trim().as_bytes();
@@ -179,6 +180,8 @@ async fn tokens_are_checked_for_signature_expiry_and_owner() {
             "token_expired",
         ),
         (jwt(secret, json!({"exp": far})), 401, "unauthorized"),
+        // Without `exp` a token would be valid forever.
+        (jwt(secret, json!({"sub": "alice"})), 401, "unauthorized"),
         ("garbage".to_owned(), 401, "unauthorized"),
     ];
     for (token, status, code) in cases {

@@ -3,9 +3,9 @@
 //!
 //! - `HTTP_HEADER_TIMEOUT`: from the connection's start, or from the first byte of a request,
 //!   until the request's head is complete (the service is called). A client that sends half a
-//!   head, or nothing, is cut off (slowloris).
-//! - `HTTP_IDLE_TIMEOUT`: a kept-alive connection with no request and no traffic for this long
-//!   is closed.
+//!   head, even a byte at a time, is cut off (slowloris).
+//! - `HTTP_IDLE_TIMEOUT`: a connection with no request and no traffic for this long is closed
+//!   (a kept-alive one between requests, or a fresh one that sends nothing).
 //! - Neither runs while a request is being served, nor after the connection became a
 //!   WebSocket (the session has its own heartbeat and silence limit).
 //!
@@ -18,9 +18,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
 use tokio::time::Sleep;
 
 /// The deadlines of a connection.
@@ -98,13 +99,21 @@ impl ConnState {
         if self.upgraded.load(Ordering::Acquire) || self.in_flight.load(Ordering::Acquire) > 0 {
             return None;
         }
-        let header = self.limits.header.as_millis() as u64;
+        let idle = (
+            self.last_activity.load(Ordering::Acquire) + self.limits.idle.as_millis() as u64,
+            Cut::IdleTimeout,
+        );
+        // A head being read must also be complete in time, however slowly its bytes trickle
+        // in (each byte moves the idle deadline, never the head's).
         match self.head_started.load(Ordering::Acquire) {
-            0 => Some((
-                self.last_activity.load(Ordering::Acquire) + self.limits.idle.as_millis() as u64,
-                Cut::IdleTimeout,
-            )),
-            started => Some((started - 1 + header, Cut::HeaderTimeout)),
+            0 => Some(idle),
+            started => {
+                let head = (
+                    started - 1 + self.limits.header.as_millis() as u64,
+                    Cut::HeaderTimeout,
+                );
+                Some(if idle.0 < head.0 { idle } else { head })
+            }
         }
     }
 
@@ -176,9 +185,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
                 if this.armed != Some(deadline) {
                     this.armed = Some(deadline);
                     let at = this.state.origin + Duration::from_millis(deadline);
-                    this.timer
-                        .as_mut()
-                        .reset(tokio::time::Instant::from_std(at));
+                    this.timer.as_mut().reset(at);
                 }
                 match this.timer.as_mut().poll(cx) {
                     Poll::Ready(()) => {
@@ -276,6 +283,32 @@ mod tests {
         let err = io.read(&mut buf).await.expect_err("cut");
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(state.cut(), Some(Cut::HeaderTimeout));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickling_head_is_cut_at_the_header_timeout_and_silence_at_the_idle_one() {
+        let (mut io, mut client, state) = guarded(limits(3000, 1000)).await;
+        let mut buf = [0u8; 64];
+        for byte in b"GET / " {
+            client.write_all(&[*byte]).await.unwrap();
+            assert_eq!(io.read(&mut buf).await.unwrap(), 1);
+            tokio::time::advance(Duration::from_millis(900)).await;
+        }
+        let err = io.read(&mut buf).await.expect_err("cut");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(
+            state.cut(),
+            Some(Cut::HeaderTimeout),
+            "each byte came in time; the head did not"
+        );
+        let (mut io, _client, state) = guarded(limits(3000, 1000)).await;
+        let started = tokio::time::Instant::now();
+        io.read(&mut buf).await.expect_err("cut");
+        assert_eq!(state.cut(), Some(Cut::IdleTimeout));
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "the idle limit, not the head's"
+        );
     }
 
     #[tokio::test(start_paused = true)]

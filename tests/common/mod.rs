@@ -491,6 +491,8 @@ pub fn listed_prompts(list: &Value) -> Vec<&str> {
 pub struct GatewayProcess {
     pub child: tokio::process::Child,
     pub base: String,
+    /// Every line it logged so far.
+    pub logs: std::sync::Arc<parking_lot::Mutex<Vec<String>>>,
 }
 
 impl GatewayProcess {
@@ -512,8 +514,10 @@ impl GatewayProcess {
         let mut child = command.spawn().expect("gateway process starts");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let logs: std::sync::Arc<parking_lot::Mutex<Vec<String>>> = Default::default();
         let base = tokio::time::timeout(DEADLINE, async {
             while let Ok(Some(line)) = lines.next_line().await {
+                logs.lock().push(line.clone());
                 if let Some(at) = line.find("listening on http://") {
                     let rest = &line[at + "listening on ".len()..];
                     let end = rest.find(['"', ' ']).unwrap_or(rest.len());
@@ -527,8 +531,28 @@ impl GatewayProcess {
         .flatten()
         .expect("the gateway logs its address");
         // Keep draining its log so the pipe never fills.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        GatewayProcess { child, base }
+        let kept = logs.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                kept.lock().push(line);
+            }
+        });
+        GatewayProcess { child, base, logs }
+    }
+
+    /// Its resident memory in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.id().expect("running");
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find(|line| line.starts_with("VmRSS:"))
+                    .and_then(|line| line.split_whitespace().nth(1))
+                    .and_then(|kib| kib.parse().ok())
+            })
+            .expect("VmRSS")
     }
 
     /// SIGKILL: no shutdown code runs.
