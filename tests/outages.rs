@@ -158,7 +158,12 @@ async fn an_https_forge_with_a_private_certificate_works_through_forge_ca_file()
     let ca_file = ca_file.display().to_string();
 
     let storage = Storage::fresh();
-    let (app, client) = gateway_on(&storage, &[url.clone()], &["--forge-ca-file", &ca_file]).await;
+    let (app, client) = gateway_on(
+        &storage,
+        std::slice::from_ref(&url),
+        &["--forge-ca-file", &ca_file],
+    )
+    .await;
     let token = client.token("alice").await;
     let (_, created) = client.submit(&token, small_prompt("over TLS")).await;
     let id = created["id"].as_str().expect("id").to_owned();
