@@ -103,7 +103,10 @@ fn merge(c: &mut Criterion) {
 fn apply(c: &mut Criterion) {
     let mut group = c.benchmark_group("change::apply");
     let now = Utc::now();
-    let patch = Change::ClientPatch(json!({"p3": {"n": 17}}));
+    let patch = Change::ClientPatch {
+        owner: "alice".into(),
+        patch: json!({"p3": {"n": 17}}),
+    };
     let mut current = Some(message(JobStatus::Complete, data_2k()));
     group.bench_function("client patch (2 KiB data)", |b| {
         b.iter(|| change::apply(black_box(&mut current), black_box(&patch), now))

@@ -70,7 +70,16 @@ async fn run(store: &StoreHandle, db: &Database, targets: &[Uuid]) -> f64 {
             while started.elapsed() < RUN_FOR {
                 let id = targets[(client + done) % targets.len()];
                 let patch = json!({ format!("c{client}"): { "n": done, "at": "bench" } });
-                match store.apply(id, Change::ClientPatch(patch)).await {
+                match store
+                    .apply(
+                        id,
+                        Change::ClientPatch {
+                            owner: "bench".into(),
+                            patch,
+                        },
+                    )
+                    .await
+                {
                     Ok(_) => {
                         last.insert(id, done);
                         done += 1;

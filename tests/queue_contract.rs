@@ -144,6 +144,7 @@ contract!(
     pop_hands_out_jobs_in_ticket_order,
     concurrent_poppers_get_each_job_exactly_once,
     remove_shifts_everyone_behind,
+    positions_in_one_call_match_one_by_one,
     requeue_restores_the_place_and_is_idempotent,
     per_user_cap_is_enforced,
     concurrent_enqueues_respect_the_cap_exactly,
@@ -374,6 +375,31 @@ async fn remove_shifts_everyone_behind(store: Arc<dyn QueueStore>) {
     assert_eq!(
         ids(&store.snapshot().await.expect("snapshot")),
         vec![id(1), id(3), id(4), id(5)]
+    );
+}
+
+async fn positions_in_one_call_match_one_by_one(store: Arc<dyn QueueStore>) {
+    assert_eq!(store.positions(&[]).await, Ok(Vec::new()));
+    assert_eq!(
+        store.positions(&[id(9)]).await,
+        Ok(vec![None]),
+        "one, not queued"
+    );
+    for n in 1..=4u128 {
+        store
+            .enqueue(id(n), "paula", NO_CAP)
+            .await
+            .expect("enqueue");
+    }
+    assert_eq!(
+        store.positions(&[id(3)]).await,
+        Ok(vec![Some(3)]),
+        "one, queued"
+    );
+    store.remove(id(2)).await.expect("remove");
+    assert_eq!(
+        store.positions(&[id(4), id(2), id(1), id(99), id(3)]).await,
+        Ok(vec![Some(3), None, Some(1), None, Some(2)])
     );
 }
 

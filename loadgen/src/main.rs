@@ -142,6 +142,20 @@ async fn run(args: Args) -> Result<bool, String> {
                     name.as_str(),
                     "throughput" | "latency" | "soak" | "deep" | "open"
                 );
+                // The scenarios measure capacity, not the gateway's per-user and per-process
+                // limits: those are lifted (the user's --gateway-env still wins), except for
+                // the flood, which measures what the limits do.
+                let mut extra_env = extra_env.clone();
+                if name != "flood" {
+                    for key in [
+                        "MAX_SESSIONS",
+                        "MAX_SESSIONS_PER_USER",
+                        "MAX_CONNECTIONS",
+                        "WS_COMMANDS_PER_SECOND",
+                    ] {
+                        extra_env.insert(0, (key.to_owned(), "1000000".to_owned()));
+                    }
+                }
                 let settings = DeploySettings {
                     stores: stores.clone(),
                     sim_latency: "0s".into(),
@@ -152,7 +166,7 @@ async fn run(args: Args) -> Result<bool, String> {
                         .data_dir_base
                         .clone()
                         .unwrap_or_else(std::env::temp_dir),
-                    extra_env: extra_env.clone(),
+                    extra_env,
                 };
                 let deployment = match Deployment::start(&settings).await {
                     Ok(deployment) => deployment,

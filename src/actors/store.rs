@@ -117,7 +117,13 @@ pub struct MessageStoreActor {
     limits: StoreLimits,
     waiting: HashMap<Uuid, VecDeque<Waiting>>,
     in_flight: HashSet<Uuid>,
+    /// Messages with changes to write, in arrival order: those whose next change moves a
+    /// job on (a transition, progress, a patch) ...
     ready: VecDeque<Uuid>,
+    /// ... and new messages. Batches take from `ready` first: under a flood of submissions
+    /// the writes that finish jobs are not queued behind the creates (intake must not starve
+    /// the work), and creates still get a quarter of every batch.
+    ready_creates: VecDeque<Uuid>,
     batches_in_flight: usize,
     flushes: Vec<oneshot::Sender<()>>,
 }
@@ -153,26 +159,46 @@ impl MessageStoreActor {
             waiting: HashMap::new(),
             in_flight: HashSet::new(),
             ready: VecDeque::new(),
+            ready_creates: VecDeque::new(),
             batches_in_flight: 0,
             flushes: Vec::new(),
         }
     }
 
     fn enqueue(&mut self, id: Uuid, waiting: Waiting) {
+        let create = matches!(waiting.change, Change::Create(_));
         let queue = self.waiting.entry(id).or_default();
         let was_idle = queue.is_empty();
         queue.push_back(waiting);
         if was_idle && !self.in_flight.contains(&id) {
-            self.ready.push_back(id);
+            if create {
+                self.ready_creates.push_back(id);
+            } else {
+                self.ready.push_back(id);
+            }
         }
     }
 
+    /// The next message to write: one that moves a job on first, but at least a quarter of a
+    /// batch for new messages when both wait.
+    fn next_ready(&mut self, taken: usize) -> Option<Uuid> {
+        let creates_due = taken >= self.limits.max_rows * 3 / 4;
+        if creates_due && let Some(id) = self.ready_creates.pop_front() {
+            return Some(id);
+        }
+        self.ready
+            .pop_front()
+            .or_else(|| self.ready_creates.pop_front())
+    }
+
     fn schedule(&mut self, ctx: &mut Context<Self>) {
-        while self.batches_in_flight < self.limits.max_batches && !self.ready.is_empty() {
+        while self.batches_in_flight < self.limits.max_batches
+            && !(self.ready.is_empty() && self.ready_creates.is_empty())
+        {
             let mut work = Vec::new();
             let mut replies = Vec::new();
             while work.len() < self.limits.max_rows {
-                let Some(id) = self.ready.pop_front() else {
+                let Some(id) = self.next_ready(work.len()) else {
                     break;
                 };
                 let Some(mut queue) = self.waiting.remove(&id) else {
@@ -270,7 +296,7 @@ impl MessageStoreActor {
                             (Ok((kind, version)), Some(message)) => {
                                 wrote = true;
                                 self.metrics.store_changes.inc();
-                                if matches!(change, Change::ClientPatch(_)) {
+                                if matches!(change, Change::ClientPatch { .. }) {
                                     self.metrics.store_merges.inc();
                                 }
                                 let _ = self.events.send(JobEvent {
@@ -364,7 +390,7 @@ fn change_name(change: &Change) -> &'static str {
         Change::Transition(transition) => transition.target().as_str(),
         Change::Progress { .. } => "progress",
         Change::Preview { .. } => "preview",
-        Change::ClientPatch(_) => "client_patch",
+        Change::ClientPatch { .. } => "client_patch",
     }
 }
 

@@ -31,8 +31,14 @@ pub enum Change {
         /// Where the preview is served.
         preview_url: String,
     },
-    /// A client's JSON Merge Patch of its data.
-    ClientPatch(Value),
+    /// A client's JSON Merge Patch of its data; applies only to a message of `owner`
+    /// (another user's answers "no such message", as if it did not exist).
+    ClientPatch {
+        /// The user who sent it.
+        owner: String,
+        /// The patch.
+        patch: Value,
+    },
 }
 
 /// A server-side status change.
@@ -144,7 +150,10 @@ pub fn apply(
     };
     let event = match change {
         Change::Create(_) => unreachable!("handled above"),
-        Change::ClientPatch(patch) => {
+        Change::ClientPatch { owner, patch } => {
+            if message.user_id != *owner {
+                return Err(Refusal::NotFound);
+            }
             merge::merge_client_data(&mut message.data, patch).map_err(Refusal::Patch)?;
             JobEventKind::Updated {
                 data: message.data.clone(),
@@ -269,6 +278,13 @@ mod tests {
     use crate::domain::message::tests::queued_message;
     use chrono::Duration;
     use serde_json::json;
+
+    fn patch_of(patch: Value) -> Change {
+        Change::ClientPatch {
+            owner: "alice".into(),
+            patch,
+        }
+    }
 
     fn created() -> Option<Message> {
         let mut current = None;
@@ -425,19 +441,9 @@ mod tests {
         let mut current = created();
         let activity = current.as_ref().unwrap().activity_at;
         let later = Utc::now() + Duration::seconds(5);
-        apply(
-            &mut current,
-            &Change::ClientPatch(json!({"a": {"b": 1}})),
-            later,
-        )
-        .unwrap();
+        apply(&mut current, &patch_of(json!({"a": {"b": 1}})), later).unwrap();
         transition(&mut current, Transition::Cancel).unwrap();
-        apply(
-            &mut current,
-            &Change::ClientPatch(json!({"a": {"c": 2}})),
-            Utc::now(),
-        )
-        .unwrap();
+        apply(&mut current, &patch_of(json!({"a": {"c": 2}})), Utc::now()).unwrap();
         let message = current.unwrap();
         assert_eq!(message.data, json!({"a": {"b": 1, "c": 2}}));
         assert_eq!(message.status, JobStatus::Cancelled);
@@ -450,7 +456,7 @@ mod tests {
         let activity = current.as_ref().unwrap().activity_at;
         apply(
             &mut current,
-            &Change::ClientPatch(json!({"a": 1})),
+            &patch_of(json!({"a": 1})),
             Utc::now() + Duration::minutes(10),
         )
         .unwrap();
@@ -507,11 +513,26 @@ mod tests {
     }
 
     #[test]
+    fn another_users_patch_finds_no_message() {
+        let mut current = created();
+        let before = current.clone();
+        let mallory = Change::ClientPatch {
+            owner: "mallory".into(),
+            patch: json!({"a": 1}),
+        };
+        assert_eq!(
+            apply(&mut current, &mallory, Utc::now()),
+            Err(Refusal::NotFound)
+        );
+        assert_eq!(current, before);
+    }
+
+    #[test]
     fn changes_to_a_missing_message_are_not_found() {
         let mut current = None;
         assert_eq!(transition(&mut current, complete()), Err(Refusal::NotFound));
         assert_eq!(
-            apply(&mut current, &Change::ClientPatch(json!({})), Utc::now()),
+            apply(&mut current, &patch_of(json!({})), Utc::now()),
             Err(Refusal::NotFound)
         );
     }
@@ -542,7 +563,7 @@ mod tests {
     fn a_bad_patch_changes_nothing() {
         let mut current = created();
         let before = current.clone();
-        let refused = apply(&mut current, &Change::ClientPatch(json!([1])), Utc::now());
+        let refused = apply(&mut current, &patch_of(json!([1])), Utc::now());
         assert_eq!(refused, Err(Refusal::Patch(PatchError::NotAnObject)));
         assert_eq!(current, before);
     }

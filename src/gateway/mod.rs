@@ -214,16 +214,20 @@ impl Gateway {
         Ok(self.views(messages).await)
     }
 
-    /// Deep-merges a client patch into the message's data.
+    /// Deep-merges a client patch into the message's data. The store checks the owner in the
+    /// same read-modify-write (no read of its own: a hot message takes many patches a second).
     pub async fn patch(&self, user: &str, id: Uuid, patch: Value) -> Result<MessageView, ApiError> {
-        self.owned(user, id).await?;
-        match self.inner.store.apply(id, Change::ClientPatch(patch)).await {
+        let change = Change::ClientPatch {
+            owner: user.to_owned(),
+            patch,
+        };
+        match self.inner.store.apply(id, change).await {
             Ok(message) => Ok(self.view(message).await),
             Err(StoreError::Refused(Refusal::Patch(err))) => Err(data_error("data", &err)),
             Err(StoreError::Refused(Refusal::NotFound)) => Err(ApiError::NotFound),
             Err(err) => {
                 tracing::error!(message_id = %id, error = %err, "patch failed");
-                Err(ApiError::Unavailable)
+                Err(store_error(&err))
             }
         }
     }
@@ -438,6 +442,17 @@ impl LivePositions {
                 None => LivePosition::NotQueued,
             },
         }
+    }
+}
+
+/// The answer to a write the store could not make: a message whose record cannot be read is
+/// a 500 (a damaged row: trying again will not help); anything else may pass, so 503.
+fn store_error(err: &StoreError) -> ApiError {
+    match err {
+        StoreError::Row(DbError::Corrupt { .. }) | StoreError::Refused(Refusal::Unreadable) => {
+            ApiError::Internal
+        }
+        _ => ApiError::Unavailable,
     }
 }
 

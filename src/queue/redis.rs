@@ -516,6 +516,28 @@ impl QueueStore for RedisQueue {
         Ok(rank.and_then(|rank| u32::try_from(rank + 1).ok()))
     }
 
+    async fn positions(&self, ids: &[Uuid]) -> Result<Vec<Option<u32>>, QueueError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One round trip for all of them (a listing, a snapshot, an audit).
+        let pipeline = self.pool.next().pipeline();
+        for id in ids {
+            let _: () = pipeline
+                .zrank(self.keys.queue.as_str(), id.to_string(), false)
+                .await
+                .map_err(|err| unavailable("reading positions", err))?;
+        }
+        let ranks: Vec<Option<u64>> = pipeline
+            .all()
+            .await
+            .map_err(|err| unavailable("reading positions", err))?;
+        Ok(ranks
+            .into_iter()
+            .map(|rank| rank.and_then(|rank| u32::try_from(rank + 1).ok()))
+            .collect())
+    }
+
     async fn depth(&self) -> Result<u64, QueueError> {
         self.pool
             .zcard(self.keys.queue.as_str())

@@ -178,16 +178,14 @@ pub async fn hot(ctx: &Ctx) -> Res<ScenarioResult> {
     rss_into(&mut result, rss.finish().await);
     let elapsed = visible_at - start;
     let merges = per_second(total_sent as usize, elapsed);
-    // Every session must have received one message.updated per patch.
+    // `message.updated` carries the whole data, so a gateway may coalesce the unsent ones of
+    // a session that lags: a session receives at most one per patch (more is a duplicate),
+    // and what counts is that every patcher saw its last value (above) and REST agrees.
     let mut received = 0u64;
     for (session, before) in sessions.iter().zip(&updated_before) {
         let got = session.state.updated.load(Ordering::Relaxed) - before;
         received += got;
-        if got < total_sent {
-            result.lost_frames += total_sent - got;
-        } else {
-            result.duplicated += got - total_sent;
-        }
+        result.duplicated += got.saturating_sub(total_sent);
     }
     for session in &sessions {
         if let Some(trace) = session.state.jobs.lock().get(&id) {
@@ -202,7 +200,7 @@ pub async fn hot(ctx: &Ctx) -> Res<ScenarioResult> {
         summarize(ack_latencies),
     ));
     result.notes.push(format!(
-        "{total_sent} patches in {:.2} s until all visible over the WebSocket ({:.2} s incl. the REST check); {received} message.updated frames received ({:.0}/s; expected {} = patches × sessions)",
+        "{total_sent} patches in {:.2} s until all visible over the WebSocket ({:.2} s incl. the REST check); {received} message.updated frames received ({:.0}/s; at most {} = patches × sessions, fewer when coalesced)",
         elapsed.as_secs_f64(),
         (rest_at - start).as_secs_f64(),
         per_second(received as usize, elapsed),
