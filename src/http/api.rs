@@ -21,6 +21,10 @@ const MAX_LIMIT: u64 = 200;
 
 /// The page served at `/`.
 const INDEX_HTML: &str = include_str!("../../assets/index.html");
+/// The browser client module (`docs/api.md`, "The browser client").
+const CLIENT_JS: &str = include_str!("../../assets/client.js");
+/// The AsyncAPI 3 document of the WebSocket.
+pub const ASYNCAPI_JSON: &str = include_str!("../../assets/asyncapi.json");
 
 /// Answers one request.
 pub async fn route<S, B>(
@@ -60,6 +64,8 @@ where
         [""] if get => Ok(warp::reply::html(INDEX_HTML).into_response()),
         ["healthz"] if get => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
         ["readyz"] if get => Ok(readiness(state).await),
+        ["client.js"] if get => Ok(static_file(CLIENT_JS, "text/javascript; charset=utf-8")),
+        ["asyncapi.json"] if get => Ok(static_file(ASYNCAPI_JSON, "application/json")),
         ["openapi.json"] if get => {
             let mut response = super::openapi::document(state.dev_mode).into_response();
             response
@@ -145,6 +151,8 @@ fn allowed_methods(segments: &[&str], dev_mode: bool) -> Option<&'static str> {
         | ["healthz"]
         | ["readyz"]
         | ["openapi.json"]
+        | ["asyncapi.json"]
+        | ["client.js"]
         | ["ws"]
         | ["images", _]
         | ["admin", "metrics"]
@@ -450,6 +458,15 @@ where
         StatusCode::OK,
         &json!({"token": token, "user": user, "expires_at": expires_at}),
     ))
+}
+
+/// A file bundled into the binary, revalidated by its clients after an hour.
+fn static_file(body: &'static str, content_type: &'static str) -> Response {
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert("content-type", HeaderValue::from_static(content_type));
+    headers.insert("cache-control", HeaderValue::from_static("public, max-age=3600"));
+    response
 }
 
 fn png_response(png: Vec<u8>) -> Response {
