@@ -83,7 +83,75 @@ pub enum JobEventKind {
     },
 }
 
+/// Every frame type the server sends that is not a job event, and when (`docs/api.md`).
+pub const CONTROL_FRAME_TYPES: [&str; 7] = [
+    "hello",
+    "snapshot",
+    "job.position",
+    "job.positions",
+    "pong",
+    "resync",
+    "error",
+];
+
+/// Every `type` a server frame can have: the control frames and one per [`JobEventKind`].
+pub fn server_frame_types() -> Vec<&'static str> {
+    let mut types = CONTROL_FRAME_TYPES.to_vec();
+    types.extend(JobEventKind::examples().iter().map(JobEventKind::type_name));
+    types
+}
+
 impl JobEventKind {
+    /// One event of every kind. The match in [`JobEventKind::ordinal`] is exhaustive and a
+    /// unit test checks this list covers every ordinal, so a new kind cannot be left out of
+    /// [`server_frame_types`] (and so of the contract tests).
+    pub fn examples() -> Vec<JobEventKind> {
+        let error = JobError {
+            code: "unknown".into(),
+            message: "m".into(),
+        };
+        vec![
+            JobEventKind::Queued {
+                queue_position: Some(1),
+            },
+            JobEventKind::Processing { progress: 0 },
+            JobEventKind::Progress {
+                progress: 50,
+                eta_s: Some(3),
+            },
+            JobEventKind::Preview {
+                preview_url: "/images/x.preview.png".into(),
+            },
+            JobEventKind::Complete {
+                image_url: "/images/x.png".into(),
+                placeholder: false,
+                notice: None,
+                seed: Some(1),
+            },
+            JobEventKind::Error {
+                error: error.clone(),
+            },
+            JobEventKind::Cancelled { error: Some(error) },
+            JobEventKind::Updated {
+                data: Value::Object(Default::default()),
+            },
+        ]
+    }
+
+    /// The kind's place in [`JobEventKind::examples`].
+    fn ordinal(&self) -> usize {
+        match self {
+            JobEventKind::Queued { .. } => 0,
+            JobEventKind::Processing { .. } => 1,
+            JobEventKind::Progress { .. } => 2,
+            JobEventKind::Preview { .. } => 3,
+            JobEventKind::Complete { .. } => 4,
+            JobEventKind::Error { .. } => 5,
+            JobEventKind::Cancelled { .. } => 6,
+            JobEventKind::Updated { .. } => 7,
+        }
+    }
+
     /// The wire `type`.
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -136,6 +204,12 @@ impl JobEvent {
 /// A server frame that is not a job event (`hello`, `snapshot`, `pong`, `resync`, `error`),
 /// serialized without `seq`.
 pub fn control_frame_body(kind: &str, fields: serde_json::Map<String, Value>) -> String {
+    // Every frame type must be in the contract (a unit test checks the list against
+    // docs/api.md); a type sent that is not on the list fails every test that sends it.
+    debug_assert!(
+        CONTROL_FRAME_TYPES.contains(&kind),
+        "frame type {kind} is not in CONTROL_FRAME_TYPES"
+    );
     let mut object = fields;
     object.insert("type".into(), Value::String(kind.to_owned()));
     Value::Object(object).to_string()
@@ -263,6 +337,25 @@ mod tests {
                 {"id": Uuid::from_u128(2), "queue_position": 7, "eta_s": null},
             ]})
         );
+    }
+
+    #[test]
+    fn the_examples_cover_every_kind_and_the_types_are_unique() {
+        let ordinals: Vec<usize> = JobEventKind::examples()
+            .iter()
+            .map(JobEventKind::ordinal)
+            .collect();
+        assert_eq!(ordinals, (0..ordinals.len()).collect::<Vec<_>>());
+        let types = server_frame_types();
+        let unique: std::collections::HashSet<_> = types.iter().collect();
+        assert_eq!(unique.len(), types.len(), "{types:?}");
+        let api = include_str!("../../docs/api.md");
+        for kind in types {
+            assert!(
+                api.contains(&format!("| `{kind}` |")),
+                "docs/api.md does not describe the frame `{kind}`"
+            );
+        }
     }
 
     #[test]
