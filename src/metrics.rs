@@ -112,6 +112,8 @@ metrics! {
     placeholders_served: Counter = Counter::default(), "placeholders_served", "Jobs completed with the placeholder image";
     /// Stuck jobs the watchdog marked.
     stuck_jobs_marked: Counter = Counter::default(), "stuck_jobs_marked", "Stuck jobs marked as errors by the watchdog";
+    /// Finished messages deleted by retention (`RETENTION`), with their images.
+    retention_deleted: Counter = Counter::default(), "retention_deleted", "Finished messages deleted by RETENTION, with their images";
     /// A job's outcome could not be written at once and was written again later.
     outcome_write_retries: Counter = Counter::default(), "outcome_write_retries", "Retries of a job's final write while the database was unavailable";
     /// WebSocket sessions open.

@@ -13,6 +13,7 @@ use crate::events::redis_bus::RedisBus;
 use crate::events::registry::SessionCaps;
 use crate::events::{EventBus, LocalBus, SessionRegistry};
 use crate::forge_client::{Backend, ForgeClient, TlsRoots};
+use crate::gateway::retention::RetentionActor;
 use crate::gateway::watchdog::{WatchdogActor, WatchdogDeps, WatchdogHandle, WatchdogSettings};
 use crate::gateway::{Gateway, GatewaySettings};
 use crate::images::ImageStore;
@@ -198,6 +199,15 @@ pub(super) async fn build_core(
         )
         .start(),
     );
+    if !config.retention.is_zero() {
+        RetentionActor::new(
+            db.clone(),
+            deps.images.clone(),
+            metrics.clone(),
+            config.retention,
+        )
+        .start();
+    }
     let arbiters = (0..threads.max(1))
         .map(|_| Arbiter::new().handle())
         .collect();

@@ -100,6 +100,11 @@ pub struct Config {
     #[arg(long, env = "JOB_DEADLINE", default_value = "0s", value_parser = duration)]
     pub job_deadline: Duration,
 
+    /// Finished messages (complete, error, cancelled) whose last change is older than this are
+    /// deleted with their images; 0 keeps everything forever.
+    #[arg(long, env = "RETENTION", default_value = "0s", value_parser = duration)]
+    pub retention: Duration,
+
     /// How often the watchdog looks for stuck jobs.
     #[arg(long, env = "WATCHDOG_INTERVAL", default_value = "30s", value_parser = duration)]
     pub watchdog_interval: Duration,

@@ -20,7 +20,7 @@ use crate::domain::event::JobEventKind;
 use crate::domain::message::Message;
 use chrono::{DateTime, Utc};
 use entity::messages::{Column, Entity};
-use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::sea_query::{Expr, ExprTrait as _, OnConflict};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter,
     Statement, TransactionTrait,
@@ -305,9 +305,46 @@ async fn quarantine(
     })
 }
 
+impl Database {
+    /// Deletes at most `limit` finished messages (complete, error, cancelled) whose last change
+    /// is at or before `changed_before`, oldest first, by the index on `(status, updated_at)`;
+    /// returns the ids deleted. Each row is deleted by one statement of one process (`RETURNING`
+    /// says which), so several processes may sweep at once.
+    pub async fn delete_finished(
+        &self,
+        changed_before: DateTime<Utc>,
+        limit: u64,
+    ) -> Result<Vec<Uuid>, DbError> {
+        use sea_orm::{QueryOrder, QuerySelect};
+        let finished = ["complete", "error", "cancelled"];
+        let ids: Vec<Uuid> = Entity::find()
+            .select_only()
+            .column(Column::Id)
+            .filter(Column::Status.is_in(finished))
+            .filter(Column::UpdatedAt.lte(changed_before))
+            .order_by_asc(Column::UpdatedAt)
+            .limit(limit)
+            .into_tuple::<Uuid>()
+            .all(&self.read)
+            .await?;
+        if ids.is_empty() {
+            return Ok(ids);
+        }
+        let mut delete = sea_orm::sea_query::Query::delete();
+        delete
+            .from_table(Entity)
+            .and_where(Expr::col(Column::Id).is_in(ids))
+            .and_where(Expr::col(Column::Status).is_in(finished))
+            .and_where(Expr::col(Column::UpdatedAt).lte(changed_before))
+            .returning_col(Column::Id);
+        let deleted = returned_ids(&self.write, self.backend.build(&delete)).await?;
+        Ok(deleted.into_iter().collect())
+    }
+}
+
 /// Runs a statement ending in `RETURNING id` and collects the ids it returned (the rows it wrote).
 async fn returned_ids(
-    txn: &DatabaseTransaction,
+    txn: &impl ConnectionTrait,
     statement: Statement,
 ) -> Result<HashSet<Uuid>, DbError> {
     txn.query_all_raw(statement)

@@ -4,6 +4,7 @@
 //! Reads go straight to the database (the record) and the queue (live positions); every write
 //! goes through the store actor.
 
+pub mod retention;
 pub mod watchdog;
 
 use crate::actors::queue::QueueHandle;

@@ -1,0 +1,93 @@
+//! Issue 17: with `RETENTION` set, finished messages and their images go away once they are
+//! older than the retention; a job still waiting or running is never touched, however old.
+
+mod common;
+
+use common::*;
+use forge_sim::{SimConfig, SimMode};
+use std::time::Instant;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn finished_messages_and_their_images_are_deleted_after_the_retention_and_pending_ones_kept()
+{
+    let (app, _storage) = TestApp::spawn_with(fast_sim(), &["--retention", "2s"]).await;
+    let token = app.token("alice").await;
+
+    let (status, done) = app.submit(&token, small_prompt("kept for 2 s")).await;
+    assert_eq!(status, 202, "{done}");
+    let done_id = done["id"].as_str().expect("id").to_owned();
+    let done = app
+        .wait_message(&token, &done_id, |m| m["status"] == "complete")
+        .await;
+    let image_url = done["image_url"].as_str().expect("image url").to_owned();
+    let image = app
+        .request(reqwest::Method::GET, &image_url, &token)
+        .send()
+        .await
+        .expect("image");
+    assert_eq!(image.status().as_u16(), 200);
+
+    // A job that runs forever, then one queued behind it and cancelled: the running one
+    // changed last before the cancelled one did, so once the cancelled one is gone the
+    // running one is older than the retention too.
+    app.sim.set_config(SimConfig {
+        mode: SimMode::Hang,
+        ..fast_sim()
+    });
+    let (_, running) = app.submit(&token, small_prompt("runs forever")).await;
+    let running_id = running["id"].as_str().expect("id").to_owned();
+    app.wait_message(&token, &running_id, |m| m["status"] == "processing")
+        .await;
+    let (_, cancelled) = app.submit(&token, small_prompt("cancelled")).await;
+    let cancelled_id = cancelled["id"].as_str().expect("id").to_owned();
+    let answer = app
+        .request(
+            reqwest::Method::POST,
+            &format!("/api/v1/messages/{cancelled_id}/cancel"),
+            &token,
+        )
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(answer.status().as_u16(), 200);
+
+    let deadline = Instant::now() + DEADLINE;
+    for id in [&done_id, &cancelled_id] {
+        loop {
+            let (status, body) = app.get(&token, &format!("/api/v1/messages/{id}")).await;
+            if status == 404 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id} was never deleted; last: {body}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    let image = app
+        .request(reqwest::Method::GET, &image_url, &token)
+        .send()
+        .await
+        .expect("image");
+    assert_eq!(
+        image.status().as_u16(),
+        404,
+        "the image outlived its message"
+    );
+
+    let (status, still_running) = app
+        .get(&token, &format!("/api/v1/messages/{running_id}"))
+        .await;
+    assert_eq!(status, 200, "a running job was deleted: {still_running}");
+    assert_eq!(still_running["status"], "processing");
+    let (_, list) = app.get(&token, "/api/v1/messages").await;
+    assert_eq!(listed_prompts(&list), vec!["runs forever"]);
+    assert!(
+        metric(
+            &app.metrics().await,
+            "forge_gateway_retention_deleted_total"
+        ) >= 2.0
+    );
+    app.stop().await;
+}
