@@ -10,10 +10,10 @@ use std::time::Instant;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn finished_messages_and_their_images_are_deleted_after_the_retention_and_pending_ones_kept()
 {
-    let (app, _storage) = TestApp::spawn_with(fast_sim(), &["--retention", "2s"]).await;
+    let (app, _storage) = TestApp::spawn_with(fast_sim(), &["--retention", "3s"]).await;
     let token = app.token("alice").await;
 
-    let (status, done) = app.submit(&token, small_prompt("kept for 2 s")).await;
+    let (status, done) = app.submit(&token, small_prompt("kept for 3 s")).await;
     assert_eq!(status, 202, "{done}");
     let done_id = done["id"].as_str().expect("id").to_owned();
     let done = app
@@ -26,6 +26,7 @@ async fn finished_messages_and_their_images_are_deleted_after_the_retention_and_
         .await
         .expect("image");
     assert_eq!(image.status().as_u16(), 200);
+    assert_eq!(files_of(&app.data_dir, &done_id), 1, "the image is on disk");
 
     // A job that runs forever, then one queued behind it and cancelled: the running one
     // changed last before the cancelled one did, so once the cancelled one is gone the
@@ -76,6 +77,12 @@ async fn finished_messages_and_their_images_are_deleted_after_the_retention_and_
         "the image outlived its message"
     );
 
+    assert_eq!(
+        files_of(&app.data_dir, &done_id),
+        0,
+        "a file outlived its message"
+    );
+
     let (status, still_running) = app
         .get(&token, &format!("/api/v1/messages/{running_id}"))
         .await;
@@ -90,4 +97,20 @@ async fn finished_messages_and_their_images_are_deleted_after_the_retention_and_
         ) >= 2.0
     );
     app.stop().await;
+}
+
+/// How many files under `dir` (at any depth) belong to the job `id`.
+fn files_of(dir: &std::path::Path, id: &str) -> usize {
+    std::fs::read_dir(dir)
+        .expect("data dir")
+        .map(|entry| entry.expect("entry").path())
+        .map(|path| {
+            if path.is_dir() {
+                files_of(&path, id)
+            } else {
+                let name = path.file_name().expect("name").to_string_lossy();
+                usize::from(name.contains(id))
+            }
+        })
+        .sum()
 }
