@@ -92,8 +92,9 @@ macro_rules! metrics {
 metrics! {
     /// Jobs in the queue.
     queue_depth: Gauge = Gauge::default(), "queue_depth", "Jobs waiting in the queue";
-    /// Messages by status, as the database holds them (refreshed at each scrape).
-    jobs_by_status: Family<StatusLabel, Gauge> = Family::default(), "jobs", "Messages by status in the database";
+    /// Messages waiting or running, by status, as the database holds them (counted at each
+    /// scrape over pending rows only, by index).
+    jobs_by_status: Family<StatusLabel, Gauge> = Family::default(), "jobs", "Messages waiting or running in the database, by status (finished ones: jobs_finished_total)";
     /// Jobs this process moved to a terminal status, by status.
     jobs_finished: Family<StatusLabel, Counter> = Family::default(), "jobs_finished", "Jobs this process moved to a terminal status";
     /// Seconds from create to a terminal status.

@@ -16,7 +16,7 @@ mod read;
 mod rows;
 mod write;
 
-pub use read::ListFilter;
+pub use read::{COUNT_PENDING, ListFilter};
 pub use write::{RowResult, RowWork};
 
 use crate::domain::message::Message;

@@ -1,6 +1,6 @@
 //! Validation of a create request: the prompt, the generation parameters, and their limits.
 
-use crate::domain::catalogue::ApiError;
+use crate::domain::catalogue::{ApiError, BadJson, Invalid};
 use crate::domain::merge::{self, PatchError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -78,30 +78,30 @@ impl CreateRequest {
     /// Validates a create body, naming the first offending field.
     pub fn from_json(body: &Value) -> Result<CreateRequest, ApiError> {
         let Some(body) = body.as_object() else {
-            return Err(ApiError::InvalidJson {
-                message: "İstek gövdesi bir JSON nesnesi olmalıdır.".to_owned(),
-            });
+            return Err(ApiError::InvalidJson(BadJson::NotAnObject));
         };
         if let Some(unknown) = body.keys().find(|key| !FIELDS.contains(&key.as_str())) {
-            return Err(ApiError::validation(
-                unknown.as_str(),
-                format!("Bilinmeyen alan: '{unknown}'."),
-            ));
+            return Err(ApiError::invalid(unknown.as_str(), Invalid::UnknownField));
         }
-        let prompt = text(body, "prompt")?
-            .ok_or_else(|| ApiError::validation("prompt", "prompt alanı zorunludur."))?;
+        let prompt =
+            text(body, "prompt")?.ok_or_else(|| ApiError::invalid("prompt", Invalid::Required))?;
         if prompt.trim().is_empty() || prompt.chars().count() > MAX_PROMPT_CHARS {
-            return Err(ApiError::validation(
+            return Err(ApiError::invalid(
                 "prompt",
-                format!("prompt 1 ile {MAX_PROMPT_CHARS} karakter arasında olmalıdır."),
+                Invalid::Chars {
+                    min: 1,
+                    max: MAX_PROMPT_CHARS,
+                },
             ));
         }
         let defaults = GenerationParams::default();
         let negative_prompt = text(body, "negative_prompt")?.unwrap_or(defaults.negative_prompt);
         if negative_prompt.chars().count() > MAX_PROMPT_CHARS {
-            return Err(ApiError::validation(
+            return Err(ApiError::invalid(
                 "negative_prompt",
-                format!("negative_prompt en fazla {MAX_PROMPT_CHARS} karakter olabilir."),
+                Invalid::AtMostChars {
+                    max: MAX_PROMPT_CHARS,
+                },
             ));
         }
         let width = side(body, "width")?.unwrap_or(defaults.width);
@@ -112,18 +112,18 @@ impl CreateRequest {
             Some(value) => match value.as_f64() {
                 Some(scale) if (1.0..=30.0).contains(&scale) => scale,
                 _ => {
-                    return Err(ApiError::validation(
+                    return Err(ApiError::invalid(
                         "cfg_scale",
-                        "cfg_scale 1 ile 30 arasında bir sayı olmalıdır.",
+                        Invalid::Number { min: 1, max: 30 },
                     ));
                 }
             },
         };
         let sampler_name = text(body, "sampler_name")?.unwrap_or(defaults.sampler_name);
         if sampler_name.trim().is_empty() || sampler_name.chars().count() > 64 {
-            return Err(ApiError::validation(
+            return Err(ApiError::invalid(
                 "sampler_name",
-                "sampler_name 1 ile 64 karakter arasında olmalıdır.",
+                Invalid::Chars { min: 1, max: 64 },
             ));
         }
         let seed = integer(body, "seed", -1, u32::MAX as i64)?.unwrap_or(defaults.seed);
@@ -131,9 +131,12 @@ impl CreateRequest {
         if let Some(id) = &conversation_id
             && (id.is_empty() || id.chars().count() > MAX_ID_CHARS)
         {
-            return Err(ApiError::validation(
+            return Err(ApiError::invalid(
                 "conversation_id",
-                format!("conversation_id 1 ile {MAX_ID_CHARS} karakter arasında olmalıdır."),
+                Invalid::Chars {
+                    min: 1,
+                    max: MAX_ID_CHARS,
+                },
             ));
         }
         let data = match body.get("data") {
@@ -168,44 +171,32 @@ pub fn data_error(field: &str, err: &PatchError) -> ApiError {
         PatchError::ServerOwned(name) => ApiError::ServerOwnedField {
             field: name.clone(),
         },
-        PatchError::UnknownField(name) => {
-            ApiError::validation(name.as_str(), format!("Bilinmeyen alan: '{name}'."))
-        }
-        PatchError::NotAnObject => {
-            ApiError::validation(field, format!("{field} bir JSON nesnesi olmalıdır."))
-        }
-        PatchError::TooDeep => ApiError::validation(
+        PatchError::UnknownField(name) => ApiError::invalid(name.as_str(), Invalid::UnknownField),
+        PatchError::NotAnObject => ApiError::invalid(field, Invalid::NotAnObject),
+        PatchError::TooDeep => ApiError::invalid(
             field,
-            format!(
-                "{field} en fazla {} seviye iç içe olabilir.",
-                merge::MAX_DATA_DEPTH
-            ),
+            Invalid::TooDeep {
+                max: merge::MAX_DATA_DEPTH,
+            },
         ),
-        PatchError::TooLarge => ApiError::validation(
+        PatchError::TooLarge => ApiError::invalid(
             field,
-            format!(
-                "{field} en fazla {} KiB olabilir.",
-                merge::MAX_DATA_BYTES / 1024
-            ),
+            Invalid::TooLarge {
+                kib: merge::MAX_DATA_BYTES / 1024,
+            },
         ),
-        PatchError::NulCharacter => {
-            ApiError::validation(field, format!("{field} NUL karakteri içeremez."))
-        }
+        PatchError::NulCharacter => ApiError::invalid(field, Invalid::Nul),
     }
 }
 
 fn text(body: &Map<String, Value>, field: &str) -> Result<Option<String>, ApiError> {
     match body.get(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) if text.contains('\0') => Err(ApiError::validation(
-            field,
-            format!("{field} NUL karakteri içeremez."),
-        )),
+        Some(Value::String(text)) if text.contains('\0') => {
+            Err(ApiError::invalid(field, Invalid::Nul))
+        }
         Some(Value::String(text)) => Ok(Some(text.clone())),
-        Some(_) => Err(ApiError::validation(
-            field,
-            format!("{field} bir metin (string) olmalıdır."),
-        )),
+        Some(_) => Err(ApiError::invalid(field, Invalid::NotText)),
     }
 }
 
@@ -225,19 +216,19 @@ fn integer(
                 .map(|number| number as i64)
         }) {
             Some(number) if (min..=max).contains(&number) => Ok(Some(number)),
-            _ => Err(ApiError::validation(
-                field,
-                format!("{field} {min} ile {max} arasında bir tam sayı olmalıdır."),
-            )),
+            _ => Err(ApiError::invalid(field, Invalid::Integer { min, max })),
         },
     }
 }
 
 fn side(body: &Map<String, Value>, field: &str) -> Result<Option<u32>, ApiError> {
     let error = || {
-        ApiError::validation(
+        ApiError::invalid(
             field,
-            format!("{field} {MIN_SIDE} ile {MAX_SIDE} arasında ve 8'in katı olmalıdır."),
+            Invalid::ImageSide {
+                min: MIN_SIDE,
+                max: MAX_SIDE,
+            },
         )
     };
     match integer(body, field, MIN_SIDE as i64, MAX_SIDE as i64) {

@@ -10,7 +10,7 @@ pub mod watchdog;
 use crate::actors::queue::QueueHandle;
 use crate::actors::store::{StoreError, StoreHandle};
 use crate::db::{Database, DbError, ListFilter};
-use crate::domain::catalogue::ApiError;
+use crate::domain::catalogue::{ApiError, Invalid, StateConflict};
 use crate::domain::change::{Change, Refusal, Transition};
 use crate::domain::eta::EtaModel;
 use crate::domain::message::{LivePosition, Message, MessageView};
@@ -94,11 +94,12 @@ impl Gateway {
     ) -> Result<MessageView, ApiError> {
         if let Some(key) = &idempotency_key {
             if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || key.contains('\0') {
-                return Err(ApiError::validation(
+                return Err(ApiError::invalid(
                     "Idempotency-Key",
-                    format!(
-                        "Idempotency-Key 1 ile {MAX_IDEMPOTENCY_KEY} karakter arasında olmalıdır."
-                    ),
+                    Invalid::Chars {
+                        min: 1,
+                        max: MAX_IDEMPOTENCY_KEY,
+                    },
                 ));
             }
             if let Some(existing) = self
@@ -247,9 +248,9 @@ impl Gateway {
                 Ok(self.view(message).await)
             }
             Err(StoreError::Refused(Refusal::IllegalTransition { from, .. })) => {
-                Err(ApiError::Conflict {
-                    message: format!("Mesaj zaten sonuçlandı ({from}); iptal edilemez."),
-                })
+                Err(ApiError::Conflict(StateConflict::AlreadyFinished {
+                    status: from,
+                }))
             }
             Err(StoreError::Refused(Refusal::NotFound)) => Err(ApiError::NotFound),
             Err(err) => {
@@ -268,15 +269,11 @@ impl Gateway {
         user: &str,
         id: Uuid,
         idempotency_key: Option<String>,
-        reuse_seed: Result<bool, ApiError>,
+        reuse_seed: bool,
     ) -> Result<MessageView, ApiError> {
         let original = self.owned(user, id).await?;
-        let reuse_seed = reuse_seed?;
         if original.status.is_pending() {
-            return Err(ApiError::Conflict {
-                message: "Mesaj hâlâ işleniyor; yeniden denemek için sonuçlanmasını bekleyin."
-                    .into(),
-            });
+            return Err(ApiError::Conflict(StateConflict::StillPending));
         }
         let mut params = original.params;
         if reuse_seed && let Some(seed) = original.seed {

@@ -1,16 +1,18 @@
 //! The HTTP edge (warp): REST, images, health, metrics and the WebSocket.
 //!
-//! One catch-all route hands every request to [`api::route`], which answers unknown routes
-//! and methods in the same JSON error shape as everything else; the WebSocket upgrade is the
-//! only other route ([`ws`], which also hosts the socket's session actor). REST handlers talk
-//! to the gateway through its use cases.
+//! [`routes`] holds the REST routes as warp filters; [`server`] serves them behind its own
+//! accept loop (connection caps and deadlines from [`conn`]) and completes a WebSocket upgrade
+//! of `/ws` itself ([`ws`], which also hosts the socket's session actor). Handlers talk to the
+//! gateway through its use cases.
 
-pub mod api;
 pub mod auth;
 pub mod conn;
 pub mod openapi;
+pub mod routes;
 pub mod server;
 pub mod ws;
+
+pub use routes::routes;
 
 use crate::domain::catalogue::ApiError;
 use crate::events::SessionRegistry;
@@ -20,10 +22,8 @@ use crate::metrics::Metrics;
 use actix::ArbiterHandle;
 use auth::Auth;
 use serde_json::json;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use warp::Filter;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
@@ -122,33 +122,6 @@ impl HttpState {
         let index = self.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.arbiters.len();
         self.arbiters.get(index)
     }
-}
-
-/// Every route of the gateway but the WebSocket upgrade (see [`server`]).
-pub fn routes(
-    state: Arc<HttpState>,
-) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
-    let with_state = {
-        let state = state.clone();
-        warp::any().map(move || state.clone())
-    };
-    let query = warp::query::raw().or(warp::any().map(String::new)).unify();
-    let everything = warp::method()
-        .and(warp::path::full())
-        .and(query)
-        .and(warp::header::headers_cloned())
-        .and(warp::body::stream())
-        .and(with_state)
-        .then(api::route);
-    everything.recover(recover).unify()
-}
-
-async fn recover(rejection: warp::Rejection) -> Result<Response, Infallible> {
-    // Only reached when a filter rejects in a way the catch-all did not absorb.
-    tracing::debug!(?rejection, "request rejected");
-    Ok(error_response(&ApiError::InvalidJson {
-        message: "İstek okunamadı.".into(),
-    }))
 }
 
 /// `{"error": {"code", "message", "field"}}` with the error's status.

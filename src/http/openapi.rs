@@ -96,6 +96,16 @@ pub struct ErrorDetail {
     pub field: Option<String>,
 }
 
+/// The optional body of `POST /api/v1/messages/{id}/retry`.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryOptions {
+    /// Run again with the seed Forge used last time (same picture), instead of the requested
+    /// one (a random seed stays random). Default false.
+    #[schema(nullable = true)]
+    pub reuse_seed: Option<bool>,
+}
+
 /// `POST /api/v1/dev/token` (dev mode only).
 #[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -127,6 +137,34 @@ pub struct Health {
     pub status: String,
 }
 
+/// `GET /readyz`: ok or not per dependency, never why.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` or `unavailable`.
+    pub status: String,
+    /// `{"database": "ok"|"unavailable", "queue": "ok"|"unavailable"}`.
+    #[schema(value_type = Object)]
+    pub checks: serde_json::Value,
+    /// Present when unavailable.
+    pub error: Option<ErrorDetail>,
+}
+
+/// `GET /admin/status`: readiness with its reasons, and this process's sessions.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct AdminStatus {
+    /// Whether the database and the queue store answer.
+    pub ready: bool,
+    /// `{"ok": bool, "detail"?: string}`.
+    #[schema(value_type = Object)]
+    pub database: serde_json::Value,
+    /// `{"ok": bool, "detail"?: string}`.
+    #[schema(value_type = Object)]
+    pub queue: serde_json::Value,
+    /// `{"open": sessions, "users": distinct users}` on this process.
+    #[schema(value_type = Object)]
+    pub sessions: serde_json::Value,
+}
+
 #[utoipa::path(post, path = "/api/v1/messages", tag = "messages",
     request_body = CreateMessage,
     params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[!-~]+$", description = "Repeat a create safely: the same key returns the first message again")),
@@ -134,6 +172,7 @@ pub struct Health {
         (status = 202, description = "Queued", body = MessageView),
         (status = 400, description = "Not JSON", body = ErrorBody),
         (status = 401, description = "No or bad token", body = ErrorBody),
+        (status = 408, description = "Body not received within HTTP_BODY_TIMEOUT", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
         (status = 422, description = "A field failed validation", body = ErrorBody),
         (status = 429, description = "Too many pending messages", body = ErrorBody),
@@ -173,6 +212,7 @@ fn get_message() {}
         (status = 400, description = "Not JSON", body = ErrorBody),
         (status = 401, description = "No or bad token", body = ErrorBody),
         (status = 404, description = "No such message for this user", body = ErrorBody),
+        (status = 408, description = "Body not received within HTTP_BODY_TIMEOUT", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
         (status = 422, description = "Invalid patch, or a server-owned field named", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody)),
@@ -193,12 +233,16 @@ fn cancel_message() {}
 #[utoipa::path(post, path = "/api/v1/messages/{id}/retry", tag = "messages",
     params(("id" = String, Path, description = "Message id"),
            ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[!-~]+$", description = "Repeat a retry safely")),
+    request_body(content = Option<RetryOptions>, description = "Optional: `{\"reuse_seed\": true}`"),
     responses(
         (status = 202, description = "A new message with the same prompt and params", body = MessageView),
+        (status = 400, description = "Not JSON", body = ErrorBody),
         (status = 401, description = "No or bad token", body = ErrorBody),
+        (status = 408, description = "Body not received within HTTP_BODY_TIMEOUT", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
         (status = 404, description = "No such message for this user", body = ErrorBody),
         (status = 409, description = "Still pending", body = ErrorBody),
-        (status = 422, description = "Bad Idempotency-Key", body = ErrorBody),
+        (status = 422, description = "Bad Idempotency-Key or option", body = ErrorBody),
         (status = 429, description = "Too many pending messages", body = ErrorBody),
         (status = 503, description = "Database or queue unavailable", body = ErrorBody)),
     security(("bearer" = [])))]
@@ -209,6 +253,8 @@ fn retry_message() {}
     responses(
         (status = 200, description = "A token (dev mode only; 404 otherwise)", body = DevToken),
         (status = 400, description = "Not JSON", body = ErrorBody),
+        (status = 408, description = "Body not received within HTTP_BODY_TIMEOUT", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
         (status = 422, description = "Bad user name", body = ErrorBody)))]
 fn dev_token() {}
 
@@ -225,9 +271,29 @@ fn healthz() {}
 
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
-        (status = 200, description = "Database and queue store answer", body = Health),
-        (status = 503, description = "A dependency does not answer", body = Object)))]
+        (status = 200, description = "Database and queue store answer", body = Readiness),
+        (status = 503, description = "A dependency does not answer", body = Readiness)))]
 fn readyz() {}
+
+#[utoipa::path(get, path = "/admin/status", tag = "operations",
+    responses(
+        (status = 200, description = "Readiness with reasons, and sessions", body = AdminStatus),
+        (status = 401, description = "No token", body = ErrorBody),
+        (status = 403, description = "Not the admin token", body = ErrorBody)),
+    security(("admin" = [])))]
+fn admin_status() {}
+
+#[utoipa::path(get, path = "/", tag = "browser",
+    responses((status = 200, description = "The bundled page", content_type = "text/html", body = String)))]
+fn page() {}
+
+#[utoipa::path(get, path = "/client.js", tag = "browser",
+    responses((status = 200, description = "The browser client module (ES module)", content_type = "text/javascript", body = String)))]
+fn client_js() {}
+
+#[utoipa::path(get, path = "/asyncapi.json", tag = "browser",
+    responses((status = 200, description = "The AsyncAPI 3 document of the WebSocket at /ws", content_type = "application/json", body = Object)))]
+fn asyncapi() {}
 
 #[utoipa::path(get, path = "/admin/metrics", tag = "operations",
     responses(
@@ -261,9 +327,9 @@ impl Modify for BearerAuth {
 /// The document.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "forge-gateway", description = "Image requests queued, run on Forge servers, persisted and pushed over WebSocket (`GET /ws?token=`; events in API.md)."),
-    paths(create_message, list_messages, get_message, patch_message, cancel_message, retry_message, dev_token, image, healthz, readyz, metrics),
-    components(schemas(MessageView, GenerationParams, JobError, Notice, JobStatus, CreateMessage, PatchMessage, MessageList, ErrorBody, ErrorDetail, DevTokenRequest, DevToken, Health)),
+    info(title = "forge-gateway", description = "Image requests queued, run on Forge servers, persisted and pushed over WebSocket (`GET /ws`, described by `/asyncapi.json` and docs/api.md). Any request may be answered 503 `too_many_connections` when the server holds MAX_CONNECTIONS connections."),
+    paths(create_message, list_messages, get_message, patch_message, cancel_message, retry_message, dev_token, image, healthz, readyz, admin_status, metrics, page, client_js, asyncapi),
+    components(schemas(MessageView, GenerationParams, JobError, Notice, JobStatus, CreateMessage, PatchMessage, RetryOptions, MessageList, ErrorBody, ErrorDetail, DevTokenRequest, DevToken, Health, Readiness, AdminStatus)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

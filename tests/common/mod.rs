@@ -437,11 +437,19 @@ pub fn positions_in(frame: &Value) -> Vec<(String, i64)> {
     }
 }
 
-/// The value of a counter or gauge in a Prometheus text exposition (summed over labels).
+/// The value of a counter or gauge in a Prometheus text exposition: `name` summed over its
+/// labels, or one series when `name` carries its labels (`jobs{status="queued"}`).
 pub fn metric(text: &str, name: &str) -> f64 {
+    let series = |line: &str| {
+        if name.contains('{') {
+            line.split(' ').next() == Some(name)
+        } else {
+            line.split(['{', ' ']).next() == Some(name)
+        }
+    };
     text.lines()
         .filter(|line| !line.starts_with('#'))
-        .filter(|line| line.split(['{', ' ']).next() == Some(name))
+        .filter(|line| series(line))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }

@@ -19,7 +19,7 @@ mod reader;
 pub mod session;
 
 use super::{HttpState, error_response};
-use crate::domain::catalogue::ApiError;
+use crate::domain::catalogue::{ApiError, Invalid};
 use crate::domain::event::with_seq;
 use crate::events::registry::{Permit, Refused};
 use crate::metrics::ReasonLabel;
@@ -128,10 +128,7 @@ pub async fn upgrade(mut request: hyper::Request<Incoming>, state: Arc<HttpState
         .get(header::SEC_WEBSOCKET_KEY)
         .filter(|_| connection_upgrade && version_13)
     else {
-        return error_response(&ApiError::validation(
-            "Upgrade",
-            "Geçersiz WebSocket el sıkışması (Connection: Upgrade, Sec-WebSocket-Version: 13 ve Sec-WebSocket-Key gerekir).",
-        ));
+        return error_response(&ApiError::invalid("Upgrade", Invalid::BadHandshake));
     };
     let accept = derive_accept_key(key.as_bytes());
     let user = match token_of(&request).map(|token| state.auth.user_of(&token)) {

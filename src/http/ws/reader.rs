@@ -14,7 +14,7 @@
 use super::outbox::{Frame, Outbox};
 use super::rate::CommandRate;
 use super::session::{LastSeen, Resync, SessionActor, error_frame_body};
-use crate::domain::catalogue::ApiError;
+use crate::domain::catalogue::{ApiError, BadJson, Invalid};
 use crate::domain::merge;
 use crate::domain::params::data_error;
 use crate::gateway::Gateway;
@@ -80,10 +80,7 @@ impl Reader {
                 Message::Close(_) => return End::Gone,
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
                 Message::Binary(_) => {
-                    self.refuse(&ApiError::InvalidJson {
-                        message: "İkili (binary) çerçeveler desteklenmiyor; JSON metin gönderin."
-                            .into(),
-                    });
+                    self.refuse(&ApiError::InvalidJson(BadJson::BinaryFrame));
                     continue;
                 }
                 Message::Text(text) => text,
@@ -131,9 +128,7 @@ impl Reader {
             }
         };
         let Some(command) = value.as_object() else {
-            self.refuse(&ApiError::InvalidJson {
-                message: "Mesaj bir JSON nesnesi olmalıdır.".into(),
-            });
+            self.refuse(&ApiError::InvalidJson(BadJson::FrameNotAnObject));
             return None;
         };
         let kind = command
@@ -154,16 +149,15 @@ impl Reader {
             }
             "update_message" | "cancel" => self.write_command(kind, command),
             "" => {
-                self.refuse(&ApiError::validation("type", "type alanı zorunludur."));
+                self.refuse(&ApiError::invalid("type", Invalid::Required));
                 None
             }
             other => {
-                self.refuse(&ApiError::validation(
+                self.refuse(&ApiError::invalid(
                     "type",
-                    format!(
-                        "Bilinmeyen komut: '{}'.",
-                        other.chars().take(64).collect::<String>()
-                    ),
+                    Invalid::UnknownCommand {
+                        name: other.chars().take(64).collect(),
+                    },
                 ));
                 None
             }
@@ -172,10 +166,7 @@ impl Reader {
 
     fn write_command(&self, kind: &str, command: &Map<String, Value>) -> Option<Command> {
         let Some(raw_id) = command.get("id").and_then(Value::as_str) else {
-            self.refuse(&ApiError::validation(
-                "id",
-                "id alanı zorunludur (mesaj kimliği).",
-            ));
+            self.refuse(&ApiError::invalid("id", Invalid::MessageIdRequired));
             return None;
         };
         let Ok(id) = Uuid::try_parse(raw_id) else {

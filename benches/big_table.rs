@@ -1,11 +1,13 @@
-//! The watchdog's stuck-job scan on a table of 1,000,000 messages of which 100 are stuck:
-//! its time, and the query plan that shows it uses the `(status, activity_at)` index.
+//! The queries that run on a timer against the whole `messages` table, on 1,000,000 rows of
+//! which 1,100 are pending: the watchdog's stuck-job scan (100 stuck) and a metrics scrape's
+//! count, each timed with the query plan that shows it uses the `(status, activity_at)` index.
+//! The scrape is also timed the way it was before (a GROUP BY over every row) for comparison.
 //!
-//! `cargo bench --bench watchdog` (SQLite), plus PostgreSQL with
+//! `cargo bench --bench big_table` (SQLite), plus PostgreSQL with
 //! `BENCH_DATABASE_URL=postgres://postgres@127.0.0.1/test` (a fresh schema, dropped after).
 
 use chrono::{Duration as Age, Utc};
-use forge_gateway::db::{Database, DbSettings};
+use forge_gateway::db::{COUNT_PENDING, Database, DbSettings};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -71,21 +73,26 @@ async fn bench(label: &str, settings: DbSettings, postgres: bool) {
     );
 
     let cutoff = Utc::now() - Age::minutes(5);
-    let mut times = Vec::new();
-    for _ in 0..30 {
-        let started = Instant::now();
+    let scan = timed(|| async {
         let stuck = db.stuck_jobs(cutoff, true, 1000).await.expect("scan");
-        times.push(started.elapsed());
         assert_eq!(stuck.len() as u64, STUCK, "exactly the stuck jobs");
-    }
-    times.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!(
-        "| {label} | {ROWS} | {STUCK} | {:.2} | {:.2} | {:.2} |",
-        ms(times[0]),
-        ms(times[times.len() / 2]),
-        ms(times[times.len() - 1])
-    );
+    })
+    .await;
+    println!("| {label} | watchdog scan | {scan} |");
+    let scrape = timed(|| async {
+        let counts = db.count_pending_by_status().await.expect("count");
+        let pending: i64 = counts.iter().map(|(_, n)| n).sum();
+        assert_eq!(pending as u64, STUCK + 1000, "every pending row counted");
+    })
+    .await;
+    println!("| {label} | metrics scrape (pending rows, now) | {scrape} |");
+    let whole = timed(|| async {
+        db.execute_raw("SELECT status, COUNT(*) FROM messages GROUP BY status")
+            .await
+            .expect("group by");
+    })
+    .await;
+    println!("| {label} | metrics scrape (every row, before) | {whole} |");
 
     let literal = if postgres {
         format!("'{}'::timestamptz", cutoff.to_rfc3339())
@@ -101,7 +108,34 @@ async fn bench(label: &str, settings: DbSettings, postgres: bool) {
         .explain(&format!("{explain}{}", SCAN.replace("{cutoff}", &literal)))
         .await
         .expect("explain");
-    println!("{label} plan:\n{plan}");
+    println!("{label} watchdog plan:\n{plan}");
+    let plan = db
+        .explain(&format!("{explain}{COUNT_PENDING}"))
+        .await
+        .expect("explain");
+    println!("{label} scrape plan:\n{plan}");
+}
+
+/// Runs `query` 30 times; "min | median | max" in milliseconds.
+async fn timed<F, Fut>(query: F) -> String
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut times = Vec::new();
+    for _ in 0..30 {
+        let started = Instant::now();
+        query().await;
+        times.push(started.elapsed());
+    }
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    format!(
+        "{:.2} | {:.2} | {:.2}",
+        ms(times[0]),
+        ms(times[times.len() / 2]),
+        ms(times[times.len() - 1])
+    )
 }
 
 fn main() {
@@ -111,7 +145,7 @@ fn main() {
         .expect("runtime");
     runtime.block_on(async {
         println!(
-            "| database | rows | stuck | min ms | median ms | max ms |\n|---|---|---|---|---|---|"
+            "{ROWS} rows, {STUCK} stuck, 1,000 more pending\n\n| database | query | min ms | median ms | max ms |\n|---|---|---|---|---|"
         );
         let dir = tempfile::tempdir().expect("temporary folder");
         let sqlite = DbSettings {

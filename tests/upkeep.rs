@@ -1,5 +1,6 @@
-//! Issue 17: with `RETENTION` set, finished messages and their images go away once they are
-//! older than the retention; a job still waiting or running is never touched, however old.
+//! Issue 17: what keeps a long-lived deployment cheap. With `RETENTION` set, finished messages
+//! and their images go away once they are older than the retention (a job still waiting or
+//! running is never touched, however old); a metrics scrape counts pending rows only.
 
 mod common;
 
@@ -113,4 +114,47 @@ fn files_of(dir: &std::path::Path, id: &str) -> usize {
             }
         })
         .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_jobs_gauge_counts_pending_messages_and_finished_ones_are_counters() {
+    let (app, _storage) = TestApp::spawn().await;
+    let token = app.token("alice").await;
+    let (_, done) = app.submit(&token, small_prompt("done")).await;
+    let done_id = done["id"].as_str().expect("id").to_owned();
+    app.wait_message(&token, &done_id, |m| m["status"] == "complete")
+        .await;
+    app.sim.set_config(SimConfig {
+        mode: SimMode::Hang,
+        ..fast_sim()
+    });
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let (status, body) = app.submit(&token, small_prompt(&format!("job {n}"))).await;
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["id"].as_str().expect("id").to_owned());
+    }
+    app.wait_message(&token, &ids[0], |m| m["status"] == "processing")
+        .await;
+    let metrics = app.metrics().await;
+    assert_eq!(
+        metric(&metrics, "forge_gateway_jobs{status=\"queued\"}"),
+        2.0
+    );
+    assert_eq!(
+        metric(&metrics, "forge_gateway_jobs{status=\"processing\"}"),
+        1.0
+    );
+    assert!(
+        !metrics.contains("forge_gateway_jobs{status=\"complete\"}"),
+        "finished rows are not counted at each scrape:\n{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "forge_gateway_jobs_finished_total{status=\"complete\"}"
+        ),
+        1.0
+    );
+    app.stop().await;
 }
