@@ -139,6 +139,7 @@ impl JobEventKind {
     }
 
     /// The kind's place in [`JobEventKind::examples`].
+    #[cfg(test)]
     fn ordinal(&self) -> usize {
         match self {
             JobEventKind::Queued { .. } => 0,

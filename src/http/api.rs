@@ -465,7 +465,10 @@ fn static_file(body: &'static str, content_type: &'static str) -> Response {
     let mut response = body.into_response();
     let headers = response.headers_mut();
     headers.insert("content-type", HeaderValue::from_static(content_type));
-    headers.insert("cache-control", HeaderValue::from_static("public, max-age=3600"));
+    headers.insert(
+        "cache-control",
+        HeaderValue::from_static("public, max-age=3600"),
+    );
     response
 }
 
