@@ -15,7 +15,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtempSync, mkdirSync, rmSync, createWriteStream } from "node:fs";
+import { mkdtempSync, mkdirSync, rmSync, createWriteStream, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -587,7 +587,12 @@ async function clientPage(user) {
         setTimeout(() => { this.readyState = 1; this.dispatchEvent(new Event("open")); }, 0);
       }
       send(text) { this.sent.push(JSON.parse(text)); }
-      close() { this.readyState = 3; }
+      close() {
+        // As a browser's: the close event follows, asynchronously.
+        if (this.readyState === 3) return;
+        this.readyState = 3;
+        setTimeout(() => this.dispatchEvent(new CloseEvent("close", { code: 1000 })), 0);
+      }
       deliver(frame) { this.dispatchEvent(new MessageEvent("message", { data: JSON.stringify(frame) })); }
       serverClose() { this.readyState = 3; this.closedAt = Date.now(); this.dispatchEvent(new CloseEvent("close", { code: 1001 })); }
     }
@@ -644,6 +649,11 @@ async function restCall(method, path, token, body) {
 }
 
 test("9. client.js on a real gateway: snapshot on load, live job.positions, cancel, retry with the seed, update, GatewayError", { timeout: 90000 }, timed("9-client", async () => {
+  // The gateway serves this tree's client.js and page (a stale binary would test others).
+  for (const [route, file] of [["/client.js", "client.js"], ["/", "index.html"]]) {
+    const served = await (await fetch(main.gateway.url + route)).text();
+    assert.ok(served === readFileSync(path.join(repo, "assets", file), "utf8"), `${route} is assets/${file}: rebuild the binaries`);
+  }
   const page = await clientPage("kemal");
   try {
     await simConfig(main.sim, { latency: "8s" });
