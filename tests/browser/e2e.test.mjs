@@ -15,7 +15,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtempSync, mkdirSync, rmSync, createWriteStream } from "node:fs";
+import { mkdtempSync, mkdirSync, rmSync, createWriteStream, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -561,6 +561,403 @@ test("8. the page reconnects by itself to a restarted gateway and shows the same
   await shot(page, "08-reconnect.png");
 }));
 
+// ---------------------------------------------------------------- client.js
+
+/**
+ * A fresh tab on the main gateway with client.js imported and helpers on `window.__t`:
+ * `open(name, options)` connects a client recording its frames, statuses and every position
+ * it showed; `FakeSocket` is a WebSocket stand-in the test drives (for WebSocketImpl).
+ */
+async function clientPage(user) {
+  const page = await browser.newPage();
+  page.on("pageerror", (err) => pageErrors.push(`client page ${user}: ${err.message}`));
+  await page.goto(`${main.gateway.url}/healthz`);
+  await page.evaluate(async (user) => {
+    const { connect, devToken, GatewayError } = await import("/client.js");
+    const { token } = await devToken(user);
+    class FakeSocket extends EventTarget {
+      static all = [];
+      constructor(url) {
+        super();
+        this.url = url;
+        this.sent = [];
+        this.readyState = 0;
+        this.createdAt = Date.now();
+        FakeSocket.all.push(this);
+        setTimeout(() => { this.readyState = 1; this.dispatchEvent(new Event("open")); }, 0);
+      }
+      send(text) { this.sent.push(JSON.parse(text)); }
+      close() {
+        // As a browser's: the close event follows, asynchronously.
+        if (this.readyState === 3) return;
+        this.readyState = 3;
+        setTimeout(() => this.dispatchEvent(new CloseEvent("close", { code: 1000 })), 0);
+      }
+      deliver(frame) { this.dispatchEvent(new MessageEvent("message", { data: JSON.stringify(frame) })); }
+      serverClose() { this.readyState = 3; this.closedAt = Date.now(); this.dispatchEvent(new CloseEvent("close", { code: 1001 })); }
+    }
+    const fetches = [];
+    const fetchImpl = (url, init) => {
+      const where = new URL(url, location.href);
+      fetches.push(((init && init.method) || "GET") + " " + where.pathname + where.search);
+      return fetch(url, init);
+    };
+    const clients = {};
+    function open(name, options = {}) {
+      const record = { frames: [], statuses: [], shown: {} };
+      record.client = connect({
+        base: location.origin, token, fetchImpl,
+        onEvent: (frame) => record.frames.push(frame),
+        onStatus: (status) => record.statuses.push(status),
+        onState: (state, ids) => {
+          for (const id of ids) {
+            const view = state.get(id);
+            if (view.status === "queued" && view.queue_position != null) (record.shown[id] ||= []).push(view.queue_position);
+          }
+        },
+        ...options,
+      });
+      clients[name] = record;
+      return record.client;
+    }
+    const view = (name, id) => { const v = clients[name].client.state.get(id); return v ? JSON.parse(JSON.stringify(v)) : null; };
+    window.__t = { token, open, clients, view, FakeSocket, fetches, GatewayError };
+  }, user);
+  return page;
+}
+
+const view = (page, name, id) => page.evaluate(([name, id]) => window.__t.view(name, id), [name, id]);
+
+async function waitView(page, name, id, what, check, timeoutMs = 15000) {
+  return eventually(`${name}: ${id} ${what}`, async () => {
+    const current = await view(page, name, id);
+    assert.ok(current, "not in the state yet");
+    check(current);
+    return current;
+  }, timeoutMs);
+}
+
+async function restCall(method, path, token, body) {
+  const response = await fetch(main.gateway.url + path, {
+    method,
+    headers: { Authorization: "Bearer " + token, ...(body ? { "Content-Type": "application/json" } : {}) },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const answer = await response.json();
+  assert.ok(response.ok, `${method} ${path}: ${response.status} ${JSON.stringify(answer)}`);
+  return answer;
+}
+
+test("9. client.js on a real gateway: snapshot on load, live job.positions, cancel, retry with the seed, update, GatewayError", { timeout: 90000 }, timed("9-client", async () => {
+  // The gateway serves this tree's client.js and page (a stale binary would test others).
+  for (const [route, file] of [["/client.js", "client.js"], ["/", "index.html"]]) {
+    const served = await (await fetch(main.gateway.url + route)).text();
+    assert.ok(served === readFileSync(path.join(repo, "assets", file), "utf8"), `${route} is assets/${file}: rebuild the binaries`);
+  }
+  const page = await clientPage("kemal");
+  try {
+    await simConfig(main.sim, { latency: "8s" });
+    await page.evaluate(() => window.__t.open("a"));
+    await eventually("client a open", async () => {
+      assert.equal(await page.evaluate(() => window.__t.clients.a.client.status), "open");
+    });
+    const submit = (prompt) => page.evaluate((prompt) => window.__t.clients.a.client.submit({ prompt, width: 64, height: 64, steps: 4 }), prompt);
+    const blocker = await submit("client blocker: a slow glacier");
+    await waitView(page, "a", blocker.id, "processing", (v) => assert.equal(v.status, "processing"));
+    const first = await submit("client first: a kite");
+    const second = await submit("client second: a lantern");
+    await waitView(page, "a", second.id, "at 2 behind the first at 1", async (v) => {
+      assert.equal(v.queue_position, 2);
+    });
+    assert.equal((await view(page, "a", first.id)).queue_position, 1);
+    await eventually("a job.positions frame with both", async () => {
+      const frames = await page.evaluate(() => window.__t.clients.a.frames.filter((f) => f.type === "job.positions"));
+      assert.ok(frames.some((f) => f.positions.length === 2), JSON.stringify(frames));
+    });
+
+    // A second client (another tab) gets everything pending in its snapshot on load.
+    await page.evaluate(() => window.__t.open("b"));
+    await eventually("client b open with the snapshot", async () => {
+      const b = await page.evaluate(() => ({ status: window.__t.clients.b.client.status, frames: window.__t.clients.b.frames.slice(0, 2) }));
+      assert.equal(b.status, "open");
+      assert.deepEqual(b.frames.map((f) => f.type), ["hello", "snapshot"]);
+      assert.equal(b.frames[0].user, "kemal");
+      assert.deepEqual(b.frames[1].messages.map((m) => [m.id, m.status, m.queue_position]),
+        [[blocker.id, "processing", null], [first.id, "queued", 1], [second.id, "queued", 2]]);
+    });
+    assert.equal((await view(page, "b", second.id)).queue_position, 2);
+
+    // cancel: a queued one, then the running blocker; the other client hears it.
+    const cancelled = await page.evaluate((id) => window.__t.clients.a.client.cancel(id), second.id);
+    assert.equal(cancelled.status, "cancelled");
+    await waitView(page, "b", second.id, "cancelled in the other tab", (v) => assert.equal(v.status, "cancelled"));
+    await simConfig(main.sim, { latency: "1500ms" });
+    await page.evaluate((id) => window.__t.clients.a.client.cancel(id), blocker.id);
+    await waitView(page, "a", blocker.id, "cancelled", (v) => assert.equal(v.status, "cancelled"));
+    const done = await waitView(page, "a", first.id, "complete with the seed Forge used", (v) => {
+      assert.equal(v.status, "complete");
+      assert.ok(Number.isInteger(v.seed), `seed ${v.seed}`);
+      assert.equal(v.queue_position, null);
+    }, 20000);
+    await waitView(page, "b", first.id, "complete in the other tab too", (v) => assert.equal(v.seed, done.seed));
+
+    // retry with the same seed: a new message that asks for Forge's seed and gets it.
+    const again = await page.evaluate((id) => window.__t.clients.a.client.retry(id, { reuseSeed: true }), first.id);
+    assert.equal(again.retry_of, first.id);
+    assert.equal(again.params.seed, done.seed);
+    await waitView(page, "a", again.id, "the retry completes with the same seed", (v) => {
+      assert.equal(v.status, "complete");
+      assert.equal(v.seed, done.seed);
+    }, 20000);
+    // retry of the cancelled one, without reuse_seed.
+    const plain = await page.evaluate((id) => window.__t.clients.a.client.retry(id), second.id);
+    assert.equal(plain.retry_of, second.id);
+    assert.equal(plain.params.seed, -1);
+    await waitView(page, "a", plain.id, "complete", (v) => assert.equal(v.status, "complete"), 20000);
+
+    // update: client data, merged, and heard by the other tab as message.updated.
+    const updated = await page.evaluate((id) => window.__t.clients.a.client.update(id, { liked: true }), first.id);
+    assert.deepEqual(updated.data, { liked: true });
+    await waitView(page, "b", first.id, "data from message.updated", (v) => assert.deepEqual(v.data, { liked: true }));
+
+    // A refused call throws a GatewayError with status, code, message and field.
+    const refused = await page.evaluate(async (id) => {
+      try { await window.__t.clients.a.client.cancel(id); return null; } catch (err) {
+        return { isGatewayError: err instanceof window.__t.GatewayError, status: err.status, code: err.code, message: err.message, field: err.field };
+      }
+    }, first.id);
+    assert.deepEqual({ ...refused, message: typeof refused.message }, { isGatewayError: true, status: 409, code: "conflict", message: "string", field: null });
+    const invalid = await page.evaluate(async () => {
+      try { await window.__t.clients.a.client.submit({ prompt: "x", width: 65 }); return null; } catch (err) { return { status: err.status, code: err.code, field: err.field }; }
+    });
+    assert.deepEqual(invalid, { status: 422, code: "validation", field: "width" });
+
+    // list(), and positions never went back in either client.
+    const listed = await page.evaluate(() => window.__t.clients.a.client.list({ status: "complete", limit: 10 }));
+    assert.deepEqual(new Set(listed.map((m) => m.id)), new Set([first.id, again.id, plain.id]));
+    const shown = await page.evaluate(() => [window.__t.clients.a.shown, window.__t.clients.b.shown]);
+    for (const perId of shown) {
+      for (const [id, positions] of Object.entries(perId)) {
+        assert.deepEqual(positions, [...positions].sort((x, y) => y - x), `positions of ${id} went back: ${positions}`);
+      }
+    }
+    // close(): closed for good.
+    await page.evaluate(() => { window.__t.clients.a.client.close(); window.__t.clients.b.client.close(); });
+    assert.deepEqual(await page.evaluate(() => [window.__t.clients.a.client.status, window.__t.clients.b.client.status]), ["closed", "closed"]);
+  } finally {
+    await simConfig(main.sim, { latency: "1500ms" });
+    await page.close();
+  }
+}));
+
+test("10. client.js: a seq gap or a resync frame reloads over REST and asks for a snapshot; versions and positions hold", { timeout: 60000 }, timed("10-client-gap", async () => {
+  const page = await clientPage("leyla");
+  try {
+    const token = await page.evaluate(() => window.__t.token);
+    const created = async (prompt) => {
+      const message = await restCall("POST", "/api/v1/messages", token, { prompt, width: 64, height: 64, steps: 4 });
+      await eventually(`${prompt} complete`, async () => {
+        assert.equal((await restCall("GET", `/api/v1/messages/${message.id}`, token)).status, "complete");
+      }, 20000);
+      return message.id;
+    };
+    const one = await created("gap one: a pebble");
+    await page.evaluate(() => window.__t.open("fake", { WebSocketImpl: window.__t.FakeSocket, keepaliveMs: 0 }));
+    const socket = (code, arg) => page.evaluate(code, arg);
+    await eventually("the fake socket is open", async () => {
+      assert.equal(await socket(() => window.__t.FakeSocket.all.length && window.__t.FakeSocket.all[0].readyState), 1);
+    });
+    const url = await socket(() => window.__t.FakeSocket.all[0].url);
+    assert.match(url, /^ws:\/\/127\.0\.0\.1:\d+\/ws\?token=/);
+    const queuedId = "0193e3a4-7b2c-7d10-9a51-3f6c2b8e4d01"; // a queued message only the fake knows
+    const fakeQueued = { ...(await restCall("GET", `/api/v1/messages/${one}`, token)), id: queuedId, status: "queued",
+      queue_position: 3, eta_s: null, image_url: null, seed: null, progress: 0, version: 1, finished_at: null, started_at: null };
+    await socket((queued) => {
+      const ws = window.__t.FakeSocket.all[0];
+      ws.deliver({ seq: 1, type: "hello", user: "leyla", server_time: new Date().toISOString() });
+      ws.deliver({ seq: 2, type: "snapshot", messages: [queued] });
+    }, fakeQueued);
+    await waitView(page, "fake", one, "loaded over REST after the snapshot", (v) => assert.equal(v.status, "complete"));
+    assert.equal((await view(page, "fake", queuedId)).queue_position, 3);
+    const lists = () => socket(() => window.__t.fetches.filter((f) => f.startsWith("GET /api/v1/messages?")).length);
+    const resyncsSent = () => socket(() => window.__t.FakeSocket.all[0].sent.filter((c) => c.type === "resync").length);
+
+    // Positions: forward yes, back no; versions: an older event is never applied.
+    await socket((id) => {
+      const ws = window.__t.FakeSocket.all[0];
+      ws.deliver({ seq: 3, type: "job.position", id, status: "queued", queue_position: 2, eta_s: 9 });
+      ws.deliver({ seq: 4, type: "job.positions", positions: [{ id, queue_position: 3, eta_s: 12 }, { id: "0193e3a4-7b2c-7d10-9a51-3f6c2b8e4d02", queue_position: 4, eta_s: null }] });
+    }, queuedId);
+    assert.equal((await view(page, "fake", queuedId)).queue_position, 2, "a position never goes back");
+    await socket((id) => window.__t.FakeSocket.all[0].deliver({ seq: 5, type: "job.error", id, version: 1, status: "error", error: { code: "unknown", message: "old" } }), one);
+    assert.equal((await view(page, "fake", one)).status, "complete", "an older version is not applied");
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const listsBefore = await lists();
+    assert.equal(await resyncsSent(), 0, "no resync without a reason");
+
+    // A seq gap: 6 is missing. A message made meanwhile comes in over REST.
+    const two = await created("gap two: a shell");
+    await socket(() => window.__t.FakeSocket.all[0].deliver({ seq: 7, type: "pong" }));
+    await eventually("the gap led to a REST reload and a resync request", async () => {
+      assert.ok((await lists()) > listsBefore, "no GET /api/v1/messages after the gap");
+      assert.equal(await resyncsSent(), 1);
+    });
+    await waitView(page, "fake", two, "loaded over REST after the gap", (v) => assert.equal(v.status, "complete"));
+    // The answer to resync: a snapshot says where the queued one is now (even further back).
+    await socket((queued) => window.__t.FakeSocket.all[0].deliver({ seq: 8, type: "snapshot", messages: [{ ...queued, queue_position: 4 }] }), fakeQueued);
+    assert.equal((await view(page, "fake", queuedId)).queue_position, 4, "a newer snapshot may move a position back");
+
+    // A resync frame.
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const listsBeforeResync = await lists();
+    const three = await created("gap three: a feather");
+    await socket(() => window.__t.FakeSocket.all[0].deliver({ seq: 9, type: "resync" }));
+    await eventually("the resync frame led to a REST reload and a resync request", async () => {
+      assert.ok((await lists()) > listsBeforeResync);
+      assert.equal(await resyncsSent(), 2);
+    });
+    await waitView(page, "fake", three, "loaded over REST after resync", (v) => assert.equal(v.status, "complete"));
+    assert.deepEqual(await socket(() => window.__t.clients.fake.client.anomalies), []);
+    await socket(() => window.__t.clients.fake.client.close());
+  } finally {
+    await page.close();
+  }
+}));
+
+test("11. client.js reconnects with a growing, jittered, capped backoff after the server closes the socket, and not after close()", { timeout: 60000 }, timed("11-client-reconnect", async () => {
+  const page = await clientPage("nazli");
+  try {
+    await page.evaluate(() => window.__t.open("fake", { WebSocketImpl: window.__t.FakeSocket, keepaliveMs: 0, backoff: { min: 200, max: 800 } }));
+    const sockets = () => page.evaluate(() => window.__t.FakeSocket.all.length);
+    await eventually("one socket", async () => assert.equal(await sockets(), 1));
+    const greet = (n) => page.evaluate((n) => {
+      const ws = window.__t.FakeSocket.all[n];
+      ws.deliver({ seq: 1, type: "hello", user: "nazli", server_time: new Date().toISOString() });
+      ws.deliver({ seq: 2, type: "snapshot", messages: [] });
+    }, n);
+    await eventually("socket 0 open", async () => assert.equal(await page.evaluate(() => window.__t.FakeSocket.all[0].readyState), 1));
+    await greet(0);
+    // Closes without a snapshot in between: each wait within [ceiling/2, ceiling], ceilings 200, 400, 800, 800.
+    const waits = [];
+    for (let n = 0; n < 4; n++) {
+      await page.evaluate((n) => window.__t.FakeSocket.all[n].serverClose(), n);
+      await eventually(`socket ${n + 1} made`, async () => assert.equal(await sockets(), n + 2), 5000, 10);
+      waits.push(await page.evaluate((n) => window.__t.FakeSocket.all[n + 1].createdAt - window.__t.FakeSocket.all[n].closedAt, n));
+      await eventually(`socket ${n + 1} open`, async () => assert.equal(await page.evaluate((n) => window.__t.FakeSocket.all[n].readyState, n + 1), 1));
+    }
+    [200, 400, 800, 800].forEach((ceiling, n) => {
+      assert.ok(waits[n] >= ceiling / 2 - 5 && waits[n] <= ceiling + 250, `wait ${n}: ${waits[n]} ms for a ceiling of ${ceiling} (all: ${waits})`);
+    });
+    // A snapshot resets the backoff; the status went connecting → open → closed → connecting …
+    await greet(4);
+    assert.equal(await page.evaluate(() => window.__t.clients.fake.client.status), "open");
+    await page.evaluate(() => window.__t.FakeSocket.all[4].serverClose());
+    await eventually("socket 5 made soon after the reset", async () => assert.equal(await sockets(), 6), 5000, 10);
+    const reset = await page.evaluate(() => window.__t.FakeSocket.all[5].createdAt - window.__t.FakeSocket.all[4].closedAt);
+    assert.ok(reset <= 200 + 250, `after a snapshot the first wait is short again: ${reset} ms`);
+    const statuses = await page.evaluate(() => window.__t.clients.fake.statuses);
+    assert.deepEqual(statuses.slice(0, 5), ["connecting", "open", "closed", "connecting", "closed"]);
+    // close(): no socket after it, however long we wait.
+    await page.evaluate(() => window.__t.clients.fake.client.close());
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    assert.equal(await sockets(), 6, "no reconnect after close()");
+    assert.equal(await page.evaluate(() => window.__t.clients.fake.client.status), "closed");
+  } finally {
+    await page.close();
+  }
+}));
+
+test("12. a complete card shows the seed Forge used; 'Aynı tohumla tekrar' makes a card with the same seed", { timeout: 60000 }, timed("12-seed", async () => {
+  const page = main.page;
+  await waitConnected(page);
+  const prompt = "seed: a copper kettle";
+  await submit(page, prompt);
+  const card = await cardOf(page, prompt);
+  await waitCard(page, card.id, "complete", (c) => assert.equal(c.status, "complete"), 20000);
+  const seedOf = (id) => page.locator(`[data-testid="message-card"][data-id="${id}"] [data-testid="seed"]`).textContent();
+  const seed = await page.evaluate((id) => window.__fg.client.state.get(id).seed, card.id);
+  assert.ok(Number.isInteger(seed));
+  assert.equal(await seedOf(card.id), `tohum ${seed}`);
+  await page.locator(`[data-testid="message-card"][data-id="${card.id}"] [data-testid="retry-same-seed"]`).click();
+  const retried = await eventually("a new card for the same-seed retry", async () => {
+    const list = await cards(page);
+    assert.equal(list[0].prompt, prompt);
+    assert.notEqual(list[0].id, card.id);
+    return list[0];
+  });
+  await waitCard(page, retried.id, "complete", (c) => assert.equal(c.status, "complete"), 20000);
+  assert.equal(await seedOf(retried.id), `tohum ${seed}`);
+  await shot(page, "12-seed.png");
+}));
+
+test("13. the page: position unknown, live job.positions that never go back, and a seq gap reloads (mocked gateway)", { timeout: 60000 }, timed("13-page-mocked", async () => {
+  const page = await browser.newPage();
+  page.on("pageerror", (err) => pageErrors.push(`mocked page: ${err.message}`));
+  const base = main.gateway.url;
+  const at = new Date().toISOString();
+  const make = (n, extra) => ({
+    id: `0193e3a4-7b2c-7d10-9a51-3f6c2b8e4d1${n}`, conversation_id: null, status: "queued", progress: 0,
+    queue_position: null, position_unavailable: false, eta_s: null, image_url: null, placeholder: false, notice: null,
+    error: null, preview_url: null, seed: null, prompt: `mocked ${n}`, data: {}, retry_of: null, version: 1,
+    params: { negative_prompt: "", width: 64, height: 64, steps: 4, cfg_scale: 7, sampler_name: "Euler a", seed: -1 },
+    created_at: at.replace("Z", `${n}Z`), updated_at: at, started_at: null, finished_at: null, ...extra,
+  });
+  const a = make(1, { position_unavailable: true });
+  const b = make(2, { queue_position: 2 });
+  let lists = 0;
+  await page.route(`${base}/api/v1/dev/token`, (route) => route.fulfill({ json: { token: "mock.token.x", user: "mock", expires_at: "2099-01-01T00:00:00Z" } }));
+  await page.route(/\/api\/v1\/messages\?/, (route) => { lists++; return route.fulfill({ json: { messages: [b, a] } }); });
+  await page.route(/\/api\/v1\/messages\/[^?]+$/, (route) => route.fulfill({ status: 404, json: { error: { code: "not_found", message: "Mesaj bulunamadı.", field: null } } }));
+  let server = null;
+  const fromPage = [];
+  await page.routeWebSocket(/\/ws\?token=/, (ws) => {
+    server = ws;
+    ws.onMessage((message) => fromPage.push(JSON.parse(message)));
+    ws.send(JSON.stringify({ seq: 1, type: "hello", user: "mock", server_time: at }));
+    ws.send(JSON.stringify({ seq: 2, type: "snapshot", messages: [a, b] }));
+  });
+  try {
+    await page.goto(`${base}/?user=mock`);
+    await waitConnected(page);
+    const unknown = page.locator(`[data-testid="message-card"][data-id="${a.id}"] [data-testid="position-unknown"]`);
+    await eventually("sıra bilinmiyor on the card", async () => assert.equal(await unknown.textContent(), "sıra bilinmiyor"));
+    await shot(page, "13-position-unknown.png");
+    const positions = async () => Object.fromEntries((await cards(page)).map((c) => [c.id, c.position]));
+    assert.deepEqual(await positions(), { [a.id]: null, [b.id]: "2" });
+    server.send(JSON.stringify({ seq: 3, type: "job.positions", positions: [{ id: b.id, queue_position: 1, eta_s: 4 }, { id: a.id, queue_position: 2, eta_s: 8 }] }));
+    await eventually("positions from job.positions", async () => assert.deepEqual(await positions(), { [a.id]: "2", [b.id]: "1" }));
+    server.send(JSON.stringify({ seq: 4, type: "job.positions", positions: [{ id: b.id, queue_position: 2, eta_s: 4 }, { id: a.id, queue_position: 3, eta_s: 8 }] }));
+    server.send(JSON.stringify({ seq: 5, type: "pong" }));
+    await eventually("the pong is seen", async () => assert.ok((await page.evaluate(() => window.__fg.frames.map((f) => f.seq))).includes(5)));
+    assert.deepEqual(await positions(), { [a.id]: "2", [b.id]: "1" }, "positions never go back");
+    const listsBefore = lists;
+    assert.deepEqual(fromPage.filter((c) => c.type === "resync"), []);
+    server.send(JSON.stringify({ seq: 7, type: "pong" }));
+    await eventually("the gap made the page ask for resync and reload over REST", async () => {
+      assert.equal(fromPage.filter((c) => c.type === "resync").length, 1);
+      assert.ok(lists > listsBefore);
+    });
+  } finally {
+    await page.close();
+  }
+}));
+
+test("14. the page reconnects by itself when the gateway closes its socket (graceful restart)", { timeout: 60000 }, timed("14-server-close", async () => {
+  const page = main.page;
+  await waitConnected(page);
+  const before = (await cards(page)).map((c) => ({ id: c.id, status: c.status }));
+  const port = new URL(main.gateway.url).port;
+  await stopProcess(main.gateway, "SIGTERM");
+  await eventually("indicator says bağlantı yok", async () => assert.equal(await connectionText(page), "bağlantı yok"), 10000);
+  main.gateway = await eventually("the gateway restarts on the same port", () =>
+    startGateway("gateway-main", { simUrl: main.sim.url, dataDir: main.dataDir, bind: `127.0.0.1:${port}`, forgeTimeout: "60s", previews: true }),
+  20000, 250);
+  await waitConnected(page, 20000);
+  await eventually("the same cards after the restart", async () => {
+    assert.deepEqual((await cards(page)).map((c) => ({ id: c.id, status: c.status })), before);
+  }, 10000);
+}));
+
 test("no uncaught page errors; the pages saw no anomalies", async () => {
   assert.deepEqual(pageErrors, []);
   for (const page of [main.page, faults.page].filter(Boolean)) {
@@ -585,6 +982,16 @@ test("every WebSocket frame followed the contract", () => {
       seq = frame.seq;
       assert.equal(typeof frame.type, "string");
       if (!frame.type.startsWith("job.") && frame.type !== "message.updated") continue;
+      if (frame.type === "job.positions") {
+        // Several queued messages of the user, in queue order: no id, no version of its own.
+        assert.ok(Array.isArray(frame.positions) && frame.positions.length >= 2, JSON.stringify(frame));
+        frame.positions.forEach((entry, i) => {
+          assert.equal(typeof entry.id, "string", JSON.stringify(frame));
+          assert.ok(Number.isInteger(entry.queue_position) && entry.queue_position >= 1, JSON.stringify(frame));
+          if (i > 0) assert.ok(entry.queue_position > frame.positions[i - 1].queue_position, `queue order: ${JSON.stringify(frame)}`);
+        });
+        continue;
+      }
       events++;
       assert.equal(typeof frame.id, "string", JSON.stringify(frame));
       if (frame.type === "job.preview" && frame.version === undefined) {
