@@ -18,7 +18,7 @@ use forge_gateway::domain::event::{
     JobEvent, JobEventKind, positions_frame_body, snapshot_frame_body, with_seq,
 };
 use forge_gateway::domain::merge::merge_client_data;
-use forge_gateway::domain::message::{LivePosition, Message};
+use forge_gateway::domain::message::{ChatMessage, LivePosition};
 use forge_gateway::domain::params::GenerationParams;
 use forge_gateway::domain::position_feed::{JobPosition, PositionFeed};
 use forge_gateway::domain::queue_book::{QueueBook, QueueChange, QueuedJob};
@@ -45,9 +45,9 @@ fn data_2k() -> Value {
     data
 }
 
-fn message(status: JobStatus, data: Value) -> Message {
+fn message(status: JobStatus, data: Value) -> ChatMessage {
     let now = Utc::now();
-    Message {
+    ChatMessage {
         id: Uuid::now_v7(),
         user_id: "alice".into(),
         conversation_id: Some("c-42".into()),

@@ -9,7 +9,7 @@ use chrono::Utc;
 use forge_gateway::actors::store::{MessageStoreActor, StoreHandle, StoreLimits};
 use forge_gateway::db::{Database, DbSettings};
 use forge_gateway::domain::change::Change;
-use forge_gateway::domain::message::Message;
+use forge_gateway::domain::message::ChatMessage;
 use forge_gateway::domain::outages::Outages;
 use forge_gateway::domain::params::GenerationParams;
 use forge_gateway::domain::status::JobStatus;
@@ -24,9 +24,9 @@ use uuid::Uuid;
 const CLIENTS: usize = 64;
 const RUN_FOR: Duration = Duration::from_secs(4);
 
-fn message(id: Uuid) -> Message {
+fn message(id: Uuid) -> ChatMessage {
     let now = Utc::now();
-    Message {
+    ChatMessage {
         id,
         user_id: "bench".into(),
         conversation_id: None,

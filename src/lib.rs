@@ -16,3 +16,4 @@ pub mod http;
 pub mod images;
 pub mod metrics;
 pub mod queue;
+pub mod redis_client;

@@ -11,7 +11,7 @@
 use crate::db::{Database, DbError, RowResult, RowWork};
 use crate::domain::change::{Change, Refusal};
 use crate::domain::event::JobEvent;
-use crate::domain::message::Message;
+use crate::domain::message::ChatMessage;
 use crate::domain::outages::Outages;
 use crate::events::EventBus;
 use crate::metrics::Metrics;
@@ -38,7 +38,7 @@ pub enum StoreError {
     /// This message alone cannot be read or written (a damaged row, or a value the database
     /// refuses); other messages are written. Retrying will not help.
     #[error("this message cannot be written: {0}")]
-    Row(DbError),
+    Row(#[source] DbError),
     /// The store is shutting down.
     #[error("the store is stopped")]
     Stopped,
@@ -94,7 +94,7 @@ pub struct Apply {
     /// The change.
     pub change: Change,
     /// Where the outcome goes.
-    pub reply: oneshot::Sender<Result<Message, StoreError>>,
+    pub reply: oneshot::Sender<Result<ChatMessage, StoreError>>,
 }
 
 /// Resolves once nothing is waiting or in flight (for shutdown and tests).
@@ -104,7 +104,7 @@ pub struct Flush(pub oneshot::Sender<()>);
 
 struct Waiting {
     change: Change,
-    reply: oneshot::Sender<Result<Message, StoreError>>,
+    reply: oneshot::Sender<Result<ChatMessage, StoreError>>,
 }
 
 /// The store actor.
@@ -233,7 +233,7 @@ impl MessageStoreActor {
                     Ok((work, result)) => act.finish(work, replies, result),
                     // The runtime is shutting down (or the write panicked): nothing is known
                     // to be written, and the callers hear so.
-                    Err(err) => act.abort_batch(ids, replies, &err.to_string()),
+                    Err(err) => act.abort_batch(ids, replies, Arc::new(err)),
                 }
                 act.schedule(ctx);
                 act.notify_flushes();
@@ -244,7 +244,7 @@ impl MessageStoreActor {
     fn finish(
         &mut self,
         work: Vec<RowWork>,
-        replies: Vec<Vec<oneshot::Sender<Result<Message, StoreError>>>>,
+        replies: Vec<Vec<oneshot::Sender<Result<ChatMessage, StoreError>>>>,
         result: Result<Vec<RowResult>, crate::db::DbError>,
     ) {
         self.batches_in_flight -= 1;
@@ -329,13 +329,13 @@ impl MessageStoreActor {
     fn abort_batch(
         &mut self,
         ids: Vec<Uuid>,
-        replies: Vec<Vec<oneshot::Sender<Result<Message, StoreError>>>>,
-        reason: &str,
+        replies: Vec<Vec<oneshot::Sender<Result<ChatMessage, StoreError>>>>,
+        reason: Arc<tokio::task::JoinError>,
     ) {
         self.batches_in_flight -= 1;
         self.metrics.store_failures.inc();
         tracing::error!(
-            error = reason,
+            error = %reason,
             rows = ids.len(),
             "message write task failed"
         );
@@ -343,7 +343,7 @@ impl MessageStoreActor {
             self.in_flight.remove(&id);
             self.requeue_if_waiting(id);
             for reply in senders {
-                let _ = reply.send(Err(StoreError::Db(DbError::Interrupted(reason.to_owned()))));
+                let _ = reply.send(Err(StoreError::Db(DbError::Interrupted(reason.clone()))));
             }
         }
     }
@@ -435,7 +435,7 @@ impl StoreHandle {
     }
 
     /// Applies `change` to message `id`; returns the message after the write that included it.
-    pub async fn apply(&self, id: Uuid, change: Change) -> Result<Message, StoreError> {
+    pub async fn apply(&self, id: Uuid, change: Change) -> Result<ChatMessage, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.addr.do_send(Apply { id, change, reply });
         answer.await.unwrap_or(Err(StoreError::Stopped))

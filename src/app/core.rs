@@ -34,12 +34,12 @@ async fn on_io<T, E>(
 ) -> Result<T, StartError>
 where
     T: Send + 'static,
-    E: std::fmt::Display + Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
 {
     match io.spawn(connect).await {
         Ok(Ok(connected)) => Ok(connected),
-        Ok(Err(err)) => Err(StartError(format!("{what}: {err}"))),
-        Err(err) => Err(StartError(format!("{what}: the task failed: {err}"))),
+        Ok(Err(err)) => Err(StartError::caused(what, err)),
+        Err(err) => Err(StartError::caused(what, err)),
     }
 }
 
@@ -101,7 +101,7 @@ pub(super) async fn build_core(
 
     let rebuilt = rebuild_from_db(&*queue_store, &db)
         .await
-        .map_err(|err| StartError(format!("cannot rebuild the queue from the database: {err}")))?;
+        .map_err(|err| StartError::caused("cannot rebuild the queue from the database", err))?;
     if rebuilt.added > 0 {
         tracing::info!(
             jobs = rebuilt.added,
@@ -156,7 +156,7 @@ pub(super) async fn build_core(
         breaker_failures: config.breaker_failures,
         breaker_open_for: config.breaker_open_for,
     };
-    let roots = TlsRoots::load(config.forge_ca_file.as_deref()).map_err(StartError)?;
+    let roots = TlsRoots::load(config.forge_ca_file.as_deref()).map_err(StartError::new)?;
     let mut backends = Vec::new();
     for url in &forge_urls {
         let client = ForgeClient::new(
@@ -165,7 +165,7 @@ pub(super) async fn build_core(
             config.forge_connect_timeout,
             &roots,
         )
-        .map_err(StartError)?;
+        .map_err(StartError::new)?;
         backends.push(ForgeActor::new(client, deps.clone(), settings.clone()).start());
     }
     let forge = ForgePool::new(backends, health, busy);

@@ -33,10 +33,52 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-/// Why the gateway could not start (credentials in URLs are never shown).
-#[derive(Debug, thiserror::Error)]
-#[error("{}", redact(.0))]
-pub struct StartError(pub String);
+/// Why the gateway could not start: what it was doing, and the cause, kept as the error's
+/// source. Credentials in URLs are never shown.
+#[derive(Debug)]
+pub struct StartError {
+    context: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl StartError {
+    /// A failure described by `context` alone.
+    pub fn new(context: impl Into<String>) -> StartError {
+        StartError {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// A failure of `context` caused by `source`.
+    pub fn caused(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> StartError {
+        StartError {
+            context: context.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact(&self.context))?;
+        if let Some(source) = &self.source {
+            write!(f, ": {}", redact(&source.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|source| source as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// A running gateway.
 pub struct RunningApp {
@@ -166,7 +208,7 @@ impl Drop for RunningApp {
 }
 
 fn fail(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> StartError {
-    move |err| StartError(format!("{what}: {err}"))
+    move |err| StartError::caused(what.to_string(), err)
 }
 
 /// Starts the gateway. Returns once it listens.
@@ -192,12 +234,12 @@ pub async fn start(config: Config) -> Result<RunningApp, StartError> {
                 sim_config,
             ))
             .await
-            .map_err(|err| StartError(format!("simulator task: {err}")))?
+            .map_err(|err| StartError::caused("simulator task", err))?
             .map_err(fail("cannot start the bundled Forge simulator"))?;
         let url = sim.url();
         tracing::info!(url = %url, "no FORGE_URLS given: started the bundled Forge simulator");
         let parsed =
-            url::Url::parse(&url).map_err(|err| StartError(format!("simulator URL: {err}")))?;
+            url::Url::parse(&url).map_err(|err| StartError::caused("simulator URL", err))?;
         (Some(sim), vec![parsed])
     } else {
         (None, config.forge_urls.clone())
@@ -206,7 +248,7 @@ pub async fn start(config: Config) -> Result<RunningApp, StartError> {
     let images =
         ImageStore::open(&config.images_dir()).map_err(fail("cannot create the images folder"))?;
     let secrets = secrets::secrets(&config)?;
-    let auth = Auth::new(&secrets.rules, secrets.admin_token).map_err(StartError)?;
+    let auth = Auth::new(&secrets.rules, secrets.admin_token).map_err(StartError::new)?;
 
     let listener = std::net::TcpListener::bind(config.bind)
         .map_err(fail(format!("cannot listen on {}", config.bind)))?;
@@ -238,7 +280,7 @@ pub async fn start(config: Config) -> Result<RunningApp, StartError> {
         .map_err(fail("cannot start the actor thread"))?;
     let (core, system) = core_rx
         .await
-        .map_err(|_| StartError("the actor system stopped while starting".into()))??;
+        .map_err(|_| StartError::new("the actor system stopped while starting"))??;
 
     let state = HttpState::new(HttpParts {
         gateway: core.gateway.clone(),

@@ -27,8 +27,8 @@ pub(super) fn secrets(config: &Config) -> Result<Secrets, StartError> {
         None
     };
     if config.auth_jwt_secret.is_none() && dev_secret.is_none() {
-        return Err(StartError(
-            "AUTH_JWT_SECRET is required unless dev mode is on".into(),
+        return Err(StartError::new(
+            "AUTH_JWT_SECRET is required unless dev mode is on",
         ));
     }
     let rules = TokenRules {
@@ -87,10 +87,7 @@ fn dev_file(config: &Config, name: &str) -> Result<(String, bool), StartError> {
         return Ok((text.trim().to_owned(), false));
     }
     std::fs::create_dir_all(&config.data_dir).map_err(|err| {
-        StartError(format!(
-            "cannot create {}: {err}",
-            config.data_dir.display()
-        ))
+        StartError::caused(format!("cannot create {}", config.data_dir.display()), err)
     })?;
     let value: String = {
         use rand::Rng;
@@ -100,6 +97,6 @@ fn dev_file(config: &Config, name: &str) -> Result<(String, bool), StartError> {
             .collect()
     };
     std::fs::write(&path, &value)
-        .map_err(|err| StartError(format!("cannot write {}: {err}", path.display())))?;
+        .map_err(|err| StartError::caused(format!("cannot write {}", path.display()), err))?;
     Ok((value, true))
 }

@@ -19,7 +19,7 @@ mod write;
 pub use read::{COUNT_PENDING, ListFilter};
 pub use write::{RowResult, RowWork};
 
-use crate::domain::message::Message;
+use crate::domain::message::ChatMessage;
 use sea_orm::{DatabaseConnection, DbBackend, DbErr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,9 +31,10 @@ pub enum DbError {
     /// The driver or the server failed.
     #[error("database error: {0}")]
     Db(#[from] DbErr),
-    /// The write did not complete (its task was stopped: the runtime is shutting down).
+    /// The write did not complete (its task was stopped: the runtime is shutting down, or it
+    /// panicked).
     #[error("the write did not complete: {0}")]
-    Interrupted(String),
+    Interrupted(#[source] Arc<tokio::task::JoinError>),
     /// A row that does not decode (a manual edit, or a bug): only this row is affected.
     #[error("message {id} does not decode: {reason}")]
     Corrupt {
@@ -122,7 +123,7 @@ impl Database {
     }
 
     /// Decodes a row, counting one whose data had to be kept as text.
-    fn decode(&self, row: rows::MessageRow) -> Result<Message, DbError> {
+    fn decode(&self, row: rows::MessageRow) -> Result<ChatMessage, DbError> {
         let decoded = row.into_domain().map_err(|undecodable| undecodable.error)?;
         if decoded.data_was_unreadable {
             self.unreadable_data.fetch_add(1, Ordering::Relaxed);

@@ -4,7 +4,7 @@
 
 use super::rows::{MessageRow, select_messages};
 use super::{Database, DbError};
-use crate::domain::message::Message;
+use crate::domain::message::ChatMessage;
 use crate::domain::status::JobStatus;
 use chrono::{DateTime, Utc};
 use entity::messages::{Column, Entity};
@@ -36,7 +36,7 @@ pub const COUNT_PENDING: &str = "SELECT status, COUNT(*) AS count FROM messages 
 impl Database {
     /// Runs a whole-message query and decodes the rows one by one; undecodable ones are
     /// logged and left out.
-    async fn messages(&self, query: Select<Entity>) -> Result<Vec<Message>, DbError> {
+    async fn messages(&self, query: Select<Entity>) -> Result<Vec<ChatMessage>, DbError> {
         let rows = query.into_model::<MessageRow>().all(&self.read).await?;
         Ok(rows
             .into_iter()
@@ -54,7 +54,7 @@ impl Database {
     }
 
     /// One message.
-    pub async fn get(&self, id: Uuid) -> Result<Option<Message>, DbError> {
+    pub async fn get(&self, id: Uuid) -> Result<Option<ChatMessage>, DbError> {
         select_messages()
             .filter(Column::Id.eq(id))
             .into_model::<MessageRow>()
@@ -65,7 +65,11 @@ impl Database {
     }
 
     /// One message of one user (another user's id answers `None`).
-    pub async fn get_for_user(&self, user_id: &str, id: Uuid) -> Result<Option<Message>, DbError> {
+    pub async fn get_for_user(
+        &self,
+        user_id: &str,
+        id: Uuid,
+    ) -> Result<Option<ChatMessage>, DbError> {
         Ok(self
             .get(id)
             .await?
@@ -77,7 +81,7 @@ impl Database {
         &self,
         user_id: &str,
         key: &str,
-    ) -> Result<Option<Message>, DbError> {
+    ) -> Result<Option<ChatMessage>, DbError> {
         select_messages()
             .filter(Column::UserId.eq(user_id))
             .filter(Column::IdempotencyKey.eq(key))
@@ -89,7 +93,11 @@ impl Database {
     }
 
     /// A user's messages, newest first.
-    pub async fn list(&self, user_id: &str, filter: &ListFilter) -> Result<Vec<Message>, DbError> {
+    pub async fn list(
+        &self,
+        user_id: &str,
+        filter: &ListFilter,
+    ) -> Result<Vec<ChatMessage>, DbError> {
         let mut query = select_messages().filter(Column::UserId.eq(user_id));
         if !filter.statuses.is_empty() {
             query = query.filter(Column::Status.is_in(filter.statuses.iter().map(|s| s.as_str())));
@@ -126,7 +134,7 @@ impl Database {
     }
 
     /// A user's pending (queued or processing) messages, oldest first.
-    pub async fn pending_for_user(&self, user_id: &str) -> Result<Vec<Message>, DbError> {
+    pub async fn pending_for_user(&self, user_id: &str) -> Result<Vec<ChatMessage>, DbError> {
         let mut messages = self
             .list(
                 user_id,

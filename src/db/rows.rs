@@ -10,7 +10,7 @@
 
 use super::DbError;
 use crate::domain::catalogue::JobError;
-use crate::domain::message::Message;
+use crate::domain::message::ChatMessage;
 use crate::domain::params::GenerationParams;
 use chrono::{DateTime, Utc};
 use entity::messages::{ActiveModel, Column, Entity};
@@ -62,7 +62,7 @@ pub(super) struct Undecodable {
 
 /// A decoded row.
 pub(super) struct Decoded {
-    pub message: Message,
+    pub message: ChatMessage,
     /// The client data did not parse and is kept as text.
     pub data_was_unreadable: bool,
 }
@@ -119,7 +119,7 @@ impl MessageRow {
             code,
             message: self.error_message.unwrap_or_default(),
         });
-        let message = Message {
+        let message = ChatMessage {
             id,
             user_id: self.user_id,
             conversation_id: self.conversation_id,
@@ -284,7 +284,7 @@ pub(super) fn column_value(model: &ActiveModel, column: Column) -> sea_orm::Valu
 }
 
 /// The row of a message.
-pub(super) fn to_active(message: &Message) -> ActiveModel {
+pub(super) fn to_active(message: &ChatMessage) -> ActiveModel {
     ActiveModel {
         id: Set(message.id),
         user_id: Set(message.user_id.clone()),

@@ -17,7 +17,7 @@ use super::rows::{
 use super::{Database, DbError};
 use crate::domain::change::{self, Change, Refusal, Transition};
 use crate::domain::event::JobEventKind;
-use crate::domain::message::Message;
+use crate::domain::message::ChatMessage;
 use chrono::{DateTime, Utc};
 use entity::messages::{Column, Entity};
 use sea_orm::sea_query::{Expr, ExprTrait as _, OnConflict};
@@ -47,16 +47,16 @@ pub enum RowResult {
         /// One outcome per change: the event it produced and the version after it, or why it was refused.
         outcomes: Vec<Result<(JobEventKind, i64), Refusal>>,
         /// The message after all its changes (`None` if it does not exist).
-        message: Option<Box<Message>>,
+        message: Option<Box<ChatMessage>>,
     },
     /// This row alone could not be read or written; nothing of it changed.
     Failed(DbError),
 }
 
 enum Write {
-    Insert(Box<Message>),
+    Insert(Box<ChatMessage>),
     Update {
-        message: Box<Message>,
+        message: Box<ChatMessage>,
         expected_version: i64,
     },
 }
@@ -358,7 +358,7 @@ async fn returned_ids(
 /// rows inserted.
 fn insert_statement<'a>(
     backend: DbBackend,
-    messages: impl Iterator<Item = &'a Message>,
+    messages: impl Iterator<Item = &'a ChatMessage>,
 ) -> Result<Statement, DbError> {
     use sea_orm::Iterable as _;
     let columns: Vec<Column> = Column::iter().collect();
@@ -386,7 +386,7 @@ fn insert_statement<'a>(
 /// The ids returned are the rows updated; any other row's version had moved.
 fn cas_update_statement<'a>(
     backend: DbBackend,
-    rows: impl Iterator<Item = (&'a Message, i64)>,
+    rows: impl Iterator<Item = (&'a ChatMessage, i64)>,
 ) -> Statement {
     use sea_orm::{EntityName as _, IdenStatic as _};
     let postgres = backend == DbBackend::Postgres;

@@ -7,7 +7,7 @@
 use crate::domain::catalogue::{JobError, JobFailure};
 use crate::domain::event::JobEventKind;
 use crate::domain::merge::{self, PatchError};
-use crate::domain::message::{Message, Notice};
+use crate::domain::message::{ChatMessage, Notice};
 use crate::domain::status::JobStatus;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -16,7 +16,7 @@ use serde_json::Value;
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
     /// Insert the message (status `queued`).
-    Create(Box<Message>),
+    Create(Box<ChatMessage>),
     /// A server-side status change.
     Transition(Transition),
     /// Forge reported a new generation step (counts as activity).
@@ -125,7 +125,7 @@ pub enum Refusal {
 /// Applies one change at time `now`. On success the message's version grows by one,
 /// `updated_at` moves, and the event to publish is returned; on refusal nothing changes.
 pub fn apply(
-    current: &mut Option<Message>,
+    current: &mut Option<ChatMessage>,
     change: &Change,
     now: DateTime<Utc>,
 ) -> Result<JobEventKind, Refusal> {
@@ -196,7 +196,7 @@ fn check(from: JobStatus, to: JobStatus) -> Result<(), Refusal> {
 }
 
 fn apply_transition(
-    message: &mut Message,
+    message: &mut ChatMessage,
     transition: &Transition,
     now: DateTime<Utc>,
 ) -> Result<JobEventKind, Refusal> {
@@ -286,7 +286,7 @@ mod tests {
         }
     }
 
-    fn created() -> Option<Message> {
+    fn created() -> Option<ChatMessage> {
         let mut current = None;
         apply(
             &mut current,
@@ -297,7 +297,10 @@ mod tests {
         current
     }
 
-    fn transition(current: &mut Option<Message>, t: Transition) -> Result<JobEventKind, Refusal> {
+    fn transition(
+        current: &mut Option<ChatMessage>,
+        t: Transition,
+    ) -> Result<JobEventKind, Refusal> {
         apply(current, &Change::Transition(t), Utc::now())
     }
 

@@ -1,4 +1,10 @@
 //! A message: one image request and everything that happened to it, and its public view.
+//!
+//! The message is the gateway's one entity (the spec's word: table `messages`, REST
+//! `/api/v1/messages`, the [`ChatMessage`] type, named apart from actix's and tungstenite's
+//! `Message`). "Job" never names the record: it names the message's generation only, that
+//! is its status ([`JobStatus`]), the events about it (`job.*`) and the work in the queue and
+//! on Forge (`QueuedJob`), all keyed by the message id.
 
 use crate::domain::catalogue::{JobError, PLACEHOLDER_NOTICE_CODE, PLACEHOLDER_NOTICE_MESSAGE};
 use crate::domain::params::GenerationParams;
@@ -8,10 +14,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-/// The record of a job, as the database holds it.
+/// A message as the database holds it.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Message {
-    /// Message id = job id (UUID v7).
+pub struct ChatMessage {
+    /// Its id (UUID v7), also the id of its generation in the queue.
     pub id: Uuid,
     /// Owner.
     pub user_id: String,
@@ -151,7 +157,7 @@ pub enum LivePosition {
     Unavailable,
 }
 
-impl Message {
+impl ChatMessage {
     /// The public view at time `now`. A queued message shows its live position (never a stale
     /// one another job now has); a processing one Forge's estimate, counted down since it came.
     pub fn view(&self, live: LivePosition, now: DateTime<Utc>) -> MessageView {
@@ -202,9 +208,9 @@ pub(crate) mod tests {
     use serde_json::json;
 
     /// A queued message as a fresh create leaves it.
-    pub(crate) fn queued_message() -> Message {
+    pub(crate) fn queued_message() -> ChatMessage {
         let now = Utc::now();
-        Message {
+        ChatMessage {
             id: Uuid::now_v7(),
             user_id: "alice".into(),
             conversation_id: None,

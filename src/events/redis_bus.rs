@@ -10,7 +10,7 @@
 
 use super::{EventBus, SessionRegistry};
 use crate::domain::event::JobEvent;
-use crate::queue::redis::{Received, Role, Subscription, builder, check_prefix};
+use crate::redis_client::{Received, RedisError, Role, Subscription, builder, check_prefix};
 use fred::clients::SubscriberClient;
 use fred::prelude::{ClientLike, Options, PubsubInterface};
 use parking_lot::Mutex;
@@ -38,16 +38,16 @@ impl RedisBus {
         url: &str,
         prefix: &str,
         registry: SessionRegistry,
-    ) -> Result<Arc<RedisBus>, String> {
+    ) -> Result<Arc<RedisBus>, RedisError> {
         check_prefix(prefix)?;
         let channel = format!("{{{prefix}}}:events");
         let publisher = builder(url, Role::Commands)?
             .build()
-            .map_err(|err| format!("creating the Redis event publisher: {err}"))?;
+            .map_err(|err| RedisError::failed("creating the event publisher", err))?;
         publisher
             .init()
             .await
-            .map_err(|err| format!("connecting the Redis event publisher: {err}"))?;
+            .map_err(|err| RedisError::failed("connecting the event publisher", err))?;
         let subscription = match Subscription::connect(url, &channel).await {
             Ok(subscription) => subscription,
             Err(err) => {

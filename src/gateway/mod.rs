@@ -13,7 +13,7 @@ use crate::db::{Database, DbError, ListFilter};
 use crate::domain::catalogue::{ApiError, Invalid, StateConflict};
 use crate::domain::change::{Change, Refusal, Transition};
 use crate::domain::eta::EtaModel;
-use crate::domain::message::{LivePosition, Message, MessageView};
+use crate::domain::message::{ChatMessage, LivePosition, MessageView};
 use crate::domain::outages::Outages;
 use crate::domain::params::{CreateRequest, data_error};
 use crate::domain::status::JobStatus;
@@ -126,7 +126,7 @@ impl Gateway {
                 }
             })?;
         let now = Utc::now();
-        let message = Message {
+        let message = ChatMessage {
             id,
             user_id: user.to_owned(),
             conversation_id: request.conversation_id,
@@ -290,7 +290,7 @@ impl Gateway {
 
     /// Frees what a job held once it is terminal: its queue entry and its cap slot. (Its
     /// backend, in whichever process runs it, hears of it through the job's event.)
-    pub async fn after_terminal(&self, message: &Message) {
+    pub async fn after_terminal(&self, message: &ChatMessage) {
         let _ = self.inner.queue.remove(message.id).await;
         if let Err(err) = self.inner.queue.release(&message.user_id, message.id).await {
             tracing::warn!(message_id = %message.id, error = %err, "could not free the pending slot; it heals at the next cap check");
@@ -338,7 +338,7 @@ impl Gateway {
         })
     }
 
-    async fn owned(&self, user: &str, id: Uuid) -> Result<Message, ApiError> {
+    async fn owned(&self, user: &str, id: Uuid) -> Result<ChatMessage, ApiError> {
         self.inner
             .db
             .get_for_user(user, id)
@@ -347,12 +347,12 @@ impl Gateway {
             .ok_or(ApiError::NotFound)
     }
 
-    async fn view(&self, message: Message) -> MessageView {
+    async fn view(&self, message: ChatMessage) -> MessageView {
         let live = self.live_positions(std::slice::from_ref(&message)).await;
         message.view(live.of(&message), Utc::now())
     }
 
-    async fn views(&self, messages: Vec<Message>) -> Vec<MessageView> {
+    async fn views(&self, messages: Vec<ChatMessage>) -> Vec<MessageView> {
         let live = self.live_positions(&messages).await;
         let now = Utc::now();
         messages
@@ -364,7 +364,7 @@ impl Gateway {
     /// The live positions of the queued ones among `messages`, read in one round trip. While
     /// the queue store cannot be read they are unavailable rather than the read failing: the
     /// messages are in the database, and positions come back with the store.
-    async fn live_positions(&self, messages: &[Message]) -> LivePositions {
+    async fn live_positions(&self, messages: &[ChatMessage]) -> LivePositions {
         let queued: Vec<Uuid> = messages
             .iter()
             .filter(|message| message.status == JobStatus::Queued)
@@ -429,7 +429,7 @@ struct LivePositions {
 }
 
 impl LivePositions {
-    fn of(&self, message: &Message) -> LivePosition {
+    fn of(&self, message: &ChatMessage) -> LivePosition {
         match &self.positions {
             None => LivePosition::Unavailable,
             Some(positions) => match positions.get(&message.id) {

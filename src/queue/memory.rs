@@ -74,7 +74,7 @@ impl QueueStore for MemoryQueue {
         let position = state
             .book
             .insert(job.clone())
-            .ok_or_else(|| QueueError::Unavailable(format!("job {id} is queued already")))?;
+            .ok_or(QueueError::AlreadyQueued { id })?;
         state.pending.entry(user).or_default().insert(id);
         self.send(QueueChange::Added(job));
         Ok(Enqueued { ticket, position })

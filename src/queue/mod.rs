@@ -23,7 +23,7 @@ pub struct Enqueued {
 }
 
 /// Why the queue refused or failed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum QueueError {
     /// The user already has `limit` pending jobs.
     #[error("the user already has {limit} pending jobs")]
@@ -34,9 +34,36 @@ pub enum QueueError {
     /// The store lost its state (a Redis restart): rebuild from the database, then retry.
     #[error("the queue store lost its state and must be rebuilt")]
     NeedsRebuild,
-    /// The store did not answer.
-    #[error("queue store unavailable: {0}")]
-    Unavailable(String),
+    /// Redis failed or did not answer in time, or its settings cannot work.
+    #[error(transparent)]
+    Redis(#[from] crate::redis_client::RedisError),
+    /// Redis answered what the queue's scripts never return (keys written by something else).
+    #[error("unexpected Redis reply to {doing}: {reply}")]
+    Unexpected {
+        /// What the store was doing.
+        doing: &'static str,
+        /// The reply, as debug text.
+        reply: String,
+    },
+    /// The job is in the queue already (ids are fresh UUIDs: a caller's bug).
+    #[error("job {id} is queued already")]
+    AlreadyQueued {
+        /// The job.
+        id: uuid::Uuid,
+    },
+    /// The database read behind a rebuild or a slot check failed.
+    #[error("reading the database failed: {0}")]
+    Database(#[source] std::sync::Arc<dyn std::error::Error + Send + Sync>),
+    /// The queue actor stopped (the gateway is shutting down).
+    #[error("the queue actor stopped")]
+    Stopped,
+}
+
+impl QueueError {
+    /// A failed database read, its cause kept.
+    pub fn database(err: impl std::error::Error + Send + Sync + 'static) -> QueueError {
+        QueueError::Database(std::sync::Arc::new(err))
+    }
 }
 
 /// One entry of the change feed.

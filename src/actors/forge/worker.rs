@@ -14,7 +14,7 @@ use crate::actors::store::StoreError;
 use crate::domain::breaker::{Admission, CallOutcome};
 use crate::domain::catalogue::JobFailure;
 use crate::domain::change::{Change, Refusal, Transition};
-use crate::domain::message::Message;
+use crate::domain::message::ChatMessage;
 use crate::domain::queue_book::QueuedJob;
 use crate::forge_client::{ForgeClient, ForgeFailure, Generated};
 use crate::images::PLACEHOLDER_URL;
@@ -182,7 +182,7 @@ impl Worker {
     /// Moves the job to processing. The create of a job popped right after its enqueue may
     /// still be in flight, so a missing record is waited for a little; a record that cannot be
     /// read or written is tried a few times, then the job is failed.
-    async fn mark_processing(&self, job: &QueuedJob) -> Option<Message> {
+    async fn mark_processing(&self, job: &QueuedJob) -> Option<ChatMessage> {
         let change = || {
             Change::Transition(Transition::Processing {
                 backend: self.client.name().to_owned(),
@@ -243,7 +243,7 @@ impl Worker {
 
     /// Runs txt2img while polling progress (when this backend runs one job at a time:
     /// Forge's progress is global to the server).
-    async fn generate(&self, message: &Message) -> Result<Generated, ForgeFailure> {
+    async fn generate(&self, message: &ChatMessage) -> Result<Generated, ForgeFailure> {
         let call = self.client.txt2img(&message.prompt, &message.params);
         if self.settings.slots != 1 {
             return call.await;
@@ -254,7 +254,7 @@ impl Worker {
         }
     }
 
-    async fn poll_progress(&self, message: &Message) {
+    async fn poll_progress(&self, message: &ChatMessage) {
         let id = message.id;
         let mut last_step = 0;
         let deadline = (self.settings.progress_interval * 3)
@@ -300,7 +300,7 @@ impl Worker {
     /// Writes the outcome until it lands (see the module doc), then lets the job go.
     async fn finish(
         &self,
-        message: &Message,
+        message: &ChatMessage,
         transition: Transition,
         started: Instant,
         busy: &BusyGuard,

@@ -44,9 +44,7 @@ impl QueueHandle {
             max_pending,
             reply,
         });
-        answer
-            .await
-            .unwrap_or_else(|_| Err(QueueError::Unavailable("the queue actor stopped".into())))
+        answer.await.unwrap_or(Err(QueueError::Stopped))
     }
 
     /// Waits for the next job; `None` when the queue actor stopped.

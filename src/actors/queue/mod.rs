@@ -347,7 +347,7 @@ impl Handler<Enqueue> for QueueActor {
                         let finished = db
                             .terminal_among(&counted)
                             .await
-                            .map_err(|e| QueueError::Unavailable(e.to_string()))?;
+                            .map_err(QueueError::database)?;
                         if finished.is_empty() {
                             return Err(QueueError::TooManyPending {
                                 limit: msg.max_pending,

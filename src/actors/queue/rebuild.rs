@@ -9,7 +9,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 fn unavailable(err: DbError) -> QueueError {
-    QueueError::Unavailable(err.to_string())
+    QueueError::database(err)
 }
 
 /// Puts back every queued job of the database the store lacks, in ticket order.

@@ -1,5 +1,5 @@
 //! How the gateway's Redis clients connect: shared by the queue store and the event bus so both
-//! behave the same when Redis goes away.
+//! behave the same when Redis goes away. Below both of them: it knows fred, not the queue.
 
 use fred::clients::SubscriberClient;
 use fred::prelude::{
@@ -29,6 +29,33 @@ const PUBSUB_CAPACITY: usize = 1 << 14;
 /// Pause between attempts to subscribe again after a reconnect.
 const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(250);
 
+/// Why a Redis client could not be set up or a command failed, its cause kept.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum RedisError {
+    /// The settings cannot work (a bad URL or key prefix).
+    #[error("{0}")]
+    Settings(String),
+    /// Redis failed or did not answer in time (`doing` says during what).
+    #[error("Redis failed while {doing}: {source}")]
+    Failed {
+        /// What the client was doing.
+        doing: String,
+        /// fred's error.
+        #[source]
+        source: fred::error::Error,
+    },
+}
+
+impl RedisError {
+    /// A failed call, with what it was for.
+    pub fn failed(doing: impl Into<String>, source: fred::error::Error) -> RedisError {
+        RedisError::Failed {
+            doing: doing.into(),
+            source,
+        }
+    }
+}
+
 /// What a client is for; decides its retry rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Role {
@@ -42,19 +69,20 @@ pub(crate) enum Role {
 
 /// Validates a key prefix: it becomes a Redis Cluster hash tag `{prefix}`, so braces inside it
 /// would break the one-slot guarantee.
-pub(crate) fn check_prefix(prefix: &str) -> Result<(), String> {
+pub(crate) fn check_prefix(prefix: &str) -> Result<(), RedisError> {
     if prefix.is_empty() || prefix.contains(['{', '}']) {
-        return Err(format!(
+        return Err(RedisError::Settings(format!(
             "invalid Redis prefix {prefix:?}: it must be non-empty and free of braces"
-        ));
+        )));
     }
     Ok(())
 }
 
 /// A builder for `url` that reconnects forever with an exponential backoff (100 ms doubling up
 /// to 5 s) and bounds every command by [`COMMAND_TIMEOUT`].
-pub(crate) fn builder(url: &str, role: Role) -> Result<Builder, String> {
-    let config = Config::from_url(url).map_err(|err| format!("invalid Redis URL: {err}"))?;
+pub(crate) fn builder(url: &str, role: Role) -> Result<Builder, RedisError> {
+    let config = Config::from_url(url)
+        .map_err(|err| RedisError::Settings(format!("invalid Redis URL: {err}")))?;
     let mut builder = Builder::from_config(config);
     builder
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
@@ -101,20 +129,20 @@ pub(crate) struct Subscription {
 impl Subscription {
     /// Connects to `url` and subscribes to `channel`; returns once Redis has registered the
     /// subscription, so anything published afterwards arrives.
-    pub(crate) async fn connect(url: &str, channel: &str) -> Result<Subscription, String> {
+    pub(crate) async fn connect(url: &str, channel: &str) -> Result<Subscription, RedisError> {
         let client = builder(url, Role::Subscriber)?
             .build_subscriber_client()
-            .map_err(|err| format!("creating a Redis subscriber: {err}"))?;
+            .map_err(|err| RedisError::failed("creating a subscriber", err))?;
         client
             .init()
             .await
-            .map_err(|err| format!("connecting a Redis subscriber: {err}"))?;
+            .map_err(|err| RedisError::failed("connecting a subscriber", err))?;
         // Taken before subscribing: fred drops messages that arrive while nobody listens.
         let messages = client.message_rx();
         let reconnects = client.reconnect_rx();
         if let Err(err) = subscribe_confirmed(&client, channel).await {
             let _ = client.quit().await;
-            return Err(format!("subscribing to {channel}: {err}"));
+            return Err(RedisError::failed(format!("subscribing to {channel}"), err));
         }
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -20,19 +20,21 @@
 //! [`FeedItem`]s and reports a [`FeedItem::Gap`] when a sequence number is skipped, a message
 //! cannot be parsed, or the subscriber reconnected.
 
-mod connection;
-
-pub(crate) use connection::{Received, Role, Subscription, builder, check_prefix};
+mod feed;
+mod keys;
+mod rebuild;
 
 use super::{Enqueued, FeedItem, QueueError, QueueStore, Rebuilt};
-use crate::domain::queue_book::{QueueChange, QueuedJob};
+use crate::domain::queue_book::QueuedJob;
+use crate::redis_client::{RedisError, Role, Subscription, builder, check_prefix};
 use chrono::{DateTime, Utc};
+use feed::run_feed;
 use fred::clients::SubscriberClient;
 use fred::prelude::{
     ClientLike, KeysInterface, LuaInterface, Pool, SetsInterface, SortedSetsInterface, Value,
 };
+use keys::{Keys, Script, Scripts};
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
@@ -49,112 +51,15 @@ const SNAPSHOT_PAGE: usize = 1_000;
 /// Capacity of the feed's broadcast channel (as the in-process queue's).
 const FEED_CAPACITY: usize = 1 << 16;
 
-/// One Lua script: its source (to load it again after a Redis restart) and its SHA1.
-struct Script {
-    name: &'static str,
-    source: &'static str,
-    sha: String,
-}
-
-/// The scripts, loaded once at connect.
-struct Scripts {
-    enqueue: Script,
-    pop: Script,
-    requeue: Script,
-    remove: Script,
-    release: Script,
-    mark_moved: Script,
-    snapshot: Script,
-    rebuild_jobs: Script,
-    rebuild_pending: Script,
-    clear_pending: Script,
-    finish_rebuild: Script,
-}
-
-impl Scripts {
-    async fn load(pool: &Pool) -> Result<Scripts, QueueError> {
-        async fn one(
-            pool: &Pool,
-            name: &'static str,
-            source: &'static str,
-        ) -> Result<Script, QueueError> {
-            let sha: String = pool
-                .script_load(source)
-                .await
-                .map_err(|err| unavailable(&format!("loading the {name} script"), err))?;
-            Ok(Script { name, source, sha })
-        }
-        Ok(Scripts {
-            enqueue: one(pool, "enqueue", include_str!("redis/enqueue.lua")).await?,
-            pop: one(pool, "pop", include_str!("redis/pop.lua")).await?,
-            requeue: one(pool, "requeue", include_str!("redis/requeue.lua")).await?,
-            remove: one(pool, "remove", include_str!("redis/remove.lua")).await?,
-            release: one(pool, "release", include_str!("redis/release.lua")).await?,
-            mark_moved: one(pool, "mark_moved", include_str!("redis/mark_moved.lua")).await?,
-            snapshot: one(pool, "snapshot", include_str!("redis/snapshot.lua")).await?,
-            rebuild_jobs: one(pool, "rebuild_jobs", include_str!("redis/rebuild_jobs.lua")).await?,
-            rebuild_pending: one(
-                pool,
-                "rebuild_pending",
-                include_str!("redis/rebuild_pending.lua"),
-            )
-            .await?,
-            clear_pending: one(
-                pool,
-                "clear_pending",
-                include_str!("redis/clear_pending.lua"),
-            )
-            .await?,
-            finish_rebuild: one(
-                pool,
-                "finish_rebuild",
-                include_str!("redis/finish_rebuild.lua"),
-            )
-            .await?,
-        })
-    }
-}
-
-/// The names of one queue's keys and channel.
-struct Keys {
-    /// `{prefix}:`, the start of every key.
-    base: String,
-    ticket: String,
-    queue: String,
-    jobs: String,
-    users: String,
-    moved: String,
-    feedseq: String,
-    feed: String,
-}
-
-impl Keys {
-    fn new(prefix: &str) -> Keys {
-        let base = format!("{{{prefix}}}:");
-        let key = |name: &str| format!("{base}{name}");
-        Keys {
-            ticket: key("ticket"),
-            queue: key("queue"),
-            jobs: key("jobs"),
-            users: key("users"),
-            moved: key("moved"),
-            feedseq: key("feedseq"),
-            feed: key("feed"),
-            base,
-        }
-    }
-
-    fn pending(&self, user: &str) -> String {
-        format!("{}pending:{user}", self.base)
-    }
-}
-
 fn unavailable(what: &str, err: fred::error::Error) -> QueueError {
-    QueueError::Unavailable(format!("{what}: {err}"))
+    RedisError::failed(what, err).into()
 }
 
-fn unexpected(what: &str, reply: &Value) -> QueueError {
-    QueueError::Unavailable(format!("unexpected Redis reply to {what}: {reply:?}"))
+fn unexpected(what: &'static str, reply: &Value) -> QueueError {
+    QueueError::Unexpected {
+        doing: what,
+        reply: format!("{reply:?}"),
+    }
 }
 
 /// The queue store on Redis, shared by every gateway process using the same prefix.
@@ -174,10 +79,9 @@ impl RedisQueue {
     /// connected, the clients reconnect by themselves forever (with a backoff) and calls made
     /// while Redis is away fail with [`QueueError::Unavailable`] within a few seconds.
     pub async fn connect(url: &str, prefix: &str) -> Result<RedisQueue, QueueError> {
-        check_prefix(prefix).map_err(QueueError::Unavailable)?;
+        check_prefix(prefix)?;
         let keys = Keys::new(prefix);
-        let pool = builder(url, Role::Commands)
-            .map_err(QueueError::Unavailable)?
+        let pool = builder(url, Role::Commands)?
             .build_pool(POOL_SIZE)
             .map_err(|err| unavailable("creating the Redis clients", err))?;
         pool.init()
@@ -187,7 +91,7 @@ impl RedisQueue {
             Ok(subscription) => subscription,
             Err(err) => {
                 let _ = pool.quit().await;
-                return Err(QueueError::Unavailable(err));
+                return Err(err.into());
             }
         };
         let subscriber = subscription.client();
@@ -258,84 +162,6 @@ impl RedisQueue {
             other => other.map_err(|err| unavailable(script.name, err)),
         }
     }
-
-    async fn pending_users(&self) -> Result<Vec<String>, QueueError> {
-        self.pool
-            .smembers(self.keys.users.as_str())
-            .await
-            .map_err(|err| unavailable("reading the users with pending jobs", err))
-    }
-
-    async fn rebuild_jobs(&self, mut queued: Vec<QueuedJob>) -> Result<(usize, i64), QueueError> {
-        // Stable sort: the caller's order stays for equal tickets, and each chunk goes in
-        // ticket order.
-        queued.sort_by_key(|job| job.ticket);
-        let highest = queued.last().map_or(0, |job| job.ticket);
-        let mut added = 0;
-        for chunk in queued.chunks(REBUILD_CHUNK) {
-            let mut args: Vec<Value> = Vec::with_capacity(1 + chunk.len() * 3);
-            args.push(self.keys.feed.clone().into());
-            for job in chunk {
-                args.push(job.id.to_string().into());
-                args.push(job.ticket.into());
-                args.push(job.user_id.to_string().into());
-            }
-            let keys = vec![
-                self.keys.queue.clone(),
-                self.keys.jobs.clone(),
-                self.keys.feedseq.clone(),
-            ];
-            let reply = self.run(&self.scripts.rebuild_jobs, keys, args).await?;
-            let count = reply
-                .as_u64()
-                .ok_or_else(|| unexpected("rebuild_jobs", &reply))?;
-            added += count as usize;
-        }
-        Ok((added, highest))
-    }
-
-    async fn rebuild_pending(&self, pending: Vec<(String, Uuid)>) -> Result<(), QueueError> {
-        let mut by_user: BTreeMap<String, BTreeSet<Uuid>> = BTreeMap::new();
-        for (user, id) in pending {
-            by_user.entry(user).or_default().insert(id);
-        }
-        // Users the store counts but the database does not: nothing of theirs is pending.
-        let stale: Vec<String> = self
-            .pending_users()
-            .await?
-            .into_iter()
-            .filter(|user| !by_user.contains_key(user))
-            .collect();
-
-        let mut keys = vec![self.keys.users.clone()];
-        let mut args: Vec<Value> = Vec::new();
-        let mut ids_in_batch = 0;
-        for (user, ids) in &by_user {
-            keys.push(self.keys.pending(user));
-            args.push(user.clone().into());
-            args.push((ids.len() as i64).into());
-            args.extend(ids.iter().map(|id| Value::from(id.to_string())));
-            ids_in_batch += ids.len();
-            if ids_in_batch >= REBUILD_CHUNK {
-                let batch_keys = std::mem::replace(&mut keys, vec![self.keys.users.clone()]);
-                let batch_args = std::mem::take(&mut args);
-                self.run(&self.scripts.rebuild_pending, batch_keys, batch_args)
-                    .await?;
-                ids_in_batch = 0;
-            }
-        }
-        if !args.is_empty() {
-            self.run(&self.scripts.rebuild_pending, keys, args).await?;
-        }
-
-        for chunk in stale.chunks(REBUILD_CHUNK) {
-            let mut keys = vec![self.keys.users.clone()];
-            keys.extend(chunk.iter().map(|user| self.keys.pending(user)));
-            let args = chunk.iter().map(|user| Value::from(user.clone())).collect();
-            self.run(&self.scripts.clear_pending, keys, args).await?;
-        }
-        Ok(())
-    }
 }
 
 impl Drop for RedisQueue {
@@ -404,9 +230,7 @@ impl QueueStore for RedisQueue {
             }
             Some(-1) => Err(QueueError::NeedsRebuild),
             Some(-2) => Err(QueueError::TooManyPending { limit: max_pending }),
-            Some(-3) => Err(QueueError::Unavailable(format!(
-                "job {id} is queued already"
-            ))),
+            Some(-3) => Err(QueueError::AlreadyQueued { id }),
             _ => Err(unexpected("enqueue", &reply)),
         }
     }
@@ -440,9 +264,10 @@ impl QueueStore for RedisQueue {
                 })),
                 // Something that is not a job id was in the queue; it is gone now, and the
                 // caller retries and gets the next one.
-                Err(_) => Err(QueueError::Unavailable(format!(
-                    "popped a malformed job id {id:?} from the queue"
-                ))),
+                Err(_) => Err(QueueError::Unexpected {
+                    doing: "pop",
+                    reply: format!("a malformed job id {id:?}"),
+                }),
             },
             _ => Err(unexpected("pop", &reply)),
         }
@@ -639,139 +464,5 @@ impl QueueStore for RedisQueue {
             .await
             .map(|_| ())
             .map_err(|err| unavailable("pinging Redis", err))
-    }
-}
-
-/// One parsed feed message: its sequence number and the change.
-fn parse_feed(text: &str) -> Option<(u64, QueueChange)> {
-    let mut parts = text.splitn(5, ' ');
-    let seq = parts.next()?.parse().ok()?;
-    match parts.next()? {
-        "A" => {
-            let id = Uuid::parse_str(parts.next()?).ok()?;
-            let ticket = parts.next()?.parse().ok()?;
-            let user = parts.next()?;
-            Some((
-                seq,
-                QueueChange::Added(QueuedJob {
-                    id,
-                    user_id: Arc::from(user),
-                    ticket,
-                }),
-            ))
-        }
-        "R" => {
-            let id = Uuid::parse_str(parts.next()?).ok()?;
-            match parts.next() {
-                None => Some((seq, QueueChange::Removed { id })),
-                Some(_) => None,
-            }
-        }
-        _ => None,
-    }
-}
-
-/// Turns the feed channel's messages into [`FeedItem`]s until the subscriber closes.
-///
-/// A reconnect is reported as a gap only once the channel is subscribed again, so a mirror
-/// that reloads on the gap cannot miss a change published after its reload.
-async fn run_feed(mut subscription: Subscription, feed: broadcast::Sender<FeedItem>) {
-    // `None`: the next sequence number is accepted whatever it is (after a gap).
-    let mut last_seq: Option<u64> = None;
-    // No receiver is fine: a mirror loads a snapshot when it subscribes.
-    let send = |item: FeedItem| {
-        let _ = feed.send(item);
-    };
-    loop {
-        match subscription.next().await {
-            Received::Message(value) => {
-                match value.as_str().and_then(|text| parse_feed(&text)) {
-                    Some((seq, change)) => {
-                        let in_order = last_seq.is_none_or(|last| seq == last.wrapping_add(1));
-                        last_seq = Some(seq);
-                        if in_order {
-                            send(FeedItem::Change(change));
-                        } else {
-                            // The mirror reloads a snapshot, which includes this change.
-                            tracing::debug!(seq, "queue feed skipped a sequence number");
-                            send(FeedItem::Gap);
-                        }
-                    }
-                    None => {
-                        tracing::warn!(message = ?value, "malformed queue feed message");
-                        last_seq = None;
-                        send(FeedItem::Gap);
-                    }
-                }
-            }
-            Received::Resubscribed => {
-                tracing::info!("queue feed subscriber reconnected; mirrors reload");
-                last_seq = None;
-                send(FeedItem::Gap);
-            }
-            Received::Lagged(missed) => {
-                tracing::warn!(missed, "queue feed subscriber lagged");
-                last_seq = None;
-                send(FeedItem::Gap);
-            }
-            Received::Closed => break,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn feed_messages_parse_and_malformed_ones_do_not() {
-        let id = Uuid::from_u128(7);
-        assert_eq!(
-            parse_feed(&format!("12 A {id} 34 ali veli")),
-            Some((
-                12,
-                QueueChange::Added(QueuedJob {
-                    id,
-                    user_id: Arc::from("ali veli"),
-                    ticket: 34,
-                })
-            ))
-        );
-        assert_eq!(
-            parse_feed(&format!("13 R {id}")),
-            Some((13, QueueChange::Removed { id }))
-        );
-        for bad in [
-            "",
-            "x A",
-            "1 A not-a-uuid 3 u",
-            &format!("1 A {id} x u"),
-            &format!("1 A {id} 3"),
-            &format!("1 R {id} extra"),
-            &format!("1 Q {id}"),
-            "1 R",
-        ] {
-            assert_eq!(parse_feed(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn keys_share_one_hash_tag() {
-        let keys = Keys::new("fg");
-        for key in [
-            &keys.ticket,
-            &keys.queue,
-            &keys.jobs,
-            &keys.users,
-            &keys.moved,
-            &keys.feedseq,
-            &keys.feed,
-            &keys.pending("a b"),
-        ] {
-            assert!(key.starts_with("{fg}:"), "{key}");
-        }
-        assert!(check_prefix("a{b").is_err());
-        assert!(check_prefix("").is_err());
-        assert!(check_prefix("fg-test.1").is_ok());
     }
 }
