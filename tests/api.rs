@@ -284,16 +284,7 @@ async fn a_user_is_capped_at_max_pending_per_user() {
     );
     assert_eq!(app.submit(&bob, small_prompt("bob is fine")).await.0, 202);
     let id = accepted[2]["id"].as_str().expect("id");
-    let answer = app
-        .request(
-            Method::POST,
-            &format!("/api/v1/messages/{id}/cancel"),
-            &alice,
-        )
-        .send()
-        .await
-        .expect("cancel");
-    assert_eq!(answer.status().as_u16(), 200);
+    assert_eq!(app.cancel(&alice, id).await.0, 200);
     assert_eq!(app.submit(&alice, small_prompt("fits again")).await.0, 202);
     app.stop().await;
 }
@@ -393,31 +384,13 @@ async fn cancel_retry_and_patch_answer_as_documented() {
         409,
         "a pending message cannot be retried"
     );
-    let answer = app
-        .request(
-            Method::POST,
-            &format!("/api/v1/messages/{queued}/cancel"),
-            &token,
-        )
-        .send()
-        .await
-        .expect("cancel");
-    assert_eq!(answer.status().as_u16(), 200);
-    let cancelled: Value = answer.json().await.expect("json");
+    let (status, cancelled) = app.cancel(&token, &queued).await;
+    assert_eq!(status, 200);
     assert_eq!(cancelled["status"], "cancelled");
     assert_eq!(cancelled["error"]["code"], "cancelled");
     ws.wait_event("job.cancelled", &queued).await;
     // Cancelling a running job interrupts it on Forge.
-    let answer = app
-        .request(
-            Method::POST,
-            &format!("/api/v1/messages/{running}/cancel"),
-            &token,
-        )
-        .send()
-        .await
-        .expect("cancel");
-    assert_eq!(answer.status().as_u16(), 200);
+    assert_eq!(app.cancel(&token, &running).await.0, 200);
     let deadline = std::time::Instant::now() + DEADLINE;
     while app.sim.stats().interrupts == 0 {
         assert!(std::time::Instant::now() < deadline, "no interrupt");

@@ -431,16 +431,7 @@ async fn every_frame_a_real_gateway_sends_matches_the_document() {
         .await;
     ws.wait_event("job.cancelled", &first).await;
     app.sim.set_mode(SimMode::Normal);
-    let cancelled = app
-        .request(
-            reqwest::Method::POST,
-            &format!("/api/v1/messages/{blocker}/cancel"),
-            &token,
-        )
-        .send()
-        .await
-        .expect("cancel");
-    assert_eq!(cancelled.status().as_u16(), 200);
+    assert_eq!(app.cancel(&token, &blocker).await.0, 200);
     ws.wait_event("job.cancelled", &blocker).await;
     ws.wait_event("job.complete", &second).await;
 

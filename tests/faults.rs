@@ -285,11 +285,8 @@ async fn sigkill_with_fifty_queued_and_two_processing_loses_nothing_and_runs_not
     })
     .await;
     let storage = Storage::fresh();
-    let mut env = storage.env();
+    let mut env = storage.process_env(sim.url());
     env.extend([
-        ("BIND", "127.0.0.1:0".to_owned()),
-        ("DEV_MODE", "true".to_owned()),
-        ("FORGE_URLS", sim.url()),
         ("FORGE_TIMEOUT", "10m".to_owned()),
         ("MAX_PENDING_PER_USER", "100".to_owned()),
         ("STUCK_AFTER", "2s".to_owned()),

@@ -16,18 +16,12 @@ fn sim(mode: SimMode) -> SimConfig {
     SimConfig { mode, ..fast_sim() }
 }
 
-async fn submit_id(app: &TestApp, token: &str, prompt: &str) -> String {
-    let (status, created) = app.submit(token, small_prompt(prompt)).await;
-    assert_eq!(status, 202, "{created}");
-    created["id"].as_str().expect("id").to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hang_gives_forge_timeout_with_the_exact_message_and_no_placeholder() {
     let (app, _storage) = TestApp::spawn_with(sim(SimMode::Hang), &["--forge-timeout", "1s"]).await;
     let token = app.token("alice").await;
     let mut ws = app.ws(&token).await;
-    let id = submit_id(&app, &token, "never finishes").await;
+    let id = app.submit_id(&token, "never finishes").await;
     let started = Instant::now();
     let error = ws.wait_event("job.error", &id).await;
     assert!(
@@ -62,7 +56,7 @@ async fn the_timeout_message_shows_the_configured_timeout() {
     let (app, _storage) =
         TestApp::spawn_with(sim(SimMode::Hang), &["--forge-timeout", "1500ms"]).await;
     let token = app.token("alice").await;
-    let id = submit_id(&app, &token, "slow").await;
+    let id = app.submit_id(&token, "slow").await;
     let failed = app
         .wait_message(&token, &id, |m| m["status"] == "error")
         .await;
@@ -91,7 +85,7 @@ async fn each_error_reaches_the_websocket_with_its_exact_message() {
     ];
     for (mode, code, message) in cases {
         app.sim.set_mode(mode);
-        let id = submit_id(&app, &token, mode.as_str()).await;
+        let id = app.submit_id(&token, mode.as_str()).await;
         let error = ws.wait_event("job.error", &id).await;
         assert_eq!(
             error["error"],
@@ -116,7 +110,7 @@ async fn a_job_past_its_total_deadline_fails_with_the_timeout_message() {
     .await;
     let token = app.token("alice").await;
     let mut ws = app.ws(&token).await;
-    let id = submit_id(&app, &token, "takes too long").await;
+    let id = app.submit_id(&token, "takes too long").await;
     let error = ws.wait_event("job.error", &id).await;
     assert_eq!(error["error"], json!({"code": "timeout", "message": R9_2}));
     app.stop().await;
@@ -129,7 +123,7 @@ async fn five_failures_open_the_breaker_then_placeholders_then_a_good_backend_cl
     let token = app.token("alice").await;
     let mut ws = app.ws(&token).await;
     for n in 0..5 {
-        let id = submit_id(&app, &token, &format!("failing {n}")).await;
+        let id = app.submit_id(&token, &format!("failing {n}")).await;
         let error = ws.wait_event("job.error", &id).await;
         assert_eq!(error["error"]["code"], "forge_connection");
     }
@@ -143,7 +137,7 @@ async fn five_failures_open_the_breaker_then_placeholders_then_a_good_backend_cl
     let requests_when_opened = app.sim.stats().txt2img_requests;
 
     // While open, jobs complete at once with the placeholder, and the user is told why.
-    let id = submit_id(&app, &token, "while open").await;
+    let id = app.submit_id(&token, "while open").await;
     let complete = ws.wait_event("job.complete", &id).await;
     assert_eq!(complete["placeholder"], true);
     assert_eq!(complete["image_url"], "/images/placeholder.png");
@@ -168,7 +162,7 @@ async fn five_failures_open_the_breaker_then_placeholders_then_a_good_backend_cl
     app.sim.set_mode(SimMode::Normal);
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let id = submit_id(&app, &token, "after").await;
+        let id = app.submit_id(&token, "after").await;
         let complete = ws.wait_event("job.complete", &id).await;
         if complete["placeholder"] == false {
             assert!(
@@ -201,7 +195,7 @@ async fn a_failed_trial_opens_the_breaker_again() {
     .await;
     let token = app.token("alice").await;
     for n in 0..2 {
-        let id = submit_id(&app, &token, &format!("failing {n}")).await;
+        let id = app.submit_id(&token, &format!("failing {n}")).await;
         app.wait_message(&token, &id, |m| m["status"] == "error")
             .await;
     }
@@ -209,7 +203,7 @@ async fn a_failed_trial_opens_the_breaker_again() {
     let deadline = Instant::now() + DEADLINE;
     let requests = app.sim.stats().txt2img_requests;
     while app.sim.stats().txt2img_requests == requests {
-        let id = submit_id(&app, &token, "trial?").await;
+        let id = app.submit_id(&token, "trial?").await;
         let done = app
             .wait_message(&token, &id, |m| {
                 m["status"] != "queued" && m["status"] != "processing"
@@ -230,7 +224,7 @@ async fn a_failed_trial_opens_the_breaker_again() {
         requests + 1,
         "exactly one trial"
     );
-    let id = submit_id(&app, &token, "after the failed trial").await;
+    let id = app.submit_id(&token, "after the failed trial").await;
     let done = app
         .wait_message(&token, &id, |m| m["status"] == "complete")
         .await;
@@ -257,14 +251,16 @@ async fn two_backends_run_two_jobs_at_the_same_time() {
     let client = TestApp {
         app: Some(app),
         data_dir: storage.dir.path().to_owned(),
-        base: base.clone(),
-        http: http_client(),
+        client: Client {
+            base: base.clone(),
+            http: http_client(),
+        },
         sim: first,
     };
     let token = client.token("alice").await;
     let mut ws = client.ws(&token).await;
-    let a = submit_id(&client, &token, "a").await;
-    let b = submit_id(&client, &token, "b").await;
+    let a = client.submit_id(&token, "a").await;
+    let b = client.submit_id(&token, "b").await;
     ws.wait_for("both processing", |_| true).await;
     let mut processing = 0;
     let deadline = Instant::now() + DEADLINE;

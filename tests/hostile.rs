@@ -36,19 +36,14 @@ async fn refused_upgrade(base: &str, token: &str) -> (u16, Value) {
 async fn a_flood_of_large_patches_keeps_memory_bounded_and_other_users_served() {
     let sim = start_sim(fast_sim()).await;
     let storage = Storage::fresh();
-    let mut env = storage.env();
-    env.extend([
-        ("BIND", "127.0.0.1:0".to_owned()),
-        ("DEV_MODE", "true".to_owned()),
-        ("FORGE_URLS", sim.url()),
-        ("MAX_PENDING_PER_USER", "1000".to_owned()),
-    ]);
+    let mut env = storage.process_env(sim.url());
+    env.extend([("MAX_PENDING_PER_USER", "1000".to_owned())]);
     let gateway = GatewayProcess::start(&env).await;
     let client = gateway.client();
     let (flooder, other) = (client.token("flooder").await, client.token("other").await);
     let (_, target) = client.submit(&flooder, small_prompt("target")).await;
     let target = target["id"].as_str().expect("id").to_owned();
-    client
+    let before = client
         .wait_message(&flooder, &target, |m| m["status"] == "complete")
         .await;
     let idle = gateway.rss_kib();
@@ -71,7 +66,9 @@ async fn a_flood_of_large_patches_keeps_memory_bounded_and_other_users_served() 
     });
     let blob = "x".repeat(60_000);
     let flood_for = Duration::from_secs(10);
+    let flooded = target.clone();
     let flooding = tokio::spawn(async move {
+        let target = flooded;
         let started = Instant::now();
         let mut sent = 0u64;
         while started.elapsed() < flood_for {
@@ -123,7 +120,23 @@ async fn a_flood_of_large_patches_keeps_memory_bounded_and_other_users_served() 
         "flood: {frames} frames, {limited} rate_limited; RSS idle {idle} KiB, peak {peak} KiB, 5 s after {after} KiB; other user's slowest submit → job.queued {slowest:?} over {} submits",
         ids.len()
     );
-    assert!(limited > 0, "the flood was never told to slow down");
+    // Every patch applied bumped the version once: at most the default 20 a second plus the
+    // burst of 40 got through, however many were sent; a flood the server read faster than
+    // that was told so.
+    let (_, after_flood) = client
+        .get(&flooder, &format!("/api/v1/messages/{target}"))
+        .await;
+    let applied = after_flood["version"].as_u64().expect("version")
+        - before["version"].as_u64().expect("version");
+    let allowed = 20 * (flood_for.as_secs() + 2) + 40;
+    assert!(
+        applied <= allowed,
+        "{applied} patches applied in a {flood_for:?} flood"
+    );
+    assert!(applied + limited <= frames, "{applied} + {limited} > {frames}");
+    if frames > allowed + 5 {
+        assert!(limited > 0, "the flood was never told to slow down");
+    }
     assert!(peak < idle + 150 * 1024, "peak {peak} KiB, idle {idle} KiB");
     assert!(
         after < idle + 30 * 1024,

@@ -17,15 +17,9 @@ fn hang() -> SimConfig {
     }
 }
 
-async fn submit_id(app: &TestApp, token: &str, prompt: &str) -> String {
-    let (status, created) = app.submit(token, small_prompt(prompt)).await;
-    assert_eq!(status, 202, "{created}");
-    created["id"].as_str().expect("id").to_owned()
-}
-
 /// Occupies the app's only backend with a job that never ends (its simulator hangs).
 async fn block_backend(app: &TestApp, token: &str) -> String {
-    let id = submit_id(app, token, "blocker").await;
+    let id = app.submit_id(token, "blocker").await;
     app.wait_message(token, &id, |m| m["status"] == "processing")
         .await;
     id
@@ -68,16 +62,7 @@ async fn two_hundred_jobs_through_two_processes_get_positions_one_to_two_hundred
     a.sim.set_config(fast.clone());
     b.sim.set_config(fast);
     for blocker in [&blocker_a, &blocker_b] {
-        let answer = a
-            .request(
-                reqwest::Method::POST,
-                &format!("/api/v1/messages/{blocker}/cancel"),
-                &token,
-            )
-            .send()
-            .await
-            .expect("cancel");
-        assert_eq!(answer.status().as_u16(), 200);
+        assert_eq!(a.cancel(&token, blocker).await.0, 200);
     }
     for id in &ids {
         let done = a
@@ -113,7 +98,7 @@ async fn a_session_on_one_process_sees_every_event_of_a_job_another_process_ran(
     let blocker = block_backend(&a, &token).await;
     let b = TestApp::start(&storage, fast_sim(), &[]).await;
     let mut ws = a.ws(&token).await;
-    let id = submit_id(&a, &token, "run by b").await;
+    let id = a.submit_id(&token, "run by b").await;
     let complete = ws.wait_event("job.complete", &id).await;
     assert_eq!(complete["placeholder"], false);
     let (_, done) = a.get(&token, &format!("/api/v1/messages/{id}")).await;
@@ -144,12 +129,12 @@ async fn the_queue_comes_back_from_the_database_in_order_after_its_redis_keys_ar
     block_backend(&app, &token).await;
     let mut ids = Vec::new();
     for n in 0..5 {
-        ids.push(submit_id(&app, &token, &format!("p{n}")).await);
+        ids.push(app.submit_id(&token, &format!("p{n}")).await);
     }
     let (url, prefix) = storage.redis.clone().expect("redis");
     delete_redis_prefix(&url, &prefix).await;
     // The next enqueue finds the queue lost and rebuilds it from the database first.
-    ids.push(submit_id(&app, &token, "after the loss").await);
+    ids.push(app.submit_id(&token, "after the loss").await);
     let mut positions = Vec::new();
     for id in &ids {
         let (_, message) = app.get(&token, &format!("/api/v1/messages/{id}")).await;
@@ -168,17 +153,13 @@ async fn the_queue_comes_back_from_the_database_in_order_after_its_redis_keys_ar
 async fn redis_going_away_and_coming_back_empty_is_survived() {
     let mut storage = shared_storage();
     let (url, prefix) = storage.redis.clone().expect("redis");
-    let proxy = TcpProxy::start(authority(&url)).await;
-    storage.redis = Some((
-        with_authority(&url, &format!("127.0.0.1:{}", proxy.port)),
-        prefix.clone(),
-    ));
+    let proxy = storage.redis_through_proxy().await;
     let app = TestApp::start(&storage, hang(), &[]).await;
     let token = app.token("alice").await;
     block_backend(&app, &token).await;
     let queued = [
-        submit_id(&app, &token, "q0").await,
-        submit_id(&app, &token, "q1").await,
+        app.submit_id(&token, "q0").await,
+        app.submit_id(&token, "q1").await,
     ];
     let ready = || async {
         app.http
@@ -214,7 +195,7 @@ async fn redis_going_away_and_coming_back_empty_is_survived() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // It reconnected by itself and the queue came back from the database.
-    let after = submit_id(&app, &token, "after").await;
+    let after = app.submit_id(&token, "after").await;
     let mut positions = Vec::new();
     for id in queued.iter().chain([&after]) {
         let (_, message) = app.get(&token, &format!("/api/v1/messages/{id}")).await;
@@ -234,19 +215,14 @@ async fn redis_going_away_and_coming_back_empty_is_survived() {
 #[ignore = "needs PostgreSQL and Redis: set TEST_DATABASE_URL and TEST_REDIS_URL"]
 async fn a_postgres_outage_answers_503_writes_nothing_half_and_recovers_by_itself() {
     let mut storage = shared_storage();
-    let (url, schema) = storage.postgres.clone().expect("postgres");
-    let proxy = TcpProxy::start(authority(&url)).await;
-    storage.postgres = Some((
-        with_authority(&url, &format!("127.0.0.1:{}", proxy.port)),
-        schema,
-    ));
+    let proxy = storage.postgres_through_proxy().await;
     let slow = SimConfig {
         latency: Latency::Fixed(Duration::from_millis(300)),
         ..fast_sim()
     };
     let app = TestApp::start(&storage, slow, &["--forge-timeout", "30s"]).await;
     let token = app.token("alice").await;
-    let before = submit_id(&app, &token, "before the outage").await;
+    let before = app.submit_id(&token, "before the outage").await;
 
     proxy.cut().await;
     let (status, body) = app.submit(&token, small_prompt("during")).await;

@@ -35,11 +35,8 @@ async fn after_an_outage_longer_than_stuck_after_waiting_jobs_run_and_only_the_l
     })
     .await;
     let storage = Storage::fresh();
-    let mut env = storage.env();
+    let mut env = storage.process_env(sim.url());
     env.extend([
-        ("BIND", "127.0.0.1:0".to_owned()),
-        ("DEV_MODE", "true".to_owned()),
-        ("FORGE_URLS", sim.url()),
         ("FORGE_TIMEOUT", "10m".to_owned()),
         ("STUCK_AFTER", "2s".to_owned()),
         ("WATCHDOG_INTERVAL", "100ms".to_owned()),
@@ -197,12 +194,7 @@ async fn a_database_cut_around_a_jobs_completion_still_ends_it_complete() {
         "set TEST_DATABASE_URL=postgres://… to run this test"
     );
     let mut storage = Storage::fresh();
-    let (url, schema) = storage.postgres.clone().expect("postgres");
-    let proxy = TcpProxy::start(authority(&url)).await;
-    storage.postgres = Some((
-        with_authority(&url, &format!("127.0.0.1:{}", proxy.port)),
-        schema,
-    ));
+    let proxy = storage.postgres_through_proxy().await;
     // A 2 s job; the database goes away a moment before it ends and comes back 4 s later.
     let sim = start_sim(SimConfig {
         latency: Latency::Fixed(Duration::from_secs(2)),
@@ -301,11 +293,7 @@ async fn rest_shows_eta_while_processing_and_the_seed_forge_used() {
 async fn a_reload_while_redis_is_away_shows_every_message_and_positions_come_back() {
     let mut storage = shared_storage();
     let (url, prefix) = storage.redis.clone().expect("redis");
-    let proxy = TcpProxy::start(authority(&url)).await;
-    storage.redis = Some((
-        with_authority(&url, &format!("127.0.0.1:{}", proxy.port)),
-        prefix.clone(),
-    ));
+    let proxy = storage.redis_through_proxy().await;
     let sim = start_sim(SimConfig {
         mode: SimMode::Hang,
         ..fast_sim()

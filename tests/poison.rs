@@ -15,24 +15,6 @@ use std::time::Duration;
 
 const R9_4: &str = "Bilinmeyen bir hata oluştu. Lütfen tekrar deneyin.";
 
-async fn patch(app: &TestApp, token: &str, id: &str, body: &Value) -> (u16, Value) {
-    let answer = app
-        .request(Method::PATCH, &format!("/api/v1/messages/{id}"), token)
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("patch");
-    let status = answer.status().as_u16();
-    (status, answer.json().await.unwrap_or(Value::Null))
-}
-
-async fn submit_id(app: &TestApp, token: &str, prompt: &str) -> String {
-    let (status, body) = app.submit(token, small_prompt(prompt)).await;
-    assert_eq!(status, 202, "{body}");
-    body["id"].as_str().expect("id").to_owned()
-}
-
 /// A JSON text literal for the `params` or `data` column in raw SQL.
 fn json_sql(text: &str) -> String {
     let quoted = format!("'{}'", text.replace('\'', "''"));
@@ -48,13 +30,13 @@ async fn the_largest_double_round_trips_and_the_queue_keeps_moving() {
     let (app, _storage) = TestApp::spawn().await;
     let alice = app.token("alice").await;
     let bob = app.token("bob").await;
-    let id = submit_id(&app, &alice, "extremes").await;
+    let id = app.submit_id(&alice, "extremes").await;
     // The request of the report: PostgreSQL keeps it as `numeric` and gives back 309 digits.
     let extremes = json!({
         "max": f64::MAX, "min": -f64::MAX, "tiny": 5e-324, "small": f64::MIN_POSITIVE,
         "big": u64::MAX, "low": i64::MIN, "safe": 9_007_199_254_740_993u64,
     });
-    let (status, patched) = patch(&app, &alice, &id, &json!({"data": extremes})).await;
+    let (status, patched) = app.patch(&alice, &id, &json!({"data": extremes})).await;
     assert_eq!(status, 200, "{patched}");
     assert_eq!(patched["data"], extremes);
     let (status, read) = app.get(&alice, &format!("/api/v1/messages/{id}")).await;
@@ -65,7 +47,7 @@ async fn the_largest_double_round_trips_and_the_queue_keeps_moving() {
     assert_eq!(status, 200, "{list}");
     assert_eq!(list["messages"][0]["data"], extremes);
     // The queue is not blocked by it: both this job and another user's complete.
-    let other = submit_id(&app, &bob, "after the extremes").await;
+    let other = app.submit_id(&bob, "after the extremes").await;
     app.wait_message(&alice, &id, |m| m["status"] == "complete")
         .await;
     app.wait_message(&bob, &other, |m| m["status"] == "complete")
@@ -77,7 +59,7 @@ async fn the_largest_double_round_trips_and_the_queue_keeps_moving() {
 async fn integers_beyond_64_bits_are_refused_at_the_door_over_rest_and_websocket() {
     let (app, _storage) = TestApp::spawn().await;
     let alice = app.token("alice").await;
-    let id = submit_id(&app, &alice, "big integers").await;
+    let id = app.submit_id(&alice, "big integers").await;
     for text in [
         r#"{"data": {"x": 18446744073709551616}}"#,
         r#"{"data": {"x": [1, -9223372036854775809]}}"#,
@@ -112,13 +94,13 @@ async fn integers_beyond_64_bits_are_refused_at_the_door_over_rest_and_websocket
         .await;
     assert_eq!(error["error"]["code"], "invalid_json", "{error}");
     // Written as a double, the same magnitude is a double and is kept.
-    let (status, patched) = patch(
-        &app,
-        &alice,
-        &id,
-        &serde_json::from_str(r#"{"data": {"x": 1.8446744073709552e19}}"#).expect("json"),
-    )
-    .await;
+    let (status, patched) = app
+        .patch(
+            &alice,
+            &id,
+            &serde_json::from_str(r#"{"data": {"x": 1.8446744073709552e19}}"#).expect("json"),
+        )
+        .await;
     assert_eq!(status, 200);
     assert_eq!(patched["data"]["x"].as_f64(), Some(2f64.powi(64)));
     app.stop().await;
@@ -186,7 +168,7 @@ fn generated_client_data_round_trips_through_patch_and_get() {
     let (app, _storage, token, id) = runtime.block_on(async {
         let (app, storage) = TestApp::spawn().await;
         let token = app.token("prop").await;
-        let id = submit_id(&app, &token, "round trips").await;
+        let id = app.submit_id(&token, "round trips").await;
         (app, storage, token, id)
     });
     let cases = std::env::var("PROPTEST_CASES")
@@ -201,7 +183,7 @@ fn generated_client_data_round_trips_through_patch_and_get() {
     let outcome = runner.run(&client_value(), |value| {
         runtime.block_on(async {
             // Start from a clean slot each time, so the data stays far below its size limit.
-            let (status, before) = patch(&app, &token, &id, &json!({"data": {"v": null}})).await;
+            let (status, before) = app.patch(&token, &id, &json!({"data": {"v": null}})).await;
             prop_assert_eq!(status, 200, "{}", before);
             let patch_body = json!({"data": {"v": value}});
             let mut expected = before["data"].clone();
@@ -209,7 +191,7 @@ fn generated_client_data_round_trips_through_patch_and_get() {
             canonicalize(&mut canonical);
             merge_client_data(&mut expected, &canonical)
                 .map_err(|err| TestCaseError::reject(err.to_string()))?;
-            let (status, patched) = patch(&app, &token, &id, &patch_body).await;
+            let (status, patched) = app.patch(&token, &id, &patch_body).await;
             prop_assert_eq!(status, 200, "{}", patched);
             prop_assert_eq!(&patched["data"], &expected);
             let (status, read) = app.get(&token, &format!("/api/v1/messages/{id}")).await;
@@ -233,11 +215,11 @@ async fn a_job_whose_record_cannot_be_read_fails_with_r9_4_and_the_queue_moves_o
     let (app, _storage) = TestApp::spawn_with(hang, &["--forge-timeout", "1m"]).await;
     let alice = app.token("alice").await;
     let bob = app.token("bob").await;
-    let blocker = submit_id(&app, &alice, "blocker").await;
+    let blocker = app.submit_id(&alice, "blocker").await;
     app.wait_message(&alice, &blocker, |m| m["status"] == "processing")
         .await;
-    let poisoned = submit_id(&app, &alice, "poisoned params").await;
-    let behind = submit_id(&app, &bob, "behind the poison").await;
+    let poisoned = app.submit_id(&alice, "poisoned params").await;
+    let behind = app.submit_id(&bob, "behind the poison").await;
     // A damaged row: parameters the gateway cannot read (a manual edit, say).
     app.core()
         .db
@@ -295,8 +277,8 @@ async fn client_data_a_store_cannot_give_back_is_kept_as_text_and_the_job_runs()
     };
     let (app, _storage) = TestApp::spawn_with(slow, &[]).await;
     let alice = app.token("alice").await;
-    let first = submit_id(&app, &alice, "first").await;
-    let damaged = submit_id(&app, &alice, "damaged data").await;
+    let first = app.submit_id(&alice, "first").await;
+    let damaged = app.submit_id(&alice, "damaged data").await;
     // A number past a double's range: both stores accept the text, no reader can decode it.
     let stored = r#"{"x": 1e400}"#;
     app.core()

@@ -8,12 +8,6 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::time::Duration;
 
-async fn submit_id(client: &TestApp, token: &str, prompt: &str) -> String {
-    let (status, created) = client.submit(token, small_prompt(prompt)).await;
-    assert_eq!(status, 202, "{created}");
-    created["id"].as_str().expect("id").to_owned()
-}
-
 /// Positions of `ids` as REST shows them.
 async fn rest_positions(app: &TestApp, token: &str, ids: &[String]) -> Vec<Option<i64>> {
     let mut positions = Vec::new();
@@ -35,7 +29,7 @@ async fn three_jobs_at_once_get_positions_one_two_three_and_all_complete() {
     )
     .await;
     let token = app.token("alice").await;
-    let blocker = submit_id(&app, &token, "blocker").await;
+    let blocker = app.submit_id(&token, "blocker").await;
     app.wait_message(&token, &blocker, |m| m["status"] == "processing")
         .await;
     let answers = futures::future::join_all(
@@ -45,16 +39,7 @@ async fn three_jobs_at_once_get_positions_one_two_three_and_all_complete() {
     let positions = accepted_positions(&answers);
     assert_eq!(positions, [1, 2, 3], "unique positions (R6.1)");
     app.sim.set_mode(SimMode::Normal);
-    let cancel = app
-        .request(
-            reqwest::Method::POST,
-            &format!("/api/v1/messages/{blocker}/cancel"),
-            &token,
-        )
-        .send()
-        .await
-        .expect("cancel");
-    assert_eq!(cancel.status().as_u16(), 200);
+    assert_eq!(app.cancel(&token, &blocker).await.0, 200);
     for (_, body) in &answers {
         let id = body["id"].as_str().expect("id");
         app.wait_message(&token, id, |m| m["status"] == "complete")
@@ -74,7 +59,7 @@ async fn two_hundred_concurrent_submissions_get_positions_one_to_two_hundred() {
     )
     .await;
     let token = app.token("alice").await;
-    let blocker = submit_id(&app, &token, "blocker").await;
+    let blocker = app.submit_id(&token, "blocker").await;
     app.wait_message(&token, &blocker, |m| m["status"] == "processing")
         .await;
     let answers = futures::future::join_all(
@@ -102,12 +87,12 @@ async fn waiting_positions_only_move_forward_as_the_queue_moves_and_reload_agree
     .await;
     let token = app.token("alice").await;
     let mut ws = app.ws(&token).await;
-    let blocker = submit_id(&app, &token, "blocker").await;
+    let blocker = app.submit_id(&token, "blocker").await;
     app.wait_message(&token, &blocker, |m| m["status"] == "processing")
         .await;
     let mut ids = Vec::new();
     for n in 0..5 {
-        ids.push(submit_id(&app, &token, &format!("waiting {n}")).await);
+        ids.push(app.submit_id(&token, &format!("waiting {n}")).await);
     }
     for (n, id) in ids.iter().enumerate() {
         let queued = ws.wait_event("job.queued", id).await;
@@ -134,16 +119,7 @@ async fn waiting_positions_only_move_forward_as_the_queue_moves_and_reload_agree
         latency: Latency::Fixed(Duration::from_millis(150)),
         ..fast_sim()
     });
-    let cancel = app
-        .request(
-            reqwest::Method::POST,
-            &format!("/api/v1/messages/{blocker}/cancel"),
-            &token,
-        )
-        .send()
-        .await
-        .expect("cancel");
-    assert_eq!(cancel.status().as_u16(), 200);
+    assert_eq!(app.cancel(&token, &blocker).await.0, 200);
     let last = ids.last().expect("ids").clone();
     ws.wait_event("job.complete", &last).await;
     for (n, id) in ids.iter().enumerate() {
@@ -198,12 +174,12 @@ async fn cancelling_a_queued_job_shifts_the_positions_behind_it() {
     )
     .await;
     let token = app.token("alice").await;
-    let blocker = submit_id(&app, &token, "blocker").await;
+    let blocker = app.submit_id(&token, "blocker").await;
     app.wait_message(&token, &blocker, |m| m["status"] == "processing")
         .await;
     let mut ids = Vec::new();
     for n in 0..4 {
-        ids.push(submit_id(&app, &token, &format!("p{n}")).await);
+        ids.push(app.submit_id(&token, &format!("p{n}")).await);
     }
     let mut ws = app.ws(&token).await;
     let cancel = app
@@ -244,12 +220,12 @@ async fn queued_jobs_survive_a_restart_in_their_order() {
     )
     .await;
     let token = app.token("alice").await;
-    let blocker = submit_id(&app, &token, "blocker").await;
+    let blocker = app.submit_id(&token, "blocker").await;
     app.wait_message(&token, &blocker, |m| m["status"] == "processing")
         .await;
     let mut ids = Vec::new();
     for n in 0..5 {
-        ids.push(submit_id(&app, &token, &format!("p{n}")).await);
+        ids.push(app.submit_id(&token, &format!("p{n}")).await);
     }
     app.stop().await;
     // The in-process queue is gone; the database is the record it is rebuilt from.

@@ -292,16 +292,7 @@ async fn a_transition_out_of_a_terminal_state_is_refused_and_changes_nothing() {
         )
         .await;
     assert!(late_progress.is_err());
-    let answer = app
-        .request(
-            reqwest::Method::POST,
-            &format!("/api/v1/messages/{id}/cancel"),
-            &token,
-        )
-        .send()
-        .await
-        .expect("cancel");
-    assert_eq!(answer.status().as_u16(), 409);
+    assert_eq!(app.cancel(&token, &id.to_string()).await.0, 409);
     let (_, after) = app.get(&token, &format!("/api/v1/messages/{id}")).await;
     assert_eq!(after, before);
     app.stop().await;

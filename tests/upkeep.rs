@@ -42,16 +42,7 @@ async fn finished_messages_and_their_images_are_deleted_after_the_retention_and_
         .await;
     let (_, cancelled) = app.submit(&token, small_prompt("cancelled")).await;
     let cancelled_id = cancelled["id"].as_str().expect("id").to_owned();
-    let answer = app
-        .request(
-            reqwest::Method::POST,
-            &format!("/api/v1/messages/{cancelled_id}/cancel"),
-            &token,
-        )
-        .send()
-        .await
-        .expect("cancel");
-    assert_eq!(answer.status().as_u16(), 200);
+    assert_eq!(app.cancel(&token, &cancelled_id).await.0, 200);
 
     let deadline = Instant::now() + DEADLINE;
     for id in [&done_id, &cancelled_id] {

@@ -120,16 +120,7 @@ async fn a_user_never_sees_another_users_messages_or_events() {
     assert_eq!(body["error"]["code"], "not_found");
     let (_, listed) = app.get(&bob, "/api/v1/messages").await;
     assert_eq!(listed["messages"], Value::Array(vec![]));
-    let answer = app
-        .request(
-            reqwest::Method::POST,
-            &format!("/api/v1/messages/{id}/cancel"),
-            &bob,
-        )
-        .send()
-        .await
-        .expect("cancel");
-    assert_eq!(answer.status().as_u16(), 404);
+    assert_eq!(app.cancel(&bob, &id).await.0, 404);
 
     // Bob's socket stays silent about Alice's job: a ping proves it is alive and in order.
     bob_ws.send(serde_json::json!({"type": "ping"})).await;

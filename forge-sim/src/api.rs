@@ -1,26 +1,12 @@
 //! The routes: the part of the AUTOMATIC1111 API the gateway uses, plus `/sim/*` to change
 //! faults while running. They decide what to answer; [`crate::exchange`] carries it out.
 
+use crate::action::{Action, MODEL, unprocessable};
 use crate::http::{Request, Response};
 use crate::params::json_invalid;
-use crate::state::{JobSpec, Shared};
+use crate::state::Shared;
 use crate::txt2img::txt2img;
 use serde_json::{Value, json};
-
-/// What the connection must do with a request.
-pub(crate) enum Action {
-    /// Write this answer.
-    Respond(Response),
-    /// Hold the generation lock and never answer, until the client leaves.
-    Hang(JobSpec),
-    /// Reset the connection.
-    Reset,
-    /// Announce this answer in full, write only its first `sent` body bytes, then close.
-    Truncate { response: Response, sent: usize },
-}
-
-/// The one checkpoint the simulator offers.
-pub(crate) const MODEL: &str = "sim-model";
 
 /// Routes one request and decides what its connection must do.
 pub(crate) async fn handle(shared: &Shared, request: &Request) -> Action {
@@ -104,11 +90,6 @@ pub(crate) async fn handle(shared: &Shared, request: &Request) -> Action {
 
 fn method_not_allowed() -> Response {
     Response::json(405, &json!({"detail": "Method Not Allowed"}))
-}
-
-/// FastAPI's validation error answer.
-pub(crate) fn unprocessable(errors: Vec<Value>) -> Response {
-    Response::json(422, &json!({ "detail": errors }))
 }
 
 fn config_json(shared: &Shared) -> Response {

@@ -11,7 +11,8 @@
 //! - `close`: answers with a [`CutShort`] body, which announces the whole length, yields part
 //!   of it and then fails; hyper ends the connection in the middle of the body.
 
-use crate::api::{self, Action};
+use crate::action::Action;
+use crate::api;
 use crate::http::{self, Body, Response};
 use crate::reset::ResetSwitch;
 use crate::state::Shared;

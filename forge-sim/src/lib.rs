@@ -21,6 +21,7 @@
 //! # }
 //! ```
 
+mod action;
 mod api;
 mod config;
 mod exchange;

@@ -1,7 +1,7 @@
 //! `POST /sdapi/v1/txt2img`: picking the outcome (a generation or a fault), timing the
 //! generation under the generation lock, and drawing its pictures.
 
-use crate::api::{Action, MODEL, unprocessable};
+use crate::action::{Action, MODEL, unprocessable};
 use crate::config::{Latency, SimMode};
 use crate::http::{Request, Response};
 use crate::params::Txt2Img;

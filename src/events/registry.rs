@@ -161,14 +161,14 @@ impl Actor for RegistryActor {
 
 #[derive(Message)]
 #[rtype(result = "Result<u64, Refused>")]
-struct Admit {
+struct AdmitSession {
     user: Arc<str>,
 }
 
-impl Handler<Admit> for RegistryActor {
+impl Handler<AdmitSession> for RegistryActor {
     type Result = Result<u64, Refused>;
 
-    fn handle(&mut self, msg: Admit, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: AdmitSession, _ctx: &mut Context<Self>) -> Self::Result {
         let count = self.users.get(&msg.user).map_or(0, Entry::count);
         if count >= self.caps.per_user {
             return Err(Refused::PerUser(self.caps.per_user));
@@ -312,12 +312,12 @@ impl Handler<Configure> for RegistryActor {
 /// Sessions and users registered.
 #[derive(Message)]
 #[rtype(result = "(usize, usize)")]
-struct Count;
+struct CountSessions;
 
-impl Handler<Count> for RegistryActor {
-    type Result = MessageResult<Count>;
+impl Handler<CountSessions> for RegistryActor {
+    type Result = MessageResult<CountSessions>;
 
-    fn handle(&mut self, _msg: Count, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _msg: CountSessions, _ctx: &mut Context<Self>) -> Self::Result {
         let sessions = self.users.values().map(|entry| entry.sessions.len()).sum();
         MessageResult((sessions, self.users.len()))
     }
@@ -388,7 +388,7 @@ impl SessionRegistry {
         let user: Arc<str> = Arc::from(user);
         let id = self
             .addr
-            .send(Admit { user: user.clone() })
+            .send(AdmitSession { user: user.clone() })
             .await
             .map_err(|_| Refused::Stopped)??;
         Ok(Permit {
@@ -430,7 +430,7 @@ impl SessionRegistry {
 
     /// Sessions open here and their users.
     pub async fn count(&self) -> (usize, usize) {
-        self.addr.send(Count).await.unwrap_or_default()
+        self.addr.send(CountSessions).await.unwrap_or_default()
     }
 }
 

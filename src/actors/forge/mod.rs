@@ -3,12 +3,11 @@
 //! The actor (this module) owns the breaker and the set of running jobs; its slot workers
 //! ([`worker`]) run the jobs on the I/O runtime; [`pool`] holds what the backends share.
 //!
-//! The actor owns the backend's circuit breaker and the set of jobs it runs; its slot workers
-//! (one per job it may run at a time) take the next job from the queue whenever the breaker
-//! lets them, run txt2img with its deadline while polling progress, and record the outcome
-//! through the store. While the breaker is open jobs complete at once with the placeholder
-//! image, but only when no other backend is healthy: an open backend leaves the queue to the
-//! healthy ones until its open period ends and it may try one trial request.
+//! Its slot workers (one per job it may run at a time) take the next job from the queue
+//! whenever the breaker lets them, run txt2img with its deadline while polling progress, and
+//! record the outcome through the store. While the breaker is open jobs complete at once with
+//! the placeholder image, but only when no other backend is healthy: an open backend leaves
+//! the queue to the healthy ones until its open period ends and it may try one trial request.
 
 mod pool;
 mod worker;
