@@ -133,7 +133,10 @@ async fn a_flood_of_large_patches_keeps_memory_bounded_and_other_users_served() 
         applied <= allowed,
         "{applied} patches applied in a {flood_for:?} flood"
     );
-    assert!(applied + limited <= frames, "{applied} + {limited} > {frames}");
+    assert!(
+        applied + limited <= frames,
+        "{applied} + {limited} > {frames}"
+    );
     if frames > allowed + 5 {
         assert!(limited > 0, "the flood was never told to slow down");
     }
