@@ -350,3 +350,35 @@ async fn a_reload_while_redis_is_away_shows_every_message_and_positions_come_bac
     app.shutdown().await;
     delete_redis_prefix(&url, &prefix).await;
 }
+
+/// A database that cannot be reached at start is an error the caller gets (main prints it and
+/// exits 1), never a panic, although the start stops half-way with its runtime already up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_unreachable_at_start_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A port nothing listens on: bound, then released.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("free port");
+    let config = forge_gateway::config::Config::from_flags([
+        "forge-gateway".to_owned(),
+        "--bind".into(),
+        "127.0.0.1:0".into(),
+        "--dev".into(),
+        "--data-dir".into(),
+        dir.path().display().to_string(),
+        "--forge-urls".into(),
+        "http://127.0.0.1:9".into(),
+        "--database-url".into(),
+        format!("postgres://postgres:secret@{closed}/nowhere"),
+    ])
+    .expect("valid flags");
+    let started = forge_gateway::app::start(config).await;
+    let err = started.err().expect("no database, no gateway");
+    let text = err.to_string();
+    assert!(text.contains("cannot open the database"), "{text}");
+    assert!(
+        !text.contains("secret"),
+        "credentials are not shown: {text}"
+    );
+}

@@ -99,12 +99,14 @@ pub(super) async fn build_core(
             }
         };
 
+    let rebuild_started = std::time::Instant::now();
     let rebuilt = rebuild_from_db(&*queue_store, &db)
         .await
         .map_err(|err| StartError::caused("cannot rebuild the queue from the database", err))?;
     if rebuilt.added > 0 {
         tracing::info!(
             jobs = rebuilt.added,
+            took = ?rebuild_started.elapsed(),
             "queued jobs from the database are back in the queue"
         );
     }

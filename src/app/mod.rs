@@ -87,8 +87,29 @@ pub struct RunningApp {
     parts: Option<Parts>,
 }
 
+/// The I/O runtime, shut down in the background when dropped. The gateway is started from
+/// async code (main, tests), where dropping a runtime the blocking way panics; a start that
+/// fails half-way drops it there, and must return its error instead.
+struct IoRuntime(Option<tokio::runtime::Runtime>);
+
+impl std::ops::Deref for IoRuntime {
+    type Target = tokio::runtime::Runtime;
+
+    fn deref(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("taken only by drop")
+    }
+}
+
+impl Drop for IoRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 struct Parts {
-    io_runtime: tokio::runtime::Runtime,
+    io_runtime: IoRuntime,
     server_stop: oneshot::Sender<()>,
     server_done: oneshot::Receiver<()>,
     core: Core,
@@ -193,7 +214,7 @@ impl RunningApp {
         if let Some(sim) = parts.sim {
             sim.shutdown().await;
         }
-        parts.io_runtime.shutdown_background();
+        drop(parts.io_runtime);
         tracing::info!("stopped");
     }
 }
@@ -202,7 +223,7 @@ impl Drop for RunningApp {
     fn drop(&mut self) {
         if let Some(parts) = self.parts.take() {
             parts.system.stop();
-            parts.io_runtime.shutdown_background();
+            drop(parts.io_runtime);
         }
     }
 }
@@ -215,12 +236,14 @@ fn fail(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> StartErr
 pub async fn start(config: Config) -> Result<RunningApp, StartError> {
     crate::forge_client::install_default_provider();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let io_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .thread_name("io")
-        .enable_all()
-        .build()
-        .map_err(fail("cannot start the I/O runtime"))?;
+    let io_runtime = IoRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("io")
+            .enable_all()
+            .build()
+            .map_err(fail("cannot start the I/O runtime"))?,
+    ));
 
     // The bundled simulator, when no Forge server is configured.
     let (sim, forge_urls) = if config.forge_urls.is_empty() {
