@@ -32,14 +32,14 @@ pub(super) fn check_png(png: &[u8], width: u32, height: u32) -> Result<(), Forge
     decoder.set_transformations(png::Transformations::EXPAND);
     let mut reader = decoder
         .read_info()
-        .map_err(|err| ForgeFailure::BadAnswer(format!("not a PNG: {err}")))?;
+        .map_err(|err| ForgeFailure::unparsable("not a PNG", err))?;
     let size = reader
         .output_buffer_size()
-        .ok_or_else(|| ForgeFailure::BadAnswer("PNG too large".into()))?;
+        .ok_or_else(|| ForgeFailure::bad_answer("PNG too large"))?;
     let mut pixels = vec![0; size];
     let frame = reader
         .next_frame(&mut pixels)
-        .map_err(|err| ForgeFailure::BadAnswer(format!("PNG does not decode: {err}")))?;
+        .map_err(|err| ForgeFailure::unparsable("PNG does not decode", err))?;
     if (frame.width, frame.height) != (width, height) {
         // Forge may round sizes; a different size is still an image, so keep it but say so.
         tracing::debug!(want = ?(width, height), got = ?(frame.width, frame.height), "Forge answered another size");

@@ -7,14 +7,22 @@
 
 use crate::domain::breaker::CallOutcome;
 use crate::domain::catalogue::JobFailure;
+use std::error::Error;
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// How a call to Forge failed. The technical detail goes to the log, never to the user.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+/// The error under a failure (reqwest's, serde's, base64's, png's), kept as the failure's
+/// source; shared, since a failure is cloned to every place that reports it.
+pub type Cause = Arc<dyn Error + Send + Sync>;
+
+/// How a call to Forge failed. The technical detail goes to the log (`ForgeFailure::detail`),
+/// never to the user.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ForgeFailure {
-    /// Refused, reset, closed early, DNS.
-    #[error("connection failed: {0}")]
-    Connection(String),
+    /// Refused, reset, closed early, DNS, TLS.
+    #[error("connection failed")]
+    Connection(#[source] Cause),
     /// The call ran past its deadline.
     #[error("timed out")]
     Timeout,
@@ -27,8 +35,44 @@ pub enum ForgeFailure {
         body: String,
     },
     /// The answer is not the expected JSON, or holds no decodable PNG.
-    #[error("unexpected answer: {0}")]
-    BadAnswer(String),
+    #[error("unexpected answer: {what}")]
+    BadAnswer {
+        /// What was wrong with it.
+        what: String,
+        /// The parser's error, when one said so.
+        #[source]
+        cause: Option<Cause>,
+    },
+}
+
+impl ForgeFailure {
+    /// An answer that is wrong in itself (no parser error under it).
+    pub fn bad_answer(what: impl fmt::Display) -> Self {
+        ForgeFailure::BadAnswer {
+            what: what.to_string(),
+            cause: None,
+        }
+    }
+
+    /// An answer a parser refused, with the parser's error as the cause.
+    pub fn unparsable(what: &str, cause: impl Error + Send + Sync + 'static) -> Self {
+        ForgeFailure::BadAnswer {
+            what: what.to_owned(),
+            cause: Some(Arc::new(cause)),
+        }
+    }
+
+    /// The failure and every cause under it, for the log.
+    pub fn detail(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = self.source();
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    }
 }
 
 impl ForgeFailure {
@@ -45,7 +89,7 @@ impl ForgeFailure {
             ForgeFailure::Status { status, .. } if (400..500).contains(status) => {
                 JobFailure::ForgeRejected { status: *status }
             }
-            ForgeFailure::Status { .. } | ForgeFailure::BadAnswer(_) => JobFailure::Unknown,
+            ForgeFailure::Status { .. } | ForgeFailure::BadAnswer { .. } => JobFailure::Unknown,
         }
     }
 
@@ -66,7 +110,7 @@ impl ForgeFailure {
             ForgeFailure::Timeout => "timeout",
             ForgeFailure::Status { status, .. } if *status >= 500 => "http_5xx",
             ForgeFailure::Status { .. } => "http_4xx",
-            ForgeFailure::BadAnswer(_) => "bad_answer",
+            ForgeFailure::BadAnswer { .. } => "bad_answer",
         }
     }
 }
@@ -76,7 +120,9 @@ pub(super) async fn read_answer(answer: reqwest::Response) -> Result<Vec<u8>, Fo
     // We decode JSON ourselves, so any error while reading the body (reqwest calls some of
     // them "decode" errors) means the connection broke mid-answer.
     let bytes = answer.bytes().await.map_err(|err| match classify(err) {
-        ForgeFailure::BadAnswer(detail) => ForgeFailure::Connection(detail),
+        ForgeFailure::BadAnswer {
+            cause: Some(cause), ..
+        } => ForgeFailure::Connection(cause),
         other => other,
     })?;
     if !status.is_success() {
@@ -92,27 +138,15 @@ pub(super) async fn read_answer(answer: reqwest::Response) -> Result<Vec<u8>, Fo
 pub(super) fn classify(err: reqwest::Error) -> ForgeFailure {
     // A connect that timed out is a connection failure: Forge never got the request.
     if err.is_connect() {
-        ForgeFailure::Connection(error_chain(&err))
+        ForgeFailure::Connection(Arc::new(err))
     } else if err.is_timeout() {
         ForgeFailure::Timeout
-    } else if err.is_request() || err.is_body() {
-        ForgeFailure::Connection(error_chain(&err))
-    } else if err.is_decode() {
-        ForgeFailure::BadAnswer(error_chain(&err))
+    } else if err.is_decode() && !err.is_body() {
+        ForgeFailure::unparsable("the answer does not decode", err)
     } else {
-        ForgeFailure::Connection(error_chain(&err))
+        // Request and body errors, and anything else reqwest reports: the connection broke.
+        ForgeFailure::Connection(Arc::new(err))
     }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
@@ -124,7 +158,9 @@ mod tests {
         let timeout = Duration::from_secs(180);
         let cases = [
             (
-                ForgeFailure::Connection("refused".into()),
+                ForgeFailure::Connection(Arc::new(std::io::Error::from(
+                    std::io::ErrorKind::ConnectionRefused,
+                ))),
                 "forge_connection",
                 CallOutcome::Failure,
             ),
@@ -162,7 +198,7 @@ mod tests {
                 CallOutcome::Neutral,
             ),
             (
-                ForgeFailure::BadAnswer("x".into()),
+                ForgeFailure::bad_answer("x"),
                 "unknown",
                 CallOutcome::Neutral,
             ),
@@ -171,6 +207,17 @@ mod tests {
             assert_eq!(failure.job_failure(timeout).code(), code, "{failure}");
             assert_eq!(failure.breaker_outcome(), outcome, "{failure}");
         }
+        let refused = ForgeFailure::Connection(Arc::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "refused by 10.0.0.7:7860",
+        )));
+        assert_eq!(
+            refused.detail(),
+            "connection failed: refused by 10.0.0.7:7860",
+            "the log keeps the cause"
+        );
+        let bad = ForgeFailure::unparsable("images[0] is not base64", std::fmt::Error);
+        assert!(bad.source().is_some() && bad.detail().ends_with(&std::fmt::Error.to_string()));
         assert_eq!(
             ForgeFailure::Timeout.job_failure(timeout).message(),
             "Forge API zaman aşımına uğradı (180s). Lütfen tekrar deneyin."

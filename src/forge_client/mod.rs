@@ -188,19 +188,19 @@ impl ForgeClient {
         // Typed, borrowing the base64 text: a `Value` tree of Forge's answer (its `info` and
         // `parameters` included) cost more than the rest of reading it.
         let answer: Txt2ImgAnswer = serde_json::from_slice(&bytes)
-            .map_err(|err| ForgeFailure::BadAnswer(format!("not the expected JSON: {err}")))?;
+            .map_err(|err| ForgeFailure::unparsable("not the expected JSON", err))?;
         let image = answer
             .images
             .as_ref()
             .and_then(|images| images.first())
             .map(|image| image.as_ref())
-            .ok_or_else(|| ForgeFailure::BadAnswer("no images[0] string".into()))?;
+            .ok_or_else(|| ForgeFailure::bad_answer("no images[0] string"))?;
         let encoded = image.split_once("base64,").map_or(image, |(_, data)| data);
         let png = base64::engine::general_purpose::STANDARD
             .decode(encoded.trim())
-            .map_err(|err| ForgeFailure::BadAnswer(format!("images[0] is not base64: {err}")))?;
+            .map_err(|err| ForgeFailure::unparsable("images[0] is not base64", err))?;
         if png.len() > MAX_IMAGE_BYTES {
-            return Err(ForgeFailure::BadAnswer(format!(
+            return Err(ForgeFailure::bad_answer(format_args!(
                 "image of {} bytes",
                 png.len()
             )));
@@ -234,7 +234,7 @@ impl ForgeClient {
             .map_err(classify)?;
         let bytes = read_answer(answer).await?;
         let answer: ProgressAnswer = serde_json::from_slice(&bytes)
-            .map_err(|err| ForgeFailure::BadAnswer(format!("progress: {err}")))?;
+            .map_err(|err| ForgeFailure::unparsable("progress", err))?;
         let preview_png = answer
             .current_image
             .filter(|image| !image.is_empty())

@@ -120,8 +120,8 @@ impl Worker {
             }
             Ran::Generated(Err(failure)) => {
                 self.count_call(latency, failure.label());
-                tracing::warn!(job = %job.id, backend = self.client.name(), cause = %failure, "Forge call failed");
-                if failure == ForgeFailure::Timeout {
+                tracing::warn!(job = %job.id, backend = self.client.name(), cause = failure.detail(), "Forge call failed");
+                if matches!(failure, ForgeFailure::Timeout) {
                     // Forge has no timeout of its own: stop the abandoned generation.
                     self.interrupt(job.id);
                 }
@@ -250,7 +250,7 @@ impl Worker {
         }
         tokio::select! {
             result = call => result,
-            () = self.poll_progress(message) => Err(ForgeFailure::BadAnswer("progress polling ended".into())),
+            () = self.poll_progress(message) => Err(ForgeFailure::bad_answer("progress polling ended")),
         }
     }
 
@@ -264,7 +264,7 @@ impl Worker {
             let progress = match self.client.progress(self.settings.previews, deadline).await {
                 Ok(progress) => progress,
                 Err(err) => {
-                    tracing::debug!(job = %id, error = %err, "progress poll failed");
+                    tracing::debug!(job = %id, error = err.detail(), "progress poll failed");
                     continue;
                 }
             };
@@ -379,7 +379,7 @@ impl Worker {
         let client = self.client.clone();
         self.deps.io.spawn(async move {
             if let Err(err) = client.interrupt().await {
-                tracing::warn!(job = %id, error = %err, "could not interrupt the generation");
+                tracing::warn!(job = %id, error = err.detail(), "could not interrupt the generation");
             }
         });
     }
