@@ -25,6 +25,11 @@ fn slow_sim(seconds: f64) -> SimConfig {
 
 /// One user writing from 25 sockets at once, as fast as they can: the session caps and the
 /// command rate are not what these tests are about.
+/// How long the 1,000 patches may take to land: about 8 s on one process and 15 s on two
+/// (debug build, PostgreSQL, a 2-core machine running nothing else), more when the suite runs
+/// beside them.
+const HEAVY: Duration = Duration::from_secs(60);
+
 const HOT: &[&str] = &[
     "--max-sessions-per-user",
     "64",
@@ -99,7 +104,7 @@ async fn concurrent_writers_lose_nothing(app: &TestApp, other: Option<&TestApp>)
                     http: http.clone(),
                 };
                 client
-                    .wait_message(&token, &id, |m| m["data"].get(&last).is_some())
+                    .wait_message_within(HEAVY, &token, &id, |m| m["data"].get(&last).is_some())
                     .await;
                 assert!(
                     ws.seen.iter().all(|frame| frame["type"] != "error"),
@@ -129,7 +134,7 @@ async fn concurrent_writers_lose_nothing(app: &TestApp, other: Option<&TestApp>)
         task.await.expect("writer");
     }
     let done = app
-        .wait_message(&token, &id, |m| {
+        .wait_message_within(HEAVY, &token, &id, |m| {
             m["status"] == "complete"
                 && (0..WRITERS).all(|w| m["data"].get(format!("w{w}_k{}", PATCHES - 1)).is_some())
         })

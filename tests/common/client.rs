@@ -113,7 +113,19 @@ impl Client {
         id: &str,
         done: impl Fn(&Value) -> bool,
     ) -> Value {
-        let deadline = Instant::now() + DEADLINE;
+        self.wait_message_within(DEADLINE, token, id, done).await
+    }
+
+    /// Polls a message until `done` holds, for at most `within` (for the heavy tests, whose
+    /// debug build runs much slower than a release one when the suite shares the cores).
+    pub async fn wait_message_within(
+        &self,
+        within: Duration,
+        token: &str,
+        id: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
         loop {
             let (_, message) = self.get(token, &format!("/api/v1/messages/{id}")).await;
             if done(&message) {
