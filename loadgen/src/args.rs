@@ -5,7 +5,7 @@ use clap::Parser;
 use std::time::Duration;
 
 /// The scenarios `--scenario` accepts, in the order `--help` lists them.
-pub const SCENARIOS: [&str; 9] = [
+pub const SCENARIOS: [&str; 10] = [
     "throughput",
     "latency",
     "fanout",
@@ -15,6 +15,7 @@ pub const SCENARIOS: [&str; 9] = [
     "flood",
     "deep",
     "open",
+    "big",
 ];
 
 /// What `--scenario all` runs.
@@ -26,7 +27,7 @@ pub const ALL: [&str; 5] = ["throughput", "latency", "fanout", "hot", "idle"];
 #[command(name = "loadgen", version)]
 pub struct Args {
     /// Scenarios to run, comma-separated: throughput, latency, fanout, hot, idle, soak, flood,
-    /// deep, open, or all (= throughput,latency,fanout,hot,idle).
+    /// deep, open, big, or all (= throughput,latency,fanout,hot,idle).
     #[arg(long, default_value = "all")]
     pub scenario: String,
 
@@ -140,6 +141,9 @@ pub struct Args {
     /// deep: how long after the queue stops every session's positions must equal REST's.
     #[arg(long, default_value = "1500ms", value_parser = duration)]
     pub stale_after: Duration,
+    /// big: jobs queued behind hanging backends (spread over --clients users).
+    #[arg(long, default_value_t = 100_000)]
+    pub big_jobs: usize,
     /// open: concurrent HTTP connections, each POSTing back to back.
     #[arg(long, default_value_t = 32)]
     pub connections: usize,

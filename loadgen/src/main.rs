@@ -140,7 +140,7 @@ async fn run(args: Args) -> Result<bool, String> {
             None => {
                 let many = matches!(
                     name.as_str(),
-                    "throughput" | "latency" | "soak" | "deep" | "open"
+                    "throughput" | "latency" | "soak" | "deep" | "open" | "big"
                 );
                 // The scenarios measure capacity, not the gateway's per-user and per-process
                 // limits: those are lifted (the user's --gateway-env still wins), except for
@@ -213,6 +213,7 @@ async fn run(args: Args) -> Result<bool, String> {
             }
         };
         let started = Instant::now();
+        let (ctx, mut deployment) = (ctx, deployment);
         let outcome = match name.as_str() {
             "throughput" => scenarios::throughput(&ctx).await,
             "latency" => scenarios::latency(&ctx).await,
@@ -223,6 +224,7 @@ async fn run(args: Args) -> Result<bool, String> {
             "flood" => scenarios::flood(&ctx).await,
             "deep" => scenarios::deep(&ctx).await,
             "open" => scenarios::open(&ctx).await,
+            "big" => scenarios::big(&ctx, deployment.as_mut()).await,
             _ => unreachable!("checked by args::scenario_list"),
         };
         let mut result = match outcome {

@@ -231,6 +231,9 @@ pub struct Deployment {
     pub sims: Vec<Started>,
     /// The gateway.
     pub gateway: Started,
+    /// How the gateway was started, to start it again (`restart_gateway`).
+    gateway_path: PathBuf,
+    gateway_env: Vec<(String, String)>,
     data_dir: PathBuf,
     schema: Option<(String, String)>,
     redis: Option<(String, String)>,
@@ -282,33 +285,36 @@ impl Deployment {
             .join(format!("loadgen-{}-{tag:08x}", std::process::id()));
         std::fs::create_dir_all(&data_dir)
             .map_err(|err| format!("{}: {err}", data_dir.display()))?;
-        let mut cmd = Command::new(&gateway_path);
-        cmd.env("BIND", "127.0.0.1:0")
-            .env("DATA_DIR", &data_dir)
-            .env("FORGE_URLS", &forge_urls)
-            .env("DEV_MODE", "true")
-            .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", "warn,forge_gateway=info")
-            .env("MAX_PENDING_PER_USER", "100000")
-            .env("WS_OUTBOX", settings.ws_outbox.to_string());
+        let mut env: Vec<(String, String)> = vec![
+            ("BIND".into(), "127.0.0.1:0".into()),
+            ("DATA_DIR".into(), data_dir.display().to_string()),
+            ("FORGE_URLS".into(), forge_urls),
+            ("DEV_MODE".into(), "true".into()),
+            ("LOG_FORMAT".into(), "json".into()),
+            ("RUST_LOG".into(), "warn,forge_gateway=info".into()),
+            ("MAX_PENDING_PER_USER".into(), "100000".into()),
+            ("WS_OUTBOX".into(), settings.ws_outbox.to_string()),
+        ];
         if let Some(slots) = settings.forge_slots {
-            cmd.env("FORGE_SLOTS", slots.to_string());
+            env.push(("FORGE_SLOTS".into(), slots.to_string()));
         }
         let mut schema = None;
         let mut redis = None;
         if let Some(url) = &settings.stores.database_url {
             let name = format!("lg_{tag:08x}");
-            cmd.env("DATABASE_URL", url).env("DATABASE_SCHEMA", &name);
+            env.push(("DATABASE_URL".into(), url.clone()));
+            env.push(("DATABASE_SCHEMA".into(), name.clone()));
             schema = Some((url.clone(), name));
         }
         if let Some(url) = &settings.stores.redis_url {
             let prefix = format!("lg{tag:08x}");
-            cmd.env("REDIS_URL", url).env("REDIS_PREFIX", &prefix);
+            env.push(("REDIS_URL".into(), url.clone()));
+            env.push(("REDIS_PREFIX".into(), prefix.clone()));
             redis = Some((url.clone(), prefix));
         }
-        for (key, value) in &settings.extra_env {
-            cmd.env(key, value);
-        }
+        env.extend(settings.extra_env.iter().cloned());
+        let mut cmd = Command::new(&gateway_path);
+        cmd.envs(env.iter().map(|(key, value)| (key, value)));
         let mut deployment_cleanup = Cleanup {
             data_dir: data_dir.clone(),
             schema: schema.clone(),
@@ -324,11 +330,32 @@ impl Deployment {
         Ok(Deployment {
             sims,
             gateway,
+            gateway_path,
+            gateway_env: env,
             data_dir,
             schema,
             redis,
             cleaned: false,
         })
+    }
+
+    /// Redis URL and key prefix of the gateway, when it uses Redis.
+    pub fn redis(&self) -> Option<&(String, String)> {
+        self.redis.as_ref()
+    }
+
+    /// Kills the gateway with SIGKILL (a crash: nothing is flushed) and starts it again on the
+    /// same address, data directory and stores; the time from the spawn until it listened.
+    pub async fn restart_gateway(&mut self) -> Result<Duration, String> {
+        let _ = self.gateway.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.gateway.child.wait()).await;
+        let bind = self.gateway.url.trim_start_matches("http://").to_owned();
+        let mut cmd = Command::new(&self.gateway_path);
+        cmd.envs(self.gateway_env.iter().map(|(key, value)| (key, value)))
+            .env("BIND", &bind);
+        let spawned = std::time::Instant::now();
+        self.gateway = start(cmd, "forge-gateway", true).await?;
+        Ok(spawned.elapsed())
     }
 
     /// Kills both children and removes what the run left behind.
@@ -394,31 +421,42 @@ impl Cleanup {
                 .status();
         }
         if let Some((url, prefix)) = self.redis.take() {
-            let keys = std::process::Command::new("redis-cli")
-                .args([
-                    "-u",
-                    url.as_str(),
-                    "--scan",
-                    "--pattern",
-                    &format!("{prefix}*"),
-                ])
-                .stderr(Stdio::null())
-                .output();
-            if let Ok(output) = keys {
-                let keys: Vec<String> = String::from_utf8_lossy(&output.stdout)
-                    .lines()
-                    .filter(|line| !line.is_empty())
-                    .map(str::to_owned)
-                    .collect();
-                for chunk in keys.chunks(500) {
-                    let _ = std::process::Command::new("redis-cli")
-                        .args(["-u", url.as_str(), "DEL"])
-                        .args(chunk)
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .status();
-                }
-            }
+            delete_redis_keys(&url, &prefix);
         }
     }
+}
+
+/// Deletes every key of `prefix` (what the gateway keeps in Redis), with `redis-cli`.
+pub fn delete_redis_keys(url: &str, prefix: &str) {
+    let keys = std::process::Command::new("redis-cli")
+        .args(["-u", url, "--scan", "--pattern", &format!("{prefix}*")])
+        .stderr(Stdio::null())
+        .output();
+    if let Ok(output) = keys {
+        let keys: Vec<String> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|line| !line.is_empty())
+            .map(str::to_owned)
+            .collect();
+        for chunk in keys.chunks(500) {
+            let _ = std::process::Command::new("redis-cli")
+                .args(["-u", url, "DEL"])
+                .args(chunk)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Redis's `used_memory` in bytes (`INFO memory`), with `redis-cli`.
+pub fn redis_used_memory(url: &str) -> Option<u64> {
+    let output = std::process::Command::new("redis-cli")
+        .args(["-u", url, "INFO", "memory"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("used_memory:")?.parse().ok())
 }

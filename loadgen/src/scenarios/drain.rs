@@ -30,7 +30,7 @@ const POLL_EVERY: Duration = Duration::from_millis(50);
 const STOPPED_AFTER: Duration = Duration::from_millis(500);
 
 /// A queued job: its owner's index, its id, and the position its 202 gave.
-type Queued = (usize, Uuid, Option<u32>);
+pub(super) type Queued = (usize, Uuid, Option<u32>);
 
 /// One drain measurement.
 struct Drain {
@@ -51,7 +51,7 @@ impl Drain {
 }
 
 /// Sets `mode` on every simulator.
-async fn set_mode(ctx: &Ctx, mode: &str) -> Res<()> {
+pub(super) async fn set_mode(ctx: &Ctx, mode: &str) -> Res<()> {
     for sim in &ctx.sim_urls {
         ctx.api
             .sim_config(sim, serde_json::json!({ "mode": mode }))
@@ -139,25 +139,29 @@ async fn measure(
     Ok(())
 }
 
-/// Queues `--drain-jobs` jobs behind hanging simulators: each accepted job with its owner's
-/// index and the position the 202 gave.
-async fn fill(ctx: &Ctx, tokens: &[String], result: &mut ScenarioResult) -> Res<Vec<Queued>> {
+/// Queues `jobs` jobs behind hanging simulators, spread over `tokens`: each accepted job with
+/// its owner's index and the position the 202 gave.
+pub(super) async fn fill(
+    ctx: &Ctx,
+    tokens: &[String],
+    jobs: usize,
+    result: &mut ScenarioResult,
+) -> Res<Vec<Queued>> {
     set_mode(ctx, "hang").await?;
     let started = Instant::now();
-    let answers: Vec<(usize, Submitted)> =
-        futures::stream::iter((0..ctx.args.drain_jobs).map(|i| {
-            let owner = i % tokens.len();
-            let (api, token) = (ctx.api.clone(), tokens[owner].clone());
-            async move {
-                (
-                    owner,
-                    api.submit(&token, &format!("loadgen drain {i}")).await,
-                )
-            }
-        }))
-        .buffer_unordered(ctx.args.submit_concurrency)
-        .collect()
-        .await;
+    let answers: Vec<(usize, Submitted)> = futures::stream::iter((0..jobs).map(|i| {
+        let owner = i % tokens.len();
+        let (api, token) = (ctx.api.clone(), tokens[owner].clone());
+        async move {
+            (
+                owner,
+                api.submit(&token, &format!("loadgen drain {i}")).await,
+            )
+        }
+    }))
+    .buffer_unordered(ctx.args.submit_concurrency)
+    .collect()
+    .await;
     let mut accepted = Vec::with_capacity(answers.len());
     for (owner, answer) in answers {
         match answer.result {
@@ -257,7 +261,7 @@ async fn wait_empty(ctx: &Ctx, tokens: &[String], jobs: &[Queued]) -> Res<(Insta
 
 /// Queues, releases and times one drain.
 async fn drain_once(ctx: &Ctx, tokens: &[String], result: &mut ScenarioResult) -> Res<Drain> {
-    let jobs = fill(ctx, tokens, result).await?;
+    let jobs = fill(ctx, tokens, ctx.args.drain_jobs, result).await?;
     let (released, cancelled) = release(ctx, tokens, result).await?;
     let (empty_at, left) = wait_empty(ctx, tokens, &jobs).await?;
     let drain = Drain {
@@ -288,7 +292,7 @@ async fn staleness(
     counters: &Counters,
     result: &mut ScenarioResult,
 ) -> Res<()> {
-    let jobs = fill(ctx, tokens, result).await?;
+    let jobs = fill(ctx, tokens, ctx.args.drain_jobs, result).await?;
     let ended_before = counters.terminal.load(Ordering::Relaxed);
     let _ = release(ctx, tokens, result).await?;
     let half = ended_before + jobs.len() as u64 / 2;

@@ -7,11 +7,14 @@
 //!   user's latency;
 //! - `deep` (issue 16): throughput and position traffic at growing queue depths, how fast a deep
 //!   queue drains with and without its owners' sessions, and stale positions once it stops;
-//! - `open` (issue 16): open-loop intake over many HTTP connections, like `wrk` on the POST.
+//! - `open` (issue 16): open-loop intake over many HTTP connections, like `wrk` on the POST;
+//! - `big` (issue 16): a queue of 100,000: enqueue, memory, snapshot, rebuild after a Redis
+//!   loss and after a restart.
 //!
 //! `common` holds the helpers (tokens, sessions, accounting, REST read-back), `drive` the load
 //! shapes (closed and open loop), `perf` the optional `perf record` of the gateway.
 
+mod big;
 mod common;
 mod deep;
 mod drain;
@@ -26,6 +29,7 @@ mod perf;
 mod soak;
 mod throughput;
 
+pub use big::big;
 pub use deep::deep;
 pub use fanout::fanout;
 pub use flood::flood;

@@ -231,6 +231,7 @@ impl QueueActor {
         }
         self.rebuilding = true;
         let (store, db) = (self.store.clone(), self.db.clone());
+        let started = Instant::now();
         let work = async move { rebuild::rebuild_from_db(&*store, &db).await };
         ctx.spawn(work.into_actor(self).map(move |result, act, ctx| {
             act.rebuilding = false;
@@ -240,6 +241,7 @@ impl QueueActor {
                         reason,
                         added = rebuilt.added,
                         queued = rebuilt.queued,
+                        took = ?started.elapsed(),
                         "queue rebuilt from the database"
                     );
                     act.dispatch(ctx);
@@ -359,9 +361,11 @@ impl Handler<Enqueue> for QueueActor {
                     }
                     Err(QueueError::NeedsRebuild) if !rebuilt => {
                         rebuilt = true;
+                        let started = Instant::now();
                         let result = rebuild::rebuild_from_db(&*store, &db).await?;
                         tracing::warn!(
                             added = result.added,
+                            took = ?started.elapsed(),
                             "queue store had lost its state; rebuilt from the database"
                         );
                     }
