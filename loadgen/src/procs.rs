@@ -426,10 +426,11 @@ impl Cleanup {
     }
 }
 
-/// Deletes every key of `prefix` (what the gateway keeps in Redis), with `redis-cli`.
+/// Deletes every key of `prefix` (what the gateway keeps in Redis, all under the hash tag
+/// `{prefix}`), with `redis-cli`.
 pub fn delete_redis_keys(url: &str, prefix: &str) {
     let keys = std::process::Command::new("redis-cli")
-        .args(["-u", url, "--scan", "--pattern", &format!("{prefix}*")])
+        .args(["-u", url, "--scan", "--pattern", &format!("{{{prefix}}}*")])
         .stderr(Stdio::null())
         .output();
     if let Ok(output) = keys {
