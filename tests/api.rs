@@ -28,6 +28,7 @@ async fn error_of(answer: reqwest::Response) -> (u16, Value) {
 }
 
 fn jwt(secret: &[u8], claims: Value) -> String {
+    forge_gateway::http::auth::install_jwt_crypto();
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,

@@ -5,6 +5,10 @@
 //! are signed with a key of their own, never with `AUTH_JWT_SECRET`, so turning dev mode on in
 //! a deployment does not let anyone mint production tokens.
 
+mod hs256;
+
+pub use hs256::install as install_jwt_crypto;
+
 use crate::domain::catalogue::ApiError;
 use jsonwebtoken::{
     Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode, errors::ErrorKind,
@@ -86,6 +90,7 @@ pub struct Auth {
 impl Auth {
     /// Tokens checked by `rules`; `/admin/*` opened by `admin_token`.
     pub fn new(rules: &TokenRules, admin_token: Option<String>) -> Result<Auth, String> {
+        hs256::install();
         let mut verifiers = Vec::new();
         if let Some(secret) = &rules.secret {
             verifiers.push(Verifier::new(
