@@ -146,14 +146,19 @@ pub async fn big(ctx: &Ctx, deployment: Option<&mut Deployment>) -> Res<Scenario
         Some(deployment) => {
             if let Some((url, prefix)) = &redis_url {
                 delete_redis_keys(url, prefix);
-                let back = until_positions(ctx, &reader_token, &expected)
-                    .await
-                    .map_err(|err| {
-                        format!(
-                            "{err}; the gateway's last lines:\n{}",
-                            deployment.gateway.logs.tail().join("\n")
-                        )
-                    })?;
+                let back = until_back(
+                    ctx,
+                    &reader_token,
+                    &format!("after the Redis loss (expected {expected:?})"),
+                    |now| now == expected,
+                )
+                .await
+                .map_err(|err| {
+                    format!(
+                        "{err}; the gateway's last lines:\n{}",
+                        deployment.gateway.logs.tail().join("\n")
+                    )
+                })?;
                 result.rows.push(Row::new(
                     "Redis loss (every key deleted) → REST positions exact again",
                     format!("{:.2} s{}", back.as_secs_f64(), logged_took(deployment)),
@@ -166,7 +171,13 @@ pub async fn big(ctx: &Ctx, deployment: Option<&mut Deployment>) -> Res<Scenario
             // the reader leave the queue: its positions must come back in one consecutive run,
             // as many places earlier as jobs were taken.
             let slots = args.sims.max(1) * args.forge_slots.unwrap_or(1) as usize;
-            let back = until_consecutive(ctx, &reader_token, &expected, slots).await?;
+            let back = until_back(
+                ctx,
+                &reader_token,
+                &format!("after the restart (before: {expected:?})"),
+                |now| consecutive_within(now, &expected, slots),
+            )
+            .await?;
             result.rows.push(Row::new(
                 "restart (SIGKILL, start again) → listening",
                 format!(
@@ -197,63 +208,51 @@ async fn positions(ctx: &Ctx, token: &str) -> Res<Vec<(Uuid, Option<u32>)>> {
         .collect())
 }
 
-/// Polls REST until the reader's positions equal `expected`; the time it took.
-async fn until_positions(
+/// Polls REST until the reader's positions satisfy `back`; the time it took. `what` names the
+/// wait in the error.
+async fn until_back(
     ctx: &Ctx,
     token: &str,
-    expected: &[(Uuid, Option<u32>)],
+    what: &str,
+    back: impl Fn(&[(Uuid, Option<u32>)]) -> bool,
 ) -> Res<Duration> {
     let started = Instant::now();
     loop {
         if let Ok(now) = positions(ctx, token).await
-            && now == expected
+            && back(&now)
         {
             return Ok(started.elapsed());
         }
         if started.elapsed() > RECOVERY_TIMEOUT {
             let now = positions(ctx, token).await;
             return Err(format!(
-                "positions not back within {RECOVERY_TIMEOUT:?}: {now:?} (expected {expected:?})"
+                "positions not back within {RECOVERY_TIMEOUT:?} {what}: {now:?}"
             ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-/// Polls REST until the reader's positions are consecutive again and at most `taken` places
-/// earlier than `before`; the time it took.
-async fn until_consecutive(
-    ctx: &Ctx,
-    token: &str,
+/// The reader's positions are consecutive and at most `taken` places earlier than `before`.
+fn consecutive_within(
+    now: &[(Uuid, Option<u32>)],
     before: &[(Uuid, Option<u32>)],
     taken: usize,
-) -> Res<Duration> {
-    let started = Instant::now();
+) -> bool {
     let first_before = before
         .first()
         .and_then(|(_, position)| *position)
         .unwrap_or(0);
-    loop {
-        if let Ok(now) = positions(ctx, token).await
-            && now.len() == before.len()
-            && let Some(Some(first)) = now.first().map(|(_, position)| *position)
-            && first <= first_before
-            && (first_before - first) as usize <= taken
-            && now
-                .iter()
-                .enumerate()
-                .all(|(i, (_, position))| *position == Some(first + i as u32))
-        {
-            return Ok(started.elapsed());
-        }
-        if started.elapsed() > RECOVERY_TIMEOUT {
-            let now = positions(ctx, token).await;
-            return Err(format!(
-                "positions not back within {RECOVERY_TIMEOUT:?} after the restart: {now:?} (before: {before:?})"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let Some(Some(first)) = now.first().map(|(_, position)| *position) else {
+        return false;
+    };
+    now.len() == before.len()
+        && first <= first_before
+        && (first_before - first) as usize <= taken
+        && now
+            .iter()
+            .enumerate()
+            .all(|(i, (_, position))| *position == Some(first + i as u32))
 }
 
 /// `; the gateway logged a rebuild of N jobs in T` from the last rebuild line of its log.
@@ -276,4 +275,37 @@ fn logged_took(deployment: &Deployment) -> String {
             )
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(first: u32, n: u128) -> Vec<(Uuid, Option<u32>)> {
+        (0..n)
+            .map(|i| (Uuid::from_u128(i), Some(first + i as u32)))
+            .collect()
+    }
+
+    #[test]
+    fn positions_may_move_up_by_the_slots_taken_and_must_stay_consecutive() {
+        let before = run(100, 3);
+        assert!(consecutive_within(&before, &before, 4));
+        assert!(consecutive_within(&run(96, 3), &before, 4));
+        assert!(
+            !consecutive_within(&run(95, 3), &before, 4),
+            "more than taken"
+        );
+        assert!(!consecutive_within(&run(101, 3), &before, 4), "moved back");
+        assert!(!consecutive_within(&run(96, 2), &before, 4), "one missing");
+        let mut gap = run(96, 3);
+        gap[2].1 = Some(99);
+        assert!(!consecutive_within(&gap, &before, 4), "not consecutive");
+        let mut unknown = run(96, 3);
+        unknown[0].1 = None;
+        assert!(
+            !consecutive_within(&unknown, &before, 4),
+            "unknown position"
+        );
+    }
 }
