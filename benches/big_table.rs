@@ -6,10 +6,11 @@
 //! `cargo bench --bench big_table` (SQLite), plus PostgreSQL with
 //! `BENCH_DATABASE_URL=postgres://postgres@127.0.0.1/test` (a fresh schema, dropped after).
 
+mod common;
+
 use chrono::{Duration as Age, Utc};
 use forge_gateway::db::{COUNT_PENDING, Database, DbSettings};
 use std::time::{Duration, Instant};
-use uuid::Uuid;
 
 const ROWS: u64 = 1_000_000;
 const STUCK: u64 = 100;
@@ -147,39 +148,6 @@ fn main() {
         println!(
             "{ROWS} rows, {STUCK} stuck, 1,000 more pending\n\n| database | query | min ms | median ms | max ms |\n|---|---|---|---|---|"
         );
-        let dir = tempfile::tempdir().expect("temporary folder");
-        let sqlite = DbSettings {
-            url: format!(
-                "sqlite://{}?mode=rwc",
-                dir.path().join("bench.db").display()
-            ),
-            schema: None,
-            max_connections: 4,
-        };
-        bench("SQLite", sqlite, false).await;
-        if let Ok(url) = std::env::var("BENCH_DATABASE_URL") {
-            let schema = format!("bench_{}", Uuid::now_v7().simple());
-            bench(
-                "PostgreSQL",
-                DbSettings {
-                    url: url.clone(),
-                    schema: Some(schema.clone()),
-                    max_connections: 4,
-                },
-                true,
-            )
-            .await;
-            if let Ok(db) = Database::connect(&DbSettings {
-                url,
-                schema: None,
-                max_connections: 1,
-            })
-            .await
-            {
-                let _ = db
-                    .execute_raw(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-                    .await;
-            }
-        }
+        common::on_each_database(4, bench).await;
     });
 }

@@ -4,6 +4,8 @@
 //! `cargo bench --bench store` (add `BENCH_DATABASE_URL=postgres://postgres@127.0.0.1/test`
 //! for PostgreSQL; a fresh schema is created and dropped).
 
+mod common;
+
 use actix::Actor;
 use chrono::Utc;
 use forge_gateway::actors::store::{MessageStoreActor, StoreHandle, StoreLimits};
@@ -161,35 +163,6 @@ fn main() {
     let system = actix::System::new();
     system.block_on(async {
         println!("| database | messages | folding | merges/s |\n|---|---|---|---|");
-        let dir = tempfile::tempdir().expect("temporary folder");
-        let sqlite = DbSettings {
-            url: format!(
-                "sqlite://{}?mode=rwc",
-                dir.path().join("bench.db").display()
-            ),
-            schema: None,
-            max_connections: 16,
-        };
-        bench("SQLite", sqlite).await;
-        if let Ok(url) = std::env::var("BENCH_DATABASE_URL") {
-            let schema = format!("bench_{}", Uuid::now_v7().simple());
-            let settings = DbSettings {
-                url: url.clone(),
-                schema: Some(schema.clone()),
-                max_connections: 16,
-            };
-            bench("PostgreSQL", settings).await;
-            if let Ok(db) = Database::connect(&DbSettings {
-                url,
-                schema: None,
-                max_connections: 1,
-            })
-            .await
-            {
-                let _ = db
-                    .execute_raw(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-                    .await;
-            }
-        }
+        common::on_each_database(16, |name, settings, _| bench(name, settings)).await;
     });
 }

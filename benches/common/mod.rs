@@ -1,0 +1,46 @@
+//! What the database benchmarks share: SQLite in a temporary folder, then PostgreSQL (with
+//! `BENCH_DATABASE_URL`) in a fresh schema that is dropped afterwards.
+
+use forge_gateway::db::{Database, DbSettings};
+use std::future::Future;
+use uuid::Uuid;
+
+/// Runs `bench` on SQLite, then on PostgreSQL when `BENCH_DATABASE_URL` is set, each with a
+/// pool of `connections`; the second argument says whether it is PostgreSQL.
+pub async fn on_each_database<F, Fut>(connections: u32, bench: F)
+where
+    F: Fn(&'static str, DbSettings, bool) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let sqlite = DbSettings {
+        url: format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("bench.db").display()
+        ),
+        schema: None,
+        max_connections: connections,
+    };
+    bench("SQLite", sqlite, false).await;
+    let Ok(url) = std::env::var("BENCH_DATABASE_URL") else {
+        return;
+    };
+    let schema = format!("bench_{}", Uuid::now_v7().simple());
+    let postgres = DbSettings {
+        url: url.clone(),
+        schema: Some(schema.clone()),
+        max_connections: connections,
+    };
+    bench("PostgreSQL", postgres, true).await;
+    if let Ok(db) = Database::connect(&DbSettings {
+        url,
+        schema: None,
+        max_connections: 1,
+    })
+    .await
+    {
+        let _ = db
+            .execute_raw(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+            .await;
+    }
+}
