@@ -162,7 +162,7 @@ fn position_feed(c: &mut Criterion) {
     group.sample_size(20);
     // 100,000 queued jobs of 10,000 users (10 each), all of them connected here.
     let mut mirror = book(100_000, 10_000);
-    let mut feed = PositionFeed::new();
+    let mut feed = PositionFeed::new(500);
     for user in 0..10_000 {
         feed.watch(Arc::from(format!("user-{user}")));
     }
@@ -177,6 +177,36 @@ fn position_feed(c: &mut Criterion) {
             black_box(feed.tick(&mirror, &eta, now, Duration::ZERO).len())
         })
     });
+    // One user owns 20,000 of 100,000 queued jobs (MAX_PENDING_PER_USER raised): frames of at
+    // most 500 positions (the default) against frames of all 20,000 (the cap lifted, as before).
+    for per_frame in [500, 1_000_000] {
+        let mut mirror = book(80_000, 10_000);
+        for ticket in 80_000..100_000i64 {
+            mirror.insert(QueuedJob {
+                id: Uuid::from_u128(ticket as u128 + 1),
+                user_id: Arc::from("heavy"),
+                ticket,
+            });
+        }
+        let mut feed = PositionFeed::new(per_frame);
+        feed.watch(Arc::from("heavy"));
+        feed.tick(&mirror, &eta, now, Duration::ZERO);
+        let name =
+            format!("tick after a pop: one user with 20k of 100k queued, {per_frame} a frame");
+        let mut next_ticket = 100_000i64;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                // The head goes to the tail: the depth stays, every position moves.
+                if let Some(mut job) = mirror.pop_front() {
+                    job.ticket = next_ticket;
+                    next_ticket += 1;
+                    mirror.insert(job);
+                }
+                feed.changed();
+                black_box(feed.tick(&mirror, &eta, now, Duration::ZERO).len())
+            })
+        });
+    }
     group.finish();
 }
 

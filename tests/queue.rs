@@ -208,6 +208,58 @@ async fn cancelling_a_queued_job_shifts_the_positions_behind_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_with_more_waiting_jobs_than_a_frame_holds_sees_them_all_in_turns() {
+    let (app, _storage) = TestApp::spawn_with(
+        SimConfig {
+            mode: SimMode::Hang,
+            ..fast_sim()
+        },
+        &[
+            "--max-pending-per-user",
+            "100",
+            "--ws-positions-per-frame",
+            "3",
+        ],
+    )
+    .await;
+    let token = app.token("alice").await;
+    let blocker = app.submit_id(&token, "blocker").await;
+    app.wait_message(&token, &blocker, |m| m["status"] == "processing")
+        .await;
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        ids.push(app.submit_id(&token, &format!("p{n}")).await);
+    }
+    let mut ws = app.ws(&token).await;
+    // The two at the head leave: all eight others move, and the session is told each of
+    // them, three per frame at most, until what it shows is what a reload shows.
+    for id in &ids[..2] {
+        assert_eq!(app.cancel(&token, id).await.0, 200);
+    }
+    let expected: Vec<(&str, i64)> = ids[2..]
+        .iter()
+        .zip(1..)
+        .map(|(id, position)| (id.as_str(), position))
+        .collect();
+    ws.wait_positions(&expected).await;
+    assert_eq!(
+        rest_positions(&app, &token, &ids[2..]).await,
+        (1..=8).map(Some).collect::<Vec<_>>()
+    );
+    let frames: Vec<usize> = ws
+        .seen
+        .iter()
+        .filter(|frame| frame["type"] == "job.positions" || frame["type"] == "job.position")
+        .map(|frame| positions_in(frame).len())
+        .collect();
+    assert!(
+        frames.len() >= 3 && frames.iter().all(|n| *n <= 3),
+        "at most 3 positions a frame, in turns: {frames:?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_jobs_survive_a_restart_in_their_order() {
     let storage = Storage::fresh();
     let app = TestApp::start(

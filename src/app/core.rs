@@ -134,6 +134,7 @@ pub(super) async fn build_core(
         metrics.clone(),
         outages.clone(),
         eta.clone(),
+        config.ws_positions_per_frame as usize,
     )
     .start();
     let queue = QueueHandle::new(queue_addr, queue_store, eta);

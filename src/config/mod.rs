@@ -197,6 +197,11 @@ pub struct Config {
     #[arg(long, env = "WS_OUTBOX_BYTES", default_value = "512KiB", value_parser = bytes)]
     pub ws_outbox_bytes: usize,
 
+    /// Most queue positions in one `job.positions` frame: a user with more waiting jobs gets
+    /// them in turns, this many per frame (see `docs/api.md`).
+    #[arg(long, env = "WS_POSITIONS_PER_FRAME", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub ws_positions_per_frame: u32,
+
     /// Generation time of the bundled simulator (embedded default only).
     #[arg(long, env = "SIM_LATENCY", default_value = "2s", value_parser = duration)]
     pub sim_latency: Duration,

@@ -10,6 +10,14 @@
 //! cost (five times what the last tick took), between [`MIN_INTERVAL`] and [`MAX_INTERVAL`],
 //! so a session gets at most 1 / `MIN_INTERVAL` position frames a second and a position is at
 //! most about `MAX_INTERVAL` stale while the queue moves.
+//!
+//! A frame carries at most `per_frame` positions (`WS_POSITIONS_PER_FRAME`), so its size does
+//! not grow with how many jobs one user has waiting. A user with no more waiting jobs than that
+//! gets all of them in every frame (a *complete* frame, which replaces an unsent older one). A
+//! user with more gets, at each tick, up to `per_frame` of the positions that changed since
+//! they were told, taken in queue order from where the previous tick stopped, round and round
+//! (a *partial* frame): each job is refreshed every ⌈waiting ÷ `per_frame`⌉ ticks, and ticks go
+//! on after the queue stops until every position told is exact.
 
 use crate::domain::eta::EtaModel;
 use crate::domain::queue_book::QueueBook;
@@ -39,19 +47,34 @@ pub struct JobPosition {
 pub struct UserPositions {
     /// The user.
     pub user: Arc<str>,
-    /// Their queued jobs in queue order.
+    /// Their queued jobs in queue order (from where the last partial frame stopped).
     pub positions: Vec<JobPosition>,
+    /// Whether these are all of the user's queued jobs (else some of those that changed).
+    pub complete: bool,
+}
+
+/// What one connected user was told.
+#[derive(Debug, Default)]
+struct Told {
+    /// Each job's position and estimate as last told.
+    sent: HashMap<Uuid, (u32, Option<u32>)>,
+    /// The job (ticket, id) the last partial frame ended with.
+    cursor: Option<(i64, Uuid)>,
 }
 
 /// The bookkeeping.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PositionFeed {
+    /// Most positions in one frame.
+    per_frame: usize,
     /// Connected users.
     watched: HashSet<Arc<str>>,
-    /// What each connected user was last told.
-    sent: HashMap<Arc<str>, Vec<JobPosition>>,
+    /// What each connected user with queued jobs was told.
+    told: HashMap<Arc<str>, Told>,
     /// Users to tell at the next tick even if nothing changed (a new session).
     fresh: HashSet<Arc<str>>,
+    /// Users whose last frame was partial and full: more changed positions to tell.
+    behind: HashSet<Arc<str>>,
     /// The queue changed since the last tick.
     changed: bool,
     last_tick: Option<Instant>,
@@ -59,11 +82,17 @@ pub struct PositionFeed {
 }
 
 impl PositionFeed {
-    /// Nobody connected yet.
-    pub fn new() -> Self {
+    /// Nobody connected yet; frames of at most `per_frame` positions (at least 1).
+    pub fn new(per_frame: usize) -> Self {
         PositionFeed {
+            per_frame: per_frame.max(1),
+            watched: HashSet::new(),
+            told: HashMap::new(),
+            fresh: HashSet::new(),
+            behind: HashSet::new(),
+            changed: false,
+            last_tick: None,
             interval: MIN_INTERVAL,
-            ..Default::default()
         }
     }
 
@@ -76,8 +105,9 @@ impl PositionFeed {
     /// The last session of `user` here closed.
     pub fn unwatch(&mut self, user: &str) {
         self.watched.remove(user);
-        self.sent.remove(user);
+        self.told.remove(user);
         self.fresh.remove(user);
+        self.behind.remove(user);
     }
 
     /// The queue (or the ETA model) changed.
@@ -87,7 +117,7 @@ impl PositionFeed {
 
     /// When the next tick should run: `None` while there is nothing to tell.
     pub fn due(&self, now: Instant) -> Option<Instant> {
-        if !self.changed && self.fresh.is_empty() {
+        if !self.changed && self.fresh.is_empty() && self.behind.is_empty() {
             return None;
         }
         Some(match self.last_tick {
@@ -112,26 +142,68 @@ impl PositionFeed {
         let fresh = std::mem::take(&mut self.fresh);
         let mut out = Vec::new();
         for user in &self.watched {
-            if !mirror.has_jobs_of(user) {
-                self.sent.remove(user);
+            let waiting = mirror.count_of(user);
+            if waiting == 0 {
+                self.told.remove(user);
+                self.behind.remove(user);
                 continue;
             }
-            let positions: Vec<JobPosition> = mirror
-                .positions_of(user)
-                .into_iter()
-                .map(|(id, queue_position)| JobPosition {
-                    id,
-                    queue_position,
-                    eta_s: eta.for_position(queue_position),
-                })
-                .collect();
-            if !fresh.contains(user) && self.sent.get(user) == Some(&positions) {
-                continue;
+            let told = self.told.entry(user.clone()).or_default();
+            if fresh.contains(user) {
+                told.sent.clear();
             }
-            self.sent.insert(user.clone(), positions.clone());
+            let position = |(key, queue_position): ((i64, Uuid), u32)| JobPosition {
+                id: key.1,
+                queue_position,
+                eta_s: eta.for_position(queue_position),
+            };
+            let unchanged = |told: &Told, job: &JobPosition| {
+                told.sent.get(&job.id) == Some(&(job.queue_position, job.eta_s))
+            };
+            let (positions, complete) = if waiting <= self.per_frame {
+                self.behind.remove(user);
+                let positions: Vec<JobPosition> =
+                    mirror.positions_of_from(user, None).map(position).collect();
+                if told.sent.len() == waiting && positions.iter().all(|p| unchanged(told, p)) {
+                    continue;
+                }
+                told.sent.clear();
+                (positions, true)
+            } else {
+                let mut last = None;
+                let mut positions = Vec::new();
+                for (key, queue_position) in mirror.positions_of_from(user, told.cursor) {
+                    let job = position((key, queue_position));
+                    if !unchanged(told, &job) {
+                        positions.push(job);
+                        last = Some(key);
+                        if positions.len() == self.per_frame {
+                            break;
+                        }
+                    }
+                }
+                if positions.len() == self.per_frame {
+                    self.behind.insert(user.clone());
+                } else {
+                    self.behind.remove(user);
+                }
+                if positions.is_empty() {
+                    continue;
+                }
+                told.cursor = last;
+                // Jobs that left are forgotten once they outnumber the waiting ones.
+                if told.sent.len() > 2 * waiting {
+                    told.sent.retain(|id, _| mirror.contains(id));
+                }
+                (positions, false)
+            };
+            for job in &positions {
+                told.sent.insert(job.id, (job.queue_position, job.eta_s));
+            }
             out.push(UserPositions {
                 user: user.clone(),
                 positions,
+                complete,
             });
         }
         out
@@ -172,7 +244,7 @@ mod tests {
             mirror.insert(job(ticket, user));
         }
         let eta = EtaModel::new(1);
-        let mut feed = PositionFeed::new();
+        let mut feed = PositionFeed::new(100);
         let start = Instant::now();
         feed.watch(Arc::from("a"));
         feed.watch(Arc::from("b"));
@@ -207,7 +279,7 @@ mod tests {
 
     #[test]
     fn ticks_follow_changes_at_most_once_per_interval() {
-        let mut feed = PositionFeed::new();
+        let mut feed = PositionFeed::new(100);
         let mirror = QueueBook::new();
         let eta = EtaModel::new(1);
         let t0 = Instant::now();
@@ -233,11 +305,59 @@ mod tests {
     }
 
     #[test]
+    fn a_user_with_more_jobs_than_a_frame_holds_gets_them_in_turns_until_all_are_exact() {
+        let mut mirror = QueueBook::new();
+        for ticket in 1..=25 {
+            mirror.insert(job(ticket, if ticket == 1 { "b" } else { "a" }));
+        }
+        let eta = EtaModel::new(1);
+        let mut feed = PositionFeed::new(10);
+        let now = Instant::now();
+        feed.watch(Arc::from("a"));
+        feed.watch(Arc::from("b"));
+        let mut shown: HashMap<Uuid, u32> = HashMap::new();
+        let mut tick = |feed: &mut PositionFeed, mirror: &QueueBook| {
+            let out = feed.tick(mirror, &eta, now, Duration::ZERO);
+            for user in &out {
+                assert!(user.positions.len() <= 10, "a frame holds at most 10");
+                for p in &user.positions {
+                    shown.insert(p.id, p.queue_position);
+                }
+            }
+            out
+        };
+        // 24 jobs of a: 10, 10, then the last 4; b's one job in a complete frame.
+        let out = tick(&mut feed, &mirror);
+        let a = out.iter().find(|u| &*u.user == "a").unwrap();
+        let b = out.iter().find(|u| &*u.user == "b").unwrap();
+        assert!(!a.complete && b.complete);
+        assert_eq!(a.positions.first().map(|p| p.queue_position), Some(2));
+        assert_eq!(
+            told(&tick(&mut feed, &mirror))[0].1,
+            (12..=21).collect::<Vec<_>>()
+        );
+        assert_eq!(told(&tick(&mut feed, &mirror))[0].1, vec![22, 23, 24, 25]);
+        assert_eq!(feed.due(now), None, "everyone knows every position");
+        // The head leaves: everything moves; a full round later every shown position is exact.
+        mirror.pop_front();
+        mirror.pop_front();
+        feed.changed();
+        for _ in 0..3 {
+            assert!(feed.due(now).is_some());
+            tick(&mut feed, &mirror);
+        }
+        assert_eq!(feed.due(now), None);
+        for (id, position) in mirror.positions_of("a") {
+            assert_eq!(shown.get(&id), Some(&position));
+        }
+    }
+
+    #[test]
     fn estimates_change_what_is_told() {
         let mut mirror = QueueBook::new();
         mirror.insert(job(1, "a"));
         let mut eta = EtaModel::new(1);
-        let mut feed = PositionFeed::new();
+        let mut feed = PositionFeed::new(100);
         let now = Instant::now();
         feed.watch(Arc::from("a"));
         let out = feed.tick(&mirror, &eta, now, Duration::ZERO);

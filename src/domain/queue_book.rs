@@ -150,6 +150,38 @@ impl QueueBook {
             .unwrap_or_default()
     }
 
+    /// How many jobs `user` has queued.
+    pub fn count_of(&self, user: &str) -> usize {
+        self.by_user.get(user).map_or(0, BTreeSet::len)
+    }
+
+    /// `user`'s queued jobs with their keys and positions in queue order, starting after the
+    /// job keyed `after` (from the first if `None`) and wrapping around to end just at it:
+    /// O(log N) per job read, so a caller that reads only some of them pays only for those.
+    pub fn positions_of_from(
+        &self,
+        user: &str,
+        after: Option<(i64, Uuid)>,
+    ) -> impl Iterator<Item = ((i64, Uuid), u32)> + '_ {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        let tickets = self.by_user.get(user);
+        let (tail, head) = match (tickets, after) {
+            (Some(tickets), Some(after)) => (
+                Some(tickets.range((Excluded(after), Unbounded))),
+                Some(tickets.range((Unbounded, Included(after)))),
+            ),
+            (Some(tickets), None) => (Some(tickets.range(..)), None),
+            (None, _) => (None, None),
+        };
+        tail.into_iter()
+            .flatten()
+            .chain(head.into_iter().flatten())
+            .filter_map(|key| {
+                self.index_of(key.0, &key.1)
+                    .map(|index| (*key, index as u32 + 1))
+            })
+    }
+
     /// Whether `user` has a queued job.
     pub fn has_jobs_of(&self, user: &str) -> bool {
         self.by_user.contains_key(user)
@@ -234,6 +266,30 @@ mod tests {
         assert_eq!(book.insert(job(2)), None, "no job is queued twice");
         assert_eq!(book.version(), version, "nothing changed, nothing counted");
         assert_eq!(positions(&book), vec![(1, 1), (2, 2), (3, 3)]);
+    }
+
+    #[test]
+    fn a_users_positions_can_be_read_from_any_job_on_wrapping_around() {
+        let mut book = QueueBook::new();
+        for ticket in 1..=9 {
+            book.insert(job(ticket));
+        }
+        // u0 holds tickets 3, 6 and 9 at positions 3, 6 and 9.
+        let key = |ticket: i64| (ticket, job(ticket).id);
+        let read = |book: &QueueBook, after| -> Vec<(i64, u32)> {
+            book.positions_of_from("u0", after)
+                .map(|((ticket, _), position)| (ticket, position))
+                .collect()
+        };
+        assert_eq!(book.count_of("u0"), 3);
+        assert_eq!(read(&book, None), vec![(3, 3), (6, 6), (9, 9)]);
+        assert_eq!(read(&book, Some(key(3))), vec![(6, 6), (9, 9), (3, 3)]);
+        assert_eq!(read(&book, Some(key(9))), vec![(3, 3), (6, 6), (9, 9)]);
+        // A cursor on a job that has left still orders the rest.
+        book.remove(&job(6).id);
+        assert_eq!(read(&book, Some(key(6))), vec![(9, 8), (3, 3)]);
+        assert_eq!(book.count_of("nobody"), 0);
+        assert_eq!(book.positions_of_from("nobody", None).count(), 0);
     }
 
     #[test]

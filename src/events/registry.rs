@@ -40,6 +40,8 @@ pub enum Deliver {
         positions: Arc<[(Uuid, u32)]>,
         /// The frame body.
         body: Arc<str>,
+        /// Whether these are all of the user's queued jobs.
+        complete: bool,
     },
     /// Events may have been lost (the bus reconnected): the client should reload.
     Resync,
@@ -70,6 +72,9 @@ pub struct Positions {
     pub positions: Arc<[(Uuid, u32)]>,
     /// The frame body.
     pub body: Arc<str>,
+    /// Whether these are all of the user's queued jobs (a newer complete frame replaces an
+    /// unsent older one; a partial one cannot).
+    pub complete: bool,
 }
 
 /// The session caps.
@@ -258,6 +263,7 @@ impl Handler<Positions> for RegistryActor {
             version: msg.version,
             positions: msg.positions,
             body: msg.body,
+            complete: msg.complete,
         };
         self.deliver(&msg.user, &frame);
     }

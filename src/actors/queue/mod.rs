@@ -63,7 +63,8 @@ pub struct QueueActor {
 
 impl QueueActor {
     /// A queue actor over `store`, rebuilding from `db`, sending positions to `positions`
-    /// (the session registry), its ETAs from `eta` (which [`QueueHandle::finished`] feeds).
+    /// (the session registry) at most `positions_per_frame` in a frame, its ETAs from `eta`
+    /// (which [`QueueHandle::finished`] feeds).
     pub fn new(
         store: Arc<dyn QueueStore>,
         db: Database,
@@ -71,6 +72,7 @@ impl QueueActor {
         metrics: Arc<Metrics>,
         outages: Arc<Outages>,
         eta: Arc<Mutex<EtaModel>>,
+        positions_per_frame: usize,
     ) -> Self {
         QueueActor {
             store,
@@ -85,7 +87,7 @@ impl QueueActor {
             rebuilding: false,
             paused: false,
             reload_backlog: None,
-            feed: PositionFeed::new(),
+            feed: PositionFeed::new(positions_per_frame),
             tick_scheduled: false,
             last_tick_cost: Duration::ZERO,
             suspects: HashSet::new(),
@@ -194,6 +196,7 @@ impl QueueActor {
                 version,
                 positions,
                 body,
+                complete: user.complete,
             });
         }
         self.last_tick_cost = started.elapsed();

@@ -226,13 +226,21 @@ impl Handler<Deliver> for SessionActor {
                 version,
                 positions,
                 body,
+                complete,
             } => {
-                if version <= self.positions_version {
+                // A partial frame may follow another of the same version (the rest of the
+                // user's jobs, in turns); a complete one at the same version says nothing new.
+                if version < self.positions_version
+                    || (complete && version == self.positions_version)
+                {
                     return;
                 }
                 self.positions_version = version;
+                // Only what was shown last is kept (bounded by a frame's size): a `job.queued`
+                // frame of another job keeps its own position, which the client's
+                // never-go-back rule sets right.
                 self.positions = positions.iter().copied().collect();
-                outbox.push_keyed(Frame::Text(body), Some(Coalesce::Positions));
+                outbox.push_keyed(Frame::Text(body), complete.then_some(Coalesce::Positions));
             }
             Deliver::Resync => {
                 outbox.push(Frame::Text(Arc::from(resync_frame_body())));
