@@ -6,10 +6,12 @@
 //! that user's queued jobs from the mirror (O(log N) each) and sends one frame per user whose
 //! positions changed: the cost is connected users × tick rate, whatever the depth and however
 //! fast the queue moves. Ticks follow changes: the first change after a quiet period is
-//! answered at once, a burst at most once per interval. The interval adapts to the tick's own
-//! cost (five times what the last tick took), between [`MIN_INTERVAL`] and [`MAX_INTERVAL`],
-//! so a session gets at most 1 / `MIN_INTERVAL` position frames a second and a position is at
-//! most about `MAX_INTERVAL` stale while the queue moves.
+//! answered at once, a burst at most once per interval. The interval adapts to what a tick
+//! costs: five times the time the last tick took, and long enough that the positions sent
+//! stay within [`POSITIONS_PER_SECOND`] (a tick's frames are built here, then written to every
+//! socket and parsed by every client, which costs more than reading them), between
+//! [`MIN_INTERVAL`] and [`MAX_INTERVAL`]. So a session gets at most 1 / `MIN_INTERVAL` position
+//! frames a second and a position is at most about `MAX_INTERVAL` stale while the queue moves.
 //!
 //! A frame carries at most `per_frame` positions (`WS_POSITIONS_PER_FRAME`), so its size does
 //! not grow with how many jobs one user has waiting. A user with no more waiting jobs than that
@@ -30,6 +32,10 @@ use uuid::Uuid;
 pub const MIN_INTERVAL: Duration = Duration::from_millis(200);
 /// Longest time between two ticks while positions change.
 pub const MAX_INTERVAL: Duration = Duration::from_secs(1);
+/// Positions a process sends a second, over all its users, before ticks slow down (up to
+/// [`MAX_INTERVAL`]). Deep queues measured it (docs/benchmarks.md, `deep`): 51,200 positions a
+/// second cost a quarter of the throughput of two cores; 15,000 keep that cost under a tenth.
+pub const POSITIONS_PER_SECOND: u32 = 15_000;
 
 /// One queued job's position and estimate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,7 +142,6 @@ impl PositionFeed {
         now: Instant,
         cost: Duration,
     ) -> Vec<UserPositions> {
-        self.interval = (cost * 5).clamp(MIN_INTERVAL, MAX_INTERVAL);
         self.last_tick = Some(now);
         self.changed = false;
         let fresh = std::mem::take(&mut self.fresh);
@@ -206,6 +211,11 @@ impl PositionFeed {
                 complete,
             });
         }
+        let sent: usize = out.iter().map(|user| user.positions.len()).sum();
+        let to_send_them = Duration::from_secs(1) * sent as u32 / POSITIONS_PER_SECOND;
+        self.interval = (cost * 5)
+            .max(to_send_them)
+            .clamp(MIN_INTERVAL, MAX_INTERVAL);
         out
     }
 }
@@ -350,6 +360,37 @@ mod tests {
         for (id, position) in mirror.positions_of("a") {
             assert_eq!(shown.get(&id), Some(&position));
         }
+    }
+
+    #[test]
+    fn many_positions_told_slow_the_next_tick_down() {
+        let mut mirror = QueueBook::new();
+        for ticket in 0..9_000 {
+            mirror.insert(job(ticket, &format!("u{}", ticket % 30)));
+        }
+        let eta = EtaModel::new(1);
+        let mut feed = PositionFeed::new(500);
+        for user in 0..30 {
+            feed.watch(Arc::from(format!("u{user}")));
+        }
+        let now = Instant::now();
+        let told: usize = feed
+            .tick(&mirror, &eta, now, Duration::ZERO)
+            .iter()
+            .map(|user| user.positions.len())
+            .sum();
+        assert_eq!(told, 9_000);
+        feed.changed();
+        // 9,000 positions at 15,000 a second: 600 ms until the next tick.
+        assert_eq!(feed.due(now), Some(now + Duration::from_millis(600)));
+        // A small tick goes back to the shortest interval.
+        mirror.pop_front();
+        for user in 1..30 {
+            feed.unwatch(&format!("u{user}"));
+        }
+        feed.tick(&mirror, &eta, now, Duration::ZERO);
+        feed.changed();
+        assert_eq!(feed.due(now), Some(now + MIN_INTERVAL));
     }
 
     #[test]
