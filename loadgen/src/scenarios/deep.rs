@@ -132,16 +132,25 @@ async fn window_run(
     let mut traces = traces(sessions);
     traces.retain(|id, _| !earlier.contains(id));
     account_jobs(&accepted, &traces, result);
+    // Throughput *at* this many outstanding jobs: counted once every user has its first
+    // `window` jobs accepted (filling 10,240 takes seconds, and the fill is intake, not this).
+    let filled = filled_at(&accepted, sessions.len(), window).unwrap_or(run.end);
     let in_window = accepted
         .iter()
         .filter(|job| {
             traces
                 .get(&job.id)
                 .and_then(|trace| trace.complete)
-                .is_some_and(|at| at <= run.end)
+                .is_some_and(|at| at > filled && at <= run.end)
         })
         .count();
-    let rate = per_second(in_window, duration);
+    let measured = run.end.saturating_duration_since(filled);
+    let rate = per_second(in_window, measured);
+    result.notes.push(format!(
+        "window {window}: filled {:.2} s after the start; jobs/s over the {:.2} s after that",
+        filled.saturating_duration_since(run.start).as_secs_f64(),
+        measured.as_secs_f64()
+    ));
     result.rows.push(Row::new(
         format!("window {window} ({outstanding} outstanding): submit → job.complete"),
         format!("{rate:.0} jobs/s"),
@@ -158,6 +167,28 @@ async fn window_run(
         None,
     ));
     Ok(rate)
+}
+
+/// When every one of `users` users had its first `window` jobs accepted (their answers read):
+/// from then on each has `window` outstanding. `None` if one never got that far.
+fn filled_at(accepted: &[Accepted], users: usize, window: usize) -> Option<Instant> {
+    let mut by_user: Vec<Vec<&Accepted>> = vec![Vec::new(); users];
+    for job in accepted {
+        by_user.get_mut(job.session)?.push(job);
+    }
+    by_user
+        .iter_mut()
+        .map(|jobs| {
+            jobs.sort_by_key(|job| job.sent);
+            jobs.iter()
+                .take(window)
+                .map(|job| job.answered)
+                .max()
+                .filter(|_| jobs.len() >= window)
+        })
+        .try_fold(None, |latest: Option<Instant>, filled| {
+            filled.map(|at| Some(latest.map_or(at, |latest| latest.max(at))))
+        })?
 }
 
 /// Position frames per session per second over the whole seconds of `start..end`, and position
@@ -191,5 +222,34 @@ fn position_rates(
         None => format!(
             "position frames per session per second: no whole second in the window; {per_job:.1} position updates per job"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_is_filled_when_every_user_has_its_first_jobs_answered() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let job = |session: usize, sent: u64, answered: u64| Accepted {
+            id: Uuid::from_u128(sent as u128 + 1000 * session as u128),
+            session,
+            sent: at(sent),
+            answered: at(answered),
+        };
+        // User 0's first two answered by 30 ms, user 1's by 50 ms; later jobs do not count.
+        let accepted = [
+            job(0, 0, 10),
+            job(1, 0, 50),
+            job(0, 1, 30),
+            job(1, 2, 20),
+            job(0, 60, 900),
+        ];
+        assert_eq!(filled_at(&accepted, 2, 2), Some(at(50)));
+        assert_eq!(filled_at(&accepted, 2, 1), Some(at(50)));
+        assert_eq!(filled_at(&accepted, 2, 3), None, "user 1 never had three");
+        assert_eq!(filled_at(&accepted, 3, 1), None, "user 2 never submitted");
     }
 }
