@@ -8,9 +8,10 @@
 //! fast the queue moves. Ticks follow changes: the first change after a quiet period is
 //! answered at once, a burst at most once per interval. The interval adapts to what a tick
 //! costs: five times the time the last tick took, and long enough that the positions sent
-//! stay within [`POSITIONS_PER_SECOND`] (a tick's frames are built here, then written to every
-//! socket and parsed by every client, which costs more than reading them), between
-//! [`MIN_INTERVAL`] and [`MAX_INTERVAL`]. So a session gets at most 1 / `MIN_INTERVAL` position
+//! beyond the first of each frame stay within [`BACKLOG_POSITIONS_PER_SECOND`] (they are
+//! the part that grows with how many jobs each user has waiting; a tick's frames are built
+//! here, then written to every socket and parsed by every client, which costs more than
+//! reading them), between [`MIN_INTERVAL`] and [`MAX_INTERVAL`]. So a session gets at most 1 / `MIN_INTERVAL` position
 //! frames a second and a position is at most about `MAX_INTERVAL` stale while the queue moves.
 //!
 //! A frame carries at most `per_frame` positions (`WS_POSITIONS_PER_FRAME`), so its size does
@@ -32,10 +33,13 @@ use uuid::Uuid;
 pub const MIN_INTERVAL: Duration = Duration::from_millis(200);
 /// Longest time between two ticks while positions change.
 pub const MAX_INTERVAL: Duration = Duration::from_secs(1);
-/// Positions a process sends a second, over all its users, before ticks slow down (up to
-/// [`MAX_INTERVAL`]). Deep queues measured it (docs/benchmarks.md, `deep`): 51,200 positions a
-/// second cost a quarter of the throughput of two cores; 15,000 keep that cost under a tenth.
-pub const POSITIONS_PER_SECOND: u32 = 15_000;
+/// Positions beyond the first of each frame a process sends a second, over all its users,
+/// before ticks slow down (up to [`MAX_INTERVAL`]). One position per connected user and tick
+/// is the cost of the sessions themselves and is not slowed (10,000 users with one waiting job
+/// each still hear of a pop at once); extra positions are what many jobs per user add. Deep
+/// queues measured it (docs/benchmarks.md, `deep`): 51,200 positions a second (64 users × 160
+/// jobs × 5 ticks) cost a quarter of the throughput of two cores; 15,000 keep it under a tenth.
+pub const BACKLOG_POSITIONS_PER_SECOND: u32 = 15_000;
 
 /// One queued job's position and estimate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -211,8 +215,8 @@ impl PositionFeed {
                 complete,
             });
         }
-        let sent: usize = out.iter().map(|user| user.positions.len()).sum();
-        let to_send_them = Duration::from_secs(1) * sent as u32 / POSITIONS_PER_SECOND;
+        let backlog: usize = out.iter().map(|user| user.positions.len() - 1).sum();
+        let to_send_them = Duration::from_secs(1) * backlog as u32 / BACKLOG_POSITIONS_PER_SECOND;
         self.interval = (cost * 5)
             .max(to_send_them)
             .clamp(MIN_INTERVAL, MAX_INTERVAL);
@@ -381,14 +385,29 @@ mod tests {
             .sum();
         assert_eq!(told, 9_000);
         feed.changed();
-        // 9,000 positions at 15,000 a second: 600 ms until the next tick.
-        assert_eq!(feed.due(now), Some(now + Duration::from_millis(600)));
+        // 9,000 positions, 30 of them first in their frame: 8,970 at 15,000 a second.
+        assert_eq!(feed.due(now), Some(now + Duration::from_millis(598)));
         // A small tick goes back to the shortest interval.
         mirror.pop_front();
         for user in 1..30 {
             feed.unwatch(&format!("u{user}"));
         }
         feed.tick(&mirror, &eta, now, Duration::ZERO);
+        feed.changed();
+        assert_eq!(feed.due(now), Some(now + MIN_INTERVAL));
+    }
+
+    #[test]
+    fn one_position_per_user_never_slows_the_ticks() {
+        let mut mirror = QueueBook::new();
+        let mut feed = PositionFeed::new(500);
+        for ticket in 0..20_000 {
+            mirror.insert(job(ticket, &format!("u{ticket}")));
+            feed.watch(Arc::from(format!("u{ticket}")));
+        }
+        let now = Instant::now();
+        let out = feed.tick(&mirror, &EtaModel::new(1), now, Duration::ZERO);
+        assert_eq!(out.len(), 20_000);
         feed.changed();
         assert_eq!(feed.due(now), Some(now + MIN_INTERVAL));
     }
