@@ -350,6 +350,9 @@ mod tests {
         assert!(err.to_string().contains("FORGE_URLS"), "{err}");
         let err = Config::from_flags(["forge-gateway", "--ws-outbox-bytes", "lots"]).unwrap_err();
         assert!(err.to_string().contains("WS_OUTBOX_BYTES"), "{err}");
+        let err =
+            Config::from_flags(["forge-gateway", "--ws-positions-per-frame", "0"]).unwrap_err();
+        assert!(err.to_string().contains("WS_POSITIONS_PER_FRAME"), "{err}");
     }
 
     #[test]

@@ -11,8 +11,9 @@
 //! beyond the first of each frame stay within [`BACKLOG_POSITIONS_PER_SECOND`] (they are
 //! the part that grows with how many jobs each user has waiting; a tick's frames are built
 //! here, then written to every socket and parsed by every client, which costs more than
-//! reading them), between [`MIN_INTERVAL`] and [`MAX_INTERVAL`]. So a session gets at most 1 / `MIN_INTERVAL` position
-//! frames a second and a position is at most about `MAX_INTERVAL` stale while the queue moves.
+//! reading them), between [`MIN_INTERVAL`] and [`MAX_INTERVAL`]. So a session gets at most
+//! 1 / `MIN_INTERVAL` position frames a second and a position is at most about `MAX_INTERVAL`
+//! stale while the queue moves.
 //!
 //! A frame carries at most `per_frame` positions (`WS_POSITIONS_PER_FRAME`), so its size does
 //! not grow with how many jobs one user has waiting. A user with no more waiting jobs than that
