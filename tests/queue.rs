@@ -18,20 +18,27 @@ async fn rest_positions(app: &TestApp, token: &str, ids: &[String]) -> Vec<Optio
     positions
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_jobs_at_once_get_positions_one_two_three_and_all_complete() {
-    let (app, _storage) = TestApp::spawn_with(
+/// An app whose one backend hangs, running alice's first job: every job alice submits next
+/// waits in the queue. Returns the app, its storage, alice's token and the running job's id.
+async fn blocked_queue(extra: &[&str]) -> (TestApp, Storage, String, String) {
+    let (app, storage) = TestApp::spawn_with(
         SimConfig {
             mode: SimMode::Hang,
             ..fast_sim()
         },
-        &[],
+        extra,
     )
     .await;
     let token = app.token("alice").await;
     let blocker = app.submit_id(&token, "blocker").await;
     app.wait_message(&token, &blocker, |m| m["status"] == "processing")
         .await;
+    (app, storage, token, blocker)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_jobs_at_once_get_positions_one_two_three_and_all_complete() {
+    let (app, _storage, token, blocker) = blocked_queue(&[]).await;
     let answers = futures::future::join_all(
         (0..3).map(|n| app.submit(&token, small_prompt(&format!("p{n}")))),
     )
@@ -50,18 +57,7 @@ async fn three_jobs_at_once_get_positions_one_two_three_and_all_complete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_concurrent_submissions_get_positions_one_to_two_hundred() {
-    let (app, _storage) = TestApp::spawn_with(
-        SimConfig {
-            mode: SimMode::Hang,
-            ..fast_sim()
-        },
-        &["--max-pending-per-user", "1000"],
-    )
-    .await;
-    let token = app.token("alice").await;
-    let blocker = app.submit_id(&token, "blocker").await;
-    app.wait_message(&token, &blocker, |m| m["status"] == "processing")
-        .await;
+    let (app, _storage, token, _blocker) = blocked_queue(&["--max-pending-per-user", "1000"]).await;
     let answers = futures::future::join_all(
         (0..200).map(|n| app.submit(&token, small_prompt(&format!("p{n}")))),
     )
@@ -165,18 +161,7 @@ async fn waiting_positions_only_move_forward_as_the_queue_moves_and_reload_agree
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_queued_job_shifts_the_positions_behind_it() {
-    let (app, _storage) = TestApp::spawn_with(
-        SimConfig {
-            mode: SimMode::Hang,
-            ..fast_sim()
-        },
-        &[],
-    )
-    .await;
-    let token = app.token("alice").await;
-    let blocker = app.submit_id(&token, "blocker").await;
-    app.wait_message(&token, &blocker, |m| m["status"] == "processing")
-        .await;
+    let (app, _storage, token, _blocker) = blocked_queue(&[]).await;
     let mut ids = Vec::new();
     for n in 0..4 {
         ids.push(app.submit_id(&token, &format!("p{n}")).await);
@@ -209,23 +194,13 @@ async fn cancelling_a_queued_job_shifts_the_positions_behind_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_with_more_waiting_jobs_than_a_frame_holds_sees_them_all_in_turns() {
-    let (app, _storage) = TestApp::spawn_with(
-        SimConfig {
-            mode: SimMode::Hang,
-            ..fast_sim()
-        },
-        &[
-            "--max-pending-per-user",
-            "100",
-            "--ws-positions-per-frame",
-            "3",
-        ],
-    )
+    let (app, _storage, token, _blocker) = blocked_queue(&[
+        "--max-pending-per-user",
+        "100",
+        "--ws-positions-per-frame",
+        "3",
+    ])
     .await;
-    let token = app.token("alice").await;
-    let blocker = app.submit_id(&token, "blocker").await;
-    app.wait_message(&token, &blocker, |m| m["status"] == "processing")
-        .await;
     let mut ids = Vec::new();
     for n in 0..10 {
         ids.push(app.submit_id(&token, &format!("p{n}")).await);
