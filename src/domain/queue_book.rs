@@ -136,18 +136,9 @@ impl QueueBook {
 
     /// The positions of `user`'s queued jobs, in queue order: O(k log N) for k jobs.
     pub fn positions_of(&self, user: &str) -> Vec<(Uuid, u32)> {
-        self.by_user
-            .get(user)
-            .map(|tickets| {
-                tickets
-                    .iter()
-                    .filter_map(|(ticket, id)| {
-                        self.index_of(*ticket, id)
-                            .map(|index| (*id, index as u32 + 1))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.positions_of_from(user, None)
+            .map(|((_, id), position)| (id, position))
+            .collect()
     }
 
     /// How many jobs `user` has queued.
@@ -180,11 +171,6 @@ impl QueueBook {
                 self.index_of(key.0, &key.1)
                     .map(|index| (*key, index as u32 + 1))
             })
-    }
-
-    /// Whether `user` has a queued job.
-    pub fn has_jobs_of(&self, user: &str) -> bool {
-        self.by_user.contains_key(user)
     }
 
     /// All jobs in order.
@@ -252,7 +238,7 @@ mod tests {
                 .map(|job| (job.id, book.position(&job.id).unwrap()))
                 .collect();
             assert_eq!(book.positions_of(user), expected, "{user}'s index");
-            assert_eq!(book.has_jobs_of(user), !expected.is_empty());
+            assert_eq!(book.count_of(user), expected.len());
         }
     }
 
@@ -325,7 +311,7 @@ mod tests {
         book.reset(vec![job(3), job(1), job(2), job(1)]);
         assert_eq!(positions(&book), vec![(1, 1), (2, 2), (3, 3)]);
         assert!(!book.contains(&job(100).id));
-        assert!(!book.has_jobs_of("u1") || book.positions_of("u1") == vec![(job(1).id, 1)]);
+        assert!(book.count_of("u1") == 0 || book.positions_of("u1") == vec![(job(1).id, 1)]);
         assert_consistent(&book);
     }
 
