@@ -176,19 +176,13 @@ fn filled_at(accepted: &[Accepted], users: usize, window: usize) -> Option<Insta
     for job in accepted {
         by_user.get_mut(job.session)?.push(job);
     }
-    by_user
-        .iter_mut()
-        .map(|jobs| {
-            jobs.sort_by_key(|job| job.sent);
-            jobs.iter()
-                .take(window)
-                .map(|job| job.answered)
-                .max()
-                .filter(|_| jobs.len() >= window)
-        })
-        .try_fold(None, |latest: Option<Instant>, filled| {
-            filled.map(|at| Some(latest.map_or(at, |latest| latest.max(at))))
-        })?
+    let mut latest = None;
+    for jobs in &mut by_user {
+        jobs.sort_by_key(|job| job.sent);
+        let first = jobs.get(..window)?;
+        latest = latest.max(first.iter().map(|job| job.answered).max());
+    }
+    latest
 }
 
 /// Position frames per session per second over the whole seconds of `start..end`, and position
