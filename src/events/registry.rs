@@ -21,12 +21,12 @@ use uuid::Uuid;
 #[rtype(result = "()")]
 pub enum Deliver {
     /// A job event's frame body (without `seq`). `queued` names the message of a `job.queued`
-    /// event, whose position the session may know a newer value of.
+    /// event and the position it entered at, which the session may know a newer value of.
     Event {
         /// The frame body.
         body: Arc<str>,
-        /// The message of a `job.queued` event.
-        queued: Option<Uuid>,
+        /// The message of a `job.queued` event, and its position in the frame.
+        queued: Option<(Uuid, Option<u32>)>,
         /// The message of a `message.updated` event: it carries the message's whole data, so
         /// an unsent earlier one of the same message may be dropped for it.
         updates: Option<Uuid>,
@@ -243,7 +243,10 @@ impl Handler<Dispatch> for RegistryActor {
         if !self.users.contains_key(event.user_id.as_str()) {
             return;
         }
-        let queued = matches!(event.kind, JobEventKind::Queued { .. }).then_some(event.message_id);
+        let queued = match event.kind {
+            JobEventKind::Queued { queue_position } => Some((event.message_id, queue_position)),
+            _ => None,
+        };
         let updates =
             matches!(event.kind, JobEventKind::Updated { .. }).then_some(event.message_id);
         let frame = Deliver::Event {

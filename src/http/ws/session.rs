@@ -139,9 +139,13 @@ impl SessionActor {
         );
     }
 
-    /// A `job.queued` frame with the newest position this session knows of the message.
-    fn queued_body(&self, body: Arc<str>, id: Uuid) -> Arc<str> {
+    /// A `job.queued` frame with the newest position this session knows of the message; the
+    /// position shown is remembered.
+    fn queued_body(&mut self, body: Arc<str>, id: Uuid, entered_at: Option<u32>) -> Arc<str> {
         let Some(&position) = self.positions.get(&id) else {
+            if let Some(entered_at) = entered_at {
+                self.positions.insert(id, entered_at);
+            }
             return body;
         };
         match serde_json::from_str::<Value>(&body) {
@@ -209,7 +213,6 @@ impl Handler<Deliver> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
-        let outbox = &self.parts.outbox;
         match msg {
             Deliver::Event {
                 body,
@@ -217,10 +220,12 @@ impl Handler<Deliver> for SessionActor {
                 updates,
             } => {
                 let body = match queued {
-                    Some(id) => self.queued_body(body, id),
+                    Some((id, entered_at)) => self.queued_body(body, id, entered_at),
                     None => body,
                 };
-                outbox.push_keyed(Frame::Text(body), updates.map(Coalesce::Updated));
+                self.parts
+                    .outbox
+                    .push_keyed(Frame::Text(body), updates.map(Coalesce::Updated));
             }
             Deliver::Positions {
                 version,
@@ -236,17 +241,34 @@ impl Handler<Deliver> for SessionActor {
                     return;
                 }
                 self.positions_version = version;
+                // A complete frame that shows every queued job where this session last showed
+                // it (a new session of the same user makes the feed tell the user again) is
+                // not sent: a client sees each position once. (Jobs it lacks have left the
+                // queue; their events say so.)
+                if complete
+                    && positions
+                        .iter()
+                        .all(|(id, at)| self.positions.get(id) == Some(at))
+                {
+                    return;
+                }
                 // Only what was shown last is kept (bounded by a frame's size): a `job.queued`
                 // frame of another job keeps its own position, which the client's
                 // never-go-back rule sets right.
                 self.positions = positions.iter().copied().collect();
-                outbox.push_keyed(Frame::Text(body), complete.then_some(Coalesce::Positions));
+                self.parts
+                    .outbox
+                    .push_keyed(Frame::Text(body), complete.then_some(Coalesce::Positions));
             }
             Deliver::Resync => {
-                outbox.push(Frame::Text(Arc::from(resync_frame_body())));
+                self.parts
+                    .outbox
+                    .push(Frame::Text(Arc::from(resync_frame_body())));
             }
             Deliver::Shutdown => {
-                outbox.push(Frame::Close(1001, "server shutting down"));
+                self.parts
+                    .outbox
+                    .push(Frame::Close(1001, "server shutting down"));
                 ctx.stop();
             }
         }

@@ -1,9 +1,7 @@
 //! The WebSocket of the public contract (`docs/api.md`): bad frames answered and survived,
 //! heartbeats, the snapshot of a late client, many sessions at once, and a graceful shutdown.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use forge_sim::{Latency, SimConfig};
 use futures::StreamExt;
 use serde_json::json;

@@ -1,8 +1,6 @@
 //! Issue 6: stuck jobs are caught, reported and never come back (R4, R10.5).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use forge_sim::{Latency, SimConfig, SimMode};
 use serde_json::json;
 use std::time::{Duration, Instant};

@@ -9,16 +9,14 @@
 //! every command the test sends against its command schema, and the scenario must see every
 //! type of [`server_frame_types`] at least once.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use forge_gateway::domain::event::server_frame_types;
 use forge_sim::{Latency, SimConfig, SimMode};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-const ASYNCAPI: &str = include_str!("../assets/asyncapi.json");
+const ASYNCAPI: &str = include_str!("../../assets/asyncapi.json");
 
 /// The commands a client may send (docs/api.md, "WebSocket").
 const COMMANDS: [&str; 4] = ["ping", "resync", "update_message", "cancel"];

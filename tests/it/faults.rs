@@ -1,8 +1,6 @@
 //! Issue 10: faults, bad input and restarts: nothing lost, nothing leaks.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use forge_sim::{Latency, SimConfig};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};

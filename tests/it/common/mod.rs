@@ -8,7 +8,7 @@
 //! One module per concern: [`storage`], [`app`] (in-process gateway), [`process`] (child
 //! process), [`client`] (HTTP), [`ws`] (WebSocket), [`proxy`], [`redis`], [`values`].
 
-#![allow(dead_code, unused_imports)]
+
 
 pub mod app;
 pub mod client;

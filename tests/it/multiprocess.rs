@@ -2,9 +2,7 @@
 //! two gateways (two "processes") in one test process; they share nothing but the database and
 //! Redis. Marked ignored: they need `TEST_DATABASE_URL` and `TEST_REDIS_URL` (CI sets both).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use forge_sim::{Latency, SimConfig, SimMode};
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};

@@ -1,9 +1,7 @@
 //! Issue 14, item 0: no poison pills. Whatever a client may store is read back exactly by
 //! both stores (or refused at the door), and no single row can stop the queue.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use forge_gateway::domain::client_json::canonicalize;
 use forge_gateway::domain::merge::merge_client_data;
 use forge_sim::{Latency, SimConfig, SimMode};

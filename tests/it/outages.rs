@@ -1,9 +1,7 @@
 //! Issue 15: outages, restarts and real backends. Nothing waiting is lost, every message is
 //! the right one, and what the WebSocket showed can be read back over REST.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use forge_sim::{Latency, SimConfig, SimMode, TlsIdentity};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};

@@ -1,8 +1,6 @@
 //! Issue 4: exact live queue positions (R1, R6, R10.1), pushed and read back.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use forge_sim::{Latency, SimConfig, SimMode};
 use serde_json::Value;
 use std::collections::HashMap;

@@ -3,21 +3,19 @@
 //! Every check is an async function over `Arc<dyn QueueStore>`; the `contract!` macro
 //! instantiates each for the in-process `MemoryQueue` (plain tests) and for `RedisQueue` on a
 //! fresh key prefix (ignored unless asked for: run them with
-//! `TEST_REDIS_URL=redis://127.0.0.1:6379 cargo test --test queue_contract -- --include-ignored`).
+//! `TEST_REDIS_URL=redis://127.0.0.1:6379 cargo test --test it queue_contract -- --include-ignored`).
 //! Redis tests only ever delete their own prefix's keys.
 //!
 //! After the contract come the Redis-only checks: a lost state and its rebuild, the feed's gap
 //! after a dropped subscriber, recovery after Redis goes away, and the Redis event bus.
 
-#[path = "../common/mod.rs"]
-mod common;
 mod feed;
 mod order;
 mod redis_bus;
 mod redis_queue;
 
 use actix::{Actor, Context, Handler};
-use common::{TcpProxy, delete_redis_prefix, plain_client};
+use crate::common::{TcpProxy, delete_redis_prefix, plain_client};
 use forge_gateway::domain::event::{JobEvent, JobEventKind};
 use forge_gateway::domain::queue_book::{QueueBook, QueueChange, QueuedJob};
 use forge_gateway::events::redis_bus::RedisBus;
@@ -65,7 +63,7 @@ fn redis_url() -> String {
         Ok(url) if !url.is_empty() => url,
         _ => panic!(
             "TEST_REDIS_URL is not set: Redis tests need it, e.g. \
-             TEST_REDIS_URL=redis://127.0.0.1:6379 cargo test --test queue_contract -- --include-ignored"
+             TEST_REDIS_URL=redis://127.0.0.1:6379 cargo test --test it queue_contract -- --include-ignored"
         ),
     }
 }

@@ -1,14 +1,12 @@
 //! The REST side of the public contract (`docs/api.md`): every call with bad input, tokens,
 //! idempotency, caps, listings, routes and the dev token endpoint. The WebSocket side is in
-//! `tests/websocket.rs`.
+//! `websocket.rs`.
 //!
 //! Past 500 lines on purpose: eight tests, one per part of the REST contract, each a table of
 //! requests and the exact answers `docs/api.md` promises; split further, a reader checking the
 //! contract against the document would have to hop between files.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use forge_sim::{Latency, SimConfig};
 use reqwest::Method;
 use serde_json::{Value, json};

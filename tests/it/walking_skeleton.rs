@@ -1,8 +1,6 @@
 //! Issue 2: one image request end to end on the embedded default, over HTTP and WebSocket.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

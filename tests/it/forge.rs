@@ -1,8 +1,6 @@
 //! Issue 5: timeouts, the circuit breaker, clear errors, several backends (R5, R8, R9, R10.4).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use forge_sim::{Latency, SimConfig, SimMode};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};

@@ -1,9 +1,7 @@
 //! Issue 14: hostile and broken clients cannot hurt the service or anyone else. Each test
 //! talks to a real server (in-process, or a child process where memory or the log matters).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};

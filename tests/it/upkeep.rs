@@ -2,9 +2,7 @@
 //! and their images go away once they are older than the retention (a job still waiting or
 //! running is never touched, however old); a metrics scrape counts pending rows only.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use forge_sim::{SimConfig, SimMode};
 use std::time::Instant;
 

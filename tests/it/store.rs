@@ -1,8 +1,6 @@
 //! Issue 3: every field persisted, no update ever lost (R2, R3, R10.3).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use forge_gateway::actors::store::StoreError;
 use forge_gateway::domain::catalogue::JobFailure;
 use forge_gateway::domain::change::{Change, Refusal, Transition};
