@@ -8,8 +8,6 @@
 //! One module per concern: [`storage`], [`app`] (in-process gateway), [`process`] (child
 //! process), [`client`] (HTTP), [`ws`] (WebSocket), [`proxy`], [`redis`], [`values`].
 
-
-
 pub mod app;
 pub mod client;
 pub mod process;

@@ -14,8 +14,8 @@ mod order;
 mod redis_bus;
 mod redis_queue;
 
-use actix::{Actor, Context, Handler};
 use crate::common::{TcpProxy, delete_redis_prefix, plain_client};
+use actix::{Actor, Context, Handler};
 use forge_gateway::domain::event::{JobEvent, JobEventKind};
 use forge_gateway::domain::queue_book::{QueueBook, QueueChange, QueuedJob};
 use forge_gateway::events::redis_bus::RedisBus;
