@@ -11,6 +11,7 @@
 //! the session actor and the queue actor implement their handlers.
 
 use crate::domain::event::{JobEvent, JobEventKind, control_frame_body};
+use crate::domain::position_feed::JobPosition;
 use actix::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,8 +37,8 @@ pub enum Deliver {
     Positions {
         /// The mirror's version.
         version: u64,
-        /// Each queued job's position.
-        positions: Arc<[(Uuid, u32)]>,
+        /// Each queued job's position and estimate.
+        positions: Arc<[JobPosition]>,
         /// The frame body.
         body: Arc<str>,
         /// Whether these are all of the user's queued jobs.
@@ -68,8 +69,8 @@ pub struct Positions {
     pub user: Arc<str>,
     /// The mirror's version.
     pub version: u64,
-    /// Each queued job's position.
-    pub positions: Arc<[(Uuid, u32)]>,
+    /// Each queued job's position and estimate.
+    pub positions: Arc<[JobPosition]>,
     /// The frame body.
     pub body: Arc<str>,
     /// Whether these are all of the user's queued jobs (a newer complete frame replaces an

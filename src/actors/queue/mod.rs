@@ -186,15 +186,10 @@ impl QueueActor {
             .tick(&self.mirror, &eta, started, self.last_tick_cost)
         {
             let body: Arc<str> = Arc::from(positions_frame_body(&user.positions));
-            let positions = user
-                .positions
-                .iter()
-                .map(|position| (position.id, position.queue_position))
-                .collect();
             self.positions.do_send(Positions {
                 user: user.user,
                 version,
-                positions,
+                positions: user.positions.into(),
                 body,
                 complete: user.complete,
             });

@@ -17,6 +17,7 @@
 use super::outbox::{Coalesce, Frame, Outbox};
 use crate::domain::catalogue::ApiError;
 use crate::domain::event::{control_frame_body, snapshot_frame_body};
+use crate::domain::position_feed::JobPosition;
 use crate::events::SessionRegistry;
 use crate::events::registry::{Deliver, Permit, resync_frame_body};
 use crate::gateway::Gateway;
@@ -86,8 +87,8 @@ pub struct SessionActor {
     timing: SessionTiming,
     /// The mirror version of the positions shown last.
     positions_version: u64,
-    /// The newest position shown of each queued message.
-    positions: HashMap<Uuid, u32>,
+    /// The newest position (and estimate) shown of each queued message.
+    positions: HashMap<Uuid, (u32, Option<u32>)>,
 }
 
 impl SessionActor {
@@ -125,7 +126,11 @@ impl SessionActor {
                         Ok(snapshot) => {
                             if snapshot.positions_version >= act.positions_version {
                                 act.positions_version = snapshot.positions_version;
-                                act.positions = snapshot.positions.into_iter().collect();
+                                act.positions = snapshot
+                                    .positions
+                                    .into_iter()
+                                    .map(|(id, position)| (id, (position, None)))
+                                    .collect();
                             }
                             act.push_text(snapshot_frame_body(&snapshot.views));
                         }
@@ -142,9 +147,9 @@ impl SessionActor {
     /// A `job.queued` frame with the newest position this session knows of the message; the
     /// position shown is remembered.
     fn queued_body(&mut self, body: Arc<str>, id: Uuid, entered_at: Option<u32>) -> Arc<str> {
-        let Some(&position) = self.positions.get(&id) else {
+        let Some(&(position, _)) = self.positions.get(&id) else {
             if let Some(entered_at) = entered_at {
-                self.positions.insert(id, entered_at);
+                self.positions.insert(id, (entered_at, None));
             }
             return body;
         };
@@ -241,21 +246,22 @@ impl Handler<Deliver> for SessionActor {
                     return;
                 }
                 self.positions_version = version;
-                // A complete frame that shows every queued job where this session last showed
-                // it (a new session of the same user makes the feed tell the user again) is
+                // A complete frame that shows every queued job where (and with the estimate)
+                // this session last showed it (a new session of the same user makes the feed tell the user again) is
                 // not sent: a client sees each position once. (Jobs it lacks have left the
                 // queue; their events say so.)
+                let shown = |job: &JobPosition| (job.queue_position, job.eta_s);
                 if complete
                     && positions
                         .iter()
-                        .all(|(id, at)| self.positions.get(id) == Some(at))
+                        .all(|job| self.positions.get(&job.id) == Some(&shown(job)))
                 {
                     return;
                 }
                 // Only what was shown last is kept (bounded by a frame's size): a `job.queued`
                 // frame of another job keeps its own position, which the client's
                 // never-go-back rule sets right.
-                self.positions = positions.iter().copied().collect();
+                self.positions = positions.iter().map(|job| (job.id, shown(job))).collect();
                 self.parts
                     .outbox
                     .push_keyed(Frame::Text(body), complete.then_some(Coalesce::Positions));
