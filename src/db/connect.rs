@@ -41,15 +41,22 @@ impl Database {
             write,
             backend,
             unreadable_data: Arc::default(),
+            writes: Arc::default(),
             #[cfg(feature = "test-hooks")]
             faults: Default::default(),
         })
     }
 
-    /// Whether the database answers.
+    /// Whether the database answers, and takes writes: a ping, and what the last writes did
+    /// (a database that answers may still refuse every write, its disk full).
     pub async fn ping(&self) -> Result<(), DbError> {
         self.read.ping().await?;
-        Ok(())
+        match self.writes_failing() {
+            Some(why) => Err(DbError::Db(sea_orm::DbErr::Custom(format!(
+                "writes are failing: {why}"
+            )))),
+            None => Ok(()),
+        }
     }
 
     /// Closes the pools.
@@ -81,6 +88,15 @@ async fn connect_pool(
     if let Some(schema) = &settings.schema {
         options.set_schema_search_path(schema.clone());
     }
+    // A connection that comes back still in a transaction is closed, not reused. SQLite rolls
+    // a transaction back by itself on some errors (a full disk, I/O): the driver's own ROLLBACK
+    // then fails, its count of open transactions stays at one, and every later BEGIN on that
+    // connection became a SAVEPOINT inside a transaction that was never committed (writes
+    // answered as done, then lost). A new connection has no such state.
+    options
+        .map_sqlx_sqlite_pool_opts(|pool| pool.after_release(|conn, _| Box::pin(reusable(conn))));
+    options
+        .map_sqlx_postgres_pool_opts(|pool| pool.after_release(|conn, _| Box::pin(reusable(conn))));
     options.map_sqlx_sqlite_opts(|opts| {
         opts.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
             .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
@@ -88,6 +104,19 @@ async fn connect_pool(
             .create_if_missing(true)
     });
     Ok(SeaDatabase::connect(options).await?)
+}
+
+/// Whether a connection given back to the pool may be used again (see [`connect_pool`]).
+async fn reusable<C: sea_orm::sqlx::Connection>(
+    conn: &mut C,
+) -> Result<bool, sea_orm::sqlx::Error> {
+    if conn.is_in_transaction() {
+        tracing::warn!(
+            "a database connection came back inside a transaction it could not roll back; replacing it"
+        );
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 fn create_sqlite_parent(url: &str) -> Result<(), DbError> {

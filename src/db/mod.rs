@@ -19,6 +19,7 @@ mod write;
 pub use read::{COUNT_PENDING, ListFilter};
 pub use write::{RowResult, RowWork};
 
+use crate::domain::health::WriteHealth;
 use crate::domain::message::ChatMessage;
 use sea_orm::{DatabaseConnection, DbBackend, DbErr};
 use std::sync::Arc;
@@ -69,14 +70,22 @@ impl DbError {
             | Sqlx::WorkerCrashed => true,
             Sqlx::Database(err) => {
                 let code = err.code().unwrap_or_default();
-                // PostgreSQL: connection exceptions, insufficient resources, operator
-                // intervention (a restart), transaction rollbacks (serialization, deadlock).
-                // SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6).
-                ["08", "53", "57", "40"]
-                    .iter()
-                    .any(|class| code.starts_with(class))
-                    || code == "5"
-                    || code == "6"
+                let sqlite = err
+                    .try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>()
+                    .and_then(|_| code.parse::<i32>().ok());
+                match sqlite {
+                    // SQLite, whose extended codes keep the primary one in the low byte:
+                    // SQLITE_NOMEM (7), SQLITE_READONLY (8: a file system remounted read-only),
+                    // SQLITE_IOERR (10), SQLITE_BUSY (5), SQLITE_LOCKED (6), SQLITE_FULL (13),
+                    // SQLITE_CANTOPEN (14). The disk or the file's state, not the row.
+                    Some(sqlite) => matches!(sqlite & 0xff, 5..=8 | 10 | 13 | 14),
+                    // PostgreSQL: connection exceptions, insufficient resources (a full disk:
+                    // 53100), operator intervention (a restart, a statement timeout), system
+                    // errors (58030, I/O), transaction rollbacks (serialization, deadlock).
+                    None => ["08", "53", "57", "58", "40"]
+                        .iter()
+                        .any(|class| code.starts_with(class)),
+                }
             }
             _ => false,
         }
@@ -103,6 +112,8 @@ pub struct Database {
     backend: DbBackend,
     /// Rows read whose client data was not JSON and was kept as text (see [`rows`]).
     unreadable_data: Arc<AtomicU64>,
+    /// What the writes did lately (a database that answers may still refuse every write).
+    writes: Arc<WriteHealth>,
     #[cfg(feature = "test-hooks")]
     faults: faults::Faults,
 }
@@ -114,6 +125,22 @@ impl Database {
             DbBackend::Postgres => "postgres",
             DbBackend::Sqlite => "sqlite",
             _ => "other",
+        }
+    }
+
+    /// Why writes are failing now, if they are (see [`WriteHealth`]).
+    pub fn writes_failing(&self) -> Option<String> {
+        self.writes.failing(std::time::Instant::now())
+    }
+
+    /// Records what a write did: a failure of the database's state (not a refused row) makes
+    /// it fail readiness for a while.
+    fn record_write<T>(&self, result: &Result<T, DbError>) {
+        if let Err(err) = result
+            && err.is_transient()
+        {
+            self.writes
+                .failed(std::time::Instant::now(), err.to_string());
         }
     }
 

@@ -72,12 +72,16 @@ impl Database {
         work: &[RowWork],
         now: DateTime<Utc>,
     ) -> Result<Vec<RowResult>, DbError> {
-        match self.write_batch(work, now).await {
+        let written = self.write_batch(work, now).await;
+        self.record_write(&written);
+        match written {
             Err(err) if work.len() > 1 && !err.is_transient() => {
                 tracing::warn!(error = %err, rows = work.len(), "a batch write was refused; writing its rows one by one");
                 let mut results = Vec::with_capacity(work.len());
                 for row in work {
-                    let result = match self.write_batch(std::slice::from_ref(row), now).await {
+                    let one = self.write_batch(std::slice::from_ref(row), now).await;
+                    self.record_write(&one);
+                    let result = match one {
                         Ok(mut one) => one.pop().unwrap_or(RowResult::Conflict),
                         Err(err) => RowResult::Failed(err),
                     };

@@ -8,6 +8,7 @@ pub mod change;
 pub mod client_json;
 pub mod eta;
 pub mod event;
+pub mod health;
 pub mod merge;
 pub mod message;
 pub mod outages;

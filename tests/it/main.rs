@@ -9,6 +9,7 @@ mod common;
 
 mod api;
 mod contract;
+mod disk;
 mod faults;
 mod forge;
 mod hostile;

@@ -10,6 +10,7 @@
 
 pub mod app;
 pub mod client;
+pub mod disk;
 pub mod process;
 pub mod proxy;
 pub mod redis;
@@ -19,6 +20,7 @@ pub mod ws;
 
 pub use app::*;
 pub use client::*;
+pub use disk::*;
 pub use process::*;
 pub use proxy::*;
 pub use redis::*;

@@ -33,6 +33,15 @@ impl Storage {
         }
     }
 
+    /// SQLite in a temporary folder and the in-process queue, whatever the environment says.
+    pub fn sqlite() -> Storage {
+        Storage {
+            dir: tempfile::tempdir().expect("temporary folder"),
+            postgres: None,
+            redis: None,
+        }
+    }
+
     /// Environment variables selecting this storage (for a gateway process).
     pub fn env(&self) -> Vec<(&'static str, String)> {
         let mut env = vec![("DATA_DIR", self.dir.path().display().to_string())];
