@@ -1,5 +1,6 @@
 //! Generated images on disk, and the bundled placeholder.
 
+use bytes::Bytes;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use uuid::Uuid;
@@ -27,38 +28,15 @@ impl ImageStore {
         })
     }
 
-    /// Stores a job's image; returns its URL.
-    pub async fn save(&self, id: Uuid, png: &[u8]) -> std::io::Result<String> {
+    /// Stores a job's image (replacing an earlier save of it whole); returns its URL.
+    pub async fn save(&self, id: Uuid, png: Bytes) -> std::io::Result<String> {
         let name = format!("{id}.png");
-        let path = self.path_of(id, &name);
-        let bytes = png.to_vec();
-        // The URL is announced only after this returns, so nobody can read the file while it
-        // is written, and each job saves its image once: write it in place, in one blocking
-        // call, without the temporary file and rename a preview needs (one inode and one
-        // directory operation fewer per job; file creation is a large part of a job's cost).
-        let written = tokio::task::spawn_blocking(move || {
-            use std::io::Write;
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)?;
-            file.write_all(&bytes)
-        })
-        .await
-        .map_err(std::io::Error::other)?;
-        match written {
-            Ok(()) => {}
-            // Saved before (a repeated save of the same job): replace it whole.
-            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-                self.replace(id, &name, png).await?
-            }
-            Err(err) => return Err(err),
-        }
+        self.replace(id, &name, png).await?;
         Ok(format!("/images/{name}"))
     }
 
     /// Stores (overwrites) a job's live preview; returns its URL.
-    pub async fn save_preview(&self, id: Uuid, png: &[u8]) -> std::io::Result<String> {
+    pub async fn save_preview(&self, id: Uuid, png: Bytes) -> std::io::Result<String> {
         let name = format!("{id}.preview.png");
         self.replace(id, &name, png).await?;
         Ok(format!("/images/{name}"))
@@ -83,12 +61,22 @@ impl ImageStore {
         }
     }
 
-    /// Writes a temporary file then renames it over `name`, so a reader never sees half a file.
-    async fn replace(&self, id: Uuid, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    /// Writes a temporary file then renames it over `name`, so nobody ever reads half a file
+    /// (a disk that fills mid-write leaves no partial image to serve): on any failure the
+    /// temporary file is removed and `name` is untouched. One blocking call for all of it.
+    async fn replace(&self, id: Uuid, name: &str, bytes: Bytes) -> std::io::Result<()> {
         let target = self.path_of(id, name);
         let temporary = target.with_file_name(format!(".{name}.{}.tmp", Uuid::now_v7().simple()));
-        tokio::fs::write(&temporary, bytes).await?;
-        tokio::fs::rename(&temporary, target).await
+        tokio::task::spawn_blocking(move || {
+            let written = std::fs::write(&temporary, &bytes)
+                .and_then(|()| std::fs::rename(&temporary, &target));
+            if written.is_err() {
+                let _ = std::fs::remove_file(&temporary);
+            }
+            written
+        })
+        .await
+        .map_err(std::io::Error::other)?
     }
 
     /// Where the file `name` of job `id` lives: one of 256 subfolders, so that concurrent
@@ -173,7 +161,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = ImageStore::open(dir.path()).unwrap();
         let id = Uuid::now_v7();
-        let url = store.save(id, b"png").await.unwrap();
+        let url = store.save(id, Bytes::from_static(b"png")).await.unwrap();
         assert_eq!(url, format!("/images/{id}.png"));
         assert_eq!(
             store.read(&format!("{id}.png")).await,
@@ -186,14 +174,20 @@ mod tests {
                 .exists()
         );
         // Saving again replaces the file whole.
-        store.save(id, b"png2").await.unwrap();
+        store.save(id, Bytes::from_static(b"png2")).await.unwrap();
         assert_eq!(
             store.read(&format!("{id}.png")).await,
             Some(b"png2".to_vec())
         );
-        let preview = store.save_preview(id, b"p1").await.unwrap();
+        let preview = store
+            .save_preview(id, Bytes::from_static(b"p1"))
+            .await
+            .unwrap();
         assert_eq!(preview, format!("/images/{id}.preview.png"));
-        store.save_preview(id, b"p2").await.unwrap();
+        store
+            .save_preview(id, Bytes::from_static(b"p2"))
+            .await
+            .unwrap();
         assert_eq!(
             store.read(&format!("{id}.preview.png")).await,
             Some(b"p2".to_vec())
@@ -205,11 +199,14 @@ mod tests {
             store.read(&format!("{id}.png")).await.is_some(),
             "only the preview went"
         );
-        store.save_preview(id, b"p3").await.unwrap();
+        store
+            .save_preview(id, Bytes::from_static(b"p3"))
+            .await
+            .unwrap();
         store.delete_job(id).await;
         assert_eq!(store.read(&format!("{id}.png")).await, None);
         assert_eq!(store.read(&format!("{id}.preview.png")).await, None);
-        store.save(id, b"png3").await.unwrap();
+        store.save(id, Bytes::from_static(b"png3")).await.unwrap();
         std::fs::write(dir.path().join("secret.txt"), b"x").unwrap();
         for bad in [
             "../secret.txt",

@@ -166,6 +166,7 @@ pub(super) async fn build_core(
             Backend::from_url(url),
             config.forge_timeout,
             config.forge_connect_timeout,
+            config.forge_max_answer,
             &roots,
         )
         .map_err(StartError::new)?;

@@ -1,7 +1,70 @@
-//! Reading Forge's answers: the part of a `txt2img` answer the gateway uses (the image and
-//! the seed Forge really used), progress, and the check that an image is a real PNG.
+//! Reading Forge's answers, bounded: the body up to a limit (the call fails as soon as it is
+//! passed), the part of a `txt2img` answer the gateway uses (the image and the seed Forge
+//! really used), and the check that an image is a real PNG of the size asked for, decoded row
+//! by row so a decompression bomb never allocates more than a row.
 
-use super::failure::ForgeFailure;
+use super::failure::{ForgeFailure, classify};
+use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
+
+/// How much of an error answer's body is kept for the log.
+const ERROR_BODY_BYTES: usize = 300;
+
+/// The most a PNG's decoder may allocate besides the image's rows (its chunks and window).
+const PNG_DECODER_BYTES: usize = 4 * 1024 * 1024;
+
+/// Reads an answer's body, failing as soon as it passes `limit` bytes (a `Content-Length`
+/// above it fails before anything is read). An error status reads only the start of the body.
+pub(super) async fn read_answer(
+    mut answer: reqwest::Response,
+    limit: usize,
+) -> Result<Bytes, ForgeFailure> {
+    let status = answer.status();
+    let limit = if status.is_success() {
+        limit
+    } else {
+        ERROR_BODY_BYTES
+    };
+    if status.is_success()
+        && let Some(length) = answer.content_length()
+        && length > limit as u64
+    {
+        return Err(too_large(length, limit));
+    }
+    let capacity = answer.content_length().unwrap_or(0).min(limit as u64) as usize;
+    let mut body = BytesMut::with_capacity(capacity);
+    loop {
+        // Any error while reading the body means the connection broke mid-answer.
+        let chunk = answer.chunk().await.map_err(|err| match classify(err) {
+            ForgeFailure::BadAnswer {
+                cause: Some(cause), ..
+            } => ForgeFailure::Connection(cause),
+            other => other,
+        })?;
+        let Some(chunk) = chunk else { break };
+        if body.len() + chunk.len() > limit {
+            if !status.is_success() {
+                body.extend_from_slice(&chunk[..limit - body.len()]);
+                break;
+            }
+            return Err(too_large((body.len() + chunk.len()) as u64, limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if !status.is_success() {
+        return Err(ForgeFailure::Status {
+            status: status.as_u16(),
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
+    }
+    Ok(body.freeze())
+}
+
+fn too_large(length: u64, limit: usize) -> ForgeFailure {
+    ForgeFailure::bad_answer(format_args!(
+        "answer of at least {length} bytes, past FORGE_MAX_ANSWER ({limit} bytes)"
+    ))
+}
 
 /// The part of a `txt2img` answer the gateway reads.
 #[derive(serde::Deserialize)]
@@ -26,24 +89,67 @@ pub(super) struct InfoSeed {
     pub seed: Option<i64>,
 }
 
-/// Decodes the PNG fully: the answer must hold a real image of the requested size.
+/// The image and the seed of a `txt2img` answer, checked: a PNG of exactly `width`×`height`.
+/// A seed Forge reports that cannot have been used (negative: "random") is left out.
+pub(super) fn read_txt2img(
+    body: &[u8],
+    width: u32,
+    height: u32,
+) -> Result<(Bytes, Option<i64>), ForgeFailure> {
+    // Typed, borrowing the base64 text: a `Value` tree of Forge's answer (its `info` and
+    // `parameters` included) cost more than the rest of reading it.
+    let answer: Txt2ImgAnswer = serde_json::from_slice(body)
+        .map_err(|err| ForgeFailure::unparsable("not the expected JSON", err))?;
+    let image = answer
+        .images
+        .as_ref()
+        .and_then(|images| images.first())
+        .map(|image| image.as_ref())
+        .ok_or_else(|| ForgeFailure::bad_answer("no images[0] string"))?;
+    let encoded = image.split_once("base64,").map_or(image, |(_, data)| data);
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|err| ForgeFailure::unparsable("images[0] is not base64", err))?;
+    check_png(&png, width, height)?;
+    let seed = match answer.info {
+        Some(InfoField::Text(info)) => serde_json::from_str::<InfoSeed>(&info)
+            .ok()
+            .and_then(|info| info.seed)
+            .filter(|seed| *seed >= 0),
+        _ => None,
+    };
+    Ok((Bytes::from(png), seed))
+}
+
+/// Checks that `png` is a PNG of exactly `width`×`height` that decodes in full. The size is
+/// read from its header before anything is decoded, and rows are decoded one at a time, so a
+/// PNG that declares a huge image (a decompression bomb) is refused without allocating it.
 pub(super) fn check_png(png: &[u8], width: u32, height: u32) -> Result<(), ForgeFailure> {
-    let mut decoder = png::Decoder::new(std::io::Cursor::new(png));
-    decoder.set_transformations(png::Transformations::EXPAND);
+    let mut decoder = png::Decoder::new_with_limits(
+        std::io::Cursor::new(png),
+        png::Limits {
+            bytes: PNG_DECODER_BYTES,
+        },
+    );
+    decoder.set_ignore_text_chunk(true);
+    decoder.set_ignore_iccp_chunk(true);
     let mut reader = decoder
         .read_info()
         .map_err(|err| ForgeFailure::unparsable("not a PNG", err))?;
-    let size = reader
-        .output_buffer_size()
-        .ok_or_else(|| ForgeFailure::bad_answer("PNG too large"))?;
-    let mut pixels = vec![0; size];
-    let frame = reader
-        .next_frame(&mut pixels)
-        .map_err(|err| ForgeFailure::unparsable("PNG does not decode", err))?;
-    if (frame.width, frame.height) != (width, height) {
-        // Forge may round sizes; a different size is still an image, so keep it but say so.
-        tracing::debug!(want = ?(width, height), got = ?(frame.width, frame.height), "Forge answered another size");
+    let (got_width, got_height) = {
+        let info = reader.info();
+        (info.width, info.height)
+    };
+    if (got_width, got_height) != (width, height) {
+        return Err(ForgeFailure::bad_answer(format_args!(
+            "an image of {got_width}x{got_height} for a request of {width}x{height}"
+        )));
     }
+    while reader
+        .next_row()
+        .map_err(|err| ForgeFailure::unparsable("PNG does not decode", err))?
+        .is_some()
+    {}
     Ok(())
 }
 
@@ -51,37 +157,95 @@ pub(super) fn check_png(png: &[u8], width: u32, height: u32) -> Result<(), Forge
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_txt2img_answer_is_read_for_its_image_and_seed_only() {
-        let answer: Txt2ImgAnswer = serde_json::from_str(
-            r#"{"images":["aGk="],"parameters":{"x":[1,2]},"info":"{\"seed\": 42, \"all_seeds\": [42]}"}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            answer
-                .images
-                .as_deref()
-                .and_then(|i| i.first())
-                .map(|i| i.as_ref()),
-            Some("aGk=")
-        );
-        assert!(
-            matches!(&answer.info, Some(InfoField::Text(info)) if serde_json::from_str::<InfoSeed>(info).unwrap().seed == Some(42))
-        );
-        // An `info` that is not a string is ignored, not a failure.
-        let answer: Txt2ImgAnswer =
-            serde_json::from_str(r#"{"images":["aGk="],"info":{"seed":1}}"#).unwrap();
-        assert!(matches!(answer.info, Some(InfoField::Other(_))));
-        // No images, or images that are not strings: not the expected answer.
-        let answer: Txt2ImgAnswer = serde_json::from_str(r#"{"info":"x"}"#).unwrap();
-        assert!(answer.images.is_none());
-        assert!(serde_json::from_str::<Txt2ImgAnswer>(r#"{"images":[1]}"#).is_err());
-        assert!(serde_json::from_str::<Txt2ImgAnswer>("<html>").is_err());
+    fn png_of(width: u32, height: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut encoder = png::Encoder::new(&mut out, width, height);
+        encoder.set_color(png::ColorType::Rgba);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header().unwrap();
+        writer
+            .write_image_data(&vec![7u8; (width * height * 4) as usize])
+            .unwrap();
+        writer.finish().unwrap();
+        out
+    }
+
+    fn answer(png: &[u8], info: &str) -> String {
+        let image = base64::engine::general_purpose::STANDARD.encode(png);
+        serde_json::json!({"images": [image], "parameters": {"x": [1, 2]}, "info": info})
+            .to_string()
     }
 
     #[test]
-    fn a_png_must_decode() {
+    fn a_txt2img_answer_is_read_for_its_image_and_seed_only() {
+        let png = png_of(8, 8);
+        let (image, seed) = read_txt2img(
+            answer(&png, r#"{"seed": 42, "all_seeds": [42]}"#).as_bytes(),
+            8,
+            8,
+        )
+        .unwrap();
+        assert_eq!(&image[..], &png[..]);
+        assert_eq!(seed, Some(42));
+        // An `info` that is not a string is ignored, not a failure; so is a seed that cannot
+        // have been used.
+        let image = base64::engine::general_purpose::STANDARD.encode(&png);
+        let other = serde_json::json!({"images": [image], "info": {"seed": 1}}).to_string();
+        assert_eq!(read_txt2img(other.as_bytes(), 8, 8).unwrap().1, None);
+        assert_eq!(
+            read_txt2img(answer(&png, r#"{"seed": -1}"#).as_bytes(), 8, 8)
+                .unwrap()
+                .1,
+            None
+        );
+        // No images, or images that are not strings: not the expected answer.
+        for bad in [
+            r#"{"info":"x"}"#,
+            r#"{"images":[1]}"#,
+            "<html>",
+            r#"{"images":["%%"]}"#,
+        ] {
+            assert!(read_txt2img(bad.as_bytes(), 8, 8).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_png_must_decode_and_be_the_size_asked_for() {
         assert!(check_png(b"\x89PNG\r\n\x1a\nnot really", 8, 8).is_err());
         assert!(check_png(b"GIF89a", 8, 8).is_err());
+        assert!(check_png(&png_of(8, 8), 8, 8).is_ok());
+        let err = check_png(&png_of(16, 8), 8, 8).unwrap_err();
+        assert!(err.detail().contains("16x8"), "{}", err.detail());
+        // Truncated: the header is right, the data is not all there.
+        let whole = png_of(64, 64);
+        assert!(check_png(&whole[..whole.len() / 2], 64, 64).is_err());
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_refused_from_its_header() {
+        // A header declaring 16000x16000 RGBA (1 GB of pixels) over a little data: refused by
+        // its size before any row is decoded.
+        let mut bomb = png_of(8, 8);
+        bomb[16..20].copy_from_slice(&16000u32.to_be_bytes());
+        bomb[20..24].copy_from_slice(&16000u32.to_be_bytes());
+        let crc = crc32(&bomb[12..29]);
+        bomb[29..33].copy_from_slice(&crc.to_be_bytes());
+        let err = check_png(&bomb, 64, 64).unwrap_err();
+        assert!(err.detail().contains("16000x16000"), "{}", err.detail());
+    }
+
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = 0xffff_ffffu32;
+        for byte in bytes {
+            crc ^= u32::from(*byte);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
     }
 }

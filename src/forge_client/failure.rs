@@ -115,26 +115,6 @@ impl ForgeFailure {
     }
 }
 
-pub(super) async fn read_answer(answer: reqwest::Response) -> Result<Vec<u8>, ForgeFailure> {
-    let status = answer.status();
-    // We decode JSON ourselves, so any error while reading the body (reqwest calls some of
-    // them "decode" errors) means the connection broke mid-answer.
-    let bytes = answer.bytes().await.map_err(|err| match classify(err) {
-        ForgeFailure::BadAnswer {
-            cause: Some(cause), ..
-        } => ForgeFailure::Connection(cause),
-        other => other,
-    })?;
-    if !status.is_success() {
-        let body = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
-        return Err(ForgeFailure::Status {
-            status: status.as_u16(),
-            body,
-        });
-    }
-    Ok(bytes.to_vec())
-}
-
 pub(super) fn classify(err: reqwest::Error) -> ForgeFailure {
     // A connect that timed out is a connection failure: Forge never got the request.
     if err.is_connect() {

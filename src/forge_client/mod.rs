@@ -10,9 +10,10 @@ pub use failure::ForgeFailure;
 pub use tls::{TlsRoots, install_default_provider};
 
 use crate::domain::params::GenerationParams;
-use answer::{InfoField, InfoSeed, Txt2ImgAnswer, check_png};
+use answer::{check_png, read_answer, read_txt2img};
 use base64::Engine as _;
-use failure::{classify, read_answer};
+use bytes::Bytes;
+use failure::classify;
 use serde::Deserialize;
 use serde_json::json;
 use std::time::Duration;
@@ -70,7 +71,7 @@ fn percent_decode(text: &str) -> String {
 #[derive(Clone, Debug)]
 pub struct Generated {
     /// The PNG file.
-    pub png: Vec<u8>,
+    pub png: Bytes,
     /// The seed Forge used.
     pub seed: Option<i64>,
 }
@@ -80,14 +81,14 @@ pub struct Generated {
 pub struct Progress {
     /// 0.0..1.0.
     pub fraction: f64,
-    /// Seconds left, by Forge's estimate.
+    /// Seconds left, by Forge's estimate (`None` when it gave none that can be true).
     pub eta_seconds: Option<f64>,
     /// Current sampling step.
     pub step: u64,
     /// Steps of the running job.
     pub steps: u64,
     /// The live preview PNG, when asked for and available.
-    pub preview_png: Option<Vec<u8>>,
+    pub preview_png: Option<Bytes>,
 }
 
 #[derive(Deserialize)]
@@ -116,18 +117,25 @@ pub struct ForgeClient {
     http: reqwest::Client,
     backend: Backend,
     timeout: Duration,
+    max_answer: usize,
 }
 
-/// Largest PNG we accept from Forge.
-const MAX_IMAGE_BYTES: usize = 64 * 1024 * 1024;
+/// The most a progress answer without a preview, or an interrupt's, may hold.
+const MAX_SMALL_ANSWER: usize = 64 * 1024;
+
+/// The longest estimate of time left taken from Forge (a day): anything longer cannot be true
+/// of a job that fails at `FORGE_TIMEOUT`.
+const MAX_ETA_SECONDS: f64 = 86_400.0;
 
 impl ForgeClient {
     /// A client whose txt2img calls give up after `timeout`, whose connects give up after
-    /// `connect_timeout`, trusting `roots` over https.
+    /// `connect_timeout`, trusting `roots` over https, and which reads at most `max_answer`
+    /// bytes of an answer (`FORGE_MAX_ANSWER`).
     pub fn new(
         backend: Backend,
         timeout: Duration,
         connect_timeout: Duration,
+        max_answer: usize,
         roots: &TlsRoots,
     ) -> Result<ForgeClient, String> {
         install_default_provider();
@@ -141,6 +149,7 @@ impl ForgeClient {
             http,
             backend,
             timeout,
+            max_answer,
         })
     }
 
@@ -184,34 +193,13 @@ impl ForgeClient {
             .send()
             .await
             .map_err(classify)?;
-        let bytes = read_answer(answer).await?;
-        // Typed, borrowing the base64 text: a `Value` tree of Forge's answer (its `info` and
-        // `parameters` included) cost more than the rest of reading it.
-        let answer: Txt2ImgAnswer = serde_json::from_slice(&bytes)
-            .map_err(|err| ForgeFailure::unparsable("not the expected JSON", err))?;
-        let image = answer
-            .images
-            .as_ref()
-            .and_then(|images| images.first())
-            .map(|image| image.as_ref())
-            .ok_or_else(|| ForgeFailure::bad_answer("no images[0] string"))?;
-        let encoded = image.split_once("base64,").map_or(image, |(_, data)| data);
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(encoded.trim())
-            .map_err(|err| ForgeFailure::unparsable("images[0] is not base64", err))?;
-        if png.len() > MAX_IMAGE_BYTES {
-            return Err(ForgeFailure::bad_answer(format_args!(
-                "image of {} bytes",
-                png.len()
-            )));
-        }
-        check_png(&png, params.width, params.height)?;
-        let seed = match answer.info {
-            Some(InfoField::Text(info)) => serde_json::from_str::<InfoSeed>(&info)
-                .ok()
-                .and_then(|info| info.seed),
-            _ => None,
-        };
+        let body = read_answer(answer, self.max_answer).await?;
+        // Decoding and checking the image takes milliseconds of CPU for a large one: off the
+        // threads that serve requests.
+        let (width, height) = (params.width, params.height);
+        let (png, seed) = tokio::task::spawn_blocking(move || read_txt2img(&body, width, height))
+            .await
+            .map_err(|err| ForgeFailure::unparsable("reading the answer failed", err))??;
         Ok(Generated { png, seed })
     }
 
@@ -232,9 +220,16 @@ impl ForgeClient {
             .send()
             .await
             .map_err(classify)?;
-        let bytes = read_answer(answer).await?;
+        let limit = if with_preview {
+            self.max_answer
+        } else {
+            MAX_SMALL_ANSWER
+        };
+        let bytes = read_answer(answer, limit).await?;
         let answer: ProgressAnswer = serde_json::from_slice(&bytes)
             .map_err(|err| ForgeFailure::unparsable("progress", err))?;
+        // A preview is shown only if it is a PNG that decodes (a bomb is refused by its
+        // header's size, which must be that of a real image).
         let preview_png = answer
             .current_image
             .filter(|image| !image.is_empty())
@@ -243,12 +238,17 @@ impl ForgeClient {
                     .decode(image.trim())
                     .ok()
             })
-            .filter(|png| png.starts_with(b"\x89PNG"));
+            .filter(|png| preview_is_sane(png))
+            .map(Bytes::from);
         Ok(Progress {
-            fraction: answer.progress.clamp(0.0, 1.0),
+            fraction: if answer.progress.is_finite() {
+                answer.progress.clamp(0.0, 1.0)
+            } else {
+                0.0
+            },
             eta_seconds: answer
                 .eta_relative
-                .filter(|eta| eta.is_finite() && *eta >= 0.0),
+                .filter(|eta| eta.is_finite() && (0.0..=MAX_ETA_SECONDS).contains(eta)),
             step: answer.state.sampling_step,
             steps: answer.state.sampling_steps,
             preview_png,
@@ -263,8 +263,19 @@ impl ForgeClient {
             .send()
             .await
             .map_err(classify)?;
-        read_answer(answer).await.map(|_| ())
+        read_answer(answer, MAX_SMALL_ANSWER).await.map(|_| ())
     }
+}
+
+/// Whether a live preview is a PNG no larger than the largest image a job may ask for, that
+/// decodes.
+fn preview_is_sane(png: &[u8]) -> bool {
+    let Ok(reader) = png::Decoder::new(std::io::Cursor::new(png)).read_info() else {
+        return false;
+    };
+    let (width, height) = (reader.info().width, reader.info().height);
+    let max = crate::domain::params::MAX_SIDE;
+    width <= max && height <= max && check_png(png, width, height).is_ok()
 }
 
 #[cfg(test)]

@@ -152,30 +152,50 @@ impl Worker {
             .inc();
     }
 
-    /// Stores the generated image; the transition to write.
+    /// Stores the generated image; the transition to write. A disk that is full (or over
+    /// quota) is waited for, up to `STORAGE_TIMEOUT`, since space often comes back; any other
+    /// failure, or no space in time, fails the job.
     async fn store_image(&self, job: &QueuedJob, generated: Generated) -> Transition {
-        let saved = tokio::time::timeout(
-            STORAGE_TIMEOUT,
-            self.deps.images.save(job.id, &generated.png),
-        )
-        .await;
-        match saved {
-            Ok(Ok(image_url)) => Transition::Complete {
-                image_url,
-                placeholder: false,
-                seed: generated.seed,
-            },
-            failed => {
-                // A storage step that ran out of time is R9.2's "any other deadline".
-                let failure = match failed {
-                    Err(_) => JobFailure::Timeout,
-                    Ok(_) => JobFailure::Unknown,
-                };
-                tracing::error!(job = %job.id, outcome = ?failed.map(|saved| saved.map(|_| ())), "could not store the image");
-                Transition::Fail {
-                    error: failure.to_error(),
+        let deadline = tokio::time::Instant::now() + STORAGE_TIMEOUT;
+        let mut pause = Duration::from_millis(100);
+        let failure = loop {
+            let saved = tokio::time::timeout_at(
+                deadline,
+                self.deps.images.save(job.id, generated.png.clone()),
+            )
+            .await;
+            let err = match saved {
+                Ok(Ok(image_url)) => {
+                    return Transition::Complete {
+                        image_url,
+                        placeholder: false,
+                        seed: generated.seed,
+                    };
                 }
+                // A storage step that ran out of time is R9.2's "any other deadline".
+                Err(_) => break JobFailure::Timeout,
+                Ok(Err(err)) => err,
+            };
+            let full = matches!(
+                err.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            );
+            if !full {
+                tracing::error!(job = %job.id, error = %err, "could not store the image");
+                break JobFailure::Unknown;
             }
+            if tokio::time::Instant::now() + pause >= deadline {
+                break JobFailure::Timeout;
+            }
+            tracing::warn!(job = %job.id, error = %err, "no room for the image; trying again");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        };
+        if failure == JobFailure::Timeout {
+            tracing::error!(job = %job.id, "could not store the image within STORAGE_TIMEOUT");
+        }
+        Transition::Fail {
+            error: failure.to_error(),
         }
     }
 
@@ -279,7 +299,7 @@ impl Worker {
                 });
             }
             if let Some(png) = progress.preview_png
-                && let Ok(preview_url) = self.deps.images.save_preview(id, &png).await
+                && let Ok(preview_url) = self.deps.images.save_preview(id, png).await
             {
                 changes.push(Change::Preview { preview_url });
             }
