@@ -15,6 +15,7 @@ mod forge;
 mod hostile;
 mod multiprocess;
 mod outages;
+mod peers;
 mod poison;
 mod queue;
 mod queue_contract;

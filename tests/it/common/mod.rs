@@ -11,6 +11,7 @@
 pub mod app;
 pub mod client;
 pub mod disk;
+pub mod fake_forge;
 pub mod process;
 pub mod proxy;
 pub mod redis;
@@ -21,6 +22,7 @@ pub mod ws;
 pub use app::*;
 pub use client::*;
 pub use disk::*;
+pub use fake_forge::*;
 pub use process::*;
 pub use proxy::*;
 pub use redis::*;
