@@ -15,6 +15,8 @@
 
 const PENDING = new Set(["queued", "processing"]);
 const LIST_LIMIT = 50;
+/** The close code of a socket whose token expired (docs/api.md). */
+const TOKEN_EXPIRED = 4001;
 
 /**
  * @typedef {"queued"|"processing"|"complete"|"error"|"cancelled"} Status
@@ -358,23 +360,29 @@ export function connect(options) {
       lastFrameAt = Date.now();
     });
     ws.addEventListener("message", (event) => { if (mine === generation) onFrame(event.data); });
-    ws.addEventListener("close", () => {
+    ws.addEventListener("close", (event) => {
       if (mine !== generation) return;
       socket = null;
       setStatus("closed");
-      scheduleReconnect(mine, opened);
+      // 4001: the token the socket was opened with expired; ask for a fresh one first.
+      scheduleReconnect(mine, opened, event.code === TOKEN_EXPIRED);
     });
   }
 
-  function scheduleReconnect(mine, opened) {
+  function scheduleReconnect(mine, opened, expired = false) {
     if (closed || mine !== generation) return;
     const ceiling = Math.min(maxDelay, minDelay * 2 ** attempt);
     attempt++;
-    const wait = ceiling / 2 + Math.random() * (ceiling / 2);
+    const wait = expired ? 0 : ceiling / 2 + Math.random() * (ceiling / 2);
     clearTimeout(reconnectTimer);
     reconnectTimer = setTimeout(async () => {
-      // A socket that never opened may have had its token refused: a REST call renews it.
-      if (!opened && renewToken) await request("GET", "/api/v1/messages?limit=1").catch(() => {});
+      if (expired && renewToken) {
+        const fresh = await renewToken().catch(() => null);
+        if (fresh) token = fresh;
+      } else if (!opened && renewToken) {
+        // A socket that never opened may have had its token refused: a REST call renews it.
+        await request("GET", "/api/v1/messages?limit=1").catch(() => {});
+      }
       if (mine === generation) open();
     }, wait);
   }

@@ -320,6 +320,7 @@ pub async fn start(config: Config) -> Result<RunningApp, StartError> {
             outbox_frames: config.ws_outbox as usize,
             outbox_bytes: config.ws_outbox_bytes,
             command_queue: config.ws_command_queue as usize,
+            close_timeout: config.ws_close_timeout,
         },
         ws_commands_per_second: config.ws_commands_per_second,
         limits: HttpLimits {

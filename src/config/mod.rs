@@ -185,6 +185,10 @@ pub struct Config {
     #[arg(long, env = "WS_COMMAND_QUEUE", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub ws_command_queue: u32,
 
+    /// After a WebSocket ends (the client closed or left, or its token expired), how long the
+    /// write commands it sent before may still take to be applied; past it they are dropped.
+    #[arg(long, env = "WS_CLOSE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub ws_close_timeout: Duration,
     /// Server ping period on WebSockets.
     #[arg(long, env = "WS_HEARTBEAT", default_value = "15s", value_parser = duration)]
     pub ws_heartbeat: Duration,

@@ -21,6 +21,9 @@ pub const MAX_USER_CHARS: usize = 255;
 /// Lifetime of a dev-mode token.
 pub const DEV_TOKEN_LIFETIME: chrono::Duration = chrono::Duration::days(7);
 
+/// How long past `exp` (and before `nbf`) a token is still taken: clocks differ a little.
+pub const LEEWAY_SECONDS: u64 = 5;
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     sub: String,
@@ -28,6 +31,16 @@ struct Claims {
     exp: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iat: Option<i64>,
+}
+
+/// Who a valid token names, and until when it is valid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The user (`sub`).
+    pub user: String,
+    /// The first second (since the epoch) the token is refused: past its `exp` and the
+    /// leeway. A WebSocket opened with it ends then.
+    pub valid_until: i64,
 }
 
 /// How user tokens are checked.
@@ -59,7 +72,8 @@ impl Verifier {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.required_spec_claims = HashSet::from(["sub".to_owned(), "exp".to_owned()]);
         validation.validate_exp = true;
-        validation.leeway = 5;
+        validation.validate_nbf = true;
+        validation.leeway = LEEWAY_SECONDS;
         if let Some(issuer) = issuer {
             validation.set_issuer(&[issuer]);
             validation.required_spec_claims.insert("iss".to_owned());
@@ -119,6 +133,11 @@ impl Auth {
 
     /// The user of a bearer token.
     pub fn user_of(&self, token: &str) -> Result<String, ApiError> {
+        self.verify(token).map(|identity| identity.user)
+    }
+
+    /// The user of a bearer token and until when the token is valid.
+    pub fn verify(&self, token: &str) -> Result<Identity, ApiError> {
         let mut expired = false;
         let mut claims = None;
         for verifier in &self.verifiers {
@@ -130,11 +149,17 @@ impl Auth {
                 Err(err) => expired |= matches!(err.kind(), ErrorKind::ExpiredSignature),
             }
         }
-        let user = claims.ok_or(ApiError::Unauthorized { expired })?.sub;
-        if !valid_user(&user) {
+        let claims = claims.ok_or(ApiError::Unauthorized { expired })?;
+        if !valid_user(&claims.sub) {
             return Err(ApiError::Unauthorized { expired: false });
         }
-        Ok(user)
+        Ok(Identity {
+            user: claims.sub,
+            valid_until: claims
+                .exp
+                .unwrap_or_default()
+                .saturating_add(LEEWAY_SECONDS as i64 + 1),
+        })
     }
 
     /// The user of an `Authorization: Bearer …` header value.
@@ -157,7 +182,8 @@ impl Auth {
         let Some(given) = value.strip_prefix("Bearer ") else {
             return false;
         };
-        constant_time_eq(given.trim().as_bytes(), expected.as_bytes())
+        use subtle::ConstantTimeEq as _;
+        bool::from(given.trim().as_bytes().ct_eq(expected.as_bytes()))
     }
 
     /// A dev token for `user`, valid for `lifetime`, signed with the dev key (dev mode only).
@@ -185,13 +211,6 @@ pub fn valid_user(user: &str) -> bool {
     !user.trim().is_empty()
         && user.chars().count() <= MAX_USER_CHARS
         && !user.chars().any(char::is_control)
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 #[cfg(test)]
@@ -273,6 +292,31 @@ mod tests {
         assert_eq!(
             auth.user_of(&token),
             Err(ApiError::Unauthorized { expired: true })
+        );
+    }
+
+    #[test]
+    fn a_token_not_valid_yet_is_refused_and_exp_is_told() {
+        let auth = auth();
+        let now = chrono::Utc::now().timestamp();
+        let early = sign(
+            SECRET,
+            json!({"sub": "a", "exp": later(), "nbf": now + 3600}),
+        );
+        assert_eq!(
+            auth.user_of(&early),
+            Err(ApiError::Unauthorized { expired: false })
+        );
+        let within_leeway = sign(SECRET, json!({"sub": "a", "exp": later(), "nbf": now + 2}));
+        assert_eq!(auth.user_of(&within_leeway).unwrap(), "a");
+        let exp = now + 60;
+        let token = sign(SECRET, json!({"sub": "a", "exp": exp}));
+        assert_eq!(
+            auth.verify(&token).unwrap(),
+            Identity {
+                user: "a".into(),
+                valid_until: exp + LEEWAY_SECONDS as i64 + 1
+            }
         );
     }
 

@@ -183,6 +183,12 @@ async fn tokens_are_checked_for_signature_expiry_and_owner() {
             "token_expired",
         ),
         (jwt(secret, json!({"exp": far})), 401, "unauthorized"),
+        // Not valid for another hour (`nbf`).
+        (
+            jwt(secret, json!({"sub": "alice", "exp": far, "nbf": far})),
+            401,
+            "unauthorized",
+        ),
         // Without `exp` a token would be valid forever.
         (jwt(secret, json!({"sub": "alice"})), 401, "unauthorized"),
         ("garbage".to_owned(), 401, "unauthorized"),

@@ -238,3 +238,68 @@ async fn sigterm_closes_sessions_and_leaves_queued_jobs_queued() {
     gateway.kill().await;
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_frame_kind_takes_the_command_rate() {
+    // Binary frames (and pings) are frames a user sends: a flood of them is held to
+    // WS_COMMANDS_PER_SECOND like text, not answered as fast as it arrives.
+    let (app, _storage) = TestApp::spawn_with(fast_sim(), &["--ws-commands-per-second", "5"]).await;
+    let alice = app.token("alice").await;
+    let mut ws = app.ws(&alice).await;
+    for _ in 0..200 {
+        ws.send_raw(WsMessage::Binary(vec![0u8].into())).await;
+    }
+    ws.send_raw(WsMessage::Ping(Default::default())).await;
+    let started = std::time::Instant::now();
+    while ws.next_within(Duration::from_millis(700)).await.is_some() {}
+    let count = |code: &str| {
+        ws.seen
+            .iter()
+            .filter(|f| f["type"] == "error" && f["error"]["code"] == code)
+            .count()
+    };
+    let (answered, limited) = (count("invalid_json"), count("rate_limited"));
+    // The burst of 10, then 5 a second while the frames were read.
+    let allowed = 10 + 5 * (started.elapsed().as_secs() as usize + 1);
+    assert!(
+        answered <= allowed,
+        "{answered} binary frames answered in {:?}",
+        started.elapsed()
+    );
+    assert!(limited > 0, "the flood was never told it is limited");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_ends_when_its_token_expires() {
+    let (app, _storage) = TestApp::spawn().await;
+    let secret = std::fs::read_to_string(app.data_dir.join("dev-jwt-secret")).expect("secret");
+    forge_gateway::http::auth::install_jwt_crypto();
+    let now = chrono::Utc::now().timestamp();
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "alice", "exp": now + 1}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.trim().as_bytes()).expect("key"),
+    )
+    .expect("token");
+    let mut ws = app.ws(&token).await;
+    // Valid (with the 5 s leeway) for a few seconds: the socket serves.
+    ws.send(json!({"type": "ping"})).await;
+    ws.wait_for("pong", |f| f["type"] == "pong").await;
+    let opened = std::time::Instant::now();
+    while ws.next_within(Duration::from_secs(15)).await.is_some() {}
+    assert_eq!(
+        ws.closed,
+        Some((4001, "token expired".to_owned())),
+        "closed after {:?}",
+        opened.elapsed()
+    );
+    assert!(
+        opened.elapsed() < Duration::from_secs(9),
+        "closed {:?} after opening, the token being refused 7 s after at most",
+        opened.elapsed()
+    );
+    let (status, _) = app.get(&token, "/api/v1/messages").await;
+    assert_eq!(status, 401, "REST agrees the token is expired");
+    app.stop().await;
+}

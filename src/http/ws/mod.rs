@@ -63,6 +63,8 @@ pub struct WsSettings {
     pub outbox_bytes: usize,
     /// `WS_COMMAND_QUEUE`.
     pub command_queue: usize,
+    /// `WS_CLOSE_TIMEOUT`: how long the commands read before a socket ended may still take.
+    pub close_timeout: Duration,
 }
 
 /// tungstenite's buffers: small, because most sessions are idle most of the time. The read
@@ -131,11 +133,13 @@ pub async fn upgrade(mut request: hyper::Request<Incoming>, state: Arc<HttpState
         return error_response(&ApiError::invalid("Upgrade", Invalid::BadHandshake));
     };
     let accept = derive_accept_key(key.as_bytes());
-    let user = match token_of(&request).map(|token| state.auth.user_of(&token)) {
-        Some(Ok(user)) => Arc::<str>::from(user),
+    let identity = match token_of(&request).map(|token| state.auth.verify(&token)) {
+        Some(Ok(identity)) => identity,
         Some(Err(err)) => return error_response(&err),
         None => return error_response(&ApiError::Unauthorized { expired: false }),
     };
+    let user = Arc::<str>::from(identity.user);
+    let expires = expiry_instant(identity.valid_until);
     let refuse = |reason: &str, err: ApiError| {
         state
             .metrics
@@ -184,7 +188,7 @@ pub async fn upgrade(mut request: hyper::Request<Incoming>, state: Arc<HttpState
                     Some(socket_config()),
                 )
                 .await;
-                serve(socket, permit, state).await;
+                serve(socket, permit, state, expires).await;
             }
             Err(err) => tracing::debug!(error = %err, "WebSocket upgrade failed"),
         }
@@ -200,10 +204,36 @@ pub async fn upgrade(mut request: hyper::Request<Incoming>, state: Arc<HttpState
     response
 }
 
+/// When a token valid until `valid_until` (seconds since the epoch) stops being valid, on
+/// this process's clock.
+fn expiry_instant(valid_until: i64) -> tokio::time::Instant {
+    let left = valid_until
+        .saturating_sub(chrono::Utc::now().timestamp())
+        .max(0);
+    // Far enough for any token, near enough not to overflow the clock.
+    let left = Duration::from_secs((left as u64).min(10 * 365 * 24 * 3600));
+    tokio::time::Instant::now() + left
+}
+
+/// How a socket's service came to its end.
+enum Ending {
+    /// Reading stopped (the client closed, left, fell silent, or sent too much).
+    Read(End),
+    /// Writing stopped (we closed, or the socket failed).
+    Written,
+    /// The token the socket was opened with expired.
+    Expired,
+}
+
 /// Serves one socket: a session actor, a reader, a command applier and a writer, until the
-/// socket ends.
-async fn serve<S>(socket: WebSocketStream<S>, permit: Permit, state: Arc<HttpState>)
-where
+/// socket ends or its token expires. Commands read before the end are applied before the
+/// session goes (within `WS_CLOSE_TIMEOUT`).
+async fn serve<S>(
+    socket: WebSocketStream<S>,
+    permit: Permit,
+    state: Arc<HttpState>,
+    expires: tokio::time::Instant,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let Some(arbiter) = state.next_arbiter() else {
@@ -226,7 +256,7 @@ where
     });
     state.metrics.ws_sessions_open.inc();
     let (commands, queued) = mpsc::channel(settings.command_queue.max(1));
-    let applier = tokio::spawn(apply_commands(
+    let mut applier = tokio::spawn(apply_commands(
         queued,
         state.gateway.clone(),
         user.clone(),
@@ -234,7 +264,7 @@ where
     ));
     let (sink, stream) = socket.split();
     let reader = Reader {
-        user,
+        user: user.clone(),
         outbox: outbox.clone(),
         session: session.clone(),
         commands,
@@ -245,35 +275,44 @@ where
         idle_timeout: settings.timing.idle_timeout,
         max_frame: MAX_CLIENT_FRAME,
     };
-    let writer = write_frames(sink, outbox.clone(), state.metrics.clone());
-    let reader = reader.run(stream);
-    tokio::pin!(writer);
-    tokio::pin!(reader);
-    tokio::select! {
-        end = &mut reader => {
-            // The client went away, fell silent or broke the protocol: say why if it can
-            // still hear it, then end the session.
-            match end {
-                End::TooBig => {
-                    outbox.push(Frame::Close(1009, "frame too large"));
-                }
-                End::Idle => {
-                    outbox.push(Frame::Close(1001, "idle timeout"));
-                }
-                End::Gone => {}
-            }
-            if end != End::Gone {
-                let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
-            }
-        }
-        () = &mut writer => {
-            // We closed (shutdown, idle client) or the socket failed: give the client a moment
-            // to answer the close frame, then let go.
-            let _ = tokio::time::timeout(Duration::from_secs(2), &mut reader).await;
-        }
+    let mut writer = Box::pin(write_frames(sink, outbox.clone(), state.metrics.clone()));
+    let mut reader = Box::pin(reader.run(stream));
+    let ending = tokio::select! {
+        end = &mut reader => Ending::Read(end),
+        () = &mut writer => Ending::Written,
+        () = tokio::time::sleep_until(expires) => Ending::Expired,
+    };
+    if let Ending::Written = ending {
+        // We closed (shutdown, idle client) or the socket failed: give the client a moment to
+        // answer the close frame; what it sent until then is read.
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut reader).await;
     }
-    // Commands still queued belong to a session that is gone: dropped, not executed.
-    applier.abort();
+    // Nothing more is read; the commands already read are applied, in order, before the
+    // session goes (the queue's sender went with the reader, so the applier ends after them).
+    drop(reader);
+    if tokio::time::timeout(settings.close_timeout, &mut applier)
+        .await
+        .is_err()
+    {
+        applier.abort();
+        tracing::warn!(user = %user, "commands of a closed WebSocket still waiting after WS_CLOSE_TIMEOUT were dropped");
+    }
+    let farewell = match ending {
+        Ending::Read(End::TooBig) => Some((1009, "frame too large")),
+        Ending::Read(End::Idle) => Some((1001, "idle timeout")),
+        Ending::Expired => Some((TOKEN_EXPIRED_CLOSE, "token expired")),
+        // Answers the client's close frame (and flushes what waits before it).
+        Ending::Read(End::Closed) => Some((1000, "")),
+        Ending::Read(End::Gone) | Ending::Written => None,
+    };
+    if !matches!(ending, Ending::Written) {
+        if let Some((code, reason)) = farewell {
+            outbox.push(Frame::Close(code, reason));
+        } else {
+            outbox.abandon();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+    }
     session.do_send(Closed);
     outbox.abandon();
     state
@@ -282,6 +321,10 @@ where
         .inc_by(outbox.counts().dropped);
     state.metrics.ws_sessions_open.dec();
 }
+
+/// The close code of a socket whose token expired: the client gets a fresh token and
+/// reconnects (`client.js` asks `renewToken`).
+pub const TOKEN_EXPIRED_CLOSE: u16 = 4001;
 
 /// Drains the outbox into the socket, stamping `seq` on every text frame, one `send` per batch.
 async fn write_frames<S>(

@@ -1,15 +1,18 @@
 //! The socket's read side: what a client sends, bounded in rate, size and backlog.
 //!
 //! Frames are read one at a time, and the next is read only once the previous is dealt with:
-//! - every frame takes a token of the user's [`CommandRate`]; without one the frame is refused
-//!   with a `rate_limited` error and the reader waits for the next token before reading on, so
-//!   a flood costs a bounded amount of work and is slowed by TCP itself;
+//! - every frame takes a token of the user's [`CommandRate`], whatever its kind (text, binary,
+//!   ping, pong); without one a text or binary frame is refused with a `rate_limited` error
+//!   (a ping or pong is not answered) and the reader waits for the next token before reading
+//!   on, so a flood costs a bounded amount of work and is slowed by TCP itself;
 //! - a write command (`update_message`, `cancel`) goes into a queue of `WS_COMMAND_QUEUE`
 //!   commands that [`apply_commands`] works through in order; while it is full, nothing more is
 //!   read;
 //! - at most one `resync` is answered at a time (one more while it runs is redundant).
 //!
-//! When the socket ends, the commands still queued are dropped, not executed.
+//! When reading ends (the client's close frame, a broken connection, the token's expiry), the
+//! commands already read are still applied, in order, within `WS_CLOSE_TIMEOUT`
+//! ([`super::serve`]).
 
 use super::outbox::{Frame, Outbox};
 use super::rate::CommandRate;
@@ -38,7 +41,9 @@ pub(super) enum Command {
 /// Why reading stopped.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum End {
-    /// The client closed, or the connection broke.
+    /// The client sent its close frame.
+    Closed,
+    /// The connection broke.
     Gone,
     /// The client sent nothing for `WS_IDLE_TIMEOUT`.
     Idle,
@@ -76,24 +81,30 @@ impl Reader {
                 Ok(Some(Ok(frame))) => frame,
             };
             self.last_seen.touch();
+            if let Message::Close(_) = frame {
+                return End::Closed;
+            }
+            if let Err(wait) = self.rate.take(&self.user) {
+                self.metrics.ws_commands_limited.inc();
+                if matches!(frame, Message::Text(_) | Message::Binary(_)) {
+                    self.refuse(&ApiError::RateLimited {
+                        per_second: self.rate.per_second(),
+                    });
+                }
+                // Read on only when the user may send again: a flood waits in TCP.
+                tokio::time::sleep(wait).await;
+                continue;
+            }
             let text = match frame {
-                Message::Close(_) => return End::Gone,
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+                Message::Close(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {
+                    continue;
+                }
                 Message::Binary(_) => {
                     self.refuse(&ApiError::InvalidJson(BadJson::BinaryFrame));
                     continue;
                 }
                 Message::Text(text) => text,
             };
-            if let Err(wait) = self.rate.take(&self.user) {
-                self.metrics.ws_commands_limited.inc();
-                self.refuse(&ApiError::RateLimited {
-                    per_second: self.rate.per_second(),
-                });
-                // Read on only when the user may send again: a flood waits in TCP.
-                tokio::time::sleep(wait).await;
-                continue;
-            }
             if text.len() > self.max_frame {
                 self.refuse(&ApiError::PayloadTooLarge {
                     limit: self.max_frame,

@@ -16,6 +16,8 @@ pub struct WsClient {
     pub seen: Vec<Value>,
     /// The `snapshot` received on connect.
     pub snapshot: Value,
+    /// The server's close frame (code and reason), once it came.
+    pub closed: Option<(u16, String)>,
 }
 
 impl WsClient {
@@ -29,6 +31,7 @@ impl WsClient {
             stream,
             seen: Vec::new(),
             snapshot: Value::Null,
+            closed: None,
         };
         let hello = client.next().await.expect("hello");
         assert_eq!(hello["type"], "hello", "first frame is hello: {hello}");
@@ -55,7 +58,12 @@ impl WsClient {
                     self.seen.push(value.clone());
                     return Some(value);
                 }
-                WsMessage::Close(_) => return None,
+                WsMessage::Close(frame) => {
+                    self.closed = Some(frame.map_or((1005, String::new()), |frame| {
+                        (u16::from(frame.code), frame.reason.to_string())
+                    }));
+                    return None;
+                }
                 _ => continue,
             }
         }
