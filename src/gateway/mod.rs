@@ -121,7 +121,10 @@ impl Gateway {
             .map_err(|err| match err {
                 QueueError::TooManyPending { limit } => ApiError::TooManyPending { limit },
                 other => {
+                    // Its outcome may be unknown (a reply that timed out): a 503 must mean
+                    // "not queued", so the enqueue is undone, now or whenever it lands.
                     tracing::error!(error = %other, "enqueue failed");
+                    self.inner.queue.abort_enqueue(id, user);
                     ApiError::Unavailable
                 }
             })?;
@@ -163,9 +166,9 @@ impl Gateway {
             // queue may have moved on from: a position shown must not go back).
             Ok(message) => Ok(self.view(message).await),
             Err(err) => {
-                // Nothing was written: take the job out of the queue and free its slot.
-                let _ = self.inner.queue.remove(id).await;
-                let _ = self.inner.queue.release(user, id).await;
+                // Nothing was written: take the job out of the queue and free its slot (in
+                // the background, retried: the queue store may be what is slow).
+                self.inner.queue.abort_enqueue(id, user);
                 match (err, idempotency_key) {
                     (StoreError::Refused(Refusal::AlreadyExists), Some(key)) => {
                         // A concurrent request with the same key won the race.

@@ -107,6 +107,17 @@ impl QueueStore for MemoryQueue {
         Ok(removed)
     }
 
+    /// In process, an enqueue always has an outcome: nothing lands later.
+    async fn abort(&self, id: Uuid, user_id: &str) -> Result<bool, QueueError> {
+        let removed = self.remove(id).await?;
+        self.release(user_id, id).await?;
+        Ok(removed)
+    }
+
+    async fn aborted(&self, _id: Uuid) -> Result<bool, QueueError> {
+        Ok(false)
+    }
+
     async fn release(&self, user_id: &str, id: Uuid) -> Result<(), QueueError> {
         let mut state = self.state.lock();
         if let Some(set) = state.pending.get_mut(user_id) {

@@ -45,12 +45,21 @@ pub enum QueueError {
         /// The reply, as debug text.
         reply: String,
     },
+    /// The enqueue was undone before it reached the store (see [`QueueStore::abort`]).
+    #[error("the enqueue of {id} was aborted")]
+    Aborted {
+        /// The job.
+        id: uuid::Uuid,
+    },
     /// The job is in the queue already (ids are fresh UUIDs: a caller's bug).
     #[error("job {id} is queued already")]
     AlreadyQueued {
         /// The job.
         id: uuid::Uuid,
     },
+    /// Redis answers, but refused a write lately (see `domain::health`).
+    #[error("writes are failing: {0}")]
+    WritesFailing(String),
     /// The database read behind a rebuild or a slot check failed.
     #[error("reading the database failed: {0}")]
     Database(#[source] std::sync::Arc<dyn std::error::Error + Send + Sync>),
@@ -99,6 +108,14 @@ pub trait QueueStore: Send + Sync {
         user_id: &str,
         max_pending: u32,
     ) -> Result<Enqueued, QueueError>;
+
+    /// Undoes an enqueue whose outcome is unknown (its reply never came): if it landed, the
+    /// job leaves the queue and its owner's pending cap; if it lands later, it is refused
+    /// ([`QueueError::Aborted`]). Idempotent. Returns whether the job had landed.
+    async fn abort(&self, id: Uuid, user_id: &str) -> Result<bool, QueueError>;
+
+    /// Whether the enqueue of `id` was aborted (a worker that popped it drops it at once).
+    async fn aborted(&self, id: Uuid) -> Result<bool, QueueError>;
 
     /// Takes the first job; each job is handed to exactly one caller, in every process.
     async fn pop(&self) -> Result<Option<QueuedJob>, QueueError>;

@@ -380,3 +380,155 @@ async fn a_database_unreachable_at_start_is_an_error_not_a_panic() {
         "credentials are not shown: {text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "starts a redis-server of its own (Debian's redis-server; .ci/run runs it)"]
+async fn a_slow_redis_leaves_no_phantom_job_behind_a_503() {
+    // Redis answers after 5 s (DEBUG SLEEP in a loop) while users submit twice a second: a
+    // submit that times out is answered 503, and must then not be queued, whenever its
+    // enqueue reaches Redis. The backend hangs, so every real job stays where it is.
+    let redis = PrivateRedis::start().await;
+    let sim = start_sim(SimConfig {
+        mode: SimMode::Hang,
+        ..fast_sim()
+    })
+    .await;
+    let mut storage = Storage::sqlite();
+    storage.redis = Some((redis.url.clone(), "slow".to_owned()));
+    let (app, client) = gateway_on(&storage, &[sim.url()], &["--forge-timeout", "10m"]).await;
+    let token = client.token("alice").await;
+    let slow = redis.url.clone();
+    let slowing = tokio::spawn(async move {
+        use fred::prelude::*;
+        use fred::types::{ClusterHash, CustomCommand};
+        let redis = plain_client(&slow).await;
+        for _ in 0..2 {
+            let _: fred::types::Value = redis
+                .custom(
+                    CustomCommand::new_static("DEBUG", ClusterHash::FirstKey, false),
+                    vec!["SLEEP", "5"],
+                )
+                .await
+                .expect("DEBUG SLEEP");
+        }
+    });
+    let (mut accepted, mut refused) = (Vec::new(), 0);
+    let submits = (0..20).map(|n| {
+        let (client, token) = (client.clone(), token.clone());
+        async move {
+            tokio::time::sleep(Duration::from_millis(500 * n)).await;
+            client
+                .submit(&token, small_prompt(&format!("slow {n}")))
+                .await
+        }
+    });
+    for (status, body) in futures::future::join_all(submits).await {
+        match status {
+            202 => accepted.push(body["id"].as_str().expect("id").to_owned()),
+            503 => refused += 1,
+            other => panic!("{other}: {body}"),
+        }
+    }
+    slowing.await.expect("slowing");
+    assert!(
+        refused > 0,
+        "Redis was never slow enough to refuse a submit"
+    );
+
+    // Once Redis is fast again, the queue holds exactly the accepted jobs: one processing, the
+    // others at 1, 2, 3… over REST, and Redis has no entry for a refused one.
+    let queue_key = "{slow}:queue";
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let redis_queued: i64 = {
+            use fred::prelude::*;
+            plain_client(&redis.url)
+                .await
+                .zcard(queue_key)
+                .await
+                .expect("ZCARD")
+        };
+        let list = client
+            .get(&token, "/api/v1/messages?status=queued&limit=200")
+            .await
+            .1;
+        let mut positions: Vec<i64> = list["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .filter_map(|m| m["queue_position"].as_i64())
+            .collect();
+        positions.sort();
+        let exact = positions == (1..=positions.len() as i64).collect::<Vec<_>>()
+            && redis_queued == positions.len() as i64
+            && positions.len() + 1 == accepted.len();
+        if exact {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} accepted, REST positions {positions:?}, {redis_queued} in Redis",
+            accepted.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    app.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "starts a redis-server of its own (Debian's redis-server; .ci/run runs it)"]
+async fn a_redis_that_refuses_writes_makes_the_process_not_ready() {
+    // Past its maxmemory, Redis answers PING but refuses every write: readiness must say what
+    // a submit needs.
+    let redis = PrivateRedis::start().await;
+    let sim = start_sim(fast_sim()).await;
+    let mut storage = Storage::sqlite();
+    storage.redis = Some((redis.url.clone(), "oom".to_owned()));
+    let (app, client) = gateway_on(&storage, &[sim.url()], &[]).await;
+    let token = client.token("alice").await;
+    let ready = |client: Client| async move {
+        let answer = client
+            .http
+            .get(format!("{}/readyz", client.base))
+            .send()
+            .await
+            .expect("readyz");
+        let status = answer.status().as_u16();
+        (status, answer.json::<Value>().await.expect("json"))
+    };
+    assert_eq!(ready(client.clone()).await.0, 200);
+    let admin = plain_client(&redis.url).await;
+    let set = |value: &'static str| {
+        let admin = admin.clone();
+        async move {
+            use fred::prelude::*;
+            use fred::types::{ClusterHash, CustomCommand};
+            let _: fred::types::Value = admin
+                .custom(
+                    CustomCommand::new_static("CONFIG", ClusterHash::FirstKey, false),
+                    vec!["SET", "maxmemory", value],
+                )
+                .await
+                .expect("CONFIG SET");
+        }
+    };
+    set("1").await;
+    let (status, body) = client.submit(&token, small_prompt("no room")).await;
+    assert_eq!(status, 503, "{body}");
+    let (status, body) = ready(client.clone()).await;
+    assert_eq!(status, 503, "ready while every write is refused: {body}");
+    assert_eq!(body["checks"]["queue"], "unavailable", "{body}");
+    set("0").await;
+    let deadline = Instant::now() + DEADLINE;
+    while ready(client.clone()).await.0 != 200 {
+        assert!(Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let id = client.submit_id(&token, "room again").await;
+    client
+        .wait_message(&token, &id, |m| m["status"] == "complete")
+        .await;
+    app.shutdown().await;
+    sim.shutdown().await;
+}

@@ -214,7 +214,9 @@ impl Worker {
         loop {
             match self.deps.store.apply(job.id, change()).await {
                 Ok(message) => return Some(message),
-                Err(StoreError::Refused(Refusal::NotFound)) if Instant::now() < give_up => {
+                Err(StoreError::Refused(Refusal::NotFound))
+                    if Instant::now() < give_up && !self.deps.queue.aborted(job.id).await =>
+                {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(250));
                 }

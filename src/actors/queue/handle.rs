@@ -47,6 +47,37 @@ impl QueueHandle {
         answer.await.unwrap_or(Err(QueueError::Stopped))
     }
 
+    /// Undoes an enqueue whose outcome is unknown (see [`QueueStore::abort`]), in the
+    /// background: tried until it lands (every second, for up to a minute), since the store
+    /// may be slow or away right now.
+    pub fn abort_enqueue(&self, id: Uuid, user_id: &str) {
+        let (store, user) = (self.store.clone(), user_id.to_owned());
+        tokio::spawn(async move {
+            for attempt in 0..60 {
+                if attempt > 0 {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                match store.abort(id, &user).await {
+                    Ok(landed) => {
+                        if landed {
+                            tracing::info!(job = %id, "an enqueue answered as failed had landed; it is undone");
+                        }
+                        return;
+                    }
+                    Err(err) => {
+                        tracing::debug!(job = %id, error = %err, "could not undo an enqueue yet")
+                    }
+                }
+            }
+            tracing::warn!(job = %id, "could not undo an enqueue whose outcome is unknown; if it landed, its worker drops it");
+        });
+    }
+
+    /// Whether the enqueue of `id` was undone.
+    pub async fn aborted(&self, id: Uuid) -> bool {
+        self.store.aborted(id).await.unwrap_or(false)
+    }
+
     /// Waits for the next job; `None` when the queue actor stopped.
     pub async fn next_job(&self) -> Option<QueuedJob> {
         let (reply, answer) = oneshot::channel();

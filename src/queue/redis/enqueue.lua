@@ -1,9 +1,13 @@
 -- Enqueue one job: check the store is initialised, check the user's pending cap, draw a ticket,
 -- queue the job and publish the change, all in one atomic step so the feed order is the
 -- server's order of operations.
--- KEYS: 1 ticket, 2 queue, 3 jobs, 4 pending:<user>, 5 feedseq, 6 users
+-- KEYS: 1 ticket, 2 queue, 3 jobs, 4 pending:<user>, 5 feedseq, 6 users, 7 tombstone
 -- ARGV: 1 id, 2 user, 3 max_pending, 4 feed channel
--- Returns {1, ticket, position} | {-1} lost state | {-2} over the cap | {-3} queued already.
+-- Returns {1, ticket, position} | {-1} lost state | {-2} over the cap | {-3} queued already
+-- | {-4} aborted (its caller gave up waiting and undid it: see abort.lua).
+if redis.call('EXISTS', KEYS[7]) == 1 then
+  return {-4}
+end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {-1}
 end

@@ -15,6 +15,7 @@ pub(super) struct Script {
 /// The scripts, loaded once at connect.
 pub(super) struct Scripts {
     pub(super) enqueue: Script,
+    pub(super) abort: Script,
     pub(super) pop: Script,
     pub(super) requeue: Script,
     pub(super) remove: Script,
@@ -42,6 +43,7 @@ impl Scripts {
         }
         Ok(Scripts {
             enqueue: one(pool, "enqueue", include_str!("enqueue.lua")).await?,
+            abort: one(pool, "abort", include_str!("abort.lua")).await?,
             pop: one(pool, "pop", include_str!("pop.lua")).await?,
             requeue: one(pool, "requeue", include_str!("requeue.lua")).await?,
             remove: one(pool, "remove", include_str!("remove.lua")).await?,
@@ -89,6 +91,11 @@ impl Keys {
     pub(super) fn pending(&self, user: &str) -> String {
         format!("{}pending:{user}", self.base)
     }
+
+    /// The tombstone of an enqueue that was undone (see `abort.lua`).
+    pub(super) fn aborted(&self, id: uuid::Uuid) -> String {
+        format!("{}aborted:{id}", self.base)
+    }
 }
 
 #[cfg(test)]
@@ -108,6 +115,7 @@ mod tests {
             &keys.feedseq,
             &keys.feed,
             &keys.pending("a b"),
+            &keys.aborted(uuid::Uuid::nil()),
         ] {
             assert!(key.starts_with("{fg}:"), "{key}");
         }

@@ -25,6 +25,7 @@ mod keys;
 mod rebuild;
 
 use super::{Enqueued, FeedItem, QueueError, QueueStore, Rebuilt};
+use crate::domain::health::WriteHealth;
 use crate::domain::queue_book::QueuedJob;
 use crate::redis_client::{RedisError, Role, Subscription, builder, check_prefix};
 use chrono::{DateTime, Utc};
@@ -43,6 +44,9 @@ use uuid::Uuid;
 /// Command connections: Lua scripts run one at a time on the server anyway, a few connections
 /// keep the client side (encoding, the router task) from being the bottleneck.
 const POOL_SIZE: usize = 4;
+/// How long the tombstone of an undone enqueue stays: far longer than any enqueue can wait in
+/// Redis's buffers before it runs.
+const ABORTED_FOR: std::time::Duration = std::time::Duration::from_secs(600);
 /// Jobs (or pending ids) per rebuild script call, so a rebuild of a long queue never blocks
 /// Redis for long.
 const REBUILD_CHUNK: usize = 500;
@@ -70,6 +74,9 @@ pub struct RedisQueue {
     scripts: Scripts,
     feed: broadcast::Sender<FeedItem>,
     feed_task: Mutex<Option<JoinHandle<()>>>,
+    /// What the scripts (every write) did lately: a Redis that answers PING may still refuse
+    /// every write (past its `maxmemory`).
+    writes: WriteHealth,
 }
 
 impl RedisQueue {
@@ -112,6 +119,7 @@ impl RedisQueue {
             scripts,
             feed,
             feed_task: Mutex::new(Some(task)),
+            writes: WriteHealth::default(),
         })
     }
 
@@ -136,6 +144,20 @@ impl RedisQueue {
 
     /// Runs a script by its SHA1, loading it again if Redis forgot it (a restart).
     async fn run(
+        &self,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<Value>,
+    ) -> Result<Value, QueueError> {
+        let ran = self.run_once(script, keys, args).await;
+        if let Err(err) = &ran {
+            self.writes
+                .failed(std::time::Instant::now(), err.to_string());
+        }
+        ran
+    }
+
+    async fn run_once(
         &self,
         script: &Script,
         keys: Vec<String>,
@@ -204,6 +226,7 @@ impl QueueStore for RedisQueue {
             self.keys.pending(user_id),
             self.keys.feedseq.clone(),
             self.keys.users.clone(),
+            self.keys.aborted(id),
         ];
         let args: Vec<Value> = vec![
             id.to_string().into(),
@@ -231,8 +254,40 @@ impl QueueStore for RedisQueue {
             Some(-1) => Err(QueueError::NeedsRebuild),
             Some(-2) => Err(QueueError::TooManyPending { limit: max_pending }),
             Some(-3) => Err(QueueError::AlreadyQueued { id }),
+            Some(-4) => Err(QueueError::Aborted { id }),
             _ => Err(unexpected("enqueue", &reply)),
         }
+    }
+
+    async fn abort(&self, id: Uuid, user_id: &str) -> Result<bool, QueueError> {
+        let keys = vec![
+            self.keys.aborted(id),
+            self.keys.queue.clone(),
+            self.keys.jobs.clone(),
+            self.keys.pending(user_id),
+            self.keys.users.clone(),
+            self.keys.feedseq.clone(),
+        ];
+        let args: Vec<Value> = vec![
+            id.to_string().into(),
+            user_id.into(),
+            self.keys.feed.clone().into(),
+            (ABORTED_FOR.as_secs() as i64).into(),
+        ];
+        let reply = self.run(&self.scripts.abort, keys, args).await?;
+        match reply.as_i64() {
+            Some(removed) => Ok(removed == 1),
+            None => Err(unexpected("abort", &reply)),
+        }
+    }
+
+    async fn aborted(&self, id: Uuid) -> Result<bool, QueueError> {
+        let exists: i64 = self
+            .pool
+            .exists(self.keys.aborted(id))
+            .await
+            .map_err(|err| unavailable("reading an abort", err))?;
+        Ok(exists == 1)
     }
 
     async fn pop(&self) -> Result<Option<QueuedJob>, QueueError> {
@@ -462,7 +517,10 @@ impl QueueStore for RedisQueue {
         self.pool
             .ping::<Value>(None)
             .await
-            .map(|_| ())
-            .map_err(|err| unavailable("pinging Redis", err))
+            .map_err(|err| unavailable("pinging Redis", err))?;
+        match self.writes.failing(std::time::Instant::now()) {
+            Some(why) => Err(QueueError::WritesFailing(why)),
+            None => Ok(()),
+        }
     }
 }

@@ -28,3 +28,53 @@ pub async fn delete_redis_prefix(url: &str, prefix: &str) {
     }
     let _ = client.quit().await;
 }
+
+/// A redis-server of the test's own on a free port, with `DEBUG` allowed (to make it slow);
+/// stopped when dropped.
+pub struct PrivateRedis {
+    pub url: String,
+    child: std::process::Child,
+}
+
+impl PrivateRedis {
+    /// Starts one and waits until it answers.
+    pub async fn start() -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--enable-debug-command",
+                "local",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server starts (Debian's redis-server package)");
+        let url = format!("redis://127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + super::DEADLINE;
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server never listened"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        PrivateRedis { url, child }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

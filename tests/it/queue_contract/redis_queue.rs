@@ -280,3 +280,30 @@ async fn redis_connect_fails_cleanly_without_redis() {
         Err(QueueError::Redis(RedisError::Settings(_)))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs Redis: set TEST_REDIS_URL=redis://127.0.0.1:6379"]
+async fn redis_an_aborted_enqueue_is_undone_whether_it_landed_before_or_lands_after() {
+    redis_only(redis_an_aborted_enqueue_is_undone_body).await;
+}
+
+async fn redis_an_aborted_enqueue_is_undone_body(url: String, prefix: String) {
+    let queue = initialised_redis_queue(&url, &prefix).await;
+    // Landed before the abort: it leaves the queue and the owner's cap.
+    queue.enqueue(id(1), "ann", NO_CAP).await.expect("enqueue");
+    queue.enqueue(id(2), "ann", NO_CAP).await.expect("enqueue");
+    assert_eq!(queue.abort(id(1), "ann").await.shown(), Ok(true));
+    assert_eq!(queue.position(id(2)).await.shown(), Ok(Some(1)));
+    assert_eq!(queue.pending_of("ann").await.shown(), Ok(vec![id(2)]));
+    assert_eq!(queue.aborted(id(1)).await.shown(), Ok(true));
+    // Lands after the abort (its reply was lost in a slow Redis): refused, nothing counted.
+    assert_eq!(queue.abort(id(3), "ann").await.shown(), Ok(false));
+    assert_eq!(
+        queue.enqueue(id(3), "ann", NO_CAP).await.shown(),
+        Err(QueueError::Aborted { id: id(3) }.to_string())
+    );
+    assert_eq!(queue.depth().await.shown(), Ok(1));
+    assert_eq!(queue.pending_of("ann").await.shown(), Ok(vec![id(2)]));
+    assert_eq!(queue.aborted(id(2)).await.shown(), Ok(false));
+    queue.close().await;
+}
