@@ -3,7 +3,12 @@
 
 use forge_gateway::db::{Database, DbSettings};
 use std::future::Future;
+use std::time::Duration;
 use uuid::Uuid;
+
+/// The benchmarks fill tables of a million rows: their statements may take longer than a
+/// request's.
+const BENCH_DATABASE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Runs `bench` on SQLite, then on PostgreSQL when `BENCH_DATABASE_URL` is set, each with a
 /// pool of `connections`; the second argument says whether it is PostgreSQL.
@@ -20,6 +25,7 @@ where
         ),
         schema: None,
         max_connections: connections,
+        timeout: BENCH_DATABASE_TIMEOUT,
     };
     bench("SQLite", sqlite, false).await;
     let Ok(url) = std::env::var("BENCH_DATABASE_URL") else {
@@ -30,12 +36,14 @@ where
         url: url.clone(),
         schema: Some(schema.clone()),
         max_connections: connections,
+        timeout: BENCH_DATABASE_TIMEOUT,
     };
     bench("PostgreSQL", postgres, true).await;
     if let Ok(db) = Database::connect(&DbSettings {
         url,
         schema: None,
         max_connections: 1,
+        timeout: BENCH_DATABASE_TIMEOUT,
     })
     .await
     {

@@ -54,6 +54,7 @@ pub(super) async fn build_core(
         url: config.database_url(),
         schema: config.database_schema.clone(),
         max_connections: config.database_max_connections,
+        timeout: config.database_timeout,
     };
     let db = on_io(&io, "cannot open the database", async move {
         Database::connect(&db_settings).await

@@ -54,6 +54,11 @@ pub struct Config {
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
     pub database_max_connections: u32,
 
+    /// The longest a request waits for a database connection, and the longest one statement
+    /// may run (a locked table included); past it the client gets `503 unavailable`. Migrations
+    /// at start are not bound by it.
+    #[arg(long, env = "DATABASE_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub database_timeout: Duration,
     /// Redis URL, to share the queue and events between gateway processes [default: in-process queue and events].
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,

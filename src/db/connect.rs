@@ -15,6 +15,7 @@ impl Database {
         if is_sqlite {
             create_sqlite_parent(&settings.url)?;
         }
+        migrate(settings).await?;
         let read = connect_pool(
             settings,
             if is_sqlite {
@@ -22,20 +23,15 @@ impl Database {
             } else {
                 settings.max_connections
             },
+            Some(settings.timeout),
         )
         .await?;
         let write = if is_sqlite {
-            connect_pool(settings, 1).await?
+            connect_pool(settings, 1, Some(settings.timeout)).await?
         } else {
             read.clone()
         };
         let backend = read.get_database_backend();
-        if let (DbBackend::Postgres, Some(schema)) = (backend, &settings.schema) {
-            write
-                .execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
-                .await?;
-        }
-        Migrator::up(&write, None).await?;
         Ok(Database {
             read,
             write,
@@ -74,17 +70,42 @@ impl Database {
     }
 }
 
+/// Creates the schema if asked and runs the migrations, on a connection of their own without
+/// the statement deadline (a migration may take longer than any request should).
+async fn migrate(settings: &DbSettings) -> Result<(), DbError> {
+    let connection = connect_pool(settings, 1, None).await?;
+    if let (DbBackend::Postgres, Some(schema)) =
+        (connection.get_database_backend(), &settings.schema)
+    {
+        connection
+            .execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+            .await?;
+    }
+    let migrated = Migrator::up(&connection, None).await;
+    let _ = connection.close().await;
+    Ok(migrated?)
+}
+
+/// A pool of `max_connections`. With a `deadline` (`DATABASE_TIMEOUT`), a connection is
+/// waited for at most that long, and every statement ends with an error past it (PostgreSQL's
+/// `statement_timeout`, which covers waiting for a lock; SQLite's busy timeout), so a request
+/// never hangs on a locked table or an exhausted pool.
 async fn connect_pool(
     settings: &DbSettings,
     max_connections: u32,
+    deadline: Option<Duration>,
 ) -> Result<DatabaseConnection, DbError> {
     let mut options = ConnectOptions::new(settings.url.clone());
+    let waits = deadline.unwrap_or(Duration::from_secs(60));
     options
         .max_connections(max_connections)
         .min_connections(1)
         .connect_timeout(Duration::from_secs(10))
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(waits)
         .sqlx_logging(false);
+    if let Some(deadline) = deadline {
+        options.statement_timeout(deadline);
+    }
     if let Some(schema) = &settings.schema {
         options.set_schema_search_path(schema.clone());
     }
@@ -97,10 +118,10 @@ async fn connect_pool(
         .map_sqlx_sqlite_pool_opts(|pool| pool.after_release(|conn, _| Box::pin(reusable(conn))));
     options
         .map_sqlx_postgres_pool_opts(|pool| pool.after_release(|conn, _| Box::pin(reusable(conn))));
-    options.map_sqlx_sqlite_opts(|opts| {
+    options.map_sqlx_sqlite_opts(move |opts| {
         opts.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
             .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
+            .busy_timeout(waits)
             .create_if_missing(true)
     });
     Ok(SeaDatabase::connect(options).await?)

@@ -101,6 +101,8 @@ pub struct DbSettings {
     pub schema: Option<String>,
     /// Pool size.
     pub max_connections: u32,
+    /// `DATABASE_TIMEOUT`: the longest wait for a connection, and for one statement.
+    pub timeout: std::time::Duration,
 }
 
 /// Connections to the database: a read pool and a write pool (one connection on SQLite,

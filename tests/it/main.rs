@@ -9,6 +9,7 @@ mod common;
 
 mod api;
 mod contract;
+mod deadlines;
 mod disk;
 mod faults;
 mod forge;
