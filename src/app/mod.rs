@@ -328,6 +328,8 @@ pub async fn start(config: Config) -> Result<RunningApp, StartError> {
             header_timeout: config.http_header_timeout,
             body_timeout: config.http_body_timeout,
             idle_timeout: config.http_idle_timeout,
+            write_timeout: config.http_write_timeout,
+            max_connections_per_address: config.max_connections_per_address(),
         },
         dev_mode: config.dev_mode(),
     });

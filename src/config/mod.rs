@@ -168,6 +168,15 @@ pub struct Config {
     #[arg(long, env = "HTTP_IDLE_TIMEOUT", default_value = "60s", value_parser = duration)]
     pub http_idle_timeout: Duration,
 
+    /// A write to a client that makes no progress for this long (the client does not read
+    /// what it asked for) closes the connection, a WebSocket's included.
+    #[arg(long, env = "HTTP_WRITE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub http_write_timeout: Duration,
+    /// Open connections from one peer address at most [default: half of MAX_CONNECTIONS].
+    /// Behind a load balancer every connection comes from its address: raise it to
+    /// MAX_CONNECTIONS there.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_ADDRESS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_address: Option<u32>,
     /// Open connections (HTTP and WebSocket) at most; more are answered 503 and closed.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
@@ -301,6 +310,12 @@ impl Config {
             && self.redis_url.is_none()
             && self.forge_urls.is_empty()
             && self.auth_jwt_secret.is_none()
+    }
+
+    /// `MAX_CONNECTIONS_PER_ADDRESS`, or its default: half of `MAX_CONNECTIONS` (at least 1).
+    pub fn max_connections_per_address(&self) -> usize {
+        self.max_connections_per_address
+            .unwrap_or((self.max_connections / 2).max(1)) as usize
     }
 
     /// Where images are stored.

@@ -8,9 +8,14 @@
 //!   (a kept-alive one between requests, or a fresh one that sends nothing).
 //! - Neither runs while a request is being served, nor after the connection became a
 //!   WebSocket (the session has its own heartbeat and silence limit).
+//! - `HTTP_WRITE_TIMEOUT`: a write that makes no progress for this long (a peer that does not
+//!   read what it asked for, e.g. pipelined requests whose answers it never takes) fails, and
+//!   the connection closes. It runs always, a WebSocket's writes included: hyper has no such
+//!   deadline, and a blocked write would otherwise hold the connection and its answers forever.
 //!
-//! The connection also holds its `MAX_CONNECTIONS` permit, so the count drops when the socket
-//! does, whether it served HTTP or became a WebSocket.
+//! The connection also holds its `MAX_CONNECTIONS` permit (and its peer address's share, see
+//! [`AddressCap`]), so the counts drop when the socket does, whether it served HTTP or became
+//! a WebSocket.
 
 use std::future::Future;
 use std::io;
@@ -31,6 +36,8 @@ pub struct ConnLimits {
     pub header: Duration,
     /// `HTTP_IDLE_TIMEOUT`.
     pub idle: Duration,
+    /// `HTTP_WRITE_TIMEOUT`.
+    pub write: Duration,
 }
 
 /// Why a connection was cut.
@@ -40,6 +47,70 @@ pub enum Cut {
     HeaderTimeout,
     /// Nothing happened for too long between requests.
     IdleTimeout,
+    /// The peer did not take what was written to it for too long.
+    WriteTimeout,
+}
+
+impl Cut {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Cut::HeaderTimeout => "header_timeout",
+            Cut::IdleTimeout => "idle_timeout",
+            Cut::WriteTimeout => "write_timeout",
+        }
+    }
+}
+
+/// Connections per peer address (`MAX_CONNECTIONS_PER_ADDRESS`): one address cannot take
+/// every connection the process has.
+#[derive(Debug)]
+pub struct AddressCap {
+    limit: usize,
+    open: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+impl AddressCap {
+    /// At most `limit` connections per address.
+    pub fn new(limit: usize) -> Arc<AddressCap> {
+        Arc::new(AddressCap {
+            limit,
+            open: Default::default(),
+        })
+    }
+
+    /// A share for one more connection from `address`, if it has fewer than the limit.
+    pub fn admit(self: &Arc<Self>, address: std::net::IpAddr) -> Option<AddressShare> {
+        let mut open = self.open.lock();
+        let count = open.entry(address).or_insert(0);
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(AddressShare {
+            cap: self.clone(),
+            address,
+        })
+    }
+}
+
+/// One connection's share of its address's cap; dropping it gives the share back.
+#[derive(Debug)]
+pub struct AddressShare {
+    cap: Arc<AddressCap>,
+    address: std::net::IpAddr,
+}
+
+impl Drop for AddressShare {
+    fn drop(&mut self) {
+        let mut open = self.cap.open.lock();
+        if let Some(count) = open.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.address);
+            }
+        }
+    }
 }
 
 /// What the connection's service and its socket share.
@@ -140,24 +211,66 @@ impl Drop for Serving {
     }
 }
 
-/// The accepted socket with its deadlines and its permit.
+/// What a connection holds for as long as it lives: its `MAX_CONNECTIONS` permit and its
+/// address's share.
+pub type Permits = (OwnedSemaphorePermit, Option<AddressShare>);
+
+/// The accepted socket with its deadlines and its permits.
 pub struct GuardedIo<T> {
     io: T,
     state: Arc<ConnState>,
     timer: Pin<Box<Sleep>>,
     armed: Option<u64>,
-    _permit: OwnedSemaphorePermit,
+    /// The write deadline's timer, made at the first write that blocks.
+    write_timer: Option<Pin<Box<Sleep>>>,
+    /// When the current blocked write started blocking.
+    write_blocked_since: Option<Instant>,
+    _permits: Permits,
 }
 
 impl<T> GuardedIo<T> {
-    /// Wraps `io`, holding `permit` for as long as it lives.
-    pub fn new(io: T, state: Arc<ConnState>, permit: OwnedSemaphorePermit) -> Self {
+    /// Wraps `io`, holding `permits` for as long as it lives.
+    pub fn new(io: T, state: Arc<ConnState>, permits: Permits) -> Self {
         GuardedIo {
             io,
             state,
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             armed: None,
-            _permit: permit,
+            write_timer: None,
+            write_blocked_since: None,
+            _permits: permits,
+        }
+    }
+
+    /// A write (or flush) returned `Pending`: fails it once it has been blocked for the write
+    /// timeout; `Pending` until then (the timer wakes the task).
+    fn write_blocked<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
+        let since = *self.write_blocked_since.get_or_insert_with(Instant::now);
+        let until = since + self.state.limits.write;
+        let timer = self
+            .write_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+        if timer.deadline() != until {
+            timer.as_mut().reset(until);
+        }
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                *self.state.cut.lock() = Some(Cut::WriteTimeout);
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the peer did not read for HTTP_WRITE_TIMEOUT",
+                )))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// A write made progress (or completed): the write deadline starts again at the next block.
+    fn wrote(&mut self, some: bool) {
+        self.write_blocked_since = None;
+        if some {
+            let now = self.state.now();
+            self.state.last_activity.fetch_max(now, Ordering::AcqRel);
         }
     }
 }
@@ -194,7 +307,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
                             io::ErrorKind::TimedOut,
                             match cut {
                                 Cut::HeaderTimeout => "request head timed out",
-                                Cut::IdleTimeout => "idle connection timed out",
+                                Cut::IdleTimeout | Cut::WriteTimeout => "idle connection timed out",
                             },
                         )))
                     }
@@ -212,16 +325,24 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let written = Pin::new(&mut this.io).poll_write(cx, data);
-        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
-            let now = this.state.now();
-            this.state.last_activity.fetch_max(now, Ordering::AcqRel);
+        match Pin::new(&mut this.io).poll_write(cx, data) {
+            Poll::Pending => this.write_blocked(cx),
+            Poll::Ready(written) => {
+                this.wrote(matches!(written, Ok(n) if n > 0));
+                Poll::Ready(written)
+            }
         }
-        written
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        match Pin::new(&mut this.io).poll_flush(cx) {
+            Poll::Pending => this.write_blocked(cx),
+            Poll::Ready(flushed) => {
+                this.wrote(false);
+                Poll::Ready(flushed)
+            }
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -234,12 +355,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
-            let now = this.state.now();
-            this.state.last_activity.fetch_max(now, Ordering::AcqRel);
+        match Pin::new(&mut this.io).poll_write_vectored(cx, bufs) {
+            Poll::Pending => this.write_blocked(cx),
+            Poll::Ready(written) => {
+                this.wrote(matches!(written, Ok(n) if n > 0));
+                Poll::Ready(written)
+            }
         }
-        written
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -256,6 +378,7 @@ mod tests {
         ConnLimits {
             header: Duration::from_millis(header_ms),
             idle: Duration::from_millis(idle_ms),
+            write: Duration::from_secs(3600),
         }
     }
 
@@ -271,7 +394,11 @@ mod tests {
         let permit = Arc::new(tokio::sync::Semaphore::new(1))
             .try_acquire_owned()
             .expect("permit");
-        (GuardedIo::new(ours, state.clone(), permit), theirs, state)
+        (
+            GuardedIo::new(ours, state.clone(), (permit, None)),
+            theirs,
+            state,
+        )
     }
 
     #[tokio::test(start_paused = true)]
@@ -334,5 +461,58 @@ mod tests {
         let read = tokio::time::timeout(Duration::from_secs(30), io.read(&mut buf)).await;
         assert!(read.is_err(), "a WebSocket has no HTTP deadline");
         assert_eq!(state.cut(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_does_not_read_is_cut_at_the_write_timeout() {
+        let mut limits = limits(1000, 60_000);
+        limits.write = Duration::from_secs(5);
+        let (ours, theirs) = tokio::io::duplex(64);
+        let state = ConnState::new(limits);
+        let permit = Arc::new(tokio::sync::Semaphore::new(1))
+            .try_acquire_owned()
+            .expect("permit");
+        let mut io = GuardedIo::new(ours, state.clone(), (permit, None));
+        let _serving = state.serving();
+        // The peer reads a little, slower than the deadline would allow if it counted from the
+        // first write: progress restarts it.
+        let reader = tokio::spawn(async move {
+            let mut theirs = theirs;
+            let mut buf = [0u8; 64];
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                let _ = theirs.read(&mut buf).await;
+            }
+            theirs
+        });
+        let started = tokio::time::Instant::now();
+        let err = loop {
+            if let Err(err) = io.write_all(&[7u8; 64]).await {
+                break err;
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(state.cut(), Some(Cut::WriteTimeout));
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(12) + Duration::from_secs(5),
+            "cut after {waited:?}: reads by the peer restart the deadline"
+        );
+        drop(reader);
+    }
+
+    #[test]
+    fn an_address_gets_its_share_and_no_more() {
+        let cap = AddressCap::new(2);
+        let (a, b) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let first = cap.admit(a).expect("first");
+        let _second = cap.admit(a).expect("second");
+        assert!(cap.admit(a).is_none(), "a third from the same address");
+        assert!(cap.admit(b).is_some(), "another address is not affected");
+        drop(first);
+        assert!(
+            cap.admit(a).is_some(),
+            "a share comes back when its connection goes"
+        );
     }
 }

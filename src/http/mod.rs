@@ -41,6 +41,10 @@ pub struct HttpLimits {
     pub body_timeout: std::time::Duration,
     /// `HTTP_IDLE_TIMEOUT`.
     pub idle_timeout: std::time::Duration,
+    /// `HTTP_WRITE_TIMEOUT`.
+    pub write_timeout: std::time::Duration,
+    /// `MAX_CONNECTIONS_PER_ADDRESS`.
+    pub max_connections_per_address: usize,
 }
 
 /// What the HTTP edge is built from.

@@ -5,11 +5,12 @@
 //! tungstenite's buffer sizes, and tungstenite's default read buffer is 128 KiB per socket,
 //! zero-filled on the first read: 10,000 idle sessions would hold 1.3 GiB. The loop is the
 //! one `warp::serve` runs (hyper-util's auto builder with upgrades), plus what a public server
-//! needs: at most `MAX_CONNECTIONS` connections (more are answered 503 and closed at once),
-//! head and idle deadlines on every connection ([`super::conn`]), and graceful shutdown.
+//! needs: at most `MAX_CONNECTIONS` connections, and `MAX_CONNECTIONS_PER_ADDRESS` from one
+//! peer address (more are answered 503 and closed at once), head, idle and write deadlines on
+//! every connection ([`super::conn`]), and graceful shutdown.
 
 use super::HttpState;
-use super::conn::{ConnLimits, ConnState, Cut, GuardedIo};
+use super::conn::{AddressCap, ConnLimits, ConnState, GuardedIo};
 use crate::domain::catalogue::ApiError;
 use crate::metrics::ReasonLabel;
 use hyper::body::Incoming;
@@ -48,10 +49,12 @@ pub async fn serve<F>(
     let limits = ConnLimits {
         header: state.limits.header_timeout,
         idle: state.limits.idle_timeout,
+        write: state.limits.write_timeout,
     };
+    let per_address = AddressCap::new(state.limits.max_connections_per_address);
     tokio::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(connection) => connection,
                 Err(err) => {
@@ -73,8 +76,17 @@ pub async fn serve<F>(
             refuse(&stream);
             continue;
         };
+        let Some(share) = per_address.admit(peer.ip()) else {
+            state
+                .metrics
+                .http_connections_cut
+                .get_or_create(&ReasonLabel::of("max_connections_per_address"))
+                .inc();
+            refuse(&stream);
+            continue;
+        };
         let conn = ConnState::new(limits);
-        let io = GuardedIo::new(stream, conn.clone(), permit);
+        let io = GuardedIo::new(stream, conn.clone(), (permit, Some(share)));
         let service = service.clone();
         let handler = {
             let (state, conn) = (state.clone(), conn.clone());
@@ -102,10 +114,7 @@ pub async fn serve<F>(
             if let Err(err) = connection.await {
                 match conn.cut() {
                     Some(cut) => {
-                        let reason = match cut {
-                            Cut::HeaderTimeout => "header_timeout",
-                            Cut::IdleTimeout => "idle_timeout",
-                        };
+                        let reason = cut.label();
                         metrics
                             .http_connections_cut
                             .get_or_create(&ReasonLabel::of(reason))

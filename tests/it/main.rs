@@ -20,6 +20,7 @@ mod peers;
 mod poison;
 mod queue;
 mod queue_contract;
+mod slow_clients;
 mod store;
 mod upkeep;
 mod walking_skeleton;
