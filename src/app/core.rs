@@ -186,6 +186,8 @@ pub(super) async fn build_core(
         outages.clone(),
         GatewaySettings {
             max_pending_per_user: config.max_pending_per_user,
+            list_max_bytes: config.list_max_bytes,
+            list_concurrency: config.list_concurrency as usize,
         },
     );
     let watchdog = WatchdogHandle::new(

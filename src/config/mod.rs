@@ -59,6 +59,14 @@ pub struct Config {
     /// at start are not bound by it.
     #[arg(long, env = "DATABASE_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub database_timeout: Duration,
+    /// A page of `GET /api/v1/messages` ends once its messages hold about this many bytes
+    /// (at least one message); its `next` continues it.
+    #[arg(long, env = "LIST_MAX_BYTES", default_value = "2MiB", value_parser = bytes)]
+    pub list_max_bytes: usize,
+    /// Parts of listings (`GET /api/v1/messages`, 16 messages each) read and decoded at once
+    /// by this process; more wait their turn.
+    #[arg(long, env = "LIST_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub list_concurrency: u32,
     /// Redis URL, to share the queue and events between gateway processes [default: in-process queue and events].
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,

@@ -16,7 +16,7 @@ mod read;
 mod rows;
 mod write;
 
-pub use read::{COUNT_PENDING, ListFilter};
+pub use read::{COUNT_PENDING, ListFilter, StoredPage};
 pub use write::{RowResult, RowWork};
 
 use crate::domain::health::WriteHealth;

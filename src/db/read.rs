@@ -11,7 +11,7 @@ use entity::messages::{Column, Entity};
 use sea_orm::sea_query::ExprTrait as _;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, Select, Statement,
+    QueryOrder, QuerySelect, Statement,
 };
 use uuid::Uuid;
 
@@ -33,26 +33,60 @@ const PENDING: [&str; 2] = ["queued", "processing"];
 /// The metrics' count of pending messages (public so the benchmark can EXPLAIN it).
 pub const COUNT_PENDING: &str = "SELECT status, COUNT(*) AS count FROM messages WHERE status IN ('queued', 'processing') GROUP BY status";
 
-impl Database {
-    /// Runs a whole-message query and decodes the rows one by one; undecodable ones are
-    /// logged and left out.
-    async fn messages(&self, query: Select<Entity>) -> Result<Vec<ChatMessage>, DbError> {
-        let rows = query.into_model::<MessageRow>().all(&self.read).await?;
-        Ok(rows
+/// Messages as read from the database, not decoded yet: a caller goes through them one at a
+/// time ([`decode_each`](Self::decode_each)), so a listing never holds every message's data as
+/// a tree of values at once.
+pub struct StoredPage {
+    rows: Vec<MessageRow>,
+    db: Database,
+}
+
+impl StoredPage {
+    /// How many messages.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The ids of the queued ones (their live positions are read before decoding).
+    pub fn queued_ids(&self) -> Vec<Uuid> {
+        self.rows
+            .iter()
+            .filter(|row| row.status() == JobStatus::Queued.as_str())
+            .map(MessageRow::id)
+            .collect()
+    }
+
+    /// The id of the last (oldest) message: where the next page starts.
+    pub fn last_id(&self) -> Option<Uuid> {
+        self.rows.last().map(MessageRow::id)
+    }
+
+    /// Decodes the messages in order and hands each to `f`, dropping it after; undecodable
+    /// ones are logged and left out.
+    pub fn decode_each<T>(self, mut f: impl FnMut(ChatMessage) -> T) -> Vec<T> {
+        let db = self.db;
+        self.rows
             .into_iter()
             .filter_map(|row| {
                 let id = row.id();
-                match self.decode(row) {
-                    Ok(message) => Some(message),
+                match db.decode(row) {
+                    Ok(message) => Some(f(message)),
                     Err(err) => {
                         tracing::error!(message_id = %id, error = %err, "left an undecodable row out of a listing");
                         None
                     }
                 }
             })
-            .collect())
+            .collect()
     }
+}
 
+impl Database {
     /// One message.
     pub async fn get(&self, id: Uuid) -> Result<Option<ChatMessage>, DbError> {
         select_messages()
@@ -98,6 +132,19 @@ impl Database {
         user_id: &str,
         filter: &ListFilter,
     ) -> Result<Vec<ChatMessage>, DbError> {
+        Ok(self
+            .list_stored(user_id, filter)
+            .await?
+            .decode_each(|message| message))
+    }
+
+    /// A user's messages, newest first, as stored: decoded only when the caller goes through
+    /// them ([`StoredPage::decode_each`]), one at a time.
+    pub async fn list_stored(
+        &self,
+        user_id: &str,
+        filter: &ListFilter,
+    ) -> Result<StoredPage, DbError> {
         let mut query = select_messages().filter(Column::UserId.eq(user_id));
         if !filter.statuses.is_empty() {
             query = query.filter(Column::Status.is_in(filter.statuses.iter().map(|s| s.as_str())));
@@ -121,22 +168,39 @@ impl Database {
                             .or(Column::CreatedAt.eq(created_at).and(Column::Id.lt(before))),
                     );
                 }
-                _ => return Ok(Vec::new()),
+                _ => {
+                    return Ok(StoredPage {
+                        rows: Vec::new(),
+                        db: self.clone(),
+                    });
+                }
             }
         }
-        self.messages(
-            query
-                .order_by_desc(Column::CreatedAt)
-                .order_by_desc(Column::Id)
-                .limit(filter.limit),
-        )
-        .await
+        let rows = query
+            .order_by_desc(Column::CreatedAt)
+            .order_by_desc(Column::Id)
+            .limit(filter.limit)
+            .into_model::<MessageRow>()
+            .all(&self.read)
+            .await?;
+        Ok(StoredPage {
+            rows,
+            db: self.clone(),
+        })
     }
 
     /// A user's pending (queued or processing) messages, oldest first.
     pub async fn pending_for_user(&self, user_id: &str) -> Result<Vec<ChatMessage>, DbError> {
-        let mut messages = self
-            .list(
+        Ok(self
+            .pending_stored(user_id)
+            .await?
+            .decode_each(|message| message))
+    }
+
+    /// A user's pending (queued or processing) messages, oldest first, as stored.
+    pub async fn pending_stored(&self, user_id: &str) -> Result<StoredPage, DbError> {
+        let mut stored = self
+            .list_stored(
                 user_id,
                 &ListFilter {
                     statuses: vec![JobStatus::Queued, JobStatus::Processing],
@@ -145,8 +209,8 @@ impl Database {
                 },
             )
             .await?;
-        messages.reverse();
-        Ok(messages)
+        stored.rows.reverse();
+        Ok(stored)
     }
 
     /// Which of `ids` exist and are terminal (their pending-cap slot can be freed).

@@ -83,6 +83,11 @@ impl MessageRow {
         self.id
     }
 
+    /// The row's status as stored.
+    pub fn status(&self) -> &str {
+        &self.status
+    }
+
     /// The domain message, or the row back with why it does not decode.
     pub fn into_domain(self) -> Result<Decoded, Box<Undecodable>> {
         let id = self.id;

@@ -126,7 +126,7 @@ pub struct MessageView {
     pub params: GenerationParams,
     /// Client-owned data.
     #[schema(value_type = Object)]
-    pub data: Value,
+    pub data: ViewData,
     /// The message this one retries.
     pub retry_of: Option<Uuid>,
     /// Grows with every write; a client ignores anything older than what it has.
@@ -139,6 +139,38 @@ pub struct MessageView {
     pub started_at: Option<DateTime<Utc>>,
     /// When it reached a terminal state.
     pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// The client data of a view, serialized once when the view is made: a listing then holds the
+/// text of each message's data, not a tree of values per message (a tree of a 64 KiB array of
+/// numbers takes about a megabyte), and the answer copies the text.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ViewData(Box<serde_json::value::RawValue>);
+
+impl ViewData {
+    /// The data of `value`.
+    pub fn of(value: &Value) -> ViewData {
+        ViewData(serde_json::value::to_raw_value(value).unwrap_or_else(|_| {
+            serde_json::value::RawValue::from_string("{}".into()).expect("{} is JSON")
+        }))
+    }
+
+    /// Its JSON text.
+    pub fn json(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The data as a value tree (tests, and callers that inspect it).
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(self.0.get()).unwrap_or(Value::Null)
+    }
+}
+
+impl PartialEq for ViewData {
+    fn eq(&self, other: &ViewData) -> bool {
+        self.0.get() == other.0.get() || self.to_value() == other.to_value()
+    }
 }
 
 /// What the queue says about a queued message right now.
@@ -160,6 +192,7 @@ pub enum LivePosition {
 impl ChatMessage {
     /// The public view at time `now`. A queued message shows its live position (never a stale
     /// one another job now has); a processing one Forge's estimate, counted down since it came.
+    /// The data is serialized from the message's tree, never copied as a tree.
     pub fn view(&self, live: LivePosition, now: DateTime<Utc>) -> MessageView {
         let (queue_position, position_unavailable, eta_s) = match (self.status, live) {
             (JobStatus::Queued, LivePosition::Queued { position, eta_s }) => {
@@ -191,7 +224,7 @@ impl ChatMessage {
             seed: self.seed,
             prompt: self.prompt.clone(),
             params: self.params.clone(),
-            data: self.data.clone(),
+            data: ViewData::of(&self.data),
             retry_of: self.retry_of,
             version: self.version,
             created_at: self.created_at,

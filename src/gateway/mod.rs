@@ -4,23 +4,24 @@
 //! Reads go straight to the database (the record) and the queue (live positions); every write
 //! goes through the store actor.
 
+mod read;
 pub mod retention;
 pub mod watchdog;
 
+pub use read::{Page, Snapshot};
+
 use crate::actors::queue::QueueHandle;
 use crate::actors::store::{StoreError, StoreHandle};
-use crate::db::{Database, DbError, ListFilter};
+use crate::db::{Database, DbError};
 use crate::domain::catalogue::{ApiError, Invalid, StateConflict};
 use crate::domain::change::{Change, Refusal, Transition};
-use crate::domain::eta::EtaModel;
-use crate::domain::message::{ChatMessage, LivePosition, MessageView};
+use crate::domain::message::{ChatMessage, MessageView};
 use crate::domain::outages::Outages;
 use crate::domain::params::{CreateRequest, data_error};
 use crate::domain::status::JobStatus;
 use crate::queue::QueueError;
 use chrono::Utc;
 use serde_json::Value;
-use std::collections::HashMap;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -29,6 +30,10 @@ use uuid::Uuid;
 pub struct GatewaySettings {
     /// `MAX_PENDING_PER_USER`.
     pub max_pending_per_user: u32,
+    /// `LIST_MAX_BYTES`: a listing page ends once its messages hold about this many bytes.
+    pub list_max_bytes: usize,
+    /// `LIST_CONCURRENCY`: listings read and decoded at once in this process.
+    pub list_concurrency: usize,
 }
 
 struct Inner {
@@ -36,6 +41,8 @@ struct Inner {
     store: StoreHandle,
     queue: QueueHandle,
     outages: Arc<Outages>,
+    /// One permit per listing being read (see `read`).
+    listings: tokio::sync::Semaphore,
     settings: GatewaySettings,
 }
 
@@ -63,6 +70,7 @@ impl Gateway {
                 store,
                 queue,
                 outages,
+                listings: tokio::sync::Semaphore::new(settings.list_concurrency.max(1)),
                 settings,
             }),
         }
@@ -192,33 +200,6 @@ impl Gateway {
         }
     }
 
-    /// One of `user`'s messages with its live position.
-    pub async fn get(&self, user: &str, id: Uuid) -> Result<MessageView, ApiError> {
-        let message = self.owned(user, id).await?;
-        Ok(self.view(message).await)
-    }
-
-    /// `user`'s messages, newest first, with live positions.
-    pub async fn list(
-        &self,
-        user: &str,
-        filter: &ListFilter,
-    ) -> Result<Vec<MessageView>, ApiError> {
-        let messages = self.inner.db.list(user, filter).await.map_err(db_error)?;
-        Ok(self.views(messages).await)
-    }
-
-    /// `user`'s pending messages, oldest first, with live positions (the WebSocket snapshot).
-    pub async fn pending_views(&self, user: &str) -> Result<Vec<MessageView>, ApiError> {
-        let messages = self
-            .inner
-            .db
-            .pending_for_user(user)
-            .await
-            .map_err(db_error)?;
-        Ok(self.views(messages).await)
-    }
-
     /// Deep-merges a client patch into the message's data. The store checks the owner in the
     /// same read-modify-write (no read of its own: a hot message takes many patches a second).
     pub async fn patch(&self, user: &str, id: Uuid, patch: Value) -> Result<MessageView, ApiError> {
@@ -309,38 +290,6 @@ impl Gateway {
         }
     }
 
-    /// `user`'s pending messages, oldest first, for a new WebSocket session: their positions
-    /// are read from this process's queue mirror (with its version), the source of every
-    /// position the session sends later.
-    pub async fn snapshot(&self, user: &str) -> Result<Snapshot, ApiError> {
-        let messages = self
-            .inner
-            .db
-            .pending_for_user(user)
-            .await
-            .map_err(db_error)?;
-        let (positions_version, positions) = self
-            .inner
-            .queue
-            .mirror_positions(user)
-            .await
-            .ok_or(ApiError::Unavailable)?;
-        let live = LivePositions {
-            positions: Some(positions.iter().copied().collect()),
-            eta: self.inner.queue.eta(),
-        };
-        let now = Utc::now();
-        let views = messages
-            .into_iter()
-            .map(|message| message.view(live.of(&message), now))
-            .collect();
-        Ok(Snapshot {
-            views,
-            positions_version,
-            positions,
-        })
-    }
-
     async fn owned(&self, user: &str, id: Uuid) -> Result<ChatMessage, ApiError> {
         self.inner
             .db
@@ -348,53 +297,6 @@ impl Gateway {
             .await
             .map_err(db_error)?
             .ok_or(ApiError::NotFound)
-    }
-
-    async fn view(&self, message: ChatMessage) -> MessageView {
-        let live = self.live_positions(std::slice::from_ref(&message)).await;
-        message.view(live.of(&message), Utc::now())
-    }
-
-    async fn views(&self, messages: Vec<ChatMessage>) -> Vec<MessageView> {
-        let live = self.live_positions(&messages).await;
-        let now = Utc::now();
-        messages
-            .into_iter()
-            .map(|message| message.view(live.of(&message), now))
-            .collect()
-    }
-
-    /// The live positions of the queued ones among `messages`, read in one round trip. While
-    /// the queue store cannot be read they are unavailable rather than the read failing: the
-    /// messages are in the database, and positions come back with the store.
-    async fn live_positions(&self, messages: &[ChatMessage]) -> LivePositions {
-        let queued: Vec<Uuid> = messages
-            .iter()
-            .filter(|message| message.status == JobStatus::Queued)
-            .map(|message| message.id)
-            .collect();
-        let positions = if queued.is_empty() {
-            Some(HashMap::new())
-        } else {
-            match self.inner.queue.positions(&queued).await {
-                Ok(positions) => Some(
-                    queued
-                        .into_iter()
-                        .zip(positions)
-                        .filter_map(|(id, position)| Some((id, position?)))
-                        .collect(),
-                ),
-                Err(err) => {
-                    self.inner.outages.queue_failed(Utc::now());
-                    tracing::warn!(error = %err, "live positions unavailable; showing messages without them");
-                    None
-                }
-            }
-        };
-        LivePositions {
-            positions,
-            eta: self.inner.queue.eta(),
-        }
     }
 }
 
@@ -411,38 +313,6 @@ impl Readiness {
     /// Whether everything answers.
     pub fn is_ready(&self) -> bool {
         self.database.is_ok() && self.queue.is_ok()
-    }
-}
-
-/// What a new WebSocket session shows first.
-#[derive(Clone, Debug)]
-pub struct Snapshot {
-    /// The user's pending messages, oldest first.
-    pub views: Vec<MessageView>,
-    /// The version of the queue mirror the positions were read at.
-    pub positions_version: u64,
-    /// The positions of the user's queued messages in the mirror.
-    pub positions: Vec<(Uuid, u32)>,
-}
-
-/// Live positions of some messages (`None`: the queue store could not be read).
-struct LivePositions {
-    positions: Option<HashMap<Uuid, u32>>,
-    eta: EtaModel,
-}
-
-impl LivePositions {
-    fn of(&self, message: &ChatMessage) -> LivePosition {
-        match &self.positions {
-            None => LivePosition::Unavailable,
-            Some(positions) => match positions.get(&message.id) {
-                Some(&position) => LivePosition::Queued {
-                    position,
-                    eta_s: self.eta.for_position(position),
-                },
-                None => LivePosition::NotQueued,
-            },
-        }
     }
 }
 

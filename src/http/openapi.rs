@@ -71,11 +71,14 @@ pub struct PatchMessage {
     pub data: serde_json::Value,
 }
 
-/// `{"messages": [...]}`.
+/// `{"messages": [...], "next": …}`: a page of a listing.
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct MessageList {
     /// Newest first, with live positions.
     pub messages: Vec<MessageView>,
+    /// Set when the page ended before the user's last message (its `limit`, or about
+    /// `LIST_MAX_BYTES` of messages): pass it as `before` for the next page.
+    pub next: Option<uuid::Uuid>,
 }
 
 /// An error answer.
@@ -185,9 +188,9 @@ fn create_message() {}
         ("status" = Option<String>, Query, pattern = r"^(pending|queued|processing|complete|error|cancelled)(,(pending|queued|processing|complete|error|cancelled))*$", description = "pending, queued, processing, complete, error or cancelled (comma-separated)"),
         ("conversation_id" = Option<String>, Query, min_length = 1, max_length = 255, pattern = r"^[^\x00]+$", description = "Only this conversation"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "At most this many (default 50)"),
-        ("before" = Option<uuid::Uuid>, Query, description = "Only messages older than this one")),
+        ("before" = Option<uuid::Uuid>, Query, description = "Only messages older than this one (a page's `next`)")),
     responses(
-        (status = 200, description = "Newest first, live positions", body = MessageList),
+        (status = 200, description = "Newest first, live positions; a page ends at `limit` messages or about `LIST_MAX_BYTES`, and `next` continues it", body = MessageList),
         (status = 401, description = "No or bad token", body = ErrorBody),
         (status = 422, description = "A query parameter failed validation", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody)),

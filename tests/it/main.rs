@@ -14,6 +14,7 @@ mod disk;
 mod faults;
 mod forge;
 mod hostile;
+mod listings;
 mod multiprocess;
 mod outages;
 mod peers;

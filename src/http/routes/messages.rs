@@ -7,6 +7,7 @@ use crate::domain::catalogue::{ApiError, BadJson, Invalid};
 use crate::domain::merge;
 use crate::domain::params::{CreateRequest, data_error};
 use crate::domain::status::JobStatus;
+use crate::http::openapi::MessageList;
 use crate::http::{HttpState, json_response};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -134,10 +135,13 @@ async fn list(
 ) -> Result<Response, ApiError> {
     let user = user(&state, authorization)?;
     let filter = list_filter(&query)?;
-    let messages = state.gateway.list(&user, &filter).await?;
+    let page = state.gateway.list(&user, &filter).await?;
     Ok(json_response(
         StatusCode::OK,
-        &json!({"messages": messages}),
+        &MessageList {
+            messages: page.views,
+            next: page.next,
+        },
     ))
 }
 

@@ -1,0 +1,159 @@
+//! Listings bounded in bytes, not only in rows (issue 22): a page ends at about
+//! `LIST_MAX_BYTES` and `next` continues it, and four concurrent largest listings of messages
+//! with 64 KiB of data each cost the gateway a bounded multiple of what it serves.
+
+use crate::common::*;
+use forge_sim::{Latency, SimConfig};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// Client data of about 64 KiB: an array of 32,700 zeros (the largest `data` allowed).
+fn zeros() -> Value {
+    json!({ "zeros": vec![0; 32_700] })
+}
+
+/// Follows `next` from the first page; every page's ids, in order.
+async fn pages(client: &Client, token: &str, first: &str) -> Vec<Vec<String>> {
+    let mut pages = Vec::new();
+    let mut path = first.to_owned();
+    loop {
+        let (status, page) = client.get(token, &path).await;
+        assert_eq!(status, 200, "{page}");
+        let ids: Vec<String> = page["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .map(|m| m["id"].as_str().expect("id").to_owned())
+            .collect();
+        pages.push(ids);
+        match page["next"].as_str() {
+            Some(next) => path = format!("{first}&before={next}"),
+            None => return pages,
+        }
+        assert!(pages.len() < 100, "next never ends");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_ends_at_its_byte_bound_and_next_continues_it() {
+    let (app, _storage) = TestApp::spawn_with(fast_sim(), &["--list-max-bytes", "200KiB"]).await;
+    let token = app.token("alice").await;
+    let mut created = Vec::new();
+    for n in 0..10 {
+        let mut body = small_prompt(&format!("big {n}"));
+        body["data"] = zeros();
+        let (status, view) = app.submit(&token, body).await;
+        assert_eq!(status, 202, "{view}");
+        created.push(view["id"].as_str().expect("id").to_owned());
+    }
+    created.reverse();
+    let pages = pages(&app, &token, "/api/v1/messages?limit=200").await;
+    assert!(
+        pages.len() >= 3,
+        "10 × 64 KiB in pages of about 200 KiB: {pages:?}"
+    );
+    assert!(pages.iter().all(|page| !page.is_empty() && page.len() <= 4));
+    assert_eq!(pages.concat(), created, "every message once, newest first");
+    // The row limit ends a page too, and `next` is null only on the last one.
+    let pages = pages_of_three(&app, &token).await;
+    assert_eq!(pages.concat(), created);
+    app.stop().await;
+}
+
+async fn pages_of_three(app: &TestApp, token: &str) -> Vec<Vec<String>> {
+    let (app_client, token) = (app.client.clone(), token.to_owned());
+    // Three small pages' worth at a time: the byte bound (200 KiB) holds 3 here.
+    pages(&app_client, &token, "/api/v1/messages?limit=3").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_concurrent_largest_listings_cost_a_bounded_multiple_of_what_they_serve() {
+    let sim = start_sim(SimConfig {
+        latency: Latency::Fixed(Duration::ZERO),
+        ..fast_sim()
+    })
+    .await;
+    let storage = Storage::fresh();
+    let mut env = storage.process_env(sim.url());
+    env.extend([
+        ("MAX_PENDING_PER_USER", "400".to_owned()),
+        ("FORGE_SLOTS", "8".to_owned()),
+    ]);
+    let gateway = GatewayProcess::start(&env).await;
+    let client = gateway.client();
+    let (owner, other) = (client.token("owner").await, client.token("other").await);
+    let submits = (0..360).map(|n| {
+        let (client, owner) = (client.clone(), owner.clone());
+        async move {
+            let mut body = small_prompt(&format!("big {n}"));
+            body["data"] = zeros();
+            client.submit(&owner, body).await
+        }
+    });
+    let mut answers = futures::stream::iter(submits).buffer_unordered(16);
+    let mut last: Option<String> = None;
+    while let Some((status, view)) = answers.next().await {
+        assert_eq!(status, 202, "{view}");
+        last = view["id"].as_str().map(str::to_owned);
+    }
+    let last = last.expect("one");
+    client
+        .wait_message_within(Duration::from_secs(120), &owner, &last, |m| {
+            m["status"] == "complete"
+        })
+        .await;
+    let idle = gateway.rss_kib();
+
+    let listing = |client: Client, token: String| async move {
+        let (mut bytes, mut count) = (0usize, 0usize);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(3) {
+            let answer = client
+                .request(reqwest::Method::GET, "/api/v1/messages?limit=200", &token)
+                .send()
+                .await
+                .expect("list");
+            assert_eq!(answer.status(), 200);
+            bytes = bytes.max(answer.bytes().await.expect("body").len());
+            count += 1;
+        }
+        (bytes, count)
+    };
+    let listings: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(listing(client.clone(), owner.clone())))
+        .collect();
+    let (mut peak, mut slowest) = (idle, Duration::ZERO);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        peak = peak.max(gateway.rss_kib());
+        let asked = Instant::now();
+        let (status, _) = client.get(&other, "/api/v1/messages?limit=1").await;
+        assert_eq!(status, 200);
+        slowest = slowest.max(asked.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut largest = 0;
+    for listing in listings {
+        largest = largest.max(listing.await.expect("listing").0);
+    }
+    let in_flight = 4 * largest as u64 / 1024;
+    println!(
+        "largest listing {largest} bytes; RSS idle {idle} KiB, peak {peak} KiB; another user's slowest read {slowest:?}"
+    );
+    assert!(
+        largest < 4 * 1024 * 1024,
+        "a page of {largest} bytes: LIST_MAX_BYTES (2 MiB) bounds it"
+    );
+    assert!(
+        peak - idle < 10 * in_flight,
+        "RSS grew {} KiB for {in_flight} KiB in flight",
+        peak - idle
+    );
+    assert!(
+        slowest < Duration::from_secs(1),
+        "another user waited {slowest:?}"
+    );
+    gateway.kill().await;
+    sim.shutdown().await;
+}
