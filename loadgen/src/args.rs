@@ -5,7 +5,7 @@ use clap::Parser;
 use std::time::Duration;
 
 /// The scenarios `--scenario` accepts, in the order `--help` lists them.
-pub const SCENARIOS: [&str; 10] = [
+pub const SCENARIOS: [&str; 11] = [
     "throughput",
     "latency",
     "fanout",
@@ -16,18 +16,19 @@ pub const SCENARIOS: [&str; 10] = [
     "deep",
     "open",
     "big",
+    "listings",
 ];
 
 /// What `--scenario all` runs.
 pub const ALL: [&str; 5] = ["throughput", "latency", "fanout", "hot", "idle"];
 
 /// Load generator of forge-gateway: throughput, latency, fan-out, hot message, idle memory, soak,
-/// WebSocket flood, deep queues and open-loop intake.
+/// WebSocket flood, deep queues, open-loop intake, a big queue and large listings.
 #[derive(Clone, Debug, Parser)]
 #[command(name = "loadgen", version)]
 pub struct Args {
     /// Scenarios to run, comma-separated: throughput, latency, fanout, hot, idle, soak, flood,
-    /// deep, open, big, or all (= throughput,latency,fanout,hot,idle).
+    /// deep, open, big, listings, or all (= throughput,latency,fanout,hot,idle).
     #[arg(long, default_value = "all")]
     pub scenario: String,
 
@@ -48,7 +49,7 @@ pub struct Args {
     #[arg(long, env = "LOADGEN_REDIS_URL")]
     pub redis_url: Option<String>,
     /// Simulators (Forge backends) for the throughput, latency, soak, deep and open runs;
-    /// fanout, hot, idle and flood always use one.
+    /// fanout, hot, idle, flood and listings always use one.
     #[arg(long, default_value_t = 1)]
     pub sims: usize,
     /// FORGE_SLOTS of the started gateway for the throughput, latency, soak, deep and open runs
@@ -66,8 +67,8 @@ pub struct Args {
     #[arg(long = "gateway-env")]
     pub gateway_env: Vec<String>,
 
-    /// Length of the run [default: 30s for throughput and latency, 10s for flood, 20s for
-    /// open, 10s per window for deep].
+    /// Length of the run [default: 30s for throughput and latency, 10s for flood and listings,
+    /// 20s for open, 10s per window for deep].
     #[arg(long, value_parser = duration)]
     pub duration: Option<Duration>,
     /// throughput and deep: concurrent users, each with a WebSocket (deep's drain spreads its

@@ -22,6 +22,7 @@
 //! target/release/loadgen --scenario flood                  # issue 14: one WebSocket floods
 //! target/release/loadgen --scenario deep --sims 2 --forge-slots 64   # issue 16: deep queues
 //! target/release/loadgen --scenario open --connections 128 # issue 16: open-loop intake
+//! target/release/loadgen --scenario listings               # issue 22: large listings
 //! ```
 //!
 //! Definitions (all times are taken in the load generator, on receipt):
@@ -225,6 +226,7 @@ async fn run(args: Args) -> Result<bool, String> {
             "deep" => scenarios::deep(&ctx).await,
             "open" => scenarios::open(&ctx).await,
             "big" => scenarios::big(&ctx, deployment.as_mut()).await,
+            "listings" => scenarios::listings(&ctx).await,
             _ => unreachable!("checked by args::scenario_list"),
         };
         let mut result = match outcome {

@@ -9,7 +9,9 @@
 //!   queue drains with and without its owners' sessions, and stale positions once it stops;
 //! - `open` (issue 16): open-loop intake over many HTTP connections, like `wrk` on the POST;
 //! - `big` (issue 16): a queue of 100,000: enqueue, memory, snapshot, rebuild after a Redis
-//!   loss and after a restart.
+//!   loss and after a restart;
+//! - `listings` (issue 22): four concurrent maximum listings of large messages; the gateway's
+//!   memory against the bytes in flight, and another user's `/healthz` and submit latency.
 //!
 //! `common` holds the helpers (tokens, sessions, accounting, REST read-back), `drive` the load
 //! shapes (closed and open loop), `perf` the optional `perf record` of the gateway.
@@ -24,6 +26,7 @@ mod flood;
 mod hot;
 mod idle;
 mod latency;
+mod listings;
 mod open;
 mod perf;
 mod soak;
@@ -36,6 +39,7 @@ pub use flood::flood;
 pub use hot::hot;
 pub use idle::idle;
 pub use latency::latency;
+pub use listings::listings;
 pub use open::open;
 pub use soak::soak;
 pub use throughput::throughput;
