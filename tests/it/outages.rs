@@ -532,3 +532,42 @@ async fn a_redis_that_refuses_writes_makes_the_process_not_ready() {
     app.shutdown().await;
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_signed_forge_certificate_marked_ca_is_pinned_by_forge_ca_file() {
+    // What `openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=localhost -addext
+    // subjectAltName=IP:127.0.0.1` makes: a self-signed certificate with CA:TRUE, for an IP.
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).expect("certificate");
+    let identity = TlsIdentity::from_pem(cert.pem(), key.serialize_pem()).expect("identity");
+    let sim = start_sim(SimConfig {
+        tls: Some(identity),
+        ..fast_sim()
+    })
+    .await;
+    let port = sim.url().rsplit(':').next().expect("port").to_owned();
+    let folder = tempfile::tempdir().expect("folder");
+    let ca_file = folder.path().join("forge.pem");
+    std::fs::write(&ca_file, cert.pem()).expect("write the certificate");
+    let ca_file = ca_file.display().to_string();
+    for (host, expected) in [("127.0.0.1", "complete"), ("localhost", "error")] {
+        // Pinned for the address it names; another name for the same server is refused.
+        let storage = Storage::fresh();
+        let url = format!("https://{host}:{port}");
+        let (app, client) = gateway_on(&storage, &[url], &["--forge-ca-file", &ca_file]).await;
+        let token = client.token("alice").await;
+        let id = client.submit_id(&token, "pinned").await;
+        let done = client
+            .wait_message(&token, &id, |m| {
+                m["status"] != "queued" && m["status"] != "processing"
+            })
+            .await;
+        assert_eq!(done["status"], expected, "{host}: {done}");
+        if expected == "error" {
+            assert_eq!(done["error"]["code"], "forge_connection", "{done}");
+        }
+        app.shutdown().await;
+    }
+}
