@@ -22,6 +22,7 @@ use crate::queue::QueueStore;
 use crate::queue::memory::MemoryQueue;
 use crate::queue::redis::RedisQueue;
 use actix::prelude::*;
+use secrecy::ExposeSecret as _;
 use std::sync::Arc;
 
 /// Runs `connect` on the I/O runtime and waits for it. Connections are made there because a
@@ -70,7 +71,11 @@ pub(super) async fn build_core(
         },
     );
     let (queue_store, bus, redis): (Arc<dyn QueueStore>, Arc<dyn EventBus>, Option<RedisClients>) =
-        match &config.redis_url {
+        match config
+            .redis_url
+            .as_ref()
+            .map(|url| url.expose_secret().to_owned())
+        {
             None => (
                 Arc::new(MemoryQueue::new()),
                 LocalBus::new(registry.clone()),

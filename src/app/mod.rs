@@ -265,7 +265,10 @@ pub async fn start(config: Config) -> Result<RunningApp, StartError> {
             url::Url::parse(&url).map_err(|err| StartError::caused("simulator URL", err))?;
         (Some(sim), vec![parsed])
     } else {
-        (None, config.forge_urls.clone())
+        (
+            None,
+            config.forge_urls.iter().map(|url| url.0.clone()).collect(),
+        )
     };
 
     let images =

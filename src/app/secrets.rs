@@ -8,6 +8,7 @@
 use super::StartError;
 use crate::config::Config;
 use crate::http::auth::TokenRules;
+use secrecy::ExposeSecret as _;
 use sha2::{Digest, Sha256};
 
 /// What the auth layer is built from.
@@ -35,13 +36,13 @@ pub(super) fn secrets(config: &Config) -> Result<Secrets, StartError> {
         secret: config
             .auth_jwt_secret
             .as_ref()
-            .map(|secret| secret.as_bytes().to_vec()),
+            .map(|secret| secret.expose_secret().as_bytes().to_vec()),
         dev_secret,
         issuer: config.auth_jwt_issuer.clone(),
         audience: config.auth_jwt_audience.clone(),
     };
     let admin_token = match (&config.admin_token, dev) {
-        (Some(token), _) => Some(token.clone()),
+        (Some(token), _) => Some(token.expose_secret().to_owned()),
         (None, true) => {
             let (token, created) = dev_file(config, "dev-admin-token")?;
             let path = config.data_dir.join("dev-admin-token");

@@ -4,6 +4,7 @@
 use super::{Config, ConfigError};
 use clap::CommandFactory;
 use clap::error::{ContextKind, ContextValue};
+use secrecy::ExposeSecret as _;
 use std::error::Error as _;
 use std::time::Duration;
 use url::Url;
@@ -39,7 +40,7 @@ pub(super) fn bytes(text: &str) -> Result<usize, String> {
 
 /// A Forge base URL: http(s) with a host. The error never repeats the URL (it may carry a
 /// password).
-pub(super) fn forge_url(text: &str) -> Result<Url, String> {
+pub(super) fn forge_url(text: &str) -> Result<super::BackendUrl, String> {
     let url = Url::parse(text.trim()).map_err(|err| format!("not a URL ({err})"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(format!(
@@ -47,7 +48,13 @@ pub(super) fn forge_url(text: &str) -> Result<Url, String> {
             redact_url(&url)
         ));
     }
-    Ok(url)
+    Ok(super::BackendUrl(url))
+}
+
+/// A setting that is a secret (a key, a token, a URL with a password): kept so that it never
+/// shows in debug output.
+pub(super) fn secret(text: &str) -> Result<secrecy::SecretString, String> {
+    Ok(secrecy::SecretString::from(text.to_owned()))
 }
 
 /// The URL with its user name and password replaced by `***`.
@@ -137,11 +144,11 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |message: String| Err(ConfigError(message));
         if let Some(secret) = &self.auth_jwt_secret
-            && secret.len() < MIN_SECRET_BYTES
+            && secret.expose_secret().len() < MIN_SECRET_BYTES
         {
             return fail(format!(
                 "AUTH_JWT_SECRET (--auth-jwt-secret) must be at least {MIN_SECRET_BYTES} bytes (it has {})",
-                secret.len()
+                secret.expose_secret().len()
             ));
         }
         for (name, value) in [
@@ -156,11 +163,11 @@ impl Config {
             }
         }
         if let Some(token) = &self.admin_token
-            && token.len() < 8
+            && token.expose_secret().len() < 8
         {
             return fail("ADMIN_TOKEN (--admin-token) must be at least 8 characters".into());
         }
-        if let Some(url) = &self.database_url
+        if let Some(url) = self.database_url.as_ref().map(|url| url.expose_secret())
             && !(url.starts_with("postgres://")
                 || url.starts_with("postgresql://")
                 || url.starts_with("sqlite:"))
@@ -182,7 +189,7 @@ impl Config {
                 "DATABASE_SCHEMA (--database-schema) must be a plain identifier (letters, digits, _), got {schema:?}"
             ));
         }
-        if let Some(url) = &self.redis_url
+        if let Some(url) = self.redis_url.as_ref().map(|url| url.expose_secret())
             && !(url.starts_with("redis://") || url.starts_with("rediss://"))
         {
             return fail("REDIS_URL (--redis-url) must start with redis:// or rediss://".into());

@@ -43,8 +43,8 @@ pub struct Config {
     pub images_dir: Option<PathBuf>,
 
     /// Database URL: `postgres://…` or `sqlite://…` [default: SQLite in DATA_DIR].
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = secret)]
+    pub database_url: Option<SecretString>,
 
     /// PostgreSQL schema to use (created if missing) [default: the server's search path].
     #[arg(long, env = "DATABASE_SCHEMA")]
@@ -68,8 +68,8 @@ pub struct Config {
     #[arg(long, env = "LIST_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub list_concurrency: u32,
     /// Redis URL, to share the queue and events between gateway processes [default: in-process queue and events].
-    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
-    pub redis_url: Option<String>,
+    #[arg(long, env = "REDIS_URL", hide_env_values = true, value_parser = secret)]
+    pub redis_url: Option<SecretString>,
 
     /// Prefix of every Redis key and channel, so deployments and test runs can share one Redis.
     #[arg(long, env = "REDIS_PREFIX", default_value = "fg")]
@@ -77,7 +77,7 @@ pub struct Config {
 
     /// Comma-separated Forge base URLs; `http://user:pass@host:7860` sets HTTP basic auth (Forge's --api-auth) [default: start the bundled simulator].
     #[arg(long, env = "FORGE_URLS", value_delimiter = ',', hide_env_values = true, value_parser = forge_url)]
-    pub forge_urls: Vec<Url>,
+    pub forge_urls: Vec<BackendUrl>,
 
     /// Deadline of one txt2img call.
     #[arg(long, env = "FORGE_TIMEOUT", default_value = "180s", value_parser = duration)]
@@ -140,12 +140,12 @@ pub struct Config {
     pub max_pending_per_user: u32,
 
     /// HS256 secret of user tokens; required unless dev mode.
-    #[arg(long, env = "AUTH_JWT_SECRET", hide_env_values = true)]
-    pub auth_jwt_secret: Option<String>,
+    #[arg(long, env = "AUTH_JWT_SECRET", hide_env_values = true, value_parser = secret)]
+    pub auth_jwt_secret: Option<SecretString>,
 
     /// Bearer token for /admin/* [dev mode: generated and printed at start].
-    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true, value_parser = secret)]
+    pub admin_token: Option<SecretString>,
 
     /// Dev mode: enables POST /api/v1/dev/token [default: on only when nothing else is configured and BIND is a loopback address].
     #[arg(long = "dev", env = "DEV_MODE", value_parser = BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
@@ -242,6 +242,19 @@ pub struct Config {
     pub shutdown_grace: Duration,
 }
 
+/// A Forge backend's URL; its `Debug` leaves out the credentials it may hold (`Config` is
+/// printed in debug output, and must not show secrets).
+#[derive(Clone, PartialEq, Eq)]
+pub struct BackendUrl(pub Url);
+
+impl std::fmt::Debug for BackendUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut shown = self.0.clone();
+        let _ = shown.set_password(None);
+        write!(f, "{:?}", shown.as_str())
+    }
+}
+
 /// A configuration that cannot start the gateway, as one line naming the setting.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("configuration error: {0}")]
@@ -257,7 +270,8 @@ pub enum Loaded {
 
 pub mod checks;
 
-use checks::{bytes, duration, forge_url, one_line};
+use checks::{bytes, duration, forge_url, one_line, secret};
+use secrecy::{ExposeSecret as _, SecretString};
 
 impl Config {
     /// Parses the process's arguments and environment, then checks the settings together.
@@ -335,12 +349,15 @@ impl Config {
 
     /// The database URL, defaulting to SQLite in the data folder.
     pub fn database_url(&self) -> String {
-        self.database_url.clone().unwrap_or_else(|| {
-            format!(
-                "sqlite://{}?mode=rwc",
-                self.data_dir.join("forge-gateway.db").display()
-            )
-        })
+        self.database_url
+            .as_ref()
+            .map(|url| url.expose_secret().to_owned())
+            .unwrap_or_else(|| {
+                format!(
+                    "sqlite://{}?mode=rwc",
+                    self.data_dir.join("forge-gateway.db").display()
+                )
+            })
     }
 }
 

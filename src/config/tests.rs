@@ -138,5 +138,37 @@ fn forge_urls_split_on_commas() {
     ])
     .unwrap();
     assert_eq!(config.forge_urls.len(), 2);
-    assert_eq!(config.forge_urls[1].username(), "u");
+    assert_eq!(config.forge_urls[1].0.username(), "u");
+}
+
+#[test]
+fn debug_output_shows_no_secret() {
+    let config = Config::from_flags([
+        "forge-gateway",
+        "--auth-jwt-secret",
+        "jwt-secret-jwt-secret-jwt-secret-0",
+        "--admin-token",
+        "admin-token-hunter2",
+        "--database-url",
+        "postgres://gw:db-password@db/gw",
+        "--redis-url",
+        "redis://:redis-password@redis:6379",
+        "--forge-urls",
+        "http://u:forge-password@gpu1:7860",
+    ])
+    .unwrap();
+    let shown = format!("{config:?}");
+    for secret in [
+        "jwt-secret-jwt",
+        "hunter2",
+        "db-password",
+        "redis-password",
+        "forge-password",
+    ] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+    assert!(
+        shown.contains("gpu1:7860"),
+        "the backend is still named: {shown}"
+    );
 }
