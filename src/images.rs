@@ -85,12 +85,23 @@ impl ImageStore {
         self.dir.join(shard_of(id)).join(name)
     }
 
-    /// The bytes of an image by its file name, or `None` for any name that is not one of ours
-    /// (which rules out path traversal: only `<uuid>.png`, `<uuid>.preview.png` and the placeholder).
-    pub async fn read(&self, file: &str) -> Option<Vec<u8>> {
+    /// An image to send by its file name, or `None` for any name that is not one of ours (which
+    /// rules out path traversal: only `<uuid>.png`, `<uuid>.preview.png` and the placeholder):
+    /// the open file and its length, read as it is sent, so a slow reader costs a buffer, not
+    /// the whole image.
+    pub async fn open_image(&self, file: &str) -> Option<StoredImage> {
         if file == PLACEHOLDER_FILE {
-            return Some(self.placeholder.as_ref().clone());
+            return Some(StoredImage::Bundled(Bytes::copy_from_slice(
+                &self.placeholder,
+            )));
         }
+        let opened = tokio::fs::File::open(self.path_for(file)?).await.ok()?;
+        let length = opened.metadata().await.ok()?.len();
+        Some(StoredImage::File(opened, length))
+    }
+
+    /// Where the file `file` is, if it is one of ours.
+    fn path_for(&self, file: &str) -> Option<PathBuf> {
         let stem = file
             .strip_suffix(".preview.png")
             .or_else(|| file.strip_suffix(".png"))?;
@@ -103,8 +114,16 @@ impl ImageStore {
         if canonical != file {
             return None;
         }
-        tokio::fs::read(self.path_of(id, &canonical)).await.ok()
+        Some(self.path_of(id, &canonical))
     }
+}
+
+/// An image ready to send.
+pub enum StoredImage {
+    /// A file on disk, and its length.
+    File(tokio::fs::File, u64),
+    /// The bundled placeholder.
+    Bundled(Bytes),
 }
 
 /// The subfolder of a job's files: two hex digits from the random end of its id (the start of
@@ -155,6 +174,22 @@ pub fn placeholder_png() -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl ImageStore {
+        /// The bytes of an image by its file name.
+        async fn read(&self, file: &str) -> Option<Vec<u8>> {
+            match self.open_image(file).await? {
+                StoredImage::Bundled(bytes) => Some(bytes.to_vec()),
+                StoredImage::File(mut file, _) => {
+                    let mut bytes = Vec::new();
+                    tokio::io::AsyncReadExt::read_to_end(&mut file, &mut bytes)
+                        .await
+                        .ok()?;
+                    Some(bytes)
+                }
+            }
+        }
+    }
 
     #[tokio::test]
     async fn only_our_names_are_served() {

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod conn;
+pub mod image;
 pub mod openapi;
 pub mod routes;
 pub mod server;

@@ -1,7 +1,8 @@
 //! The HTTP server: warp's routes behind our own accept loop.
 //!
 //! Every request goes to `warp::service(routes)` except a WebSocket upgrade of `/ws`, which
-//! [`super::ws`] completes itself. The reason is memory: warp's `Ws` filter cannot set
+//! [`super::ws`] completes itself, and a GET of `/images/…`, which [`super::image`] streams
+//! from its file. The reason is memory: warp's `Ws` filter cannot set
 //! tungstenite's buffer sizes, and tungstenite's default read buffer is 128 KiB per socket,
 //! zero-filled on the first read: 10,000 idle sessions would hold 1.3 GiB. The loop is the
 //! one `warp::serve` runs (hyper-util's auto builder with upgrades), plus what a public server
@@ -9,8 +10,8 @@
 //! peer address (more are answered 503 and closed at once), head, idle and write deadlines on
 //! every connection ([`super::conn`]), and graceful shutdown.
 
-use super::HttpState;
 use super::conn::{AddressCap, ConnLimits, ConnState, GuardedIo};
+use super::{HttpState, image};
 use crate::domain::catalogue::ApiError;
 use crate::metrics::ReasonLabel;
 use hyper::body::Incoming;
@@ -100,9 +101,11 @@ pub async fn serve<F>(
                         if response.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
                             conn.upgraded();
                         }
-                        Ok::<_, Infallible>(response)
+                        Ok::<_, Infallible>(image::boxed(response))
+                    } else if image::is_image(&request) {
+                        Ok(image::serve(request, state).await)
                     } else {
-                        service.call(request).await
+                        service.call(request).await.map(image::boxed)
                     }
                 }
             })

@@ -77,17 +77,12 @@ pub fn routes(state: Arc<HttpState>) -> BoxedFilter<(Response,)> {
             .map(answer)
             .boxed()
     });
-    let image_path = || warp::path!("images" / String);
-    let images = image_path()
-        .and(get_or_head())
-        .and(with.clone())
-        .then(image)
-        .map(answer)
-        .or(image_path()
-            .map(|_| ())
-            .untuple_one()
-            .and(other_methods("GET, HEAD")))
-        .unify()
+    // A GET or HEAD of an image never gets here (the server streams it from its file below
+    // warp, `http/image.rs`): only the other methods are answered here.
+    let images = warp::path!("images" / String)
+        .map(|_| ())
+        .untuple_one()
+        .and(other_methods("GET, HEAD"))
         .boxed();
     [
         page, healthz, readyz, client, asyncapi, openapi, ws, metrics, status, images,
@@ -109,22 +104,6 @@ fn resource(
         .or(path.and(other_methods("GET, HEAD")))
         .unify()
         .boxed()
-}
-
-async fn image(file: String, state: Arc<HttpState>) -> Result<Response, ApiError> {
-    let png = state.images.read(&file).await.ok_or(ApiError::NotFound)?;
-    let mut response = png.into_response();
-    let headers = response.headers_mut();
-    headers.insert("content-type", HeaderValue::from_static("image/png"));
-    headers.insert(
-        "cache-control",
-        HeaderValue::from_static("private, max-age=3600"),
-    );
-    headers.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
-    Ok(response)
 }
 
 /// Public readiness: ok or not per dependency, never why (the log and `/admin/status` say).
