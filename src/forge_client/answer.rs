@@ -3,6 +3,7 @@
 //! really used), and the check that an image is a real PNG of the size asked for, decoded row
 //! by row so a decompression bomb never allocates more than a row.
 
+use super::Progress;
 use super::failure::{ForgeFailure, classify};
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
@@ -64,6 +65,71 @@ fn too_large(length: u64, limit: usize) -> ForgeFailure {
     ForgeFailure::bad_answer(format_args!(
         "answer of at least {length} bytes, past FORGE_MAX_ANSWER ({limit} bytes)"
     ))
+}
+
+/// The longest estimate of time left taken from Forge (a day): anything longer cannot be true
+/// of a job that fails at `FORGE_TIMEOUT`.
+const MAX_ETA_SECONDS: f64 = 86_400.0;
+
+#[derive(serde::Deserialize)]
+struct ProgressAnswer {
+    #[serde(default)]
+    progress: f64,
+    #[serde(default)]
+    eta_relative: Option<f64>,
+    #[serde(default)]
+    state: ProgressState,
+    #[serde(default)]
+    current_image: Option<String>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct ProgressState {
+    #[serde(default)]
+    sampling_step: u64,
+    #[serde(default)]
+    sampling_steps: u64,
+}
+
+/// A progress answer, with what cannot be true left out: a fraction outside 0..1 is clamped
+/// (NaN is 0), an estimate that is negative, not finite or past a day is none, and a preview
+/// is kept only if it is a PNG no larger than the largest image a job may ask for, that
+/// decodes (a bomb is refused by its header's size).
+pub(super) fn read_progress(body: &[u8]) -> Result<Progress, ForgeFailure> {
+    let answer: ProgressAnswer =
+        serde_json::from_slice(body).map_err(|err| ForgeFailure::unparsable("progress", err))?;
+    let preview_png = answer
+        .current_image
+        .filter(|image| !image.is_empty())
+        .and_then(|image| {
+            base64::engine::general_purpose::STANDARD
+                .decode(image.trim())
+                .ok()
+        })
+        .filter(|png| preview_is_sane(png))
+        .map(Bytes::from);
+    Ok(Progress {
+        fraction: if answer.progress.is_finite() {
+            answer.progress.clamp(0.0, 1.0)
+        } else {
+            0.0
+        },
+        eta_seconds: answer
+            .eta_relative
+            .filter(|eta| eta.is_finite() && (0.0..=MAX_ETA_SECONDS).contains(eta)),
+        step: answer.state.sampling_step,
+        steps: answer.state.sampling_steps,
+        preview_png,
+    })
+}
+
+fn preview_is_sane(png: &[u8]) -> bool {
+    let Ok(reader) = png::Decoder::new(std::io::Cursor::new(png)).read_info() else {
+        return false;
+    };
+    let (width, height) = (reader.info().width, reader.info().height);
+    let max = crate::domain::params::MAX_SIDE;
+    width <= max && height <= max && check_png(png, width, height).is_ok()
 }
 
 /// The part of a `txt2img` answer the gateway reads.
@@ -219,6 +285,36 @@ mod tests {
         // Truncated: the header is right, the data is not all there.
         let whole = png_of(64, 64);
         assert!(check_png(&whole[..whole.len() / 2], 64, 64).is_err());
+    }
+
+    #[test]
+    fn a_progress_answer_is_read_for_what_can_be_true() {
+        let progress = read_progress(
+            br#"{"progress": 0.5, "eta_relative": 1e300, "state": {"sampling_step": 3, "sampling_steps": 20}}"#,
+        )
+        .unwrap();
+        assert_eq!((progress.fraction, progress.eta_seconds), (0.5, None));
+        assert_eq!((progress.step, progress.steps), (3, 20));
+        let progress = read_progress(br#"{"progress": 7, "eta_relative": -1}"#).unwrap();
+        assert_eq!((progress.fraction, progress.eta_seconds), (1.0, None));
+        let progress = read_progress(br#"{"progress": 0.25, "eta_relative": 12.5}"#).unwrap();
+        assert_eq!(progress.eta_seconds, Some(12.5));
+        let image = base64::engine::general_purpose::STANDARD.encode(png_of(8, 8));
+        let with = format!(r#"{{"progress": 0.1, "current_image": "{image}"}}"#);
+        assert!(
+            read_progress(with.as_bytes())
+                .unwrap()
+                .preview_png
+                .is_some()
+        );
+        let broken = r#"{"progress": 0.1, "current_image": "aGVsbG8="}"#;
+        assert!(
+            read_progress(broken.as_bytes())
+                .unwrap()
+                .preview_png
+                .is_none()
+        );
+        assert!(read_progress(b"<html>").is_err());
     }
 
     #[test]

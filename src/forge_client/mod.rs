@@ -10,11 +10,9 @@ pub use failure::ForgeFailure;
 pub use tls::{TlsRoots, install_default_provider};
 
 use crate::domain::params::GenerationParams;
-use answer::{check_png, read_answer, read_txt2img};
-use base64::Engine as _;
+use answer::{read_answer, read_progress, read_txt2img};
 use bytes::Bytes;
 use failure::classify;
-use serde::Deserialize;
 use serde_json::json;
 use std::time::Duration;
 use url::Url;
@@ -91,26 +89,6 @@ pub struct Progress {
     pub preview_png: Option<Bytes>,
 }
 
-#[derive(Deserialize)]
-struct ProgressAnswer {
-    #[serde(default)]
-    progress: f64,
-    #[serde(default)]
-    eta_relative: Option<f64>,
-    #[serde(default)]
-    state: ProgressState,
-    #[serde(default)]
-    current_image: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-struct ProgressState {
-    #[serde(default)]
-    sampling_step: u64,
-    #[serde(default)]
-    sampling_steps: u64,
-}
-
 /// A client of one backend.
 #[derive(Clone)]
 pub struct ForgeClient {
@@ -122,10 +100,6 @@ pub struct ForgeClient {
 
 /// The most a progress answer without a preview, or an interrupt's, may hold.
 const MAX_SMALL_ANSWER: usize = 64 * 1024;
-
-/// The longest estimate of time left taken from Forge (a day): anything longer cannot be true
-/// of a job that fails at `FORGE_TIMEOUT`.
-const MAX_ETA_SECONDS: f64 = 86_400.0;
 
 impl ForgeClient {
     /// A client whose txt2img calls give up after `timeout`, whose connects give up after
@@ -226,33 +200,13 @@ impl ForgeClient {
             MAX_SMALL_ANSWER
         };
         let bytes = read_answer(answer, limit).await?;
-        let answer: ProgressAnswer = serde_json::from_slice(&bytes)
-            .map_err(|err| ForgeFailure::unparsable("progress", err))?;
-        // A preview is shown only if it is a PNG that decodes (a bomb is refused by its
-        // header's size, which must be that of a real image).
-        let preview_png = answer
-            .current_image
-            .filter(|image| !image.is_empty())
-            .and_then(|image| {
-                base64::engine::general_purpose::STANDARD
-                    .decode(image.trim())
-                    .ok()
-            })
-            .filter(|png| preview_is_sane(png))
-            .map(Bytes::from);
-        Ok(Progress {
-            fraction: if answer.progress.is_finite() {
-                answer.progress.clamp(0.0, 1.0)
-            } else {
-                0.0
-            },
-            eta_seconds: answer
-                .eta_relative
-                .filter(|eta| eta.is_finite() && (0.0..=MAX_ETA_SECONDS).contains(eta)),
-            step: answer.state.sampling_step,
-            steps: answer.state.sampling_steps,
-            preview_png,
-        })
+        if !with_preview {
+            return read_progress(&bytes);
+        }
+        // Checking a preview decodes a PNG: off the threads that serve requests.
+        tokio::task::spawn_blocking(move || read_progress(&bytes))
+            .await
+            .map_err(|err| ForgeFailure::unparsable("reading the progress failed", err))?
     }
 
     /// `POST /sdapi/v1/interrupt`: ends whatever generation the server runs now.
@@ -265,17 +219,6 @@ impl ForgeClient {
             .map_err(classify)?;
         read_answer(answer, MAX_SMALL_ANSWER).await.map(|_| ())
     }
-}
-
-/// Whether a live preview is a PNG no larger than the largest image a job may ask for, that
-/// decodes.
-fn preview_is_sane(png: &[u8]) -> bool {
-    let Ok(reader) = png::Decoder::new(std::io::Cursor::new(png)).read_info() else {
-        return false;
-    };
-    let (width, height) = (reader.info().width, reader.info().height);
-    let max = crate::domain::params::MAX_SIDE;
-    width <= max && height <= max && check_png(png, width, height).is_ok()
 }
 
 #[cfg(test)]
