@@ -303,3 +303,57 @@ async fn a_socket_ends_when_its_token_expires() {
     assert_eq!(status, 401, "REST agrees the token is expired");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_clean_close_loses_no_update_sent_before_it() {
+    // 20 sockets of one user each send 25 update_message frames on one message and close
+    // normally right after the last send: every update reaches the message.
+    let (app, _storage) = TestApp::spawn_with(
+        fast_sim(),
+        &[
+            "--max-sessions-per-user",
+            "32",
+            "--ws-commands-per-second",
+            "1000",
+        ],
+    )
+    .await;
+    let token = app.token("alice").await;
+    let id = app.submit_id(&token, "edited").await;
+    app.wait_message(&token, &id, |m| m["status"] == "complete")
+        .await;
+    let sockets = (0..20).map(|socket| {
+        let (base, token, id) = (app.base.clone(), token.clone(), id.clone());
+        async move {
+            let mut ws = WsClient::connect(&base, &token).await;
+            for n in 0..25 {
+                ws.send(json!({"type": "update_message", "id": id, "data": {format!("s{socket}"): {format!("n{n}"): n}}}))
+                    .await;
+            }
+            ws.close().await;
+        }
+    });
+    futures::future::join_all(sockets).await;
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let (_, message) = app.get(&token, &format!("/api/v1/messages/{id}")).await;
+        let applied: usize = message["data"]
+            .as_object()
+            .map(|data| {
+                data.values()
+                    .filter_map(|socket| socket.as_object())
+                    .map(|updates| updates.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        if applied == 500 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{applied} of 500 updates reached the message"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.stop().await;
+}

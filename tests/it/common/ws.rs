@@ -108,6 +108,12 @@ impl WsClient {
             .expect("send");
     }
 
+    /// Closes normally (a close frame, then the server's answer) right away.
+    pub async fn close(&mut self) {
+        let _ = self.stream.close(None).await;
+        while let Some(Ok(_)) = self.stream.next().await {}
+    }
+
     /// Sends a raw frame.
     pub async fn send_raw(&mut self, frame: WsMessage) {
         self.stream.send(frame).await.expect("send");
