@@ -121,6 +121,12 @@ export function connect(options) {
   let socket = null, generation = 0, seq = 0, attempt = 0, closed = false;
   let reconnectTimer = null, keepaliveTimer = null, lastFrameAt = 0, submits = 0;
   let status = null, user = null, reloading = null, reloadAgain = false;
+  // Writes sent over the socket and not acknowledged yet, by ref, in the order sent: each is
+  // sent again on every new connection until a frame with its ref answers it (the server
+  // applies a ref once, so a write that did land before a connection broke is not applied
+  // twice).
+  const writes = new Map();
+  let writeCount = 0;
 
   const setStatus = (next) => { if (next !== status) { status = next; onStatus(next); } };
   const emit = (changed) => { if (changed.size) onState(state, [...changed]); };
@@ -244,6 +250,29 @@ export function connect(options) {
     changed.add(id);
   }
 
+  /** Sends a write command with a fresh ref; resolves when a frame with that ref answers it. */
+  function write(command, answer) {
+    return new Promise((resolve, reject) => {
+      const ref = `w${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}${++writeCount}`;
+      const sent = { ...command, ref };
+      writes.set(ref, { command: sent, answer, resolve, reject });
+      send(sent);
+    });
+  }
+
+  /** A frame answering one of our writes (after it was applied to `state`). */
+  function settleWrite(frame) {
+    const pending = typeof frame.ref === "string" ? writes.get(frame.ref) : null;
+    if (!pending) return;
+    writes.delete(frame.ref);
+    if (frame.type === "error") {
+      const error = frame.error || {};
+      pending.reject(new GatewayError(0, error.code || "error", error.message || "", error.field ?? null));
+    } else {
+      pending.resolve(pending.answer(frame));
+    }
+  }
+
   function onFrame(text) {
     let frame;
     try { frame = JSON.parse(text); } catch { anomalies.push({ reason: "a frame that is not JSON", text }); return; }
@@ -260,6 +289,8 @@ export function connect(options) {
         for (const view of frame.messages || []) applyRead(view, clock, changed);
         attempt = 0;
         setStatus("open");
+        // Writes not acknowledged on an earlier connection go again (a ref is applied once).
+        for (const pending of writes.values()) send(pending.command);
         // The snapshot holds the pending messages; what finished meanwhile comes over REST.
         reload().catch(onError);
         break;
@@ -279,6 +310,7 @@ export function connect(options) {
         if (typeof frame.id === "string") applyEvent(frame, changed);
     }
     emit(changed);
+    settleWrite(frame);
     onEvent(frame);
     if (gap && frame.type !== "resync") recover();
   }
@@ -484,11 +516,14 @@ export function connect(options) {
     },
 
     /**
-     * Merges `data` into the message's client data (RFC 7396).
+     * Merges `data` into the message's client data (RFC 7396), over the socket: resolves with
+     * the message once the server acknowledges the write (`message.updated` with its ref),
+     * rejects with a `GatewayError` (status 0) if it refuses it. A write not acknowledged when
+     * the connection breaks is sent again on the next one, and applied once.
      * @returns {Promise<MessageView>}
      */
     update(id, data) {
-      return readAndApply("PATCH", messagePath(id), { data });
+      return write({ type: "update_message", id, data }, () => state.get(id));
     },
 
     /**

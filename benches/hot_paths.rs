@@ -19,7 +19,7 @@ use forge_gateway::domain::event::{
 };
 use forge_gateway::domain::merge::merge_client_data;
 use forge_gateway::domain::message::{ChatMessage, LivePosition};
-use forge_gateway::domain::params::GenerationParams;
+use forge_gateway::domain::params::{CreateRequest, GenerationParams};
 use forge_gateway::domain::position_feed::{JobPosition, PositionFeed};
 use forge_gateway::domain::queue_book::{QueueBook, QueueChange, QueuedJob};
 use forge_gateway::domain::status::JobStatus;
@@ -46,34 +46,18 @@ fn data_2k() -> Value {
 }
 
 fn message(status: JobStatus, data: Value) -> ChatMessage {
-    let now = Utc::now();
-    ChatMessage {
-        id: Uuid::now_v7(),
-        user_id: "alice".into(),
-        conversation_id: Some("c-42".into()),
-        status,
-        progress: 0,
-        queue_position: Some(3),
-        ticket: Some(7),
+    let request = CreateRequest {
         prompt: "a cat in a hat, watercolour".into(),
         params: GenerationParams::default(),
-        image_url: None,
-        placeholder: false,
-        error: None,
+        conversation_id: Some("c-42".into()),
         data,
-        version: 1,
-        retry_of: None,
-        backend: Some("http://127.0.0.1:7861".into()),
-        idempotency_key: None,
-        created_at: now,
-        started_at: None,
-        finished_at: None,
-        updated_at: now,
-        activity_at: now,
-        eta_s: None,
-        preview_url: None,
-        seed: None,
-    }
+    };
+    let mut message = ChatMessage::queued(Uuid::now_v7(), "alice", request, Utc::now());
+    message.status = status;
+    message.queue_position = Some(3);
+    message.ticket = Some(7);
+    message.backend = Some("http://127.0.0.1:7861".into());
+    message
 }
 
 /// `jobs` queued jobs of `users` users, round robin.
@@ -106,6 +90,7 @@ fn apply(c: &mut Criterion) {
     let patch = Change::ClientPatch {
         owner: "alice".into(),
         patch: json!({"p3": {"n": 17}}),
+        client_ref: None,
     };
     let mut current = Some(message(JobStatus::Complete, data_2k()));
     group.bench_function("client patch (2 KiB data)", |b| {
@@ -225,7 +210,10 @@ fn events(c: &mut Criterion) {
     };
     let updated = JobEvent {
         version: Some(9),
-        kind: JobEventKind::Updated { data: data_2k() },
+        kind: JobEventKind::Updated {
+            data: data_2k(),
+            client_ref: None,
+        },
         ..complete.clone()
     };
     group.bench_function("frame_body job.complete", |b| {

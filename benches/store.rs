@@ -13,8 +13,8 @@ use forge_gateway::db::{Database, DbSettings};
 use forge_gateway::domain::change::Change;
 use forge_gateway::domain::message::ChatMessage;
 use forge_gateway::domain::outages::Outages;
-use forge_gateway::domain::params::GenerationParams;
-use forge_gateway::domain::status::JobStatus;
+use forge_gateway::domain::params::{CreateRequest, GenerationParams};
+
 use forge_gateway::events::registry::SessionCaps;
 use forge_gateway::events::{LocalBus, SessionRegistry};
 use forge_gateway::metrics::Metrics;
@@ -27,34 +27,16 @@ const CLIENTS: usize = 64;
 const RUN_FOR: Duration = Duration::from_secs(4);
 
 fn message(id: Uuid) -> ChatMessage {
-    let now = Utc::now();
-    ChatMessage {
-        id,
-        user_id: "bench".into(),
-        conversation_id: None,
-        status: JobStatus::Queued,
-        progress: 0,
-        queue_position: Some(1),
-        ticket: Some(1),
+    let request = CreateRequest {
         prompt: "bench".into(),
         params: GenerationParams::default(),
-        image_url: None,
-        placeholder: false,
-        error: None,
+        conversation_id: None,
         data: json!({}),
-        version: 1,
-        retry_of: None,
-        backend: None,
-        idempotency_key: None,
-        created_at: now,
-        started_at: None,
-        finished_at: None,
-        updated_at: now,
-        activity_at: now,
-        eta_s: None,
-        preview_url: None,
-        seed: None,
-    }
+    };
+    let mut message = ChatMessage::queued(id, "bench", request, Utc::now());
+    message.queue_position = Some(1);
+    message.ticket = Some(1);
+    message
 }
 
 /// Runs `CLIENTS` clients patching `targets` (round robin) for `RUN_FOR`; returns merges/s
@@ -78,6 +60,7 @@ async fn run(store: &StoreHandle, db: &Database, targets: &[Uuid]) -> f64 {
                         Change::ClientPatch {
                             owner: "bench".into(),
                             patch,
+                            client_ref: None,
                         },
                     )
                     .await

@@ -67,6 +67,9 @@ pub struct Model {
     pub preview_url: Option<String>,
     /// The seed Forge used (from its answer), once complete.
     pub seed: Option<i64>,
+    /// The refs of the client writes applied lately, a JSON array of `[ref, ms]` as text.
+    #[sea_orm(column_type = "Text")]
+    pub client_refs: String,
 }
 
 /// The table has no relations.

@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261129_000001_create_messages;
 mod m20261201_000001_result_fields;
+mod m20261202_000001_client_refs;
 
 /// All migrations, oldest first.
 pub struct Migrator;
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261129_000001_create_messages::Migration),
             Box::new(m20261201_000001_result_fields::Migration),
+            Box::new(m20261202_000001_client_refs::Migration),
         ]
     }
 }

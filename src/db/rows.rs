@@ -10,6 +10,7 @@
 
 use super::DbError;
 use crate::domain::catalogue::JobError;
+use crate::domain::client_refs::ClientRefs;
 use crate::domain::message::ChatMessage;
 use crate::domain::params::GenerationParams;
 use chrono::{DateTime, Utc};
@@ -52,6 +53,7 @@ pub(super) struct MessageRow {
     eta_s: Option<i32>,
     preview_url: Option<String>,
     seed: Option<i64>,
+    client_refs: String,
 }
 
 /// A row that cannot be decoded, handed back with why.
@@ -150,6 +152,7 @@ impl MessageRow {
             eta_s: self.eta_s.and_then(|eta| u32::try_from(eta).ok()),
             preview_url: self.preview_url,
             seed: self.seed,
+            client_refs: ClientRefs::from_json(&self.client_refs),
         };
         Ok(Decoded {
             message,
@@ -231,7 +234,7 @@ impl MessageRow {
 pub const UNREADABLE_PARAMS_KEY: &str = "_unreadable_params";
 
 /// The columns a write after create may change (the others are fixed at create).
-pub(super) const MUTABLE_COLUMNS: [Column; 18] = [
+pub(super) const MUTABLE_COLUMNS: [Column; 19] = [
     Column::Status,
     Column::Progress,
     Column::QueuePosition,
@@ -250,6 +253,7 @@ pub(super) const MUTABLE_COLUMNS: [Column; 18] = [
     Column::EtaS,
     Column::PreviewUrl,
     Column::Seed,
+    Column::ClientRefs,
 ];
 
 /// PostgreSQL's name for a column's type, for the casts a `VALUES` list of parameters needs
@@ -267,7 +271,7 @@ pub(super) fn pg_type(column: Column) -> &'static str {
         | Column::FinishedAt
         | Column::UpdatedAt
         | Column::ActivityAt => "timestamptz",
-        Column::Prompt | Column::ErrorMessage => "text",
+        Column::Prompt | Column::ErrorMessage | Column::ClientRefs => "text",
         Column::UserId
         | Column::ConversationId
         | Column::Status
@@ -321,5 +325,6 @@ pub(super) fn to_active(message: &ChatMessage) -> ActiveModel {
             .map(|eta| i32::try_from(eta).unwrap_or(i32::MAX))),
         preview_url: Set(message.preview_url.clone()),
         seed: Set(message.seed),
+        client_refs: Set(message.client_refs.to_json()),
     }
 }

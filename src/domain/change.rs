@@ -32,12 +32,15 @@ pub enum Change {
         preview_url: String,
     },
     /// A client's JSON Merge Patch of its data; applies only to a message of `owner`
-    /// (another user's answers "no such message", as if it did not exist).
+    /// (another user's answers "no such message", as if it did not exist). With a `client_ref`
+    /// the message remembers it ([`crate::domain::client_refs::ClientRefs`]): the same ref again is not applied twice.
     ClientPatch {
         /// The user who sent it.
         owner: String,
         /// The patch.
         patch: Value,
+        /// The client's ref of this write, if it gave one.
+        client_ref: Option<String>,
     },
 }
 
@@ -63,8 +66,12 @@ pub enum Transition {
         /// Code and exact message.
         error: JobError,
     },
-    /// The owner cancelled it.
-    Cancel,
+    /// The owner cancelled it (with the client's ref of the command, if it gave one: the
+    /// same ref again is acknowledged, not refused as a conflict).
+    Cancel {
+        /// The client's ref.
+        client_ref: Option<String>,
+    },
     /// The watchdog found it inactive: applies only if the job is still pending and nothing
     /// happened to it since `inactive_since` (so two watchdogs, or a late progress report,
     /// cannot both win).
@@ -89,7 +96,7 @@ impl Transition {
             Transition::Fail { .. } | Transition::MarkStuck { .. } | Transition::Expire { .. } => {
                 JobStatus::Error
             }
-            Transition::Cancel => JobStatus::Cancelled,
+            Transition::Cancel { .. } => JobStatus::Cancelled,
         }
     }
 }
@@ -120,6 +127,10 @@ pub enum Refusal {
     /// The stored record cannot be read (a damaged row); only a failure can still be written.
     #[error("the stored message cannot be read")]
     Unreadable,
+    /// A client write whose ref the message remembers: it was applied already, and is not
+    /// applied again.
+    #[error("this write was applied already")]
+    AlreadyApplied,
 }
 
 /// Applies one change at time `now`. On success the message's version grows by one,
@@ -150,13 +161,26 @@ pub fn apply(
     };
     let event = match change {
         Change::Create(_) => unreachable!("handled above"),
-        Change::ClientPatch { owner, patch } => {
+        Change::ClientPatch {
+            owner,
+            patch,
+            client_ref,
+        } => {
             if message.user_id != *owner {
                 return Err(Refusal::NotFound);
             }
+            if let Some(client_ref) = client_ref {
+                if message.client_refs.seen(client_ref, now) {
+                    return Err(Refusal::AlreadyApplied);
+                }
+            }
             merge::merge_client_data(&mut message.data, patch).map_err(Refusal::Patch)?;
+            if let Some(client_ref) = client_ref {
+                message.client_refs.remember(client_ref, now);
+            }
             JobEventKind::Updated {
                 data: message.data.clone(),
+                client_ref: client_ref.clone(),
             }
         }
         Change::Progress { progress, eta_s } => {
@@ -178,6 +202,14 @@ pub fn apply(
             }
         }
         Change::Transition(transition) => {
+            if let Transition::Cancel {
+                client_ref: Some(client_ref),
+            } = transition
+                && message.status == JobStatus::Cancelled
+                && message.client_refs.seen(client_ref, now)
+            {
+                return Err(Refusal::AlreadyApplied);
+            }
             check(message.status, transition.target())?;
             apply_transition(message, transition, now)?
         }
@@ -251,10 +283,16 @@ fn apply_transition(
             message.error = Some(error.clone());
             JobEventKind::Error { error }
         }
-        Transition::Cancel => {
+        Transition::Cancel { client_ref } => {
             let error = JobFailure::Cancelled.to_error();
             message.error = Some(error.clone());
-            JobEventKind::Cancelled { error: Some(error) }
+            if let Some(client_ref) = client_ref {
+                message.client_refs.remember(client_ref, now);
+            }
+            JobEventKind::Cancelled {
+                error: Some(error),
+                client_ref: client_ref.clone(),
+            }
         }
     };
     let target = transition.target();

@@ -74,12 +74,18 @@ pub enum JobEventKind {
     Cancelled {
         /// Code and message of the cancellation.
         error: Option<JobError>,
+        /// The ref of the client's `cancel` command that did it, if it gave one.
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        client_ref: Option<String>,
     },
     /// Client-owned data changed.
     #[serde(rename = "message.updated")]
     Updated {
         /// The whole merged data object.
         data: Value,
+        /// The ref of the client's `update_message` that did it, if it gave one.
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        client_ref: Option<String>,
     },
 }
 
@@ -131,8 +137,12 @@ impl JobEventKind {
             JobEventKind::Error {
                 error: error.clone(),
             },
-            JobEventKind::Cancelled { error: Some(error) },
+            JobEventKind::Cancelled {
+                error: Some(error),
+                client_ref: None,
+            },
             JobEventKind::Updated {
+                client_ref: None,
                 data: Value::Object(Default::default()),
             },
         ]

@@ -7,7 +7,8 @@
 //! on Forge (`QueuedJob`), all keyed by the message id.
 
 use crate::domain::catalogue::{JobError, PLACEHOLDER_NOTICE_CODE, PLACEHOLDER_NOTICE_MESSAGE};
-use crate::domain::params::GenerationParams;
+use crate::domain::client_refs::ClientRefs;
+use crate::domain::params::{CreateRequest, GenerationParams};
 use crate::domain::status::JobStatus;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -67,6 +68,8 @@ pub struct ChatMessage {
     pub preview_url: Option<String>,
     /// The seed Forge reports it used (complete jobs).
     pub seed: Option<i64>,
+    /// The refs of the client writes applied lately (never shown: see [`ClientRefs`]).
+    pub client_refs: ClientRefs,
 }
 
 /// A user-facing note that is not an error: why the placeholder image was served (R8.2).
@@ -190,6 +193,45 @@ pub enum LivePosition {
 }
 
 impl ChatMessage {
+    /// A new message of `user_id` from `request`, queued at `now` (version 1): the one place a
+    /// message is made; what only the queue knows (its ticket and position) and what only some
+    /// messages have (a retry's original, an idempotency key) are set by the caller after.
+    pub fn queued(
+        id: Uuid,
+        user_id: &str,
+        request: CreateRequest,
+        now: DateTime<Utc>,
+    ) -> ChatMessage {
+        ChatMessage {
+            id,
+            user_id: user_id.to_owned(),
+            conversation_id: request.conversation_id,
+            status: JobStatus::Queued,
+            progress: 0,
+            queue_position: None,
+            ticket: None,
+            prompt: request.prompt,
+            params: request.params,
+            image_url: None,
+            placeholder: false,
+            error: None,
+            data: request.data,
+            version: 1,
+            retry_of: None,
+            backend: None,
+            idempotency_key: None,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            updated_at: now,
+            activity_at: now,
+            eta_s: None,
+            preview_url: None,
+            seed: None,
+            client_refs: ClientRefs::default(),
+        }
+    }
+
     /// The public view at time `now`. A queued message shows its live position (never a stale
     /// one another job now has); a processing one Forge's estimate, counted down since it came.
     /// The data is serialized from the message's tree, never copied as a tree.
@@ -242,34 +284,16 @@ pub(crate) mod tests {
 
     /// A queued message as a fresh create leaves it.
     pub(crate) fn queued_message() -> ChatMessage {
-        let now = Utc::now();
-        ChatMessage {
-            id: Uuid::now_v7(),
-            user_id: "alice".into(),
-            conversation_id: None,
-            status: JobStatus::Queued,
-            progress: 0,
-            queue_position: Some(3),
-            ticket: Some(7),
+        let request = CreateRequest {
             prompt: "a cat".into(),
             params: GenerationParams::default(),
-            image_url: None,
-            placeholder: false,
-            error: None,
+            conversation_id: None,
             data: json!({}),
-            version: 1,
-            retry_of: None,
-            backend: None,
-            idempotency_key: None,
-            created_at: now,
-            started_at: None,
-            finished_at: None,
-            updated_at: now,
-            activity_at: now,
-            eta_s: None,
-            preview_url: None,
-            seed: None,
-        }
+        };
+        let mut message = ChatMessage::queued(Uuid::now_v7(), "alice", request, Utc::now());
+        message.queue_position = Some(3);
+        message.ticket = Some(7);
+        message
     }
 
     #[test]

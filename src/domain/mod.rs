@@ -6,6 +6,7 @@ pub mod breaker;
 pub mod catalogue;
 pub mod change;
 pub mod client_json;
+pub mod client_refs;
 pub mod eta;
 pub mod event;
 pub mod health;

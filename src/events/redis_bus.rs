@@ -220,7 +220,10 @@ mod tests {
             user_id: user.to_owned(),
             message_id: Uuid::now_v7(),
             version: Some(version),
-            kind: JobEventKind::Cancelled { error: None },
+            kind: JobEventKind::Cancelled {
+                error: None,
+                client_ref: None,
+            },
         }
     }
 

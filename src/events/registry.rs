@@ -248,8 +248,16 @@ impl Handler<Dispatch> for RegistryActor {
             JobEventKind::Queued { queue_position } => Some((event.message_id, queue_position)),
             _ => None,
         };
-        let updates =
-            matches!(event.kind, JobEventKind::Updated { .. }).then_some(event.message_id);
+        // A `message.updated` that answers a client's ref is never replaced by a newer one: the
+        // client waits for that ref.
+        let updates = matches!(
+            event.kind,
+            JobEventKind::Updated {
+                client_ref: None,
+                ..
+            }
+        )
+        .then_some(event.message_id);
         let frame = Deliver::Event {
             body: Arc::from(event.frame_body()),
             queued,

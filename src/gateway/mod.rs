@@ -18,7 +18,7 @@ use crate::domain::change::{Change, Refusal, Transition};
 use crate::domain::message::{ChatMessage, MessageView};
 use crate::domain::outages::Outages;
 use crate::domain::params::{CreateRequest, data_error};
-use crate::domain::status::JobStatus;
+
 use crate::queue::QueueError;
 use chrono::Utc;
 use serde_json::Value;
@@ -136,34 +136,11 @@ impl Gateway {
                     ApiError::Unavailable
                 }
             })?;
-        let now = Utc::now();
-        let message = ChatMessage {
-            id,
-            user_id: user.to_owned(),
-            conversation_id: request.conversation_id,
-            status: JobStatus::Queued,
-            progress: 0,
-            queue_position: Some(enqueued.position),
-            ticket: Some(enqueued.ticket),
-            prompt: request.prompt,
-            params: request.params,
-            image_url: None,
-            placeholder: false,
-            error: None,
-            data: request.data,
-            version: 1,
-            retry_of,
-            backend: None,
-            idempotency_key: idempotency_key.clone(),
-            created_at: now,
-            started_at: None,
-            finished_at: None,
-            updated_at: now,
-            activity_at: now,
-            eta_s: None,
-            preview_url: None,
-            seed: None,
-        };
+        let mut message = ChatMessage::queued(id, user, request, Utc::now());
+        message.queue_position = Some(enqueued.position);
+        message.ticket = Some(enqueued.ticket);
+        message.retry_of = retry_of;
+        message.idempotency_key = idempotency_key.clone();
         match self
             .inner
             .store
@@ -203,12 +180,28 @@ impl Gateway {
     /// Deep-merges a client patch into the message's data. The store checks the owner in the
     /// same read-modify-write (no read of its own: a hot message takes many patches a second).
     pub async fn patch(&self, user: &str, id: Uuid, patch: Value) -> Result<MessageView, ApiError> {
+        self.patch_once(user, id, patch, None)
+            .await
+            .map(|written| written.view)
+    }
+
+    /// [`patch`](Self::patch) with the client's ref of the write: a ref the message remembers
+    /// is not applied again, and answers the message as it is ([`Written::again`]).
+    pub async fn patch_once(
+        &self,
+        user: &str,
+        id: Uuid,
+        patch: Value,
+        client_ref: Option<String>,
+    ) -> Result<Written, ApiError> {
         let change = Change::ClientPatch {
             owner: user.to_owned(),
             patch,
+            client_ref,
         };
         match self.inner.store.apply(id, change).await {
-            Ok(message) => Ok(self.view(message).await),
+            Ok(message) => Ok(Written::now(self.view(message).await)),
+            Err(StoreError::Refused(Refusal::AlreadyApplied)) => self.again(user, id).await,
             Err(StoreError::Refused(Refusal::Patch(err))) => Err(data_error("data", &err)),
             Err(StoreError::Refused(Refusal::NotFound)) => Err(ApiError::NotFound),
             Err(err) => {
@@ -220,17 +213,31 @@ impl Gateway {
 
     /// Cancels a pending message: out of the queue, or interrupted on its backend.
     pub async fn cancel(&self, user: &str, id: Uuid) -> Result<MessageView, ApiError> {
+        self.cancel_once(user, id, None)
+            .await
+            .map(|written| written.view)
+    }
+
+    /// [`cancel`](Self::cancel) with the client's ref of the command: the same ref again
+    /// answers the cancelled message ([`Written::again`]) instead of a conflict.
+    pub async fn cancel_once(
+        &self,
+        user: &str,
+        id: Uuid,
+        client_ref: Option<String>,
+    ) -> Result<Written, ApiError> {
         self.owned(user, id).await?;
         match self
             .inner
             .store
-            .apply(id, Change::Transition(Transition::Cancel))
+            .apply(id, Change::Transition(Transition::Cancel { client_ref }))
             .await
         {
             Ok(message) => {
                 self.after_terminal(&message).await;
-                Ok(self.view(message).await)
+                Ok(Written::now(self.view(message).await))
             }
+            Err(StoreError::Refused(Refusal::AlreadyApplied)) => self.again(user, id).await,
             Err(StoreError::Refused(Refusal::IllegalTransition { from, .. })) => {
                 Err(ApiError::Conflict(StateConflict::AlreadyFinished {
                     status: from,
@@ -290,6 +297,15 @@ impl Gateway {
         }
     }
 
+    /// A write whose ref the message remembers: the message as it is now.
+    async fn again(&self, user: &str, id: Uuid) -> Result<Written, ApiError> {
+        let message = self.owned(user, id).await?;
+        Ok(Written {
+            view: self.view(message).await,
+            again: true,
+        })
+    }
+
     async fn owned(&self, user: &str, id: Uuid) -> Result<ChatMessage, ApiError> {
         self.inner
             .db
@@ -297,6 +313,22 @@ impl Gateway {
             .await
             .map_err(db_error)?
             .ok_or(ApiError::NotFound)
+    }
+}
+
+/// The answer to a client write with a ref.
+#[derive(Clone, Debug)]
+pub struct Written {
+    /// The message after the write.
+    pub view: MessageView,
+    /// The write was applied before (its ref was remembered), not now: nobody else heard of
+    /// it this time, so its sender must be told here.
+    pub again: bool,
+}
+
+impl Written {
+    fn now(view: MessageView) -> Written {
+        Written { view, again: false }
     }
 }
 

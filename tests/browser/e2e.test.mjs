@@ -19,6 +19,7 @@ import { mkdtempSync, mkdirSync, rmSync, createWriteStream, readFileSync } from 
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import net from "node:net";
 import { chromium } from "playwright-core";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -956,6 +957,60 @@ test("14. the page reconnects by itself when the gateway closes its socket (grac
   await eventually("the same cards after the restart", async () => {
     assert.deepEqual((await cards(page)).map((c) => ({ id: c.id, status: c.status })), before);
   }, 10000);
+}));
+
+test("15. client.js resends writes a reset connection left unacknowledged: none lost, none applied twice", { timeout: 60000 }, timed("15-client-resend", async () => {
+  // A TCP proxy in front of the gateway that can reset every connection through it, as a phone
+  // losing its network does: no close handshake, frames in flight lost both ways.
+  const target = new URL(main.gateway.url);
+  const pairs = new Set();
+  const proxy = net.createServer((inbound) => {
+    const outbound = net.connect(Number(target.port), target.hostname);
+    const pair = { inbound, outbound };
+    pairs.add(pair);
+    inbound.pipe(outbound);
+    outbound.pipe(inbound);
+    const forget = () => { pairs.delete(pair); inbound.destroy(); outbound.destroy(); };
+    inbound.on("error", forget); outbound.on("error", forget);
+    inbound.on("close", forget); outbound.on("close", forget);
+  });
+  await new Promise((resolve) => proxy.listen(0, "127.0.0.1", resolve));
+  const origin = `http://127.0.0.1:${proxy.address().port}`;
+  const page = await browser.newPage();
+  page.on("pageerror", (err) => pageErrors.push(`resend page: ${err.message}`));
+  try {
+    await simConfig(main.sim, { latency: "10ms" });
+    await page.goto(`${origin}/healthz`);
+    const { id, version } = await page.evaluate(async () => {
+      const { connect, devToken } = await import("/client.js");
+      const { token } = await devToken("resender");
+      const statuses = [];
+      const client = connect({ base: location.origin, token, backoff: { min: 50, max: 200 }, onStatus: (s) => statuses.push(s) });
+      window.__r = { client, statuses, token };
+      while (client.status !== "open") await new Promise((r) => setTimeout(r, 20));
+      const created = await client.submit({ prompt: "edited while the network drops", width: 64, height: 64, steps: 1 });
+      while (client.state.get(created.id)?.status !== "complete") await new Promise((r) => setTimeout(r, 20));
+      return { id: created.id, version: client.state.get(created.id).version };
+    });
+    const WRITES = 30;
+    // Send 30 updates without waiting, and reset the connections at once.
+    await page.evaluate(([id, count]) => {
+      window.__r.done = Promise.all(Array.from({ length: count }, (_, n) => window.__r.client.update(id, { [`k${n}`]: n })));
+    }, [id, WRITES]);
+    for (const { inbound, outbound } of [...pairs]) { inbound.resetAndDestroy(); outbound.resetAndDestroy(); }
+    await page.evaluate(() => window.__r.done);
+    const statuses = await page.evaluate(() => window.__r.statuses);
+    assert.ok(statuses.filter((s) => s === "open").length >= 2, `the client reconnected: ${statuses}`);
+    const token = await page.evaluate(() => window.__r.token);
+    const message = await restCall("GET", `/api/v1/messages/${id}`, token);
+    for (let n = 0; n < WRITES; n++) assert.equal(message.data[`k${n}`], n, `update ${n} lost: ${JSON.stringify(message.data)}`);
+    assert.equal(message.version, version + WRITES, "each update applied once");
+  } finally {
+    await simConfig(main.sim, { latency: "1500ms" });
+    await page.close();
+    for (const { inbound, outbound } of pairs) { inbound.destroy(); outbound.destroy(); }
+    proxy.close();
+  }
 }));
 
 test("no uncaught page errors; the pages saw no anomalies", async () => {

@@ -354,12 +354,13 @@ async fn every_frame_a_real_gateway_sends_matches_the_document() {
     let complete = ws.wait_event("job.complete", &done).await;
     assert!(complete["seed"].is_i64(), "{complete}");
 
-    // message.updated, from a command.
+    // message.updated, from a command with a ref, echoed.
     ws.send(checker.command(
-        json!({"type": "update_message", "id": done, "data": {"liked": true, "note": "güzel"}}),
+        json!({"type": "update_message", "id": done, "data": {"liked": true, "note": "güzel"}, "ref": "u-1"}),
     ))
     .await;
-    ws.wait_event("message.updated", &done).await;
+    let updated = ws.wait_event("message.updated", &done).await;
+    assert_eq!(updated["ref"], "u-1", "{updated}");
 
     // error: a command the server does not know, and one about a message (a finished one
     // cannot be cancelled).
@@ -368,7 +369,7 @@ async fn every_frame_a_real_gateway_sends_matches_the_document() {
         .wait_for("an error frame", |frame| frame["type"] == "error")
         .await;
     assert_eq!(unknown["error"]["field"], "type", "{unknown}");
-    ws.send(checker.command(json!({"type": "cancel", "id": done})))
+    ws.send(checker.command(json!({"type": "cancel", "id": done, "ref": "c-1"})))
         .await;
     let conflict = ws
         .wait_for("an error about the message", |frame| {
@@ -376,6 +377,7 @@ async fn every_frame_a_real_gateway_sends_matches_the_document() {
         })
         .await;
     assert_eq!(conflict["error"]["code"], "conflict", "{conflict}");
+    assert_eq!(conflict["ref"], "c-1", "{conflict}");
 
     // job.error: Forge answers 500.
     app.sim.set_mode(SimMode::Error500);
@@ -425,9 +427,10 @@ async fn every_frame_a_real_gateway_sends_matches_the_document() {
             frame["type"] == "snapshot"
         })
         .await;
-    ws.send(checker.command(json!({"type": "cancel", "id": first})))
+    ws.send(checker.command(json!({"type": "cancel", "id": first, "ref": "c-2"})))
         .await;
-    ws.wait_event("job.cancelled", &first).await;
+    let cancelled = ws.wait_event("job.cancelled", &first).await;
+    assert_eq!(cancelled["ref"], "c-2", "{cancelled}");
     app.sim.set_mode(SimMode::Normal);
     assert_eq!(app.cancel(&token, &blocker).await.0, 200);
     ws.wait_event("job.cancelled", &blocker).await;

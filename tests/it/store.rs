@@ -274,7 +274,7 @@ async fn a_transition_out_of_a_terminal_state_is_refused_and_changes_nothing() {
             placeholder: true,
             seed: None,
         },
-        Transition::Cancel,
+        Transition::Cancel { client_ref: None },
     ] {
         let refused = store.apply(id, Change::Transition(transition)).await;
         assert!(

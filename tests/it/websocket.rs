@@ -357,3 +357,47 @@ async fn a_clean_close_loses_no_update_sent_before_it() {
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_resent_with_its_ref_is_applied_once_and_acknowledged_again() {
+    let (app, _storage) = TestApp::spawn().await;
+    let token = app.token("alice").await;
+    let id = app.submit_id(&token, "edited").await;
+    app.wait_message(&token, &id, |m| m["status"] == "complete")
+        .await;
+    let mut ws = app.ws(&token).await;
+    let write = json!({"type": "update_message", "id": id, "data": {"liked": true}, "ref": "r-1"});
+    ws.send(write.clone()).await;
+    let first = ws
+        .wait_for("the update's acknowledgement", |f| f["ref"] == "r-1")
+        .await;
+    assert_eq!(first["type"], "message.updated", "{first}");
+    // Sent again (as after a lost connection), on another socket: acknowledged there, not
+    // applied again.
+    let mut again = app.ws(&token).await;
+    again.send(write).await;
+    let second = again
+        .wait_for("the resend's acknowledgement", |f| f["ref"] == "r-1")
+        .await;
+    assert_eq!(second["type"], "message.updated", "{second}");
+    assert_eq!(
+        second["version"], first["version"],
+        "applied once: {second}"
+    );
+    let (_, message) = app.get(&token, &format!("/api/v1/messages/{id}")).await;
+    assert_eq!(message["version"], first["version"]);
+    // A refused write echoes its ref; so does a bad one on an unknown message.
+    again
+        .send(json!({"type": "update_message", "id": id, "data": "not an object", "ref": "r-2"}))
+        .await;
+    let refused = again.wait_for("the refusal", |f| f["ref"] == "r-2").await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    again
+        .send(json!({"type": "update_message", "id": id, "data": {}, "ref": "x".repeat(65)}))
+        .await;
+    let bad_ref = again
+        .wait_for("a refused ref", |f| f["error"]["field"] == "ref")
+        .await;
+    assert_eq!(bad_ref["error"]["code"], "validation", "{bad_ref}");
+    app.stop().await;
+}

@@ -9,6 +9,7 @@ fn patch_of(patch: Value) -> Change {
     Change::ClientPatch {
         owner: "alice".into(),
         patch,
+        client_ref: None,
     }
 }
 
@@ -117,7 +118,7 @@ fn a_terminal_message_refuses_every_transition_and_stays_unchanged() {
         Transition::Fail {
             error: JobFailure::Unknown.to_error(),
         },
-        Transition::Cancel,
+        Transition::Cancel { client_ref: None },
     ] {
         let mut current = created();
         transition(
@@ -134,7 +135,7 @@ fn a_terminal_message_refuses_every_transition_and_stays_unchanged() {
             Transition::Processing {
                 backend: "b".into(),
             },
-            Transition::Cancel,
+            Transition::Cancel { client_ref: None },
             Transition::Fail {
                 error: JobFailure::Timeout.to_error(),
             },
@@ -168,7 +169,7 @@ fn client_patches_merge_in_any_status_without_counting_as_activity() {
     let activity = current.as_ref().unwrap().activity_at;
     let later = Utc::now() + Duration::seconds(5);
     apply(&mut current, &patch_of(json!({"a": {"b": 1}})), later).unwrap();
-    transition(&mut current, Transition::Cancel).unwrap();
+    transition(&mut current, Transition::Cancel { client_ref: None }).unwrap();
     apply(&mut current, &patch_of(json!({"a": {"c": 2}})), Utc::now()).unwrap();
     let message = current.unwrap();
     assert_eq!(message.data, json!({"a": {"b": 1, "c": 2}}));
@@ -245,6 +246,7 @@ fn another_users_patch_finds_no_message() {
     let mallory = Change::ClientPatch {
         owner: "mallory".into(),
         patch: json!({"a": 1}),
+        client_ref: None,
     };
     assert_eq!(
         apply(&mut current, &mallory, Utc::now()),
@@ -292,4 +294,51 @@ fn a_bad_patch_changes_nothing() {
     let refused = apply(&mut current, &patch_of(json!([1])), Utc::now());
     assert_eq!(refused, Err(Refusal::Patch(PatchError::NotAnObject)));
     assert_eq!(current, before);
+}
+
+#[test]
+fn a_write_with_a_ref_is_applied_once_and_its_ref_is_echoed() {
+    let mut current = created();
+    let now = Utc::now();
+    let patch = |n: i64| Change::ClientPatch {
+        owner: "alice".into(),
+        patch: json!({"n": n}),
+        client_ref: Some("r1".into()),
+    };
+    assert_eq!(
+        apply(&mut current, &patch(1), now),
+        Ok(JobEventKind::Updated {
+            data: json!({"n": 1}),
+            client_ref: Some("r1".into())
+        })
+    );
+    let version = current.as_ref().map(|m| m.version);
+    assert_eq!(
+        apply(&mut current, &patch(2), now),
+        Err(Refusal::AlreadyApplied),
+        "the same ref again (even with other data: a resend) is not applied"
+    );
+    assert_eq!(current.as_ref().map(|m| m.version), version);
+    assert_eq!(
+        current.as_ref().map(|m| m.data.clone()),
+        Some(json!({"n": 1}))
+    );
+    // A cancel with a ref: once cancelled, the same ref is acknowledged, another conflicts.
+    let cancel = |client_ref: &str| {
+        Change::Transition(Transition::Cancel {
+            client_ref: Some(client_ref.into()),
+        })
+    };
+    assert!(matches!(
+        apply(&mut current, &cancel("c1"), now),
+        Ok(JobEventKind::Cancelled { client_ref: Some(ref r), .. }) if r == "c1"
+    ));
+    assert_eq!(
+        apply(&mut current, &cancel("c1"), now),
+        Err(Refusal::AlreadyApplied)
+    );
+    assert!(matches!(
+        apply(&mut current, &cancel("c2"), now),
+        Err(Refusal::IllegalTransition { .. })
+    ));
 }

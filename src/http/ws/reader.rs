@@ -18,6 +18,8 @@ use super::outbox::{Frame, Outbox};
 use super::rate::CommandRate;
 use super::session::{LastSeen, Resync, SessionActor, error_frame_body};
 use crate::domain::catalogue::{ApiError, BadJson, Invalid};
+use crate::domain::client_refs::{MAX_REF_CHARS, valid_ref};
+use crate::domain::event::{JobEvent, JobEventKind};
 use crate::domain::merge;
 use crate::domain::params::data_error;
 use crate::gateway::Gateway;
@@ -32,10 +34,11 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use uuid::Uuid;
 
-/// A client command that writes, applied in the order the client sent it.
+/// A client command that writes, applied in the order the client sent it, with the client's
+/// `ref` of it if it gave one (echoed in what answers it).
 pub(super) enum Command {
-    Patch(Uuid, Value),
-    Cancel(Uuid),
+    Patch(Uuid, Value, Option<String>),
+    Cancel(Uuid, Option<String>),
 }
 
 /// Why reading stopped.
@@ -121,12 +124,13 @@ impl Reader {
     }
 
     fn refuse(&self, err: &ApiError) {
-        self.refuse_about(err, None);
+        self.refuse_about(err, None, None);
     }
 
-    fn refuse_about(&self, err: &ApiError, id: Option<&str>) {
-        self.outbox
-            .push(Frame::Text(Arc::from(error_frame_body(err, id))));
+    fn refuse_about(&self, err: &ApiError, id: Option<&str>, client_ref: Option<&str>) {
+        self.outbox.push(Frame::Text(Arc::from(error_frame_body(
+            err, id, client_ref,
+        ))));
     }
 
     /// Deals with one text frame; returns a write command to queue, if it is one.
@@ -176,21 +180,43 @@ impl Reader {
     }
 
     fn write_command(&self, kind: &str, command: &Map<String, Value>) -> Option<Command> {
+        let client_ref = match command.get("ref") {
+            None => None,
+            Some(Value::String(client_ref)) if valid_ref(client_ref) => Some(client_ref.clone()),
+            Some(_) => {
+                self.refuse(&ApiError::invalid(
+                    "ref",
+                    Invalid::Chars {
+                        min: 1,
+                        max: MAX_REF_CHARS,
+                    },
+                ));
+                return None;
+            }
+        };
         let Some(raw_id) = command.get("id").and_then(Value::as_str) else {
-            self.refuse(&ApiError::invalid("id", Invalid::MessageIdRequired));
+            self.refuse_about(
+                &ApiError::invalid("id", Invalid::MessageIdRequired),
+                None,
+                client_ref.as_deref(),
+            );
             return None;
         };
         let Ok(id) = Uuid::try_parse(raw_id) else {
-            self.refuse_about(&ApiError::NotFound, Some(raw_id));
+            self.refuse_about(&ApiError::NotFound, Some(raw_id), client_ref.as_deref());
             return None;
         };
         if kind == "cancel" {
-            return Some(Command::Cancel(id));
+            return Some(Command::Cancel(id, client_ref));
         }
-        match merge::client_patch_from_body(command, &["type", "id"]) {
-            Ok(patch) => Some(Command::Patch(id, patch)),
+        match merge::client_patch_from_body(command, &["type", "id", "ref"]) {
+            Ok(patch) => Some(Command::Patch(id, patch, client_ref)),
             Err(err) => {
-                self.refuse_about(&data_error("data", &err), Some(raw_id));
+                self.refuse_about(
+                    &data_error("data", &err),
+                    Some(raw_id),
+                    client_ref.as_deref(),
+                );
                 None
             }
         }
@@ -198,7 +224,10 @@ impl Reader {
 }
 
 /// Applies a session's write commands one after another, so a client's patches land in the
-/// order it sent them; a failure becomes an `error` frame naming the message.
+/// order it sent them. A failure becomes an `error` frame naming the message (and the ref); a
+/// write applied now is heard of by everyone through its event (which carries the ref); a write
+/// whose ref the message remembers (a resend) is acknowledged to this session alone, with the
+/// frame the first one caused.
 pub(super) async fn apply_commands(
     mut commands: mpsc::Receiver<Command>,
     gateway: Gateway,
@@ -208,16 +237,46 @@ pub(super) async fn apply_commands(
     // The gateway's futures are boxed: the task lives as long as its socket, mostly idle, and
     // holding them inline made every idle socket carry their size (about 2 KiB).
     while let Some(command) = commands.recv().await {
-        let (id, result) = match command {
-            Command::Patch(id, patch) => (
+        let (id, client_ref, result) = match command {
+            Command::Patch(id, patch, client_ref) => (
                 id,
-                Box::pin(gateway.patch(&user, id, patch)).await.map(|_| ()),
+                client_ref.clone(),
+                Box::pin(gateway.patch_once(&user, id, patch, client_ref))
+                    .await
+                    .map(|written| (written, true)),
             ),
-            Command::Cancel(id) => (id, Box::pin(gateway.cancel(&user, id)).await.map(|_| ())),
+            Command::Cancel(id, client_ref) => (
+                id,
+                client_ref.clone(),
+                Box::pin(gateway.cancel_once(&user, id, client_ref))
+                    .await
+                    .map(|written| (written, false)),
+            ),
         };
-        if let Err(error) = result {
-            let body = error_frame_body(&error, Some(&id.to_string()));
-            outbox.push(Frame::Text(Arc::from(body)));
-        }
+        let body = match result {
+            Ok((written, _)) if !written.again => continue,
+            Ok((written, patched)) => {
+                let kind = if patched {
+                    JobEventKind::Updated {
+                        data: written.view.data.to_value(),
+                        client_ref,
+                    }
+                } else {
+                    JobEventKind::Cancelled {
+                        error: written.view.error.clone(),
+                        client_ref,
+                    }
+                };
+                JobEvent {
+                    user_id: user.to_string(),
+                    message_id: id,
+                    version: Some(written.view.version),
+                    kind,
+                }
+                .frame_body()
+            }
+            Err(error) => error_frame_body(&error, Some(&id.to_string()), client_ref.as_deref()),
+        };
+        outbox.push(Frame::Text(Arc::from(body)));
     }
 }

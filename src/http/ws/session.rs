@@ -136,7 +136,7 @@ impl SessionActor {
                         }
                         Err(err) => {
                             tracing::warn!(user = %act.parts.user, error = ?err, "snapshot failed");
-                            act.push_text(error_frame_body(&err, None));
+                            act.push_text(error_frame_body(&err, None, None));
                         }
                     }
                     act.parts.resyncing.store(false, Ordering::Release);
@@ -163,8 +163,9 @@ impl SessionActor {
     }
 }
 
-/// An `error` frame body for `err`, about the command on message `id` if any.
-pub fn error_frame_body(err: &ApiError, id: Option<&str>) -> String {
+/// An `error` frame body for `err`, about the command on message `id` if any, with the
+/// command's `ref` if it had one.
+pub fn error_frame_body(err: &ApiError, id: Option<&str>, client_ref: Option<&str>) -> String {
     let mut error = Map::new();
     error.insert("code".into(), Value::from(err.code()));
     error.insert("message".into(), Value::from(err.message()));
@@ -175,6 +176,9 @@ pub fn error_frame_body(err: &ApiError, id: Option<&str>) -> String {
     fields.insert("error".into(), Value::Object(error));
     if let Some(id) = id {
         fields.insert("id".into(), Value::from(id));
+    }
+    if let Some(client_ref) = client_ref {
+        fields.insert("ref".into(), Value::from(client_ref));
     }
     control_frame_body("error", fields)
 }
