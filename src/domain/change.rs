@@ -169,10 +169,10 @@ pub fn apply(
             if message.user_id != *owner {
                 return Err(Refusal::NotFound);
             }
-            if let Some(client_ref) = client_ref {
-                if message.client_refs.seen(client_ref, now) {
-                    return Err(Refusal::AlreadyApplied);
-                }
+            if let Some(client_ref) = client_ref
+                && message.client_refs.seen(client_ref, now)
+            {
+                return Err(Refusal::AlreadyApplied);
             }
             merge::merge_client_data(&mut message.data, patch).map_err(Refusal::Patch)?;
             if let Some(client_ref) = client_ref {
