@@ -65,7 +65,7 @@ pub struct Config {
     pub list_max_bytes: usize,
     /// Parts of listings (`GET /api/v1/messages`, 16 messages each) read and decoded at once
     /// by this process; more wait their turn.
-    #[arg(long, env = "LIST_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, env = "LIST_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub list_concurrency: u32,
     /// Redis URL, to share the queue and events between gateway processes [default: in-process queue and events].
     #[arg(long, env = "REDIS_URL", hide_env_values = true, value_parser = secret)]

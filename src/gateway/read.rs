@@ -31,6 +31,8 @@ pub struct Page {
     /// When the page ended before the user's last message (its row limit, or its byte bound):
     /// the `before` of the next page.
     pub next: Option<Uuid>,
+    /// About how many bytes its messages take serialized.
+    pub bytes: usize,
 }
 
 /// What a new WebSocket session shows first.
@@ -87,14 +89,23 @@ impl Gateway {
                     return Ok(Page {
                         views,
                         next: Some(id),
+                        bytes,
                     });
                 }
             }
             if read < want {
-                return Ok(Page { views, next: None });
+                return Ok(Page {
+                    views,
+                    next: None,
+                    bytes,
+                });
             }
             if views.len() as u64 >= filter.limit {
-                return Ok(Page { next: last, views });
+                return Ok(Page {
+                    next: last,
+                    views,
+                    bytes,
+                });
             }
             before = last;
         }

@@ -171,3 +171,23 @@ pub fn error_response(err: &ApiError) -> Response {
 pub fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
     warp::reply::with_status(warp::reply::json(body), status).into_response()
 }
+
+/// A JSON answer of about `size` bytes, serialized into a buffer of that size (a large listing
+/// is not grown by doubling, which held up to twice its size at once).
+pub fn json_response_sized<T: serde::Serialize>(
+    status: StatusCode,
+    body: &T,
+    size: usize,
+) -> Response {
+    let mut out = Vec::with_capacity(size);
+    if serde_json::to_writer(&mut out, body).is_err() {
+        return error_response(&ApiError::Internal);
+    }
+    let mut response = Response::new(out.into());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        "content-type",
+        warp::http::HeaderValue::from_static("application/json"),
+    );
+    response
+}

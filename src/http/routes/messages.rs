@@ -8,7 +8,7 @@ use crate::domain::merge;
 use crate::domain::params::{CreateRequest, data_error};
 use crate::domain::status::JobStatus;
 use crate::http::openapi::MessageList;
-use crate::http::{HttpState, json_response};
+use crate::http::{HttpState, json_response, json_response_sized};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use uuid::Uuid;
@@ -136,12 +136,14 @@ async fn list(
     let user = user(&state, authorization)?;
     let filter = list_filter(&query)?;
     let page = state.gateway.list(&user, &filter).await?;
-    Ok(json_response(
+    let size = page.bytes + 64;
+    Ok(json_response_sized(
         StatusCode::OK,
         &MessageList {
             messages: page.views,
             next: page.next,
         },
+        size,
     ))
 }
 
