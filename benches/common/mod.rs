@@ -26,6 +26,8 @@ where
         schema: None,
         max_connections: connections,
         timeout: BENCH_DATABASE_TIMEOUT,
+        pooler: false,
+        migration_url: None,
     };
     bench("SQLite", sqlite, false).await;
     let Ok(url) = std::env::var("BENCH_DATABASE_URL") else {
@@ -37,6 +39,8 @@ where
         schema: Some(schema.clone()),
         max_connections: connections,
         timeout: BENCH_DATABASE_TIMEOUT,
+        pooler: false,
+        migration_url: None,
     };
     bench("PostgreSQL", postgres, true).await;
     if let Ok(db) = Database::connect(&DbSettings {
@@ -44,6 +48,8 @@ where
         schema: None,
         max_connections: 1,
         timeout: BENCH_DATABASE_TIMEOUT,
+        pooler: false,
+        migration_url: None,
     })
     .await
     {

@@ -56,6 +56,11 @@ pub(super) async fn build_core(
         schema: config.database_schema.clone(),
         max_connections: config.database_max_connections,
         timeout: config.database_timeout,
+        pooler: config.database_pooler == crate::config::DatabasePooler::Transaction,
+        migration_url: config
+            .database_migration_url
+            .as_ref()
+            .map(|url| url.expose_secret().to_owned()),
     };
     let db = on_io(&io, "cannot open the database", async move {
         Database::connect(&db_settings).await

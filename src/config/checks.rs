@@ -177,6 +177,14 @@ impl Config {
                 url.split(':').next().unwrap_or_default()
             ));
         }
+        if self.database_pooler == super::DatabasePooler::Transaction
+            && !self.database_url().starts_with("postgres")
+        {
+            return fail(
+                "DATABASE_POOLER=transaction (--database-pooler) is for a PostgreSQL DATABASE_URL"
+                    .into(),
+            );
+        }
         if let Some(schema) = &self.database_schema
             && (schema.is_empty()
                 || schema.len() > 63

@@ -20,6 +20,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// What is between the gateway and PostgreSQL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DatabasePooler {
+    /// Nothing, or a pooler in session mode: the gateway's connections are sessions.
+    None,
+    /// A pooler in transaction mode: each transaction may run on another server connection.
+    Transaction,
+}
+
 /// Every setting of the gateway.
 #[derive(Clone, Debug, Parser)]
 #[command(
@@ -54,6 +63,15 @@ pub struct Config {
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
     pub database_max_connections: u32,
 
+    /// `transaction` when DATABASE_URL goes through a connection pooler in transaction mode
+    /// (PgBouncer, or a managed PostgreSQL's pooler): no prepared statement or setting
+    /// outlives a transaction (see docs/operations.md, "Connection poolers").
+    #[arg(long, env = "DATABASE_POOLER", value_enum, default_value = "none")]
+    pub database_pooler: DatabasePooler,
+    /// Where the migrations run at start, if not through DATABASE_URL (e.g. straight to
+    /// PostgreSQL when DATABASE_URL goes through a pooler) [default: DATABASE_URL].
+    #[arg(long, env = "DATABASE_MIGRATION_URL", hide_env_values = true, value_parser = secret)]
+    pub database_migration_url: Option<SecretString>,
     /// The longest a request waits for a database connection, and the longest one statement
     /// may run (a locked table included); past it the client gets `503 unavailable`. Migrations
     /// at start are not bound by it.
@@ -63,8 +81,8 @@ pub struct Config {
     /// (at least one message); its `next` continues it.
     #[arg(long, env = "LIST_MAX_BYTES", default_value = "2MiB", value_parser = bytes)]
     pub list_max_bytes: usize,
-    /// Parts of listings (`GET /api/v1/messages`, 16 messages each) read and decoded at once
-    /// by this process; more wait their turn.
+    /// Parts of listings (`GET /api/v1/messages`, 16 messages each) decoded at once by this
+    /// process; more wait their turn.
     #[arg(long, env = "LIST_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub list_concurrency: u32,
     /// Redis URL, to share the queue and events between gateway processes [default: in-process queue and events].

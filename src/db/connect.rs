@@ -1,5 +1,6 @@
 //! Opening the pools, creating the schema, running the migrations; health and closing.
 
+use super::session::{PoolConn, pooled_setup};
 use super::{Database, DbError, DbSettings};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
@@ -15,7 +16,7 @@ impl Database {
         if is_sqlite {
             create_sqlite_parent(&settings.url)?;
         }
-        migrate(settings).await?;
+        migrate(settings).await.map_err(pooler_hint)?;
         let read = connect_pool(
             settings,
             if is_sqlite {
@@ -32,6 +33,13 @@ impl Database {
             read.clone()
         };
         let backend = read.get_database_backend();
+        let setup: Option<Arc<str>> = (settings.pooler && backend == DbBackend::Postgres)
+            .then(|| Arc::from(pooled_setup(settings.timeout, settings.schema.as_deref())));
+        let read = PoolConn {
+            pool: read,
+            setup: setup.clone(),
+        };
+        let write = PoolConn { pool: write, setup };
         Ok(Database {
             read,
             write,
@@ -46,7 +54,7 @@ impl Database {
     /// Whether the database answers, and takes writes: a ping, and what the last writes did
     /// (a database that answers may still refuse every write, its disk full).
     pub async fn ping(&self) -> Result<(), DbError> {
-        self.read.ping().await?;
+        self.read.pool.ping().await?;
         match self.writes_failing() {
             Some(why) => Err(DbError::Db(sea_orm::DbErr::Custom(format!(
                 "writes are failing: {why}"
@@ -57,9 +65,9 @@ impl Database {
 
     /// Closes the pools.
     pub async fn close(self) {
-        let _ = self.read.close().await;
+        let _ = self.read.pool.close().await;
         if self.backend == DbBackend::Sqlite {
-            let _ = self.write.close().await;
+            let _ = self.write.pool.close().await;
         }
     }
 
@@ -71,19 +79,68 @@ impl Database {
 }
 
 /// Creates the schema if asked and runs the migrations, on a connection of their own without
-/// the statement deadline (a migration may take longer than any request should).
+/// the statement deadline (a migration may take longer than any request should): to
+/// `DATABASE_MIGRATION_URL` if set, else to `DATABASE_URL`. Behind a transaction pooler they
+/// run in one transaction, set up as every other (see [`super::session`]).
 async fn migrate(settings: &DbSettings) -> Result<(), DbError> {
-    let connection = connect_pool(settings, 1, None).await?;
-    if let (DbBackend::Postgres, Some(schema)) =
-        (connection.get_database_backend(), &settings.schema)
-    {
-        connection
-            .execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
-            .await?;
-    }
-    let migrated = Migrator::up(&connection, None).await;
+    let direct = settings.migration_url.is_some();
+    let migration = DbSettings {
+        url: settings
+            .migration_url
+            .clone()
+            .unwrap_or_else(|| settings.url.clone()),
+        pooler: settings.pooler && !direct,
+        ..settings.clone()
+    };
+    let connection = connect_pool(&migration, 1, None).await?;
+    let postgres = connection.get_database_backend() == DbBackend::Postgres;
+    let create_schema = settings
+        .schema
+        .as_ref()
+        .filter(|_| postgres)
+        .map(|schema| format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""));
+    let migrated = if migration.pooler && postgres {
+        let setup = pooled_setup(Duration::from_secs(3600), settings.schema.as_deref());
+        migrate_in_one_transaction(&connection, create_schema.as_deref(), &setup).await
+    } else {
+        match &create_schema {
+            Some(create) => connection.execute_unprepared(create).await.map(|_| ()),
+            None => Ok(()),
+        }
+        .and(Migrator::up(&connection, None).await)
+    };
     let _ = connection.close().await;
     Ok(migrated?)
+}
+
+async fn migrate_in_one_transaction(
+    connection: &DatabaseConnection,
+    create_schema: Option<&str>,
+    setup: &str,
+) -> Result<(), sea_orm::DbErr> {
+    use sea_orm::TransactionTrait as _;
+    let txn = connection.begin().await?;
+    if let Some(create) = create_schema {
+        txn.execute_unprepared(create).await?;
+    }
+    txn.execute_unprepared(setup).await?;
+    Migrator::up(&txn, None).await?;
+    txn.commit().await
+}
+
+/// An error at start that says the URL goes through a transaction pooler the settings do not
+/// know of, rewritten as what to set.
+fn pooler_hint(err: DbError) -> DbError {
+    let text = err.to_string();
+    let pooler = text.contains("unsupported startup parameter")
+        || (text.contains("prepared statement")
+            && (text.contains("already exists") || text.contains("does not exist")));
+    if !pooler {
+        return err;
+    }
+    DbError::Db(sea_orm::DbErr::Custom(
+        "DATABASE_URL goes through a connection pooler in transaction mode (PgBouncer?): set DATABASE_POOLER=transaction (see docs/operations.md, \"Connection poolers\")".into(),
+    ))
 }
 
 /// A pool of `max_connections`. With a `deadline` (`DATABASE_TIMEOUT`), a connection is
@@ -103,11 +160,19 @@ async fn connect_pool(
         .connect_timeout(Duration::from_secs(10))
         .acquire_timeout(waits)
         .sqlx_logging(false);
-    if let Some(deadline) = deadline {
-        options.statement_timeout(deadline);
-    }
-    if let Some(schema) = &settings.schema {
-        options.set_schema_search_path(schema.clone());
+    if settings.pooler {
+        // Nothing that lives in a session (see `session`): no startup options, no statement
+        // cache; the deadline and the schema are set in each transaction instead.
+        options.map_sqlx_postgres_opts(|opts| {
+            opts.statement_cache_capacity(0).extra_float_digits(None)
+        });
+    } else {
+        if let Some(deadline) = deadline {
+            options.statement_timeout(deadline);
+        }
+        if let Some(schema) = &settings.schema {
+            options.set_schema_search_path(schema.clone());
+        }
     }
     // A connection that comes back still in a transaction is closed, not reused. SQLite rolls
     // a transaction back by itself on some errors (a full disk, I/O): the driver's own ROLLBACK

@@ -14,6 +14,7 @@ mod connect;
 mod faults;
 mod read;
 mod rows;
+mod session;
 mod write;
 
 pub use read::{COUNT_PENDING, ListFilter, StoredPage};
@@ -21,7 +22,7 @@ pub use write::{RowResult, RowWork};
 
 use crate::domain::health::WriteHealth;
 use crate::domain::message::ChatMessage;
-use sea_orm::{DatabaseConnection, DbBackend, DbErr};
+use sea_orm::{DbBackend, DbErr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use uuid::Uuid;
@@ -103,14 +104,19 @@ pub struct DbSettings {
     pub max_connections: u32,
     /// `DATABASE_TIMEOUT`: the longest wait for a connection, and for one statement.
     pub timeout: std::time::Duration,
+    /// `DATABASE_POOLER=transaction`: the URL goes through a pooler in transaction mode
+    /// (see [`session`]).
+    pub pooler: bool,
+    /// `DATABASE_MIGRATION_URL`: where the migrations run, if not through `url`.
+    pub migration_url: Option<String>,
 }
 
 /// Connections to the database: a read pool and a write pool (one connection on SQLite,
 /// which has a single writer anyway; the read pool on PostgreSQL).
 #[derive(Clone)]
 pub struct Database {
-    read: DatabaseConnection,
-    write: DatabaseConnection,
+    read: session::PoolConn,
+    write: session::PoolConn,
     backend: DbBackend,
     /// Rows read whose client data was not JSON and was kept as text (see [`rows`]).
     unreadable_data: Arc<AtomicU64>,

@@ -23,7 +23,7 @@ use entity::messages::{Column, Entity};
 use sea_orm::sea_query::{Expr, ExprTrait as _, OnConflict};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter,
-    Statement, TransactionTrait,
+    Statement,
 };
 use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
@@ -101,7 +101,7 @@ impl Database {
         // One connection and one transaction per batch: the read, the writes, the commit. A
         // row that starts with its own creation has nothing to read (ids are fresh UUIDs; a
         // duplicate is refused by the insert).
-        let txn = self.write.begin().await?;
+        let txn = self.begin_write().await?;
         let ids: Vec<Uuid> = work
             .iter()
             .filter(|row| !matches!(row.changes.first(), Some(Change::Create(_))))

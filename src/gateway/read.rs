@@ -5,8 +5,8 @@
 //! into views [`LIST_CHUNK`] at a time (a message's data is a tree of values only while its
 //! view is made, then it is text), and the page ends once its messages hold about
 //! `LIST_MAX_BYTES` (`next` says where the following page starts). At most `LIST_CONCURRENCY`
-//! chunks are read and decoded at once per process, so listings take turns chunk by chunk and a
-//! small one never waits for a large one to finish. Decoding runs on the blocking pool, off the
+//! chunks are decoded at once per process (reading them is bounded by the database pool), so
+//! listings take turns chunk by chunk and a small one never waits for a large one to finish. Decoding runs on the blocking pool, off the
 //! threads that serve everyone else.
 
 use super::{Gateway, db_error};
@@ -66,12 +66,6 @@ impl Gateway {
                 before,
                 ..filter.clone()
             };
-            let turn = self
-                .inner
-                .listings
-                .acquire()
-                .await
-                .map_err(|_| ApiError::Unavailable)?;
             let stored = self
                 .inner
                 .db
@@ -79,6 +73,12 @@ impl Gateway {
                 .await
                 .map_err(db_error)?;
             let (read, last) = (stored.len() as u64, stored.last_id());
+            let turn = self
+                .inner
+                .listings
+                .acquire()
+                .await
+                .map_err(|_| ApiError::Unavailable)?;
             let chunk_views = self.views_of(stored).await?;
             drop(turn);
             for view in chunk_views {

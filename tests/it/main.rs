@@ -19,6 +19,7 @@ mod multiprocess;
 mod outages;
 mod peers;
 mod poison;
+mod pooler;
 mod queue;
 mod queue_contract;
 mod slow_clients;
