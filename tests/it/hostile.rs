@@ -81,7 +81,9 @@ async fn a_flood_of_large_patches_keeps_memory_bounded_and_other_users_served() 
                 Ok(Ok(())) => sent += 1,
                 // The server stopped reading (back-pressure) or closed: both are fine.
                 Ok(Err(_)) => break,
-                Err(_) => continue,
+                // A send that timed out may still go out with the next one (and be applied:
+                // what was read before the close is): counted as sent.
+                Err(_) => sent += 1,
             }
         }
         let _ = sink.close().await;
@@ -340,6 +342,10 @@ async fn connections_past_the_cap_get_503_and_idle_and_slow_bodies_are_cut() {
         fast_sim(),
         &[
             "--max-connections",
+            "3",
+            // The global cap is what this test is about (all its connections come from one
+            // address): slow_clients.rs covers the per-address one.
+            "--max-connections-per-address",
             "3",
             "--http-idle-timeout",
             "1s",

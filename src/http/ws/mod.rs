@@ -287,8 +287,10 @@ async fn serve<S>(
         // answer the close frame; what it sent until then is read.
         let _ = tokio::time::timeout(Duration::from_secs(2), &mut reader).await;
     }
-    // Nothing more is read; the commands already read are applied, in order, before the
-    // session goes (the queue's sender went with the reader, so the applier ends after them).
+    // The session ends now: it no longer counts against the caps, nor gets events. Nothing
+    // more is read; the commands already read are applied, in order (the queue's sender went
+    // with the reader, so the applier ends after them).
+    session.do_send(Closed);
     drop(reader);
     if tokio::time::timeout(settings.close_timeout, &mut applier)
         .await
@@ -313,7 +315,6 @@ async fn serve<S>(
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
     }
-    session.do_send(Closed);
     outbox.abandon();
     state
         .metrics

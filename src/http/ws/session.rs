@@ -89,6 +89,8 @@ pub struct SessionActor {
     positions_version: u64,
     /// The newest position (and estimate) shown of each queued message.
     positions: HashMap<Uuid, (u32, Option<u32>)>,
+    /// The socket's service ended the session ([`Closed`]): it says goodbye itself.
+    socket_ended: bool,
 }
 
 impl SessionActor {
@@ -108,6 +110,7 @@ impl SessionActor {
             timing,
             positions_version: 0,
             positions: HashMap::new(),
+            socket_ended: false,
         }
     }
 
@@ -212,7 +215,7 @@ impl Actor for SessionActor {
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         // Dropping the permit unregisters the session.
         self.permit = None;
-        if !self.parts.outbox.is_closed() {
+        if !self.socket_ended && !self.parts.outbox.is_closed() {
             self.parts.outbox.push(Frame::Close(1000, "session ended"));
         }
     }
@@ -298,7 +301,9 @@ impl Handler<Resync> for SessionActor {
     }
 }
 
-/// The socket closed or failed: end the session.
+/// The socket's reading ended (the client closed or left, the token expired): end the session
+/// now, so it no longer counts against the caps nor gets events. The socket's service still
+/// writes what answers the commands already read, and its own close frame.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Closed;
@@ -307,7 +312,7 @@ impl Handler<Closed> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, _msg: Closed, ctx: &mut Context<Self>) {
-        self.parts.outbox.abandon();
+        self.socket_ended = true;
         ctx.stop();
     }
 }
