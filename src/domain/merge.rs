@@ -2,9 +2,16 @@
 
 use serde_json::{Map, Value};
 
-/// Fields of a message only the server writes. A client patch that names one is refused.
+/// Fields of a message only the server writes: every key of its view but `data`, and what
+/// the record holds besides (a unit test checks the view against this list). A client patch
+/// that names one is refused with `server_owned_field`.
 pub const SERVER_OWNED_FIELDS: &[&str] = &[
     "id",
+    "seed",
+    "preview_url",
+    "position_unavailable",
+    "idempotency_key",
+    "client_refs",
     "user_id",
     "status",
     "progress",

@@ -297,6 +297,18 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn every_key_of_the_view_but_data_is_server_owned() {
+        let view = serde_json::to_value(queued_message().view(LivePosition::NotQueued, Utc::now()))
+            .unwrap();
+        for key in view.as_object().unwrap().keys() {
+            assert!(
+                key == "data" || crate::domain::merge::SERVER_OWNED_FIELDS.contains(&key.as_str()),
+                "the view's {key:?} is neither server-owned nor the client's data"
+            );
+        }
+    }
+
+    #[test]
     fn the_view_shows_the_live_position_only_while_queued() {
         let now = Utc::now();
         let mut message = queued_message();
