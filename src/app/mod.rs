@@ -80,6 +80,10 @@ impl std::error::Error for StartError {
     }
 }
 
+/// How long a shutdown waits for the jobs still running past the grace to go back to the
+/// queue (a write each).
+const HAND_BACK_WITHIN: Duration = Duration::from_secs(5);
+
 /// A running gateway.
 pub struct RunningApp {
     addr: SocketAddr,
@@ -191,9 +195,13 @@ impl RunningApp {
         parts.core.queue.pause().await;
         let still_running = parts.core.forge.drain(parts.grace).await;
         if still_running > 0 {
+            // Their generations are lost with this process: interrupted on Forge, they go back
+            // to the queue (keeping their place) for another process, or the next start.
+            let not_back = parts.core.forge.hand_back(HAND_BACK_WITHIN).await;
             tracing::warn!(
                 still_running,
-                "jobs still running at the end of the grace period stay processing; the watchdog resolves them"
+                not_back,
+                "jobs still running at the end of the grace period went back to the queue"
             );
         }
         let _ = tokio::time::timeout(parts.grace, parts.core.store.flush()).await;

@@ -79,6 +79,13 @@ pub enum Transition {
         /// The cutoff the watchdog's scan used.
         inactive_since: DateTime<Utc>,
     },
+    /// Its process stopped running it before it ended (a shutdown past its grace): the job goes
+    /// back to the queue, where it keeps its ticket, to run again. Applies only to a job still
+    /// processing on `backend` (a late hand-back cannot undo a run that moved on).
+    HandBack {
+        /// The backend it was running on.
+        backend: String,
+    },
     /// The job's total deadline ran out (`JOB_DEADLINE`): applies only if the job is still
     /// pending and was created before `created_before`.
     Expire {
@@ -92,6 +99,7 @@ impl Transition {
     pub fn target(&self) -> JobStatus {
         match self {
             Transition::Processing { .. } => JobStatus::Processing,
+            Transition::HandBack { .. } => JobStatus::Queued,
             Transition::Complete { .. } => JobStatus::Complete,
             Transition::Fail { .. } | Transition::MarkStuck { .. } | Transition::Expire { .. } => {
                 JobStatus::Error
@@ -233,6 +241,22 @@ fn apply_transition(
     now: DateTime<Utc>,
 ) -> Result<JobEventKind, Refusal> {
     let event = match transition {
+        Transition::HandBack { backend } => {
+            if message.status != JobStatus::Processing
+                || message.backend.as_deref() != Some(backend.as_str())
+            {
+                return Err(Refusal::IllegalTransition {
+                    from: message.status,
+                    to: JobStatus::Queued,
+                });
+            }
+            message.backend = None;
+            message.started_at = None;
+            message.progress = 0;
+            JobEventKind::Queued {
+                queue_position: None,
+            }
+        }
         Transition::Processing { backend } => {
             if message.status == JobStatus::Processing {
                 return Err(Refusal::IllegalTransition {

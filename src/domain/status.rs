@@ -66,6 +66,7 @@ impl JobStatus {
             (Queued, Queued)
                 | (Processing, Processing)
                 | (Queued, Processing)
+                | (Processing, Queued)
                 | (Processing, Complete)
                 | (Queued | Processing, Error | Cancelled)
         )
@@ -102,6 +103,7 @@ mod tests {
     fn allowed_transitions_are_exactly_the_lifecycle() {
         let allowed = [
             (Queued, Processing),
+            (Processing, Queued),
             (Processing, Complete),
             (Processing, Error),
             (Queued, Error),

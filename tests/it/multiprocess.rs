@@ -373,3 +373,44 @@ async fn five_hundred_jobs_from_fifty_clients_on_two_processes_with_failures_are
     b.stop().await;
     let _: Value = Value::Null;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL and Redis: set TEST_DATABASE_URL and TEST_REDIS_URL"]
+async fn a_job_running_when_its_process_shuts_down_is_run_by_another() {
+    // A rolling restart whose grace is shorter than the job: the process stopping hands the
+    // job back (interrupted on its backend, queued again at the head), and the other process
+    // runs it to completion, nowhere near STUCK_AFTER.
+    let storage = shared_storage();
+    let a = TestApp::start(&storage, hang(), &["--shutdown-grace", "1s"]).await;
+    let token = a.token("alice").await;
+    let id = a.submit_id(&token, "through a restart").await;
+    a.wait_message(&token, &id, |m| m["status"] == "processing")
+        .await;
+    let b = TestApp::start(&storage, fast_sim(), &[]).await;
+    let mut ws = b.ws(&token).await;
+    let started = Instant::now();
+    a.stop().await;
+    let done = b
+        .wait_message(&token, &id, |m| m["status"] == "complete")
+        .await;
+    assert_eq!(done["placeholder"], false);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(b.sim.stats().completed, 1, "process B ran it");
+    ws.wait_event("job.complete", &id).await;
+    let types = ws.types_for(&id);
+    assert_eq!(
+        types.first().map(String::as_str),
+        Some("job.queued"),
+        "{types:?}"
+    );
+    assert_eq!(
+        types[types.len() - 2..],
+        ["job.processing", "job.complete"],
+        "B's session saw it go back to the queue, then run: {types:?}"
+    );
+    b.stop().await;
+}

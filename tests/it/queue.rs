@@ -275,3 +275,52 @@ async fn queued_jobs_survive_a_restart_in_their_order() {
     assert!(queued.len() >= 4, "{positions:?}");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_running_at_shutdown_goes_back_to_the_queue_and_runs_after_the_restart() {
+    // The grace ends while the job runs: it is interrupted on Forge and queued again, at the
+    // head; the next start runs it first, long before STUCK_AFTER (5 minutes) would fail it.
+    let storage = Storage::fresh();
+    let hang = || SimConfig {
+        mode: SimMode::Hang,
+        ..fast_sim()
+    };
+    let app = TestApp::start(&storage, hang(), &["--shutdown-grace", "500ms"]).await;
+    let token = app.token("alice").await;
+    let running = app.submit_id(&token, "running at shutdown").await;
+    app.wait_message(&token, &running, |m| m["status"] == "processing")
+        .await;
+    let waiting = app.submit_id(&token, "waiting behind it").await;
+    let (_, before) = app
+        .get(&token, &format!("/api/v1/messages/{running}"))
+        .await;
+    let sim = app.stop_keeping_sim().await;
+    assert_eq!(sim.stats().interrupts, 1, "interrupted on its backend");
+    sim.shutdown().await;
+
+    // After the restart it runs before the job that was waiting behind it.
+    let app = TestApp::start(&storage, hang(), &["--shutdown-grace", "500ms"]).await;
+    let again = app
+        .wait_message(&token, &running, |m| m["status"] == "processing")
+        .await;
+    assert!(
+        again["version"].as_i64() > before["version"].as_i64(),
+        "{again}"
+    );
+    let (_, behind) = app
+        .get(&token, &format!("/api/v1/messages/{waiting}"))
+        .await;
+    assert_eq!(behind["status"], "queued", "{behind}");
+    assert_eq!(behind["queue_position"], 1, "{behind}");
+    app.stop().await;
+
+    // And it completes (handed back a second time on the way).
+    let app = TestApp::start(&storage, fast_sim(), &[]).await;
+    for id in [&running, &waiting] {
+        let done = app
+            .wait_message(&token, id, |m| m["status"] == "complete")
+            .await;
+        assert_eq!(done["placeholder"], false, "{done}");
+    }
+    app.stop().await;
+}

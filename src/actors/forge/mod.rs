@@ -73,7 +73,7 @@ pub struct ForgeActor {
     deps: ForgeDeps,
     settings: ForgeSettings,
     breaker: CircuitBreaker,
-    running: HashMap<Uuid, oneshot::Sender<()>>,
+    running: HashMap<Uuid, oneshot::Sender<Stop>>,
     workers: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -199,13 +199,22 @@ impl Handler<MayTake> for ForgeActor {
     }
 }
 
+/// Why a running job's worker must stop calling Forge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Stop {
+    /// It was cancelled or marked stuck: its terminal state is written already.
+    Abandoned,
+    /// This process is shutting down: the job goes back to the queue to run elsewhere.
+    HandBack,
+}
+
 /// A worker is about to call Forge for job `id`: may it (the breaker decides), and if so the
-/// job counts as running here (so it can be abandoned) until [`Ended`].
+/// job counts as running here (so it can be stopped) until [`Ended`].
 #[derive(Message)]
 #[rtype(result = "Admission")]
 struct Admit {
     id: Uuid,
-    abandon: oneshot::Sender<()>,
+    stop: oneshot::Sender<Stop>,
 }
 
 impl Handler<Admit> for ForgeActor {
@@ -215,7 +224,7 @@ impl Handler<Admit> for ForgeActor {
         let (admission, transition) = self.breaker.admit(Instant::now());
         self.note(transition);
         if admission != Admission::Rejected {
-            self.running.insert(msg.id, msg.abandon);
+            self.running.insert(msg.id, msg.stop);
         }
         MessageResult(admission)
     }
@@ -254,7 +263,24 @@ impl Handler<Abandon> for ForgeActor {
     fn handle(&mut self, msg: Abandon, _ctx: &mut Context<Self>) {
         if let Some(signal) = self.running.remove(&msg.0) {
             tracing::info!(backend = self.client.name(), job = %msg.0, "abandoning a running job");
-            let _ = signal.send(());
+            let _ = signal.send(Stop::Abandoned);
+        }
+    }
+}
+
+/// The process is shutting down: every job running here is interrupted on Forge and goes back
+/// to the queue (see `worker`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct HandBackAll;
+
+impl Handler<HandBackAll> for ForgeActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: HandBackAll, _ctx: &mut Context<Self>) {
+        for (id, signal) in self.running.drain() {
+            tracing::info!(backend = self.client.name(), job = %id, "handing a running job back to the queue");
+            let _ = signal.send(Stop::HandBack);
         }
     }
 }

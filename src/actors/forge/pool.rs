@@ -1,7 +1,7 @@
 //! What this process's backends share: each backend's breaker state (so an open backend can
 //! leave the queue to a healthy one), the jobs they hold, and the handle to all of them.
 
-use super::{Abandon, ForgeActor};
+use super::{Abandon, ForgeActor, HandBackAll};
 use crate::domain::breaker::BreakerState;
 use actix::Addr;
 use parking_lot::{Mutex, RwLock};
@@ -113,6 +113,16 @@ impl ForgePool {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.busy.count()
+    }
+
+    /// Interrupts every job still running on this process's backends and puts it back in the
+    /// queue (each keeps its ticket), then waits until they are back, or `within` passes;
+    /// returns how many are still held.
+    pub async fn hand_back(&self, within: Duration) -> usize {
+        for backend in &self.backends {
+            backend.do_send(HandBackAll);
+        }
+        self.drain(within).await
     }
 
     /// Tells every backend to drop the job if it runs it.

@@ -9,7 +9,7 @@
 //!   failed with R9.4 (through the store's quarantine) so the queue moves on.
 
 use super::pool::BusyGuard;
-use super::{Admit, Ended, ForgeActor, ForgeDeps, ForgeSettings, Gate, MayTake};
+use super::{Admit, Ended, ForgeActor, ForgeDeps, ForgeSettings, Gate, MayTake, Stop};
 use crate::actors::store::StoreError;
 use crate::domain::breaker::{Admission, CallOutcome};
 use crate::domain::catalogue::JobFailure;
@@ -43,7 +43,7 @@ pub(super) struct Worker {
 
 enum Ran {
     Generated(Result<Generated, ForgeFailure>),
-    Abandoned,
+    Stopped(Stop),
 }
 
 impl Worker {
@@ -70,15 +70,8 @@ impl Worker {
         let Some(message) = self.mark_processing(&job).await else {
             return;
         };
-        let (abandon, abandoned) = oneshot::channel();
-        let Ok(admission) = self
-            .addr
-            .send(Admit {
-                id: job.id,
-                abandon,
-            })
-            .await
-        else {
+        let (stop, stopped) = oneshot::channel();
+        let Ok(admission) = self.addr.send(Admit { id: job.id, stop }).await else {
             return;
         };
         if admission == Admission::Rejected {
@@ -94,11 +87,11 @@ impl Worker {
         }
         let generation = tokio::select! {
             result = self.generate(&message) => Ran::Generated(result),
-            _ = abandoned => Ran::Abandoned,
+            Ok(why) = stopped => Ran::Stopped(why),
         };
         let latency = started.elapsed().as_secs_f64();
         let outcome = match &generation {
-            Ran::Abandoned => CallOutcome::Neutral,
+            Ran::Stopped(_) => CallOutcome::Neutral,
             Ran::Generated(Ok(_)) => CallOutcome::Success,
             Ran::Generated(Err(failure)) => failure.breaker_outcome(),
         };
@@ -108,10 +101,16 @@ impl Worker {
             outcome,
         });
         let transition = match generation {
-            Ran::Abandoned => {
+            Ran::Stopped(Stop::Abandoned) => {
                 // Cancelled or marked stuck meanwhile: the terminal state is written already.
                 self.interrupt(job.id);
                 self.forget_preview(job.id).await;
+                return;
+            }
+            Ran::Stopped(Stop::HandBack) => {
+                self.interrupt(job.id);
+                self.forget_preview(job.id).await;
+                self.hand_back(&job).await;
                 return;
             }
             Ran::Generated(Ok(generated)) => {
@@ -388,6 +387,39 @@ impl Worker {
             }
         }
         let _ = self.deps.queue.release(&message.user_id, message.id).await;
+    }
+
+    /// Puts a job this process stops running (a shutdown) back in the queue: its record first
+    /// (queued again, so whoever pops it may start it), then the queue, with its own ticket
+    /// (at its old place: the head, as it was taken before every job still waiting). Tried a
+    /// few times; if the record cannot be written the job stays processing, for the
+    /// watchdog.
+    async fn hand_back(&self, job: &QueuedJob) {
+        let change = || {
+            Change::Transition(Transition::HandBack {
+                backend: self.client.name().to_owned(),
+            })
+        };
+        for attempt in 0..3 {
+            match self.deps.store.apply(job.id, change()).await {
+                Ok(_) => {
+                    if let Err(err) = self.deps.queue.requeue(job).await {
+                        // The queue's audit finds the queued record and puts it back.
+                        tracing::warn!(job = %job.id, error = %err, "handed back a job the queue did not take; its audit will");
+                    }
+                    tracing::info!(job = %job.id, "handed a running job back to the queue");
+                    return;
+                }
+                Err(StoreError::Db(err)) if attempt < 2 => {
+                    tracing::warn!(job = %job.id, error = %err, "could not hand a job back yet");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(err) => {
+                    tracing::warn!(job = %job.id, error = %err, "could not hand a job back; it stays processing");
+                    return;
+                }
+            }
+        }
     }
 
     /// Deletes the job's live preview file (it has ended).

@@ -342,3 +342,42 @@ fn a_write_with_a_ref_is_applied_once_and_its_ref_is_echoed() {
         Err(Refusal::IllegalTransition { .. })
     ));
 }
+
+#[test]
+fn a_job_handed_back_is_queued_again_and_only_from_its_backend() {
+    let mut current = created();
+    let now = Utc::now();
+    transition(
+        &mut current,
+        Transition::Processing {
+            backend: "http://gpu1".into(),
+        },
+    )
+    .unwrap();
+    let other = Change::Transition(Transition::HandBack {
+        backend: "http://gpu2".into(),
+    });
+    assert!(matches!(
+        apply(&mut current, &other, now),
+        Err(Refusal::IllegalTransition { .. })
+    ));
+    let back = Change::Transition(Transition::HandBack {
+        backend: "http://gpu1".into(),
+    });
+    assert_eq!(
+        apply(&mut current, &back, now),
+        Ok(JobEventKind::Queued {
+            queue_position: None
+        })
+    );
+    let message = current.as_ref().unwrap();
+    assert_eq!(message.status, JobStatus::Queued);
+    assert_eq!((message.backend.as_deref(), message.progress), (None, 0));
+    assert!(
+        matches!(
+            apply(&mut current, &back, now),
+            Err(Refusal::IllegalTransition { .. })
+        ),
+        "a second hand-back is refused"
+    );
+}

@@ -40,9 +40,10 @@ pub fn config(storage: &Storage, forge_urls: &[String], extra: &[&str]) -> Confi
         "--dev".into(),
         "--forge-progress-interval".into(),
         "100ms".into(),
-        "--shutdown-grace".into(),
-        "2s".into(),
     ];
+    if !extra.contains(&"--shutdown-grace") {
+        args.extend(["--shutdown-grace".into(), "2s".into()]);
+    }
     if !forge_urls.is_empty() {
         args.extend(["--forge-urls".into(), forge_urls.join(",")]);
     }
@@ -110,6 +111,14 @@ impl TestApp {
             app.shutdown().await;
         }
         self.sim.shutdown().await;
+    }
+
+    /// Stops the gateway and hands back its simulator, still running, to read its stats.
+    pub async fn stop_keeping_sim(mut self) -> SimServer {
+        if let Some(app) = self.app.take() {
+            app.shutdown().await;
+        }
+        self.sim
     }
 }
 
