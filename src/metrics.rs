@@ -113,6 +113,8 @@ metrics! {
     placeholders_served: Counter = Counter::default(), "placeholders_served", "Jobs completed with the placeholder image";
     /// Stuck jobs the watchdog marked.
     stuck_jobs_marked: Counter = Counter::default(), "stuck_jobs_marked", "Stuck jobs marked as errors by the watchdog";
+    /// Jobs handed back because their run's lease ran out.
+    leases_expired: Counter = Counter::default(), "job_leases_expired", "Jobs whose run's lease ran out (their process was gone) and that went back to the queue";
     /// Finished messages deleted by retention (`RETENTION`), with their images.
     retention_deleted: Counter = Counter::default(), "retention_deleted", "Finished messages deleted by RETENTION, with their images";
     /// A job's outcome could not be written at once and was written again later.

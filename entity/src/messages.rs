@@ -70,6 +70,11 @@ pub struct Model {
     /// The refs of the client writes applied lately, a JSON array of `[ref, ms]` as text.
     #[sea_orm(column_type = "Text")]
     pub client_refs: String,
+    /// How many times a backend has taken the job: the fencing token of its current run.
+    pub runs: i64,
+    /// When the process running the job last renewed its lease (`JOB_LEASE`); written only by
+    /// the renewal, never by a message write.
+    pub lease_at: Option<DateTimeUtc>,
 }
 
 /// The table has no relations.

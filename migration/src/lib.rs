@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261129_000001_create_messages;
 mod m20261201_000001_result_fields;
 mod m20261202_000001_client_refs;
+mod m20261202_000002_job_runs;
 
 /// All migrations, oldest first.
 pub struct Migrator;
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000001_create_messages::Migration),
             Box::new(m20261201_000001_result_fields::Migration),
             Box::new(m20261202_000001_client_refs::Migration),
+            Box::new(m20261202_000002_job_runs::Migration),
         ]
     }
 }

@@ -391,6 +391,7 @@ fn change_name(change: &Change) -> &'static str {
         Change::Progress { .. } => "progress",
         Change::Preview { .. } => "preview",
         Change::ClientPatch { .. } => "client_patch",
+        Change::OfRun { change, .. } => change_name(change),
     }
 }
 

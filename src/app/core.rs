@@ -13,6 +13,7 @@ use crate::events::redis_bus::RedisBus;
 use crate::events::registry::SessionCaps;
 use crate::events::{EventBus, LocalBus, SessionRegistry};
 use crate::forge_client::{Backend, ForgeClient, TlsRoots};
+use crate::gateway::leases::{LeaseActor, LeaseDeps};
 use crate::gateway::retention::RetentionActor;
 use crate::gateway::watchdog::{WatchdogActor, WatchdogDeps, WatchdogHandle, WatchdogSettings};
 use crate::gateway::{Gateway, GatewaySettings};
@@ -200,6 +201,16 @@ pub(super) async fn build_core(
             list_concurrency: config.list_concurrency as usize,
         },
     );
+    LeaseActor::new(
+        LeaseDeps {
+            gateway: gateway.clone(),
+            forge: forge.clone(),
+            outages: outages.clone(),
+            metrics: metrics.clone(),
+        },
+        config.job_lease,
+    )
+    .start();
     let watchdog = WatchdogHandle::new(
         WatchdogActor::new(
             WatchdogDeps {

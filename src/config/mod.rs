@@ -132,6 +132,11 @@ pub struct Config {
     #[arg(long, env = "STUCK_AFTER", default_value = "5m", value_parser = duration)]
     pub stuck_after: Duration,
 
+    /// A running job's lease: its process renews it every third of this; a job whose lease runs
+    /// out (its process was killed or cut off) goes back to the head of the queue.
+    #[arg(long, env = "JOB_LEASE", default_value = "30s", value_parser = duration)]
+    pub job_lease: Duration,
+
     /// A job still pending this long after it was created fails with `timeout` (R9.2); 0 turns it off.
     #[arg(long, env = "JOB_DEADLINE", default_value = "0s", value_parser = duration)]
     pub job_deadline: Duration,

@@ -4,6 +4,7 @@
 //! - [`read`]: every query the use cases, the queue rebuild and the watchdog need;
 //! - [`write`]: the store's batched compare-and-swap write and the quarantine of a row that
 //!   cannot be read;
+//! - [`leases`]: job leases (renewal, expiry);
 //! - [`rows`]: conversion between rows and the domain [`Message`].
 //!
 //! Nothing above this module sees sea-orm types. A row that cannot be decoded is a problem of
@@ -12,6 +13,7 @@
 mod connect;
 #[cfg(feature = "test-hooks")]
 mod faults;
+mod leases;
 mod read;
 mod rows;
 mod session;

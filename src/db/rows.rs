@@ -54,6 +54,7 @@ pub(super) struct MessageRow {
     preview_url: Option<String>,
     seed: Option<i64>,
     client_refs: String,
+    runs: i64,
 }
 
 /// A row that cannot be decoded, handed back with why.
@@ -153,6 +154,7 @@ impl MessageRow {
             preview_url: self.preview_url,
             seed: self.seed,
             client_refs: ClientRefs::from_json(&self.client_refs),
+            runs: self.runs,
         };
         Ok(Decoded {
             message,
@@ -234,7 +236,7 @@ impl MessageRow {
 pub const UNREADABLE_PARAMS_KEY: &str = "_unreadable_params";
 
 /// The columns a write after create may change (the others are fixed at create).
-pub(super) const MUTABLE_COLUMNS: [Column; 19] = [
+pub(super) const MUTABLE_COLUMNS: [Column; 20] = [
     Column::Status,
     Column::Progress,
     Column::QueuePosition,
@@ -254,6 +256,7 @@ pub(super) const MUTABLE_COLUMNS: [Column; 19] = [
     Column::PreviewUrl,
     Column::Seed,
     Column::ClientRefs,
+    Column::Runs,
 ];
 
 /// PostgreSQL's name for a column's type, for the casts a `VALUES` list of parameters needs
@@ -263,14 +266,15 @@ pub(super) fn pg_type(column: Column) -> &'static str {
         Column::Id | Column::RetryOf => "uuid",
         Column::Progress => "int2",
         Column::QueuePosition | Column::EtaS => "int4",
-        Column::Ticket | Column::Version | Column::Seed => "int8",
+        Column::Ticket | Column::Version | Column::Seed | Column::Runs => "int8",
         Column::Placeholder => "bool",
         Column::Params | Column::Data => "jsonb",
         Column::CreatedAt
         | Column::StartedAt
         | Column::FinishedAt
         | Column::UpdatedAt
-        | Column::ActivityAt => "timestamptz",
+        | Column::ActivityAt
+        | Column::LeaseAt => "timestamptz",
         Column::Prompt | Column::ErrorMessage | Column::ClientRefs => "text",
         Column::UserId
         | Column::ConversationId
@@ -326,5 +330,8 @@ pub(super) fn to_active(message: &ChatMessage) -> ActiveModel {
         preview_url: Set(message.preview_url.clone()),
         seed: Set(message.seed),
         client_refs: Set(message.client_refs.to_json()),
+        runs: Set(message.runs),
+        // Only the lease renewal writes it; a message write leaves it as it is.
+        lease_at: sea_orm::ActiveValue::NotSet,
     }
 }

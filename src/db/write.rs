@@ -365,7 +365,10 @@ fn insert_statement<'a>(
     messages: impl Iterator<Item = &'a ChatMessage>,
 ) -> Result<Statement, DbError> {
     use sea_orm::Iterable as _;
-    let columns: Vec<Column> = Column::iter().collect();
+    // The lease is written only by its renewal (`leases`): a new row has none.
+    let columns: Vec<Column> = Column::iter()
+        .filter(|column| !matches!(column, Column::LeaseAt))
+        .collect();
     let mut insert = sea_orm::sea_query::Query::insert();
     insert.into_table(Entity).columns(columns.clone());
     for message in messages {

@@ -42,6 +42,15 @@ pub enum Change {
         /// The client's ref of this write, if it gave one.
         client_ref: Option<String>,
     },
+    /// A change written by the run of the job numbered `run` (its process's write of progress
+    /// or an outcome): applies only while that run is the job's current one and still
+    /// processing, so a process whose lease was taken cannot overwrite the next run.
+    OfRun {
+        /// The run (the message's `runs` when its backend took it).
+        run: i64,
+        /// The change itself.
+        change: Box<Change>,
+    },
 }
 
 /// A server-side status change.
@@ -79,12 +88,13 @@ pub enum Transition {
         /// The cutoff the watchdog's scan used.
         inactive_since: DateTime<Utc>,
     },
-    /// Its process stopped running it before it ended (a shutdown past its grace): the job goes
-    /// back to the queue, where it keeps its ticket, to run again. Applies only to a job still
-    /// processing on `backend` (a late hand-back cannot undo a run that moved on).
+    /// Its run ended before the job did (its process shut down past its grace, or the run's
+    /// lease expired): the job goes back to the queue, where it keeps its ticket, to run again.
+    /// Applies only while run `run` is the job's current one and still processing (a late
+    /// hand-back cannot undo a run that moved on).
     HandBack {
-        /// The backend it was running on.
-        backend: String,
+        /// The run that ended.
+        run: i64,
     },
     /// The job's total deadline ran out (`JOB_DEADLINE`): applies only if the job is still
     /// pending and was created before `created_before`.
@@ -139,6 +149,10 @@ pub enum Refusal {
     /// applied again.
     #[error("this write was applied already")]
     AlreadyApplied,
+    /// A write of a run that is no longer the job's current one (its lease was taken, or the
+    /// job ended meanwhile).
+    #[error("the run this write belongs to has ended")]
+    RunEnded,
 }
 
 /// Applies one change at time `now`. On success the message's version grows by one,
@@ -164,11 +178,19 @@ pub fn apply(
         *current = Some(message);
         return Ok(event);
     }
+    if let Change::OfRun { run, change } = change {
+        if let Some(message) = current.as_ref()
+            && (message.status != JobStatus::Processing || message.runs != *run)
+        {
+            return Err(Refusal::RunEnded);
+        }
+        return apply(current, change, now);
+    }
     let Some(message) = current.as_mut() else {
         return Err(Refusal::NotFound);
     };
     let event = match change {
-        Change::Create(_) => unreachable!("handled above"),
+        Change::Create(_) | Change::OfRun { .. } => unreachable!("handled above"),
         Change::ClientPatch {
             owner,
             patch,
@@ -241,14 +263,9 @@ fn apply_transition(
     now: DateTime<Utc>,
 ) -> Result<JobEventKind, Refusal> {
     let event = match transition {
-        Transition::HandBack { backend } => {
-            if message.status != JobStatus::Processing
-                || message.backend.as_deref() != Some(backend.as_str())
-            {
-                return Err(Refusal::IllegalTransition {
-                    from: message.status,
-                    to: JobStatus::Queued,
-                });
+        Transition::HandBack { run } => {
+            if message.status != JobStatus::Processing || message.runs != *run {
+                return Err(Refusal::RunEnded);
             }
             message.backend = None;
             message.started_at = None;
@@ -266,6 +283,7 @@ fn apply_transition(
             }
             message.backend = Some(backend.clone());
             message.started_at = Some(now);
+            message.runs += 1;
             message.progress = 0;
             JobEventKind::Processing { progress: 0 }
         }

@@ -70,6 +70,10 @@ pub struct ChatMessage {
     pub seed: Option<i64>,
     /// The refs of the client writes applied lately (never shown: see [`ClientRefs`]).
     pub client_refs: ClientRefs,
+    /// How many times a backend has taken the job (0 until the first): the fencing token of
+    /// its current run. A write of an older run ([`crate::domain::change::Change::OfRun`]) is
+    /// refused, so a process that lost its job's lease cannot overwrite the new run.
+    pub runs: i64,
 }
 
 /// A user-facing note that is not an error: why the placeholder image was served (R8.2).
@@ -229,6 +233,7 @@ impl ChatMessage {
             preview_url: None,
             seed: None,
             client_refs: ClientRefs::default(),
+            runs: 0,
         }
     }
 

@@ -4,6 +4,7 @@
 //! Reads go straight to the database (the record) and the queue (live positions); every write
 //! goes through the store actor.
 
+pub mod leases;
 mod read;
 pub mod retention;
 pub mod watchdog;

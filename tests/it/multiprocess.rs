@@ -414,3 +414,123 @@ async fn a_job_running_when_its_process_shuts_down_is_run_by_another() {
     );
     b.stop().await;
 }
+
+/// Process A, a child process on `storage` with its own simulator (`sim`) and lease `lease`,
+/// running one job to `processing`; returns the process, its simulator, the token and the job.
+async fn a_process_running_one_job(
+    storage: &Storage,
+    sim: SimConfig,
+    lease: &str,
+) -> (GatewayProcess, forge_sim::SimServer, String, String) {
+    let sim = start_sim(sim).await;
+    let mut env = storage.process_env(sim.url());
+    env.extend([
+        ("JOB_LEASE", lease.to_owned()),
+        ("STUCK_AFTER", "10m".to_owned()),
+        ("FORGE_TIMEOUT", "10m".to_owned()),
+        ("FORGE_PROGRESS_INTERVAL", "100ms".to_owned()),
+    ]);
+    let a = GatewayProcess::start(&env).await;
+    let client = a.client();
+    let token = client.token("alice").await;
+    let id = client.submit_id(&token, "on process A").await;
+    client
+        .wait_message(&token, &id, |m| m["status"] == "processing")
+        .await;
+    (a, sim, token, id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL and Redis: set TEST_DATABASE_URL and TEST_REDIS_URL"]
+async fn a_killed_process_s_running_job_runs_on_another_when_its_lease_runs_out() {
+    let storage = shared_storage();
+    let (a, _sim_a, token, id) = a_process_running_one_job(&storage, hang(), "1s").await;
+    let b = TestApp::start(&storage, fast_sim(), &["--job-lease", "1s"]).await;
+    let mut ws = b.ws(&token).await;
+    let killed = Instant::now();
+    a.kill().await;
+    let done = b
+        .wait_message(&token, &id, |m| m["status"] == "complete")
+        .await;
+    assert_eq!(done["placeholder"], false, "{done}");
+    assert!(
+        killed.elapsed() < Duration::from_secs(15),
+        "within JOB_LEASE and the job's own time, nowhere near STUCK_AFTER: {:?}",
+        killed.elapsed()
+    );
+    assert_eq!(b.sim.stats().completed, 1, "process B ran it");
+    ws.wait_event("job.complete", &id).await;
+    let types = ws.types_for(&id);
+    assert_eq!(
+        types.first().map(String::as_str),
+        Some("job.queued"),
+        "{types:?}"
+    );
+    let metrics = b.metrics().await;
+    assert_eq!(
+        metric(&metrics, "forge_gateway_job_leases_expired_total"),
+        1.0
+    );
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL and Redis: set TEST_DATABASE_URL and TEST_REDIS_URL"]
+async fn a_frozen_process_that_comes_back_after_its_lease_was_taken_cannot_overwrite_the_new_run() {
+    // A is frozen (SIGSTOP) while its backend generates; B (lease 1 s) finds A's lease run out
+    // and starts the job again, slowly. A thaws with Forge's answer waiting and writes its
+    // outcome before its own next renewal is due (its lease is 30 s): the write is fenced out,
+    // and the job goes on as B's run.
+    let storage = shared_storage();
+    let slow = |latency| SimConfig {
+        latency: Latency::Fixed(latency),
+        ..fast_sim()
+    };
+    let (a, sim_a, token, id) =
+        a_process_running_one_job(&storage, slow(Duration::from_secs(2)), "30s").await;
+    let pid = a.child.id().expect("running").to_string();
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    };
+    signal("-STOP");
+    let b = TestApp::start(
+        &storage,
+        slow(Duration::from_secs(4)),
+        &["--job-lease", "1s"],
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (b.sim.stats().txt2img_requests == 0 || sim_a.stats().completed == 0)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(b.sim.stats().txt2img_requests, 1, "B runs it again");
+    assert_eq!(sim_a.stats().completed, 1, "A's answer waits for A");
+    let (_, before) = b.get(&token, &format!("/api/v1/messages/{id}")).await;
+    assert_eq!(before["status"], "processing", "{before}");
+    signal("-CONT");
+    let fenced = |line: &String| line.contains(&id) && line.contains("late result ignored");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !a.logs.lock().iter().any(fenced) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        a.logs.lock().iter().any(fenced),
+        "A's outcome was refused: {:?}",
+        a.logs.lock().iter().rev().take(20).collect::<Vec<_>>()
+    );
+    let (_, after) = b.get(&token, &format!("/api/v1/messages/{id}")).await;
+    assert_eq!(after["status"], "processing", "B's run goes on: {after}");
+    let done = b
+        .wait_message(&token, &id, |m| m["status"] == "complete")
+        .await;
+    assert_eq!(b.sim.stats().completed, 1, "B's run completed it: {done}");
+    a.kill().await;
+    b.stop().await;
+    sim_a.shutdown().await;
+}

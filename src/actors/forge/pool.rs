@@ -44,14 +44,26 @@ enum Phase {
     Finishing,
 }
 
+/// A job a backend of this process holds.
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    phase: Phase,
+    /// Its run, once it is marked processing (its lease is renewed from then on).
+    run: Option<i64>,
+}
+
 /// The jobs this process's backends hold, from pop to recorded outcome.
 #[derive(Clone, Default)]
-pub struct Busy(Arc<Mutex<HashMap<Uuid, Phase>>>);
+pub struct Busy(Arc<Mutex<HashMap<Uuid, Held>>>);
 
 impl Busy {
     /// Holds `id` until the guard drops.
     pub(super) fn hold(&self, id: Uuid) -> BusyGuard {
-        self.0.lock().insert(id, Phase::Running);
+        let held = Held {
+            phase: Phase::Running,
+            run: None,
+        };
+        self.0.lock().insert(id, held);
         BusyGuard {
             busy: self.clone(),
             id,
@@ -64,7 +76,18 @@ impl Busy {
     }
 
     fn is_finishing(&self, id: Uuid) -> bool {
-        self.0.lock().get(&id) == Some(&Phase::Finishing)
+        self.0
+            .lock()
+            .get(&id)
+            .is_some_and(|held| held.phase == Phase::Finishing)
+    }
+
+    fn runs(&self) -> Vec<(Uuid, i64)> {
+        self.0
+            .lock()
+            .iter()
+            .filter_map(|(id, held)| Some((*id, held.run?)))
+            .collect()
     }
 }
 
@@ -75,9 +98,18 @@ pub(super) struct BusyGuard {
 }
 
 impl BusyGuard {
+    /// The job is processing as run `run`: its lease is renewed from now on.
+    pub(super) fn started(&self, run: i64) {
+        if let Some(held) = self.busy.0.lock().get_mut(&self.id) {
+            held.run = Some(run);
+        }
+    }
+
     /// The job's outcome is being written from now on.
     pub(super) fn finishing(&self) {
-        self.busy.0.lock().insert(self.id, Phase::Finishing);
+        if let Some(held) = self.busy.0.lock().get_mut(&self.id) {
+            held.phase = Phase::Finishing;
+        }
     }
 }
 
@@ -123,6 +155,16 @@ impl ForgePool {
             backend.do_send(HandBackAll);
         }
         self.drain(within).await
+    }
+
+    /// The runs of the jobs this process holds, whose leases it renews.
+    pub fn runs(&self) -> Vec<(Uuid, i64)> {
+        self.busy.runs()
+    }
+
+    /// Whether a backend of this process holds job `id`.
+    pub fn holds(&self, id: Uuid) -> bool {
+        self.busy.0.lock().contains_key(&id)
     }
 
     /// Tells every backend to drop the job if it runs it.

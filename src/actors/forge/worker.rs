@@ -70,6 +70,7 @@ impl Worker {
         let Some(message) = self.mark_processing(&job).await else {
             return;
         };
+        busy.started(message.runs);
         let (stop, stopped) = oneshot::channel();
         let Ok(admission) = self.addr.send(Admit { id: job.id, stop }).await else {
             return;
@@ -102,7 +103,8 @@ impl Worker {
         });
         let transition = match generation {
             Ran::Stopped(Stop::Abandoned) => {
-                // Cancelled or marked stuck meanwhile: the terminal state is written already.
+                // Cancelled or marked stuck meanwhile (the terminal state is written already),
+                // or its lease was taken (the job runs again elsewhere).
                 self.interrupt(job.id);
                 self.forget_preview(job.id).await;
                 return;
@@ -110,7 +112,7 @@ impl Worker {
             Ran::Stopped(Stop::HandBack) => {
                 self.interrupt(job.id);
                 self.forget_preview(job.id).await;
-                self.hand_back(&job).await;
+                self.hand_back(&job, message.runs).await;
                 return;
             }
             Ran::Generated(Ok(generated)) => {
@@ -306,8 +308,12 @@ impl Worker {
             }
             let advanced = !changes.is_empty();
             for change in changes {
-                // Cancelled or marked stuck meanwhile: no more progress or previews; the abandon
-                // signal ends the call itself.
+                // Cancelled, marked stuck or its lease taken meanwhile: no more progress or
+                // previews; the abandon signal ends the call itself.
+                let change = Change::OfRun {
+                    run: message.runs,
+                    change: Box::new(change),
+                };
                 if let Err(StoreError::Refused(_)) = self.deps.store.apply(id, change).await {
                     std::future::pending::<()>().await;
                 }
@@ -333,13 +339,20 @@ impl Worker {
         let mut pause = Duration::from_millis(100);
         let mut retried = false;
         let mut transition = transition;
+        // Written as this run's, unless the record cannot be read: then a failure is written
+        // through the store's quarantine, which cannot tell runs apart.
+        let mut of_run = true;
         loop {
-            match self
-                .deps
-                .store
-                .apply(message.id, Change::Transition(transition.clone()))
-                .await
-            {
+            let change = Change::Transition(transition.clone());
+            let change = if of_run {
+                Change::OfRun {
+                    run: message.runs,
+                    change: Box::new(change),
+                }
+            } else {
+                change
+            };
+            match self.deps.store.apply(message.id, change).await {
                 Ok(done) => {
                     self.deps
                         .metrics
@@ -360,15 +373,19 @@ impl Worker {
                     break;
                 }
                 Err(StoreError::Refused(refusal)) => {
-                    // Cancelled or marked stuck meanwhile: the terminal state stands.
+                    // Cancelled or marked stuck meanwhile (the terminal state stands), or the
+                    // lease was taken (the next run's outcome wins).
                     tracing::info!(job = %message.id, %refusal, "late result ignored");
                     break;
                 }
-                Err(StoreError::Row(err)) if !matches!(transition, Transition::Fail { .. }) => {
+                Err(StoreError::Row(err)) if of_run => {
                     tracing::error!(job = %message.id, error = %err, "the job's outcome cannot be written to its record; failing it");
-                    transition = Transition::Fail {
-                        error: JobFailure::Unknown.to_error(),
-                    };
+                    if !matches!(transition, Transition::Fail { .. }) {
+                        transition = Transition::Fail {
+                            error: JobFailure::Unknown.to_error(),
+                        };
+                    }
+                    of_run = false;
                 }
                 Err(StoreError::Row(err)) => {
                     tracing::error!(job = %message.id, error = %err, "the job's failure cannot be written to its record");
@@ -389,17 +406,13 @@ impl Worker {
         let _ = self.deps.queue.release(&message.user_id, message.id).await;
     }
 
-    /// Puts a job this process stops running (a shutdown) back in the queue: its record first
+    /// Puts a job this process stops running (run `run`, at a shutdown) back in the queue: its record first
     /// (queued again, so whoever pops it may start it), then the queue, with its own ticket
     /// (at its old place: the head, as it was taken before every job still waiting). Tried a
     /// few times; if the record cannot be written the job stays processing, for the
     /// watchdog.
-    async fn hand_back(&self, job: &QueuedJob) {
-        let change = || {
-            Change::Transition(Transition::HandBack {
-                backend: self.client.name().to_owned(),
-            })
-        };
+    async fn hand_back(&self, job: &QueuedJob, run: i64) {
+        let change = || Change::Transition(Transition::HandBack { run });
         for attempt in 0..3 {
             match self.deps.store.apply(job.id, change()).await {
                 Ok(_) => {

@@ -343,27 +343,26 @@ fn a_write_with_a_ref_is_applied_once_and_its_ref_is_echoed() {
     ));
 }
 
-#[test]
-fn a_job_handed_back_is_queued_again_and_only_from_its_backend() {
-    let mut current = created();
-    let now = Utc::now();
+fn start(current: &mut Option<ChatMessage>) -> i64 {
     transition(
-        &mut current,
+        current,
         Transition::Processing {
             backend: "http://gpu1".into(),
         },
     )
     .unwrap();
-    let other = Change::Transition(Transition::HandBack {
-        backend: "http://gpu2".into(),
-    });
-    assert!(matches!(
-        apply(&mut current, &other, now),
-        Err(Refusal::IllegalTransition { .. })
-    ));
-    let back = Change::Transition(Transition::HandBack {
-        backend: "http://gpu1".into(),
-    });
+    current.as_ref().unwrap().runs
+}
+
+#[test]
+fn a_job_handed_back_is_queued_again_and_only_by_its_current_run() {
+    let mut current = created();
+    let now = Utc::now();
+    let run = start(&mut current);
+    assert_eq!(run, 1, "the first run is 1");
+    let other = Change::Transition(Transition::HandBack { run: run + 1 });
+    assert_eq!(apply(&mut current, &other, now), Err(Refusal::RunEnded));
+    let back = Change::Transition(Transition::HandBack { run });
     assert_eq!(
         apply(&mut current, &back, now),
         Ok(JobEventKind::Queued {
@@ -373,11 +372,62 @@ fn a_job_handed_back_is_queued_again_and_only_from_its_backend() {
     let message = current.as_ref().unwrap();
     assert_eq!(message.status, JobStatus::Queued);
     assert_eq!((message.backend.as_deref(), message.progress), (None, 0));
-    assert!(
-        matches!(
-            apply(&mut current, &back, now),
-            Err(Refusal::IllegalTransition { .. })
-        ),
+    assert_eq!(
+        apply(&mut current, &back, now),
+        Err(Refusal::RunEnded),
         "a second hand-back is refused"
+    );
+}
+
+#[test]
+fn a_write_of_a_run_that_lost_its_lease_is_refused_and_the_next_run_wins() {
+    let mut current = created();
+    let now = Utc::now();
+    let first = start(&mut current);
+    let back = Change::Transition(Transition::HandBack { run: first });
+    apply(&mut current, &back, now).unwrap();
+    let second = start(&mut current);
+    assert_eq!(second, first + 1);
+    let of = |run, change| Change::OfRun {
+        run,
+        change: Box::new(change),
+    };
+    let complete = |url: &str| {
+        Change::Transition(Transition::Complete {
+            image_url: url.into(),
+            placeholder: false,
+            seed: None,
+        })
+    };
+    let progress = Change::Progress {
+        progress: 50,
+        eta_s: None,
+    };
+    assert_eq!(
+        apply(&mut current, &of(first, progress.clone()), now),
+        Err(Refusal::RunEnded)
+    );
+    assert_eq!(
+        apply(
+            &mut current,
+            &of(first, complete("/images/zombie.png")),
+            now
+        ),
+        Err(Refusal::RunEnded),
+        "the zombie's outcome loses"
+    );
+    assert!(apply(&mut current, &of(second, progress), now).is_ok());
+    assert!(apply(&mut current, &of(second, complete("/images/new.png")), now).is_ok());
+    let message = current.as_ref().unwrap();
+    assert_eq!(message.status, JobStatus::Complete);
+    assert_eq!(message.image_url.as_deref(), Some("/images/new.png"));
+    assert_eq!(
+        apply(
+            &mut current,
+            &of(second, complete("/images/again.png")),
+            now
+        ),
+        Err(Refusal::RunEnded),
+        "a recorded result is never overwritten"
     );
 }
