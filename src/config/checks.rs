@@ -177,6 +177,17 @@ impl Config {
                 url.split(':').next().unwrap_or_default()
             ));
         }
+        if let Some(url) = self
+            .database_migration_url
+            .as_ref()
+            .map(|url| url.expose_secret())
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return fail(
+                "DATABASE_MIGRATION_URL (--database-migration-url) must be a postgres:// URL when set"
+                    .into(),
+            );
+        }
         if self.database_pooler == super::DatabasePooler::Transaction
             && !self.database_url().starts_with("postgres")
         {

@@ -43,6 +43,13 @@ fn a_bad_setting_is_one_line_naming_it() {
     assert!(err.to_string().contains("WS_OUTBOX_BYTES"), "{err}");
     let err = Config::from_flags(["forge-gateway", "--ws-positions-per-frame", "0"]).unwrap_err();
     assert!(err.to_string().contains("WS_POSITIONS_PER_FRAME"), "{err}");
+    for bad in ["", "sqlite://x.db"] {
+        let err =
+            Config::from_flags(["forge-gateway", "--database-migration-url", bad]).unwrap_err();
+        assert!(err.to_string().contains("DATABASE_MIGRATION_URL"), "{err}");
+    }
+    let err = Config::from_flags(["forge-gateway", "--job-lease", "0s"]).unwrap_err();
+    assert!(err.to_string().contains("JOB_LEASE"), "{err}");
 }
 
 #[test]

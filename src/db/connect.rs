@@ -12,11 +12,18 @@ use std::time::Duration;
 impl Database {
     /// Connects, creates the schema if asked, and runs the migrations.
     pub async fn connect(settings: &DbSettings) -> Result<Database, DbError> {
+        Self::open(settings).await.map_err(pooler_hint)
+    }
+
+    async fn open(settings: &DbSettings) -> Result<Database, DbError> {
         let is_sqlite = settings.url.starts_with("sqlite:");
         if is_sqlite {
             create_sqlite_parent(&settings.url)?;
         }
-        migrate(settings).await.map_err(pooler_hint)?;
+        if !is_sqlite && !settings.pooler {
+            refuse_a_transaction_pooler(settings).await?;
+        }
+        migrate(settings).await?;
         let read = connect_pool(
             settings,
             if is_sqlite {
@@ -128,19 +135,58 @@ async fn migrate_in_one_transaction(
     txn.commit().await
 }
 
+/// Statements [`refuse_a_transaction_pooler`] sends, each in a transaction of its own.
+const POOLER_PROBES: usize = 8;
+
+/// Without `DATABASE_POOLER`, makes sure `DATABASE_URL` is not a transaction pooler: on one
+/// client connection, every transaction of a direct connection runs on the same server
+/// process, while a busy pooler hands them to several. (An idle pooler may hand them all to
+/// one; the errors such a pooler causes later are recognized by [`pooler_hint`].)
+async fn refuse_a_transaction_pooler(settings: &DbSettings) -> Result<(), DbError> {
+    let connection = connect_pool(settings, 1, Some(settings.timeout)).await?;
+    let mut servers = std::collections::HashSet::new();
+    let mut probed: Result<(), DbError> = Ok(());
+    for _ in 0..POOLER_PROBES {
+        let statement =
+            sea_orm::Statement::from_string(DbBackend::Postgres, "SELECT pg_backend_pid() AS pid");
+        match connection.query_one_raw(statement).await {
+            Ok(Some(row)) => {
+                servers.insert(row.try_get::<i32>("", "pid").unwrap_or_default());
+            }
+            Ok(None) => {}
+            Err(err) => {
+                probed = Err(err.into());
+                break;
+            }
+        }
+    }
+    let _ = connection.close().await;
+    probed?;
+    if servers.len() > 1 {
+        return Err(DbError::Db(sea_orm::DbErr::Custom(POOLER_HINT.into())));
+    }
+    Ok(())
+}
+
+/// What to set when `DATABASE_URL` goes through a transaction pooler the settings do not know of.
+const POOLER_HINT: &str = "DATABASE_URL goes through a connection pooler in transaction mode (PgBouncer?): set DATABASE_POOLER=transaction (see docs/operations.md, \"Connection poolers\")";
+
 /// An error at start that says the URL goes through a transaction pooler the settings do not
 /// know of, rewritten as what to set.
 fn pooler_hint(err: DbError) -> DbError {
-    let text = err.to_string();
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
     let pooler = text.contains("unsupported startup parameter")
         || (text.contains("prepared statement")
             && (text.contains("already exists") || text.contains("does not exist")));
     if !pooler {
         return err;
     }
-    DbError::Db(sea_orm::DbErr::Custom(
-        "DATABASE_URL goes through a connection pooler in transaction mode (PgBouncer?): set DATABASE_POOLER=transaction (see docs/operations.md, \"Connection poolers\")".into(),
-    ))
+    DbError::Db(sea_orm::DbErr::Custom(POOLER_HINT.into()))
 }
 
 /// A pool of `max_connections`. With a `deadline` (`DATABASE_TIMEOUT`), a connection is

@@ -157,3 +157,53 @@ async fn four_concurrent_largest_listings_cost_a_bounded_multiple_of_what_they_s
     gateway.kill().await;
     sim.shutdown().await;
 }
+
+/// Waits until the clock is past the millisecond it shows now (ids carry milliseconds).
+fn next_millisecond() {
+    let now = chrono::Utc::now().timestamp_millis();
+    while chrono::Utc::now().timestamp_millis() == now {
+        std::hint::spin_loop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_whose_cursor_message_is_gone_goes_on_from_where_it_was() {
+    // A cursor whose message was deleted meanwhile (retention), or that is not the user's, is
+    // still a point in time: the older messages follow, none is lost.
+    let slow = SimConfig {
+        latency: Latency::Fixed(Duration::from_secs(30)),
+        ..fast_sim()
+    };
+    let (app, _storage) = TestApp::spawn_with(slow, &[]).await;
+    let token = app.token("alice").await;
+    let bob = app.token("bob").await;
+    let older = [
+        app.submit_id(&token, "a").await,
+        app.submit_id(&token, "b").await,
+    ];
+    next_millisecond();
+    let gone = uuid::Uuid::now_v7();
+    next_millisecond();
+    let bobs = app.submit_id(&bob, "bob's").await;
+    next_millisecond();
+    for prompt in ["c", "d"] {
+        app.submit_id(&token, prompt).await;
+    }
+    for cursor in [gone.to_string(), bobs] {
+        let (status, page) = app
+            .get(
+                &token,
+                &format!("/api/v1/messages?limit=10&before={cursor}"),
+            )
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let ids: Vec<&str> = page["messages"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|m| m["id"].as_str().expect("id"))
+            .collect();
+        assert_eq!(ids, [older[1].as_str(), older[0].as_str()], "{cursor}");
+    }
+    app.stop().await;
+}

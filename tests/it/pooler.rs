@@ -18,7 +18,9 @@ struct PgBouncer {
 }
 
 impl PgBouncer {
-    fn start(server: &url::Url, database: &str) -> PgBouncer {
+    /// PgBouncer in transaction mode before `database`, with `extra` lines in its
+    /// `[pgbouncer]` section.
+    fn start(server: &url::Url, database: &str, extra: &str) -> PgBouncer {
         let dir = tempfile::tempdir().expect("folder");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
@@ -28,7 +30,7 @@ impl PgBouncer {
             "[databases]\nfgpool = host={host} port={server_port} dbname={database} user=postgres\n\
              [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
              auth_type = any\npool_mode = transaction\ndefault_pool_size = 2\nmax_client_conn = 500\n\
-             logfile = {log}\npidfile = {pid}\n",
+             logfile = {log}\npidfile = {pid}\n{extra}",
             host = server.host_str().expect("host"),
             server_port = server.port().unwrap_or(5432),
             log = dir.path().join("pgbouncer.log").display(),
@@ -91,7 +93,7 @@ async fn two_processes_through_pgbouncer_in_transaction_mode_run_every_job() {
     let server = url::Url::parse(&url).expect("TEST_DATABASE_URL");
     let database = format!("fg_pool_{}", Uuid::now_v7().simple());
     psql(&server, &format!("CREATE DATABASE {database}"));
-    let bouncer = PgBouncer::start(&server, &database);
+    let bouncer = PgBouncer::start(&server, &database, "");
     let sim = start_sim(SimConfig {
         latency: Latency::Fixed(Duration::from_millis(200)),
         ..fast_sim()
@@ -184,11 +186,11 @@ async fn two_processes_through_pgbouncer_in_transaction_mode_run_every_job() {
     }
 
     // Through the pooler without saying so: one line saying what to set.
-    let mut env = env(None);
-    env.retain(|(key, _)| *key != "DATABASE_POOLER");
+    let mut plain = env(None);
+    plain.retain(|(key, _)| *key != "DATABASE_POOLER");
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_forge-gateway"))
         .env_clear()
-        .envs(env)
+        .envs(plain.clone())
         .output()
         .await
         .expect("runs");
@@ -196,6 +198,31 @@ async fn two_processes_through_pgbouncer_in_transaction_mode_run_every_job() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     let last = stderr.trim().lines().last().unwrap_or_default();
     assert!(last.contains("DATABASE_POOLER=transaction"), "{stderr}");
+
+    // The same through a pooler that lets the driver's startup options through and hands
+    // transactions to its server connections in turn (as a busy one does): the start is
+    // refused before anything is written, with the same line.
+    let turns = PgBouncer::start(
+        &server,
+        &database,
+        "ignore_startup_parameters = extra_float_digits,options\nserver_round_robin = 1\nmin_pool_size = 2\n",
+    );
+    for (key, value) in &mut plain {
+        if *key == "DATABASE_URL" {
+            *value = turns.url();
+        }
+    }
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_forge-gateway"))
+        .env_clear()
+        .envs(plain)
+        .output()
+        .await
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stderr.trim().lines().last().unwrap_or_default();
+    assert!(last.contains("DATABASE_POOLER=transaction"), "{stderr}");
+    drop(turns);
 
     first.kill().await;
     second.kill().await;
