@@ -10,9 +10,7 @@ mod hs256;
 pub use hs256::install as install_jwt_crypto;
 
 use crate::domain::catalogue::ApiError;
-use jsonwebtoken::{
-    Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode, errors::ErrorKind,
-};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 
@@ -24,13 +22,40 @@ pub const DEV_TOKEN_LIFETIME: chrono::Duration = chrono::Duration::days(7);
 /// How long past `exp` (and before `nbf`) a token is still taken: clocks differ a little.
 pub const LEEWAY_SECONDS: u64 = 5;
 
-#[derive(Debug, Serialize, Deserialize)]
+/// The claims of a dev token this server issues.
+#[derive(Debug, Serialize)]
 struct Claims {
     sub: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    exp: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    iat: Option<i64>,
+    exp: i64,
+    iat: i64,
+}
+
+/// The claims read from a token. `exp` and `nbf` are NumericDates, which RFC 7519 lets be
+/// fractional (`1796204310.9`): they are read as numbers and checked here, not by the JWT
+/// library (which takes whole seconds only).
+#[derive(Debug, Deserialize)]
+struct ReadClaims {
+    sub: String,
+    #[serde(default)]
+    exp: Option<f64>,
+    #[serde(default)]
+    nbf: Option<f64>,
+}
+
+impl ReadClaims {
+    /// Whether the token is in its validity window at `now` (seconds since the epoch), with
+    /// the leeway; `Err(true)` when it expired.
+    fn check_times(&self, now: f64) -> Result<(), bool> {
+        let leeway = LEEWAY_SECONDS as f64;
+        let exp = self.exp.filter(|exp| exp.is_finite()).ok_or(false)?;
+        if now > exp + leeway {
+            return Err(true);
+        }
+        match self.nbf {
+            Some(nbf) if !nbf.is_finite() || nbf > now + leeway => Err(false),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Who a valid token names, and until when it is valid.
@@ -70,9 +95,10 @@ impl Verifier {
         audience: Option<&str>,
     ) -> Result<Verifier, String> {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.required_spec_claims = HashSet::from(["sub".to_owned(), "exp".to_owned()]);
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
+        // `exp` (required) and `nbf` are checked by `ReadClaims::check_times`.
+        validation.required_spec_claims = HashSet::from(["sub".to_owned()]);
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.leeway = LEEWAY_SECONDS;
         if let Some(issuer) = issuer {
             validation.set_issuer(&[issuer]);
@@ -138,27 +164,29 @@ impl Auth {
 
     /// The user of a bearer token and until when the token is valid.
     pub fn verify(&self, token: &str) -> Result<Identity, ApiError> {
-        let mut expired = false;
-        let mut claims = None;
-        for verifier in &self.verifiers {
-            match decode::<Claims>(token.trim(), &verifier.decoding, &verifier.validation) {
-                Ok(data) => {
-                    claims = Some(data.claims);
-                    break;
-                }
-                Err(err) => expired |= matches!(err.kind(), ErrorKind::ExpiredSignature),
-            }
-        }
-        let claims = claims.ok_or(ApiError::Unauthorized { expired })?;
+        let claims = self
+            .verifiers
+            .iter()
+            .find_map(|verifier| {
+                decode::<ReadClaims>(token.trim(), &verifier.decoding, &verifier.validation).ok()
+            })
+            .map(|data| data.claims)
+            .ok_or(ApiError::Unauthorized { expired: false })?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|since| since.as_secs_f64())
+            .unwrap_or_default();
+        claims
+            .check_times(now)
+            .map_err(|expired| ApiError::Unauthorized { expired })?;
         if !valid_user(&claims.sub) {
             return Err(ApiError::Unauthorized { expired: false });
         }
+        // A float past i64's range saturates: such a token is valid as long as the server runs.
+        let exp = claims.exp.unwrap_or_default().floor() as i64;
         Ok(Identity {
             user: claims.sub,
-            valid_until: claims
-                .exp
-                .unwrap_or_default()
-                .saturating_add(LEEWAY_SECONDS as i64 + 1),
+            valid_until: exp.saturating_add(LEEWAY_SECONDS as i64 + 1),
         })
     }
 
@@ -197,8 +225,8 @@ impl Auth {
         let expires = now + lifetime;
         let claims = Claims {
             sub: user.to_owned(),
-            exp: Some(expires.timestamp()),
-            iat: Some(now.timestamp()),
+            exp: expires.timestamp(),
+            iat: now.timestamp(),
         };
         let token = encode(&Header::new(Algorithm::HS256), &claims, encoding)
             .map_err(|_| ApiError::Internal)?;
@@ -318,6 +346,40 @@ mod tests {
                 valid_until: exp + LEEWAY_SECONDS as i64 + 1
             }
         );
+    }
+
+    #[test]
+    fn fractional_numeric_dates_are_taken_as_rfc_7519_allows() {
+        let auth = auth();
+        let now = chrono::Utc::now().timestamp() as f64;
+        let token = sign(SECRET, json!({"sub": "a", "exp": now + 60.9}));
+        assert_eq!(
+            auth.verify(&token).unwrap().valid_until,
+            (now + 60.9).floor() as i64 + LEEWAY_SECONDS as i64 + 1
+        );
+        let expired = sign(SECRET, json!({"sub": "a", "exp": now - 60.5}));
+        assert_eq!(
+            auth.user_of(&expired),
+            Err(ApiError::Unauthorized { expired: true })
+        );
+        let early = sign(
+            SECRET,
+            json!({"sub": "a", "exp": now + 600.0, "nbf": now + 60.5}),
+        );
+        assert_eq!(
+            auth.user_of(&early),
+            Err(ApiError::Unauthorized { expired: false })
+        );
+        for exp in [json!("soon"), json!(null)] {
+            let bad = sign(SECRET, json!({"sub": "a", "exp": exp}));
+            assert_eq!(
+                auth.user_of(&bad),
+                Err(ApiError::Unauthorized { expired: false }),
+                "{exp}"
+            );
+        }
+        let none = sign(SECRET, json!({"sub": "a"}));
+        assert!(auth.user_of(&none).is_err(), "exp is required");
     }
 
     #[test]
