@@ -7,6 +7,7 @@ mod m20261129_000001_create_messages;
 mod m20261201_000001_result_fields;
 mod m20261202_000001_client_refs;
 mod m20261202_000002_job_runs;
+mod m20261202_000003_write_probe;
 
 /// All migrations, oldest first.
 pub struct Migrator;
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000001_result_fields::Migration),
             Box::new(m20261202_000001_client_refs::Migration),
             Box::new(m20261202_000002_job_runs::Migration),
+            Box::new(m20261202_000003_write_probe::Migration),
         ]
     }
 }

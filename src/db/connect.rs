@@ -62,12 +62,53 @@ impl Database {
     /// (a database that answers may still refuse every write, its disk full).
     pub async fn ping(&self) -> Result<(), DbError> {
         self.read.pool.ping().await?;
-        match self.writes_failing() {
-            Some(why) => Err(DbError::Db(sea_orm::DbErr::Custom(format!(
+        if let Some(why) = self.writes_failing() {
+            return Err(DbError::Db(sea_orm::DbErr::Custom(format!(
                 "writes are failing: {why}"
-            )))),
-            None => Ok(()),
+            ))));
         }
+        if self.writes.needs_proof(std::time::Instant::now()) {
+            let started = std::time::Instant::now();
+            let probed = self.probe_write().await;
+            match &probed {
+                Ok(()) => self.writes.proven(started),
+                Err(_) => self.record_write(&probed),
+            }
+            probed.map_err(|err| {
+                DbError::Db(sea_orm::DbErr::Custom(format!("writes are failing: {err}")))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Writes the one row of `write_probe` anew, with [`PROBE_BYTES`] of fresh, hardly
+    /// compressible text, so the write needs new room on the disk as a large message's would.
+    async fn probe_write(&self) -> Result<(), DbError> {
+        use sea_orm::sea_query::{Alias, Expr, OnConflict, Query};
+        let pad: String = (0..PROBE_BYTES / 32)
+            .map(|_| uuid::Uuid::now_v7().simple().to_string())
+            .collect();
+        let mut insert = Query::insert();
+        insert
+            .into_table(Alias::new("write_probe"))
+            .columns([
+                Alias::new("id"),
+                Alias::new("written_at"),
+                Alias::new("pad"),
+            ])
+            .values([
+                Expr::value(1),
+                Expr::value(chrono::Utc::now()),
+                Expr::value(pad),
+            ])
+            .map_err(|err| DbError::Db(sea_orm::DbErr::Custom(err.to_string())))?
+            .on_conflict(
+                OnConflict::column(Alias::new("id"))
+                    .update_columns([Alias::new("written_at"), Alias::new("pad")])
+                    .to_owned(),
+            );
+        self.write.execute_raw(self.backend.build(&insert)).await?;
+        Ok(())
     }
 
     /// Closes the pools.
@@ -134,6 +175,10 @@ async fn migrate_in_one_transaction(
     Migrator::up(&txn, None).await?;
     txn.commit().await
 }
+
+/// Bytes readiness writes to prove writes land again: as many as the largest client data a
+/// message may carry, so a disk with room for small writes only is not called ready.
+const PROBE_BYTES: usize = crate::domain::merge::MAX_DATA_BYTES;
 
 /// Statements [`refuse_a_transaction_pooler`] sends, each in a transaction of its own.
 const POOLER_PROBES: usize = 8;

@@ -144,7 +144,7 @@ impl Database {
     }
 
     /// Records what a write did: a failure of the database's state (not a refused row) makes
-    /// it fail readiness for a while.
+    /// it fail readiness until readiness proves writes land again (see [`WriteHealth`]).
     fn record_write<T>(&self, result: &Result<T, DbError>) {
         if let Err(err) = result
             && err.is_transient()

@@ -3,6 +3,7 @@
 //! a tmpfs of a few MiB (mounting needs root: `.ci/run` runs these with `--include-ignored`).
 
 use crate::common::*;
+use forge_gateway::domain::health::FAILING_FOR;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -97,6 +98,21 @@ async fn every_accepted_message_outlives_a_full_disk(storage: &Storage, disk: &S
         );
         let ready: Value = ready.json().await.expect("json");
         assert_eq!(ready["checks"]["database"], "unavailable", "{ready}");
+        if round == 0 {
+            // Nothing is written past the failure: readiness must still see the disk full
+            // once the period after the last failed write is over (it proves with a write).
+            let until = Instant::now() + FAILING_FOR + Duration::from_secs(2);
+            while Instant::now() < until {
+                let ready = app
+                    .http
+                    .get(format!("{}/readyz", app.base))
+                    .send()
+                    .await
+                    .expect("readyz");
+                assert_eq!(ready.status(), 503, "ready while the disk is still full");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
 
         disk.free();
         accepted
