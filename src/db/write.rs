@@ -347,7 +347,7 @@ impl Database {
 }
 
 /// Runs a statement ending in `RETURNING id` and collects the ids it returned (the rows it wrote).
-async fn returned_ids(
+pub(super) async fn returned_ids(
     txn: &impl ConnectionTrait,
     statement: Statement,
 ) -> Result<HashSet<Uuid>, DbError> {

@@ -93,8 +93,8 @@ async fn renew(deps: &LeaseDeps) {
     match deps.gateway.db().renew_leases(&runs, now).await {
         Ok(lost) => {
             for id in lost {
-                if deps.forge.is_finishing(id) {
-                    // Its outcome was written between the list and the renewal: it ended.
+                if !deps.forge.holds(id) || deps.forge.is_finishing(id) {
+                    // It ended, or its outcome is being written, since the list was taken.
                     continue;
                 }
                 tracing::warn!(job = %id, "this run of the job is no longer its current one (its lease was taken, or it ended); stopping it");

@@ -324,3 +324,35 @@ async fn a_job_running_at_shutdown_goes_back_to_the_queue_and_runs_after_the_res
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_job_keeps_its_lease_for_as_long_as_it_runs() {
+    // Its process renews the lease every third of JOB_LEASE: over many leases the run stays
+    // the job's current one (a renewal that missed would stop it and hand it back).
+    let storage = Storage::fresh();
+    let app = TestApp::start(
+        &storage,
+        SimConfig {
+            mode: SimMode::Hang,
+            ..fast_sim()
+        },
+        &["--job-lease", "300ms"],
+    )
+    .await;
+    let token = app.token("alice").await;
+    let id = app.submit_id(&token, "a long one").await;
+    let running = app
+        .wait_message(&token, &id, |m| m["status"] == "processing")
+        .await;
+    // The observation window: six leases.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let (_, still) = app.get(&token, &format!("/api/v1/messages/{id}")).await;
+    assert_eq!(still["status"], "processing", "{still}");
+    assert_eq!(
+        still["version"], running["version"],
+        "nothing happened to it: {still}"
+    );
+    let stats = app.sim.stats();
+    assert_eq!((stats.txt2img_requests, stats.interrupts), (1, 0));
+    app.stop().await;
+}
