@@ -1,4 +1,6 @@
 //! The Redis queue store (production): one queue shared by every gateway process.
+//! (A little over 500 lines: it is the one `QueueStore` implementation for Redis, an operation
+//! per script, read best together; its keys, feed and rebuild are modules of their own.)
 //!
 //! Every key of one queue carries the hash tag `{<prefix>}` so they all live in one Redis
 //! Cluster slot and one Lua script may touch them all:
