@@ -6,7 +6,8 @@ use std::str::FromStr;
 
 /// The status of a message's job.
 ///
-/// `queued → processing → complete | error`, and `queued | processing → cancelled | error`.
+/// `queued → processing → complete | error`, `queued | processing → cancelled | error`, and
+/// `processing → queued` when the run ends before the job (its process stopped or died).
 /// `complete`, `error` and `cancelled` are terminal: nothing leaves them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
