@@ -8,6 +8,7 @@ mod m20261201_000001_result_fields;
 mod m20261202_000001_client_refs;
 mod m20261202_000002_job_runs;
 mod m20261202_000003_write_probe;
+mod m20261202_000004_user_id_index;
 
 /// All migrations, oldest first.
 pub struct Migrator;
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000001_client_refs::Migration),
             Box::new(m20261202_000002_job_runs::Migration),
             Box::new(m20261202_000003_write_probe::Migration),
+            Box::new(m20261202_000004_user_id_index::Migration),
         ]
     }
 }

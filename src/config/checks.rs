@@ -269,6 +269,12 @@ impl Config {
                 return fail(format!("{name} must be longer than 0"));
             }
         }
+        // Below a second, ordinary delays of the renewal (a busy database, a pause of the
+        // process) take live jobs from healthy processes; past a day, a dead process's job
+        // would wait longer than any user.
+        if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&self.job_lease) {
+            return fail("JOB_LEASE (--job-lease) must be between 1s and 1d".into());
+        }
         if self.ws_idle_timeout <= self.ws_heartbeat {
             return fail(
                 "WS_IDLE_TIMEOUT (--ws-idle-timeout) must be longer than WS_HEARTBEAT".into(),

@@ -48,8 +48,11 @@ fn a_bad_setting_is_one_line_naming_it() {
             Config::from_flags(["forge-gateway", "--database-migration-url", bad]).unwrap_err();
         assert!(err.to_string().contains("DATABASE_MIGRATION_URL"), "{err}");
     }
-    let err = Config::from_flags(["forge-gateway", "--job-lease", "0s"]).unwrap_err();
-    assert!(err.to_string().contains("JOB_LEASE"), "{err}");
+    for bad in ["0s", "1ns", "999ms", "2d", "100y"] {
+        let err = Config::from_flags(["forge-gateway", "--job-lease", bad]).unwrap_err();
+        assert!(err.to_string().contains("JOB_LEASE"), "{bad}: {err}");
+    }
+    assert!(Config::from_flags(["forge-gateway", "--job-lease", "1s"]).is_ok());
 }
 
 #[test]

@@ -8,7 +8,6 @@ use crate::domain::message::ChatMessage;
 use crate::domain::status::JobStatus;
 use chrono::{DateTime, Utc};
 use entity::messages::{Column, Entity};
-use sea_orm::sea_query::ExprTrait as _;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter,
     QueryOrder, QuerySelect, Statement,
@@ -152,43 +151,13 @@ impl Database {
         if let Some(conversation) = &filter.conversation_id {
             query = query.filter(Column::ConversationId.eq(conversation.as_str()));
         }
+        // Newest first by id: ids are UUIDv7, made at submit and ordered by when, so the id
+        // alone is the cursor. A `before` whose message is gone (retention) or is another
+        // user's is still exactly a place in that order: nothing is skipped or shown twice.
         if let Some(before) = filter.before {
-            let cursor = Entity::find_by_id(before)
-                .select_only()
-                .column(Column::UserId)
-                .column(Column::CreatedAt)
-                .into_tuple::<(String, DateTime<Utc>)>()
-                .one(&self.read)
-                .await?;
-            match cursor {
-                Some((owner, created_at)) if owner == user_id => {
-                    query = query.filter(
-                        Column::CreatedAt
-                            .lt(created_at)
-                            .or(Column::CreatedAt.eq(created_at).and(Column::Id.lt(before))),
-                    );
-                }
-                // The cursor's message is gone (deleted by retention meanwhile) or is not this
-                // user's: its id still says when it was made (ids are UUIDv7, to the
-                // millisecond), so the page goes on from the end of that millisecond instead
-                // of ending the listing (a message made in that same millisecond may show
-                // again; none is skipped).
-                _ => match id_time(before) {
-                    Some(made_at) => {
-                        let end = made_at + chrono::Duration::milliseconds(1);
-                        query = query.filter(Column::CreatedAt.lt(end));
-                    }
-                    None => {
-                        return Ok(StoredPage {
-                            rows: Vec::new(),
-                            db: self.clone(),
-                        });
-                    }
-                },
-            }
+            query = query.filter(Column::Id.lt(before));
         }
         let rows = query
-            .order_by_desc(Column::CreatedAt)
             .order_by_desc(Column::Id)
             .limit(filter.limit)
             .into_model::<MessageRow>()
@@ -382,36 +351,5 @@ impl Database {
             lines.push(cells.join(" | "));
         }
         Ok(lines.join("\n"))
-    }
-}
-
-/// When a UUIDv7 was made (its millisecond timestamp); `None` for any other kind of id.
-fn id_time(id: Uuid) -> Option<DateTime<Utc>> {
-    if id.get_version_num() != 7 {
-        return None;
-    }
-    let (seconds, nanos) = id.get_timestamp()?.to_unix();
-    DateTime::from_timestamp(i64::try_from(seconds).ok()?, nanos)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::id_time;
-    use uuid::Uuid;
-
-    #[test]
-    fn a_v7_id_tells_when_it_was_made_and_no_other_id_does() {
-        let before = chrono::Utc::now() - chrono::Duration::milliseconds(1);
-        let made = id_time(Uuid::now_v7()).expect("v7");
-        assert!(made >= before && made <= chrono::Utc::now(), "{made}");
-        let v4 = "550e8400-e29b-41d4-a716-446655440000"
-            .parse()
-            .expect("uuid");
-        assert_eq!(id_time(v4), None);
-        assert_eq!(id_time(Uuid::nil()), None);
-        let far = "ffffffff-ffff-7fff-bfff-ffffffffffff"
-            .parse()
-            .expect("uuid");
-        assert!(id_time(far).expect("v7").timestamp() > 281_000_000_000);
     }
 }

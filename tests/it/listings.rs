@@ -207,3 +207,52 @@ async fn a_page_whose_cursor_message_is_gone_goes_on_from_where_it_was() {
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn any_cursor_of_messages_made_at_once_skips_nothing_and_repeats_nothing() {
+    // 120 submits at once from two users, many in the same millisecond: every id, the user's
+    // own or the other's, is a cursor after which exactly the user's older messages follow.
+    let slow = SimConfig {
+        latency: Latency::Fixed(Duration::from_secs(30)),
+        ..fast_sim()
+    };
+    let (app, _storage) = TestApp::spawn_with(slow, &["--max-pending-per-user", "200"]).await;
+    let alice = app.token("alice").await;
+    let bob = app.token("bob").await;
+    let submitted = futures::future::join_all((0..120).map(|n| {
+        let token = if n % 2 == 0 { &alice } else { &bob };
+        let app = &app;
+        async move { app.submit_id(token, &format!("at once {n}")).await }
+    }))
+    .await;
+    let ids_of = |page: &Value| -> Vec<String> {
+        page["messages"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|m| m["id"].as_str().expect("id").to_owned())
+            .collect()
+    };
+    let (_, all) = app.get(&alice, "/api/v1/messages?limit=200").await;
+    let listed = ids_of(&all);
+    assert_eq!(listed.len(), 60, "{all}");
+    let mut newest_first = listed.clone();
+    newest_first.sort_by(|a, b| b.cmp(a));
+    assert_eq!(listed, newest_first, "newest first");
+    for cursor in &submitted {
+        let (status, page) = app
+            .get(
+                &alice,
+                &format!("/api/v1/messages?limit=200&before={cursor}"),
+            )
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let expected: Vec<String> = listed
+            .iter()
+            .filter(|id| id.as_str() < cursor.as_str())
+            .cloned()
+            .collect();
+        assert_eq!(ids_of(&page), expected, "after {cursor}");
+    }
+    app.stop().await;
+}

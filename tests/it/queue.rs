@@ -336,7 +336,7 @@ async fn a_running_job_keeps_its_lease_for_as_long_as_it_runs() {
             mode: SimMode::Hang,
             ..fast_sim()
         },
-        &["--job-lease", "300ms"],
+        &["--job-lease", "1s"],
     )
     .await;
     let token = app.token("alice").await;
@@ -344,8 +344,8 @@ async fn a_running_job_keeps_its_lease_for_as_long_as_it_runs() {
     let running = app
         .wait_message(&token, &id, |m| m["status"] == "processing")
         .await;
-    // The observation window: six leases.
-    tokio::time::sleep(Duration::from_millis(1800)).await;
+    // The observation window: three leases.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
     let (_, still) = app.get(&token, &format!("/api/v1/messages/{id}")).await;
     assert_eq!(still["status"], "processing", "{still}");
     assert_eq!(
