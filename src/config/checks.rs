@@ -240,7 +240,6 @@ impl Config {
                 self.forge_progress_interval,
             ),
             ("STUCK_AFTER (--stuck-after)", self.stuck_after),
-            ("JOB_LEASE (--job-lease)", self.job_lease),
             (
                 "WATCHDOG_INTERVAL (--watchdog-interval)",
                 self.watchdog_interval,

@@ -41,16 +41,20 @@ async fn submit_until_accepted(
     }
 }
 
+/// `/readyz`'s answer now.
+async fn readyz(app: &Client) -> reqwest::Response {
+    app.http
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .expect("readyz")
+}
+
 /// Waits until `/readyz` answers 200 (a few seconds after the last failed write).
 async fn wait_ready(app: &Client, what: &str) {
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let ready = app
-            .http
-            .get(format!("{}/readyz", app.base))
-            .send()
-            .await
-            .expect("readyz");
+        let ready = readyz(app).await;
         if ready.status() == 200 {
             return;
         }
@@ -85,12 +89,7 @@ async fn every_accepted_message_outlives_a_full_disk(storage: &Storage, disk: &S
             }
         }
         assert!(refused > 0, "round {round}: a full disk refused nothing");
-        let ready = app
-            .http
-            .get(format!("{}/readyz", app.base))
-            .send()
-            .await
-            .expect("readyz");
+        let ready = readyz(&app).await;
         assert_eq!(
             ready.status(),
             503,
@@ -103,12 +102,7 @@ async fn every_accepted_message_outlives_a_full_disk(storage: &Storage, disk: &S
             // once the period after the last failed write is over (it proves with a write).
             let until = Instant::now() + FAILING_FOR + Duration::from_secs(2);
             while Instant::now() < until {
-                let ready = app
-                    .http
-                    .get(format!("{}/readyz", app.base))
-                    .send()
-                    .await
-                    .expect("readyz");
+                let ready = readyz(&app).await;
                 assert_eq!(ready.status(), 503, "ready while the disk is still full");
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }

@@ -279,11 +279,7 @@ async fn prompts_and_data_are_stored_verbatim_never_interpreted() {
 async fn sigkill_with_fifty_queued_and_two_processing_loses_nothing_and_runs_the_two_again() {
     // The two running jobs go back to the queue when their lease runs out (JOB_LEASE after the
     // restart), long before STUCK_AFTER; the fifty queued run in their order, each once.
-    let sim = start_sim(SimConfig {
-        mode: forge_sim::SimMode::Hang,
-        ..fast_sim()
-    })
-    .await;
+    let sim = start_sim(hanging_sim()).await;
     let storage = Storage::fresh();
     let mut env = storage.process_env(sim.url());
     env.extend([

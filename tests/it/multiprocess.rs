@@ -3,17 +3,10 @@
 //! Redis. Marked ignored: they need `TEST_DATABASE_URL` and `TEST_REDIS_URL` (CI sets both).
 
 use crate::common::*;
-use forge_sim::{Latency, SimConfig, SimMode};
+use forge_sim::{Latency, SimConfig};
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
-
-fn hang() -> SimConfig {
-    SimConfig {
-        mode: SimMode::Hang,
-        ..fast_sim()
-    }
-}
 
 /// Occupies the app's only backend with a job that never ends (its simulator hangs).
 async fn block_backend(app: &TestApp, token: &str) -> String {
@@ -28,8 +21,8 @@ async fn block_backend(app: &TestApp, token: &str) -> String {
 async fn two_hundred_jobs_through_two_processes_get_positions_one_to_two_hundred_and_run_once() {
     let storage = shared_storage();
     let extra = ["--max-pending-per-user", "1000"];
-    let a = TestApp::start(&storage, hang(), &extra).await;
-    let b = TestApp::start(&storage, hang(), &extra).await;
+    let a = TestApp::start(&storage, hanging_sim(), &extra).await;
+    let b = TestApp::start(&storage, hanging_sim(), &extra).await;
     let token = a.token("alice").await;
     let blocker_a = block_backend(&a, &token).await;
     let blocker_b = block_backend(&b, &token).await;
@@ -90,7 +83,7 @@ async fn two_hundred_jobs_through_two_processes_get_positions_one_to_two_hundred
 #[ignore = "needs PostgreSQL and Redis: set TEST_DATABASE_URL and TEST_REDIS_URL"]
 async fn a_session_on_one_process_sees_every_event_of_a_job_another_process_ran() {
     let storage = shared_storage();
-    let a = TestApp::start(&storage, hang(), &[]).await;
+    let a = TestApp::start(&storage, hanging_sim(), &[]).await;
     let token = a.token("alice").await;
     // A's only backend is busy for good (before B exists to take the blocker), so B runs what A queues.
     let blocker = block_backend(&a, &token).await;
@@ -122,7 +115,7 @@ async fn a_session_on_one_process_sees_every_event_of_a_job_another_process_ran(
 #[ignore = "needs PostgreSQL and Redis: set TEST_DATABASE_URL and TEST_REDIS_URL"]
 async fn the_queue_comes_back_from_the_database_in_order_after_its_redis_keys_are_deleted() {
     let storage = shared_storage();
-    let app = TestApp::start(&storage, hang(), &[]).await;
+    let app = TestApp::start(&storage, hanging_sim(), &[]).await;
     let token = app.token("alice").await;
     block_backend(&app, &token).await;
     let mut ids = Vec::new();
@@ -152,7 +145,7 @@ async fn redis_going_away_and_coming_back_empty_is_survived() {
     let mut storage = shared_storage();
     let (url, prefix) = storage.redis.clone().expect("redis");
     let proxy = storage.redis_through_proxy().await;
-    let app = TestApp::start(&storage, hang(), &[]).await;
+    let app = TestApp::start(&storage, hanging_sim(), &[]).await;
     let token = app.token("alice").await;
     block_backend(&app, &token).await;
     let queued = [
@@ -381,7 +374,7 @@ async fn a_job_running_when_its_process_shuts_down_is_run_by_another() {
     // job back (interrupted on its backend, queued again at the head), and the other process
     // runs it to completion, nowhere near STUCK_AFTER.
     let storage = shared_storage();
-    let a = TestApp::start(&storage, hang(), &["--shutdown-grace", "1s"]).await;
+    let a = TestApp::start(&storage, hanging_sim(), &["--shutdown-grace", "1s"]).await;
     let token = a.token("alice").await;
     let id = a.submit_id(&token, "through a restart").await;
     a.wait_message(&token, &id, |m| m["status"] == "processing")
@@ -448,7 +441,7 @@ async fn a_process_running_one_job(
 #[ignore = "needs PostgreSQL and Redis: set TEST_DATABASE_URL and TEST_REDIS_URL"]
 async fn a_killed_process_s_running_job_runs_on_another_when_its_lease_runs_out() {
     let storage = shared_storage();
-    let (a, _sim_a, token, id) = a_process_running_one_job(&storage, hang(), "1s").await;
+    let (a, _sim_a, token, id) = a_process_running_one_job(&storage, hanging_sim(), "1s").await;
     let b = TestApp::start(&storage, fast_sim(), &["--job-lease", "1s"]).await;
     let mut ws = b.ws(&token).await;
     let killed = Instant::now();

@@ -2,7 +2,7 @@
 //! the right one, and what the WebSocket showed can be read back over REST.
 
 use crate::common::*;
-use forge_sim::{Latency, SimConfig, SimMode, TlsIdentity};
+use forge_sim::{Latency, SimConfig, TlsIdentity};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -27,11 +27,7 @@ async fn gateway_on(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_an_outage_longer_than_stuck_after_waiting_jobs_run_and_only_the_lost_one_is_stuck() {
-    let sim = start_sim(SimConfig {
-        mode: SimMode::Hang,
-        ..fast_sim()
-    })
-    .await;
+    let sim = start_sim(hanging_sim()).await;
     let storage = Storage::fresh();
     let mut env = storage.process_env(sim.url());
     env.extend([
@@ -292,11 +288,7 @@ async fn a_reload_while_redis_is_away_shows_every_message_and_positions_come_bac
     let mut storage = shared_storage();
     let (url, prefix) = storage.redis.clone().expect("redis");
     let proxy = storage.redis_through_proxy().await;
-    let sim = start_sim(SimConfig {
-        mode: SimMode::Hang,
-        ..fast_sim()
-    })
-    .await;
+    let sim = start_sim(hanging_sim()).await;
     let (app, client) = gateway_on(&storage, &[sim.url()], &["--forge-timeout", "10m"]).await;
     let token = client.token("alice").await;
     let mut ids = Vec::new();
@@ -388,11 +380,7 @@ async fn a_slow_redis_leaves_no_phantom_job_behind_a_503() {
     // submit that times out is answered 503, and must then not be queued, whenever its
     // enqueue reaches Redis. The backend hangs, so every real job stays where it is.
     let redis = PrivateRedis::start().await;
-    let sim = start_sim(SimConfig {
-        mode: SimMode::Hang,
-        ..fast_sim()
-    })
-    .await;
+    let sim = start_sim(hanging_sim()).await;
     let mut storage = Storage::sqlite();
     storage.redis = Some((redis.url.clone(), "slow".to_owned()));
     let (app, client) = gateway_on(&storage, &[sim.url()], &["--forge-timeout", "10m"]).await;

@@ -206,10 +206,7 @@ fn generated_client_data_round_trips_through_patch_and_get() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_record_cannot_be_read_fails_with_r9_4_and_the_queue_moves_on() {
-    let hang = SimConfig {
-        mode: SimMode::Hang,
-        ..fast_sim()
-    };
+    let hang = hanging_sim();
     let (app, _storage) = TestApp::spawn_with(hang, &["--forge-timeout", "1m"]).await;
     let alice = app.token("alice").await;
     let bob = app.token("bob").await;

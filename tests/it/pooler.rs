@@ -74,6 +74,21 @@ impl Drop for PgBouncer {
     }
 }
 
+/// Starts the gateway binary with `env` and expects it to exit at once, its last line saying
+/// to set `DATABASE_POOLER=transaction`.
+async fn start_is_refused_saying_to_set_the_pooler(env: &[(&str, String)]) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_forge-gateway"))
+        .env_clear()
+        .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
+        .output()
+        .await
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stderr.trim().lines().last().unwrap_or_default();
+    assert!(last.contains("DATABASE_POOLER=transaction"), "{stderr}");
+}
+
 /// Runs `sql` on the test server's `postgres` database.
 fn psql(server: &url::Url, sql: &str) {
     let mut admin = server.clone();
@@ -188,16 +203,7 @@ async fn two_processes_through_pgbouncer_in_transaction_mode_run_every_job() {
     // Through the pooler without saying so: one line saying what to set.
     let mut plain = env(None);
     plain.retain(|(key, _)| *key != "DATABASE_POOLER");
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_forge-gateway"))
-        .env_clear()
-        .envs(plain.clone())
-        .output()
-        .await
-        .expect("runs");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let last = stderr.trim().lines().last().unwrap_or_default();
-    assert!(last.contains("DATABASE_POOLER=transaction"), "{stderr}");
+    start_is_refused_saying_to_set_the_pooler(&plain).await;
 
     // The same through a pooler that lets the driver's startup options through and hands
     // transactions to its server connections in turn (as a busy one does): the start is
@@ -212,16 +218,7 @@ async fn two_processes_through_pgbouncer_in_transaction_mode_run_every_job() {
             *value = turns.url();
         }
     }
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_forge-gateway"))
-        .env_clear()
-        .envs(plain)
-        .output()
-        .await
-        .expect("runs");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let last = stderr.trim().lines().last().unwrap_or_default();
-    assert!(last.contains("DATABASE_POOLER=transaction"), "{stderr}");
+    start_is_refused_saying_to_set_the_pooler(&plain).await;
     drop(turns);
 
     first.kill().await;

@@ -19,14 +19,7 @@ async fn rest_positions(app: &TestApp, token: &str, ids: &[String]) -> Vec<Optio
 /// An app whose one backend hangs, running alice's first job: every job alice submits next
 /// waits in the queue. Returns the app, its storage, alice's token and the running job's id.
 async fn blocked_queue(extra: &[&str]) -> (TestApp, Storage, String, String) {
-    let (app, storage) = TestApp::spawn_with(
-        SimConfig {
-            mode: SimMode::Hang,
-            ..fast_sim()
-        },
-        extra,
-    )
-    .await;
+    let (app, storage) = TestApp::spawn_with(hanging_sim(), extra).await;
     let token = app.token("alice").await;
     let blocker = app.submit_id(&token, "blocker").await;
     app.wait_message(&token, &blocker, |m| m["status"] == "processing")
@@ -71,14 +64,7 @@ async fn two_hundred_concurrent_submissions_get_positions_one_to_two_hundred() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_positions_only_move_forward_as_the_queue_moves_and_reload_agrees() {
-    let (app, _storage) = TestApp::spawn_with(
-        SimConfig {
-            mode: SimMode::Hang,
-            ..fast_sim()
-        },
-        &[],
-    )
-    .await;
+    let (app, _storage) = TestApp::spawn_with(hanging_sim(), &[]).await;
     let token = app.token("alice").await;
     let mut ws = app.ws(&token).await;
     let blocker = app.submit_id(&token, "blocker").await;
@@ -235,15 +221,7 @@ async fn a_user_with_more_waiting_jobs_than_a_frame_holds_sees_them_all_in_turns
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_jobs_survive_a_restart_in_their_order() {
     let storage = Storage::fresh();
-    let app = TestApp::start(
-        &storage,
-        SimConfig {
-            mode: SimMode::Hang,
-            ..fast_sim()
-        },
-        &[],
-    )
-    .await;
+    let app = TestApp::start(&storage, hanging_sim(), &[]).await;
     let token = app.token("alice").await;
     let blocker = app.submit_id(&token, "blocker").await;
     app.wait_message(&token, &blocker, |m| m["status"] == "processing")
@@ -254,15 +232,7 @@ async fn queued_jobs_survive_a_restart_in_their_order() {
     }
     app.stop().await;
     // The in-process queue is gone; the database is the record it is rebuilt from.
-    let app = TestApp::start(
-        &storage,
-        SimConfig {
-            mode: SimMode::Hang,
-            ..fast_sim()
-        },
-        &[],
-    )
-    .await;
+    let app = TestApp::start(&storage, hanging_sim(), &[]).await;
     let token = app.token("alice").await;
     let positions = rest_positions(&app, &token, &ids).await;
     // One of them may already be running on the new process's backend; the rest keep their order.
@@ -281,11 +251,7 @@ async fn a_job_running_at_shutdown_goes_back_to_the_queue_and_runs_after_the_res
     // The grace ends while the job runs: it is interrupted on Forge and queued again, at the
     // head; the next start runs it first, long before STUCK_AFTER (5 minutes) would fail it.
     let storage = Storage::fresh();
-    let hang = || SimConfig {
-        mode: SimMode::Hang,
-        ..fast_sim()
-    };
-    let app = TestApp::start(&storage, hang(), &["--shutdown-grace", "500ms"]).await;
+    let app = TestApp::start(&storage, hanging_sim(), &["--shutdown-grace", "500ms"]).await;
     let token = app.token("alice").await;
     let running = app.submit_id(&token, "running at shutdown").await;
     app.wait_message(&token, &running, |m| m["status"] == "processing")
@@ -299,7 +265,7 @@ async fn a_job_running_at_shutdown_goes_back_to_the_queue_and_runs_after_the_res
     sim.shutdown().await;
 
     // After the restart it runs before the job that was waiting behind it.
-    let app = TestApp::start(&storage, hang(), &["--shutdown-grace", "500ms"]).await;
+    let app = TestApp::start(&storage, hanging_sim(), &["--shutdown-grace", "500ms"]).await;
     let again = app
         .wait_message(&token, &running, |m| m["status"] == "processing")
         .await;
@@ -330,15 +296,7 @@ async fn a_running_job_keeps_its_lease_for_as_long_as_it_runs() {
     // Its process renews the lease every third of JOB_LEASE: over many leases the run stays
     // the job's current one (a renewal that missed would stop it and hand it back).
     let storage = Storage::fresh();
-    let app = TestApp::start(
-        &storage,
-        SimConfig {
-            mode: SimMode::Hang,
-            ..fast_sim()
-        },
-        &["--job-lease", "1s"],
-    )
-    .await;
+    let app = TestApp::start(&storage, hanging_sim(), &["--job-lease", "1s"]).await;
     let token = app.token("alice").await;
     let id = app.submit_id(&token, "a long one").await;
     let running = app

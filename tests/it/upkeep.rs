@@ -3,7 +3,6 @@
 //! running is never touched, however old); a metrics scrape counts pending rows only.
 
 use crate::common::*;
-use forge_sim::{SimConfig, SimMode};
 use std::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -30,10 +29,7 @@ async fn finished_messages_and_their_images_are_deleted_after_the_retention_and_
     // A job that runs forever, then one queued behind it and cancelled: the running one
     // changed last before the cancelled one did, so once the cancelled one is gone the
     // running one is older than the retention too.
-    app.sim.set_config(SimConfig {
-        mode: SimMode::Hang,
-        ..fast_sim()
-    });
+    app.sim.set_config(hanging_sim());
     let (_, running) = app.submit(&token, small_prompt("runs forever")).await;
     let running_id = running["id"].as_str().expect("id").to_owned();
     app.wait_message(&token, &running_id, |m| m["status"] == "processing")
@@ -113,10 +109,7 @@ async fn the_jobs_gauge_counts_pending_messages_and_finished_ones_are_counters()
     let done_id = done["id"].as_str().expect("id").to_owned();
     app.wait_message(&token, &done_id, |m| m["status"] == "complete")
         .await;
-    app.sim.set_config(SimConfig {
-        mode: SimMode::Hang,
-        ..fast_sim()
-    });
+    app.sim.set_config(hanging_sim());
     let mut ids = Vec::new();
     for n in 0..3 {
         let (status, body) = app.submit(&token, small_prompt(&format!("job {n}"))).await;

@@ -17,14 +17,7 @@ const SHORT_WATCHDOG: [&str; 6] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_hanging_without_progress_is_marked_stuck() {
-    let (app, _storage) = TestApp::spawn_with(
-        SimConfig {
-            mode: SimMode::Hang,
-            ..fast_sim()
-        },
-        &SHORT_WATCHDOG,
-    )
-    .await;
+    let (app, _storage) = TestApp::spawn_with(hanging_sim(), &SHORT_WATCHDOG).await;
     let token = app.token("alice").await;
     let mut ws = app.ws(&token).await;
     let (_, created) = app.submit(&token, small_prompt("wedged")).await;
@@ -109,14 +102,7 @@ async fn jobs_that_make_progress_and_jobs_behind_them_are_not_marked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_jobs_behind_a_stuck_one_are_marked_too_when_nothing_moves() {
-    let (app, _storage) = TestApp::spawn_with(
-        SimConfig {
-            mode: SimMode::Hang,
-            ..fast_sim()
-        },
-        &SHORT_WATCHDOG,
-    )
-    .await;
+    let (app, _storage) = TestApp::spawn_with(hanging_sim(), &SHORT_WATCHDOG).await;
     let token = app.token("alice").await;
     let mut ws = app.ws(&token).await;
     let mut ids = Vec::new();
@@ -200,10 +186,7 @@ async fn a_job_left_processing_by_a_killed_process_is_marked_after_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_watchdogs_on_one_database_mark_each_stuck_job_once() {
     let storage = Storage::fresh();
-    let hang = SimConfig {
-        mode: SimMode::Hang,
-        ..fast_sim()
-    };
+    let hang = hanging_sim();
     let fast = [
         "--stuck-after",
         "1s",

@@ -24,6 +24,14 @@ pub fn fast_sim() -> SimConfig {
     }
 }
 
+/// A simulator config whose generations never end (jobs stay processing until interrupted).
+pub fn hanging_sim() -> SimConfig {
+    SimConfig {
+        mode: forge_sim::SimMode::Hang,
+        ..fast_sim()
+    }
+}
+
 /// Starts a simulator on a free port.
 pub async fn start_sim(config: SimConfig) -> SimServer {
     SimServer::start("127.0.0.1:0".parse().expect("address"), config)
