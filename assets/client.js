@@ -255,7 +255,7 @@ export function connect(options) {
     return new Promise((resolve, reject) => {
       const ref = `w${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}${++writeCount}`;
       const sent = { ...command, ref };
-      writes.set(ref, { command: sent, answer, resolve, reject });
+      writes.set(ref, { command: sent, answer, resolve, reject, limited: 0 });
       send(sent);
     });
   }
@@ -264,6 +264,13 @@ export function connect(options) {
   function settleWrite(frame) {
     const pending = typeof frame.ref === "string" ? writes.get(frame.ref) : null;
     if (!pending) return;
+    if (frame.type === "error" && frame.error?.code === "rate_limited") {
+      // Not refused, only too early: the same write goes again once the user may send, and
+      // again on the next connection if this one breaks meanwhile.
+      const wait = Math.min(maxDelay, minDelay * 2 ** pending.limited++);
+      setTimeout(() => { if (writes.get(frame.ref) === pending) send(pending.command); }, wait / 2 + Math.random() * (wait / 2));
+      return;
+    }
     writes.delete(frame.ref);
     if (frame.type === "error") {
       const error = frame.error || {};

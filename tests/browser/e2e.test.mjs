@@ -985,22 +985,31 @@ test("15. client.js resends writes a reset connection left unacknowledged: none 
       const { connect, devToken } = await import("/client.js");
       const { token } = await devToken("resender");
       const statuses = [];
-      const client = connect({ base: location.origin, token, backoff: { min: 50, max: 200 }, onStatus: (s) => statuses.push(s) });
-      window.__r = { client, statuses, token };
+      const limited = [];
+      const onEvent = (frame) => { if (frame.type === "error" && frame.error?.code === "rate_limited") limited.push(frame.ref); };
+      const client = connect({ base: location.origin, token, backoff: { min: 50, max: 200 }, onStatus: (s) => statuses.push(s), onEvent });
+      window.__r = { client, statuses, token, limited };
       while (client.status !== "open") await new Promise((r) => setTimeout(r, 20));
       const created = await client.submit({ prompt: "edited while the network drops", width: 64, height: 64, steps: 1 });
       while (client.state.get(created.id)?.status !== "complete") await new Promise((r) => setTimeout(r, 20));
       return { id: created.id, version: client.state.get(created.id).version };
     });
-    const WRITES = 30;
-    // Send 30 updates without waiting, and reset the connections at once.
+    // More than a burst of WS_COMMANDS_PER_SECOND (20, so 40): some are refused as too early,
+    // named by their ref, and client.js sends them again.
+    const WRITES = 60;
+    // Send the updates without waiting, and reset the connections at once.
     await page.evaluate(([id, count]) => {
       window.__r.done = Promise.all(Array.from({ length: count }, (_, n) => window.__r.client.update(id, { [`k${n}`]: n })));
     }, [id, WRITES]);
     for (const { inbound, outbound } of [...pairs]) { inbound.resetAndDestroy(); outbound.resetAndDestroy(); }
-    await page.evaluate(() => window.__r.done);
+    await page.evaluate(() => Promise.race([
+      window.__r.done,
+      new Promise((_, reject) => setTimeout(() => reject(new Error("writes still unacknowledged after 30 s")), 30000)),
+    ]));
     const statuses = await page.evaluate(() => window.__r.statuses);
     assert.ok(statuses.filter((s) => s === "open").length >= 2, `the client reconnected: ${statuses}`);
+    const limited = await page.evaluate(() => window.__r.limited);
+    assert.ok(limited.length > 0 && limited.every((ref) => typeof ref === "string"), `rate_limited refusals: ${limited}`);
     const token = await page.evaluate(() => window.__r.token);
     const message = await restCall("GET", `/api/v1/messages/${id}`, token);
     for (let n = 0; n < WRITES; n++) assert.equal(message.data[`k${n}`], n, `update ${n} lost: ${JSON.stringify(message.data)}`);

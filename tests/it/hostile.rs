@@ -191,6 +191,38 @@ async fn commands_past_the_rate_are_refused_with_rate_limited_and_others_are_not
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_refused_for_its_rate_names_its_ref_so_it_can_be_sent_again() {
+    let (app, _storage) = TestApp::spawn_with(fast_sim(), &["--ws-commands-per-second", "1"]).await;
+    let alice = app.token("alice").await;
+    let mut ws = app.ws(&alice).await;
+    let id = uuid::Uuid::now_v7().to_string();
+    // A burst is two frames: one of three is refused before it is read as a command. Every
+    // write is answered by a frame with its ref (the others: no such message).
+    for n in 0..3 {
+        ws.send(
+            json!({"type": "update_message", "id": id, "data": {"n": n}, "ref": format!("r-{n}")}),
+        )
+        .await;
+    }
+    for n in 0..3 {
+        let answer = ws
+            .wait_for("the write's answer", |f| {
+                f["ref"] == format!("r-{n}").as_str()
+            })
+            .await;
+        assert_eq!(answer["id"], id.as_str(), "{answer}");
+    }
+    let limited: Vec<_> = ws
+        .seen
+        .iter()
+        .filter(|f| f["type"] == "error" && f["error"]["code"] == "rate_limited")
+        .collect();
+    assert!(!limited.is_empty(), "nothing was limited: {:?}", ws.seen);
+    assert!(limited.iter().all(|f| f["ref"].is_string()), "{limited:?}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_resync_is_answered_at_a_time() {
     let (app, _storage) =
         TestApp::spawn_with(fast_sim(), &["--ws-commands-per-second", "10000"]).await;

@@ -3,7 +3,7 @@
 //! Frames are read one at a time, and the next is read only once the previous is dealt with:
 //! - every frame takes a token of the user's [`CommandRate`], whatever its kind (text, binary,
 //!   ping, pong); without one a text or binary frame is refused with a `rate_limited` error
-//!   (a ping or pong is not answered) and the reader waits for the next token before reading
+//!   naming the write's `id` and `ref` if it has them (a ping or pong is not answered) and the reader waits for the next token before reading
 //!   on, so a flood costs a bounded amount of work and is slowed by TCP itself;
 //! - a write command (`update_message`, `cancel`) goes into a queue of `WS_COMMAND_QUEUE`
 //!   commands that [`apply_commands`] works through in order; while it is full, nothing more is
@@ -39,6 +39,25 @@ use uuid::Uuid;
 pub(super) enum Command {
     Patch(Uuid, Value, Option<String>),
     Cancel(Uuid, Option<String>),
+}
+
+/// The `id` and `ref` of a frame refused before it was read as a command, if it names them.
+#[derive(Default, serde::Deserialize)]
+struct WriteAbout {
+    id: Option<String>,
+    #[serde(rename = "ref")]
+    client_ref: Option<String>,
+}
+
+impl WriteAbout {
+    /// Anything that is not an object with string fields names nothing.
+    fn of(text: &[u8]) -> WriteAbout {
+        serde_json::from_slice(text).unwrap_or_default()
+    }
+
+    fn client_ref(&self) -> Option<&str> {
+        self.client_ref.as_deref().filter(|r| valid_ref(r))
+    }
 }
 
 /// Why reading stopped.
@@ -89,10 +108,18 @@ impl Reader {
             }
             if let Err(wait) = self.rate.take(&self.user) {
                 self.metrics.ws_commands_limited.inc();
-                if matches!(frame, Message::Text(_) | Message::Binary(_)) {
-                    self.refuse(&ApiError::RateLimited {
-                        per_second: self.rate.per_second(),
-                    });
+                let limited = ApiError::RateLimited {
+                    per_second: self.rate.per_second(),
+                };
+                match &frame {
+                    Message::Text(text) if text.len() <= self.max_frame => {
+                        // The write it would have been is named, so its sender knows which
+                        // write to send again.
+                        let about = WriteAbout::of(text.as_bytes());
+                        self.refuse_about(&limited, about.id.as_deref(), about.client_ref());
+                    }
+                    Message::Text(_) | Message::Binary(_) => self.refuse(&limited),
+                    _ => {}
                 }
                 // Read on only when the user may send again: a flood waits in TCP.
                 tokio::time::sleep(wait).await;
