@@ -17,3 +17,4 @@ pub mod images;
 pub mod metrics;
 pub mod queue;
 pub mod redis_client;
+pub mod slots;

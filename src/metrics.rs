@@ -109,6 +109,10 @@ metrics! {
     breaker_state: Family<BackendLabel, Gauge> = Family::default(), "breaker_state", "Circuit breaker state (0 closed, 1 open, 2 half-open)";
     /// Breaker transitions per backend.
     breaker_transitions: Family<TransitionLabel, Counter> = Family::default(), "breaker_transitions", "Circuit breaker transitions";
+    /// Backend slots this process's workers hold now (taken before a job, given back after).
+    forge_slots_held: Family<BackendLabel, Gauge> = Family::default(), "forge_slots_held", "Backend slots this process holds now (FORGE_SLOTS per backend across every process)";
+    /// Slot leases found lapsed and taken by another process while this one still held them.
+    forge_slots_lost: Family<BackendLabel, Counter> = Family::default(), "forge_slots_lost", "Slot leases this process found lost (Redis forgot them, or its renewals failed for a whole lease)";
     /// Jobs served the placeholder image because the breaker was open.
     placeholders_served: Counter = Counter::default(), "placeholders_served", "Jobs completed with the placeholder image";
     /// Stuck jobs the watchdog marked.

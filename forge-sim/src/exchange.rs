@@ -68,6 +68,7 @@ impl Exchange {
             Action::Respond(response) => Ok(response.into_hyper()),
             Action::Hang(spec) => {
                 // Queued like any generation, then holding the lock until dropped.
+                let _in_hand = self.shared.counters.txt2img_in_hand();
                 let _job = self.shared.begin(spec).await;
                 std::future::pending().await
             }

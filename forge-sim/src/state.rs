@@ -31,6 +31,9 @@ pub struct SimStats {
     pub progress_requests: u64,
     /// Most generations ever seen holding the lock at once; 1 unless the lock is broken.
     pub max_concurrent_generations: u64,
+    /// Most normal-mode txt2img requests ever in hand at once, waiting for the lock or
+    /// generating: more than 1 means callers queued work inside this server.
+    pub max_txt2img_in_flight: u64,
 }
 
 #[derive(Default)]
@@ -44,6 +47,9 @@ pub(crate) struct Counters {
     pub max_concurrent_generations: AtomicU64,
     /// Generations running now (not reset with the others).
     pub active_generations: AtomicU64,
+    pub max_txt2img_in_flight: AtomicU64,
+    /// Normal-mode txt2img requests in hand now (not reset with the others).
+    pub txt2img_in_flight: AtomicU64,
 }
 
 impl Counters {
@@ -61,6 +67,7 @@ impl Counters {
             interrupts: get(&self.interrupts),
             progress_requests: get(&self.progress_requests),
             max_concurrent_generations: get(&self.max_concurrent_generations),
+            max_txt2img_in_flight: get(&self.max_txt2img_in_flight),
         }
     }
 
@@ -79,6 +86,26 @@ impl Counters {
             self.active_generations.load(Ordering::Relaxed),
             Ordering::Relaxed,
         );
+        self.max_txt2img_in_flight.store(
+            self.txt2img_in_flight.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Counts a normal-mode txt2img request in hand until the guard drops.
+    pub fn txt2img_in_hand(&self) -> InFlight<'_> {
+        let now = self.txt2img_in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.max_txt2img_in_flight.fetch_max(now, Ordering::Relaxed);
+        InFlight(&self.txt2img_in_flight)
+    }
+}
+
+/// A request counted in flight; dropping it stops counting it.
+pub(crate) struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

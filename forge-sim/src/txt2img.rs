@@ -114,6 +114,7 @@ fn job_spec(shared: &Shared, params: &Txt2Img, seed: u64, hung: bool) -> JobSpec
 }
 
 async fn generate(shared: &Shared, params: Txt2Img, given: Map<String, Value>) -> Response {
+    let _in_hand = shared.counters.txt2img_in_hand();
     let seed = resolve_seed(shared, params.seed);
     let spec = job_spec(shared, &params, seed, false);
     let duration = spec.duration;

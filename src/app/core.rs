@@ -2,7 +2,9 @@
 //! registry, the store, queue, Forge and watchdog actors, and the use cases over them.
 
 use super::{Core, RedisClients, StartError};
-use crate::actors::forge::{BackendHealth, Busy, ForgeActor, ForgeDeps, ForgePool, ForgeSettings};
+use crate::actors::forge::{
+    BackendHealth, Busy, ForgeActor, ForgeDeps, ForgePool, ForgeSettings, Slots,
+};
 use crate::actors::queue::{QueueActor, QueueHandle, rebuild::rebuild_from_db};
 use crate::actors::store::{MessageStoreActor, StoreHandle, StoreLimits};
 use crate::config::Config;
@@ -22,6 +24,8 @@ use crate::metrics::Metrics;
 use crate::queue::QueueStore;
 use crate::queue::memory::MemoryQueue;
 use crate::queue::redis::RedisQueue;
+use crate::slots::redis::RedisSlots;
+use crate::slots::{MemorySlots, SlotStore};
 use actix::prelude::*;
 use secrecy::ExposeSecret as _;
 use std::sync::Arc;
@@ -76,41 +80,12 @@ pub(super) async fn build_core(
             total: config.max_sessions,
         },
     );
-    let (queue_store, bus, redis): (Arc<dyn QueueStore>, Arc<dyn EventBus>, Option<RedisClients>) =
-        match config
-            .redis_url
-            .as_ref()
-            .map(|url| url.expose_secret().to_owned())
-        {
-            None => (
-                Arc::new(MemoryQueue::new()),
-                LocalBus::new(registry.clone()),
-                None,
-            ),
-            Some(url) => {
-                let (queue_url, prefix) = (url.clone(), config.redis_prefix.clone());
-                let queue = Arc::new(
-                    on_io(&io, "REDIS_URL: cannot use the Redis queue", async move {
-                        RedisQueue::connect(&queue_url, &prefix).await
-                    })
-                    .await?,
-                );
-                let (bus_url, prefix, bus_registry) =
-                    (url.clone(), config.redis_prefix.clone(), registry.clone());
-                let bus = on_io(
-                    &io,
-                    "REDIS_URL: cannot use the Redis event bus",
-                    async move { RedisBus::connect(&bus_url, &prefix, bus_registry).await },
-                )
-                .await?;
-                let clients = RedisClients {
-                    queue: queue.clone(),
-                    bus: bus.clone(),
-                };
-                (queue, bus, Some(clients))
-            }
-        };
-
+    let Shared {
+        queue: queue_store,
+        bus,
+        slots: slot_store,
+        redis,
+    } = connect_shared(&config, &registry, &io).await?;
     let rebuild_started = std::time::Instant::now();
     let rebuilt = rebuild_from_db(&*queue_store, &db)
         .await
@@ -152,39 +127,20 @@ pub(super) async fn build_core(
     let queue = QueueHandle::new(queue_addr, queue_store, eta);
     registry.watch_users_with(queue.watch_recipient());
 
-    let health = BackendHealth::default();
-    let busy = Busy::default();
-    let deps = ForgeDeps {
-        queue: queue.clone(),
-        store: store.clone(),
-        images,
-        metrics: metrics.clone(),
-        health: health.clone(),
-        busy: busy.clone(),
-        io: io.clone(),
-    };
-    let settings = ForgeSettings {
-        timeout: config.forge_timeout,
-        progress_interval: config.forge_progress_interval,
-        previews: config.forge_previews,
-        slots: config.forge_slots,
-        breaker_failures: config.breaker_failures,
-        breaker_open_for: config.breaker_open_for,
-    };
-    let roots = TlsRoots::load(config.forge_ca_file.as_deref()).map_err(StartError::new)?;
-    let mut backends = Vec::new();
-    for url in &forge_urls {
-        let client = ForgeClient::new(
-            Backend::from_url(url),
-            config.forge_timeout,
-            config.forge_connect_timeout,
-            config.forge_max_answer,
-            &roots,
-        )
-        .map_err(StartError::new)?;
-        backends.push(ForgeActor::new(client, deps.clone(), settings.clone()).start());
-    }
-    let forge = ForgePool::new(backends, health, busy);
+    let forge = start_backends(
+        &config,
+        &forge_urls,
+        ForgeDeps {
+            queue: queue.clone(),
+            store: store.clone(),
+            images: images.clone(),
+            metrics: metrics.clone(),
+            health: BackendHealth::default(),
+            busy: Busy::default(),
+            slots: Slots::new(slot_store, config.job_lease),
+            io: io.clone(),
+        },
+    )?;
     {
         let forge = forge.clone();
         registry.on_job_ended(move |id| forge.abandon(id));
@@ -228,13 +184,7 @@ pub(super) async fn build_core(
         .start(),
     );
     if !config.retention.is_zero() {
-        RetentionActor::new(
-            db.clone(),
-            deps.images.clone(),
-            metrics.clone(),
-            config.retention,
-        )
-        .start();
+        RetentionActor::new(db.clone(), images, metrics.clone(), config.retention).start();
     }
     let arbiters = (0..threads.max(1))
         .map(|_| Arbiter::new().handle())
@@ -251,4 +201,100 @@ pub(super) async fn build_core(
         arbiters,
         redis,
     })
+}
+
+/// What this process shares with the others: in this process alone by default, in Redis with
+/// `REDIS_URL`.
+struct Shared {
+    queue: Arc<dyn QueueStore>,
+    bus: Arc<dyn EventBus>,
+    slots: Arc<dyn SlotStore>,
+    redis: Option<RedisClients>,
+}
+
+async fn connect_shared(
+    config: &Config,
+    registry: &SessionRegistry,
+    io: &tokio::runtime::Handle,
+) -> Result<Shared, StartError> {
+    let Some(url) = config
+        .redis_url
+        .as_ref()
+        .map(|url| url.expose_secret().to_owned())
+    else {
+        return Ok(Shared {
+            queue: Arc::new(MemoryQueue::new()),
+            bus: LocalBus::new(registry.clone()),
+            slots: Arc::new(MemorySlots::default()),
+            redis: None,
+        });
+    };
+    let prefix = config.redis_prefix.clone();
+    let queue = {
+        let (url, prefix) = (url.clone(), prefix.clone());
+        Arc::new(
+            on_io(io, "REDIS_URL: cannot use the Redis queue", async move {
+                RedisQueue::connect(&url, &prefix).await
+            })
+            .await?,
+        )
+    };
+    let bus = {
+        let (url, prefix, registry) = (url.clone(), prefix.clone(), registry.clone());
+        on_io(
+            io,
+            "REDIS_URL: cannot use the Redis event bus",
+            async move { RedisBus::connect(&url, &prefix, registry).await },
+        )
+        .await?
+    };
+    let slots = Arc::new(
+        on_io(
+            io,
+            "REDIS_URL: cannot use Redis for backend slots",
+            async move { RedisSlots::connect(&url, &prefix).await },
+        )
+        .await?,
+    );
+    let redis = RedisClients {
+        queue: queue.clone(),
+        bus: bus.clone(),
+        slots: slots.clone(),
+    };
+    Ok(Shared {
+        queue,
+        bus,
+        slots,
+        redis: Some(redis),
+    })
+}
+
+/// One Forge actor per backend URL.
+fn start_backends(
+    config: &Config,
+    forge_urls: &[url::Url],
+    deps: ForgeDeps,
+) -> Result<ForgePool, StartError> {
+    let settings = ForgeSettings {
+        timeout: config.forge_timeout,
+        progress_interval: config.forge_progress_interval,
+        previews: config.forge_previews,
+        slots: config.forge_slots,
+        breaker_failures: config.breaker_failures,
+        breaker_open_for: config.breaker_open_for,
+    };
+    let roots = TlsRoots::load(config.forge_ca_file.as_deref()).map_err(StartError::new)?;
+    let mut backends = Vec::new();
+    for url in forge_urls {
+        let client = ForgeClient::new(
+            Backend::from_url(url),
+            config.forge_timeout,
+            config.forge_connect_timeout,
+            config.forge_max_answer,
+            &roots,
+        )
+        .map_err(StartError::new)?;
+        backends.push(ForgeActor::new(client, deps.clone(), settings.clone()).start());
+    }
+    Ok(ForgePool::new(backends, deps.health, deps.busy))
 }

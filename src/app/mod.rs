@@ -156,6 +156,8 @@ pub struct RedisClients {
     pub queue: Arc<RedisQueue>,
     /// The event bus.
     pub bus: Arc<RedisBus>,
+    /// The backend slots.
+    pub slots: Arc<crate::slots::redis::RedisSlots>,
 }
 
 impl RunningApp {
@@ -218,6 +220,7 @@ impl RunningApp {
         if let Some(redis) = &parts.core.redis {
             redis.bus.close().await;
             redis.queue.close().await;
+            redis.slots.close().await;
         }
         if let Some(sim) = parts.sim {
             sim.shutdown().await;
@@ -376,6 +379,13 @@ pub async fn start(config: Config) -> Result<RunningApp, StartError> {
         let _ = done_tx.send(());
     });
 
+    if config.stuck_after <= config.job_lease {
+        tracing::warn!(
+            stuck_after = %humantime::format_duration(config.stuck_after),
+            job_lease = %humantime::format_duration(config.job_lease),
+            "STUCK_AFTER is not above JOB_LEASE: a killed process's jobs are marked stuck before they are handed back, and jobs waiting for its backend slots may be too"
+        );
+    }
     if config.dev_mode() {
         tracing::warn!(
             "DEV MODE is on: POST /api/v1/dev/token issues a token for any user name; never expose this server"

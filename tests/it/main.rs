@@ -22,6 +22,7 @@ mod poison;
 mod pooler;
 mod queue;
 mod queue_contract;
+mod shared_backends;
 mod slow_clients;
 mod store;
 mod upkeep;

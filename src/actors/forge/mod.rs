@@ -10,9 +10,11 @@
 //! the queue to the healthy ones until its open period ends and it may try one trial request.
 
 mod pool;
+mod slot;
 mod worker;
 
 pub use pool::{BackendHealth, Busy, ForgePool};
+pub use slot::Slots;
 
 use crate::actors::queue::QueueHandle;
 use crate::actors::store::StoreHandle;
@@ -62,6 +64,8 @@ pub struct ForgeDeps {
     pub health: BackendHealth,
     /// Jobs held by this process's backends.
     pub busy: Busy,
+    /// Where backend slots are taken (shared with other processes on Redis).
+    pub slots: Slots,
     /// The multi-threaded runtime the slot workers run on: their HTTP calls, image writes and
     /// store round trips would otherwise all share the actor thread.
     pub io: tokio::runtime::Handle,

@@ -1,5 +1,7 @@
-//! A slot worker of one backend: takes the next job when the breaker lets it, marks it
-//! processing, runs txt2img with its deadline while polling progress, and writes the outcome.
+//! A slot worker of one backend: when the breaker lets it, takes one of the backend's slots
+//! (shared by every process, see [`super::slot`]), then the next job; marks it processing,
+//! runs txt2img with its deadline while polling progress, writes the outcome, and gives the
+//! slot back.
 //!
 //! Two rules keep one bad moment from losing a job or stopping the queue:
 //! - an outcome is written until it lands: while the database is unavailable the write is
@@ -57,11 +59,19 @@ impl Worker {
                 }
                 Err(_) => return,
             }
+            let slot = self
+                .deps
+                .slots
+                .take(self.client.name(), self.settings.slots, &self.deps.metrics)
+                .await;
             let Some(job) = self.deps.queue.next_job().await else {
+                slot.release().await;
                 return;
             };
             let busy = self.deps.busy.hold(job.id);
             self.run_job(job, &busy).await;
+            drop(busy);
+            slot.release().await;
         }
     }
 
