@@ -6,6 +6,7 @@
 
 pub mod actors;
 pub mod app;
+pub mod breakers;
 pub mod config;
 pub mod db;
 pub mod domain;

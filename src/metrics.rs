@@ -113,6 +113,8 @@ metrics! {
     forge_slots_held: Family<BackendLabel, Gauge> = Family::default(), "forge_slots_held", "Backend slots this process holds now (FORGE_SLOTS per backend across every process)";
     /// Slot leases found lapsed and taken by another process while this one still held them.
     forge_slots_lost: Family<BackendLabel, Counter> = Family::default(), "forge_slots_lost", "Slot leases this process found lost (Redis forgot them, or its renewals failed for a whole lease)";
+    /// Jobs handed to another backend after a call that failed before generating.
+    forge_failovers: Counter = Counter::default(), "forge_failovers", "Jobs whose first call failed before generating (refused, reset, 5xx) and that went to another backend";
     /// Jobs served the placeholder image because the breaker was open.
     placeholders_served: Counter = Counter::default(), "placeholders_served", "Jobs completed with the placeholder image";
     /// Stuck jobs the watchdog marked.

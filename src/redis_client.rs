@@ -81,7 +81,7 @@ pub(crate) fn check_prefix(prefix: &str) -> Result<(), RedisError> {
 /// A builder for `url` that reconnects forever with an exponential backoff (100 ms doubling up
 /// to 5 s) and bounds every command by [`COMMAND_TIMEOUT`].
 pub(crate) fn builder(url: &str, role: Role) -> Result<Builder, RedisError> {
-    let config = Config::from_url(url)
+    let config = Config::from_url(&cluster_nodes_as_query(url))
         .map_err(|err| RedisError::Settings(format!("invalid Redis URL: {err}")))?;
     let mut builder = Builder::from_config(config);
     builder
@@ -102,6 +102,42 @@ pub(crate) fn builder(url: &str, role: Role) -> Result<Builder, RedisError> {
             performance.broadcast_channel_capacity = PUBSUB_CAPACITY;
         });
     Ok(builder)
+}
+
+/// `redis-cluster://[user:pass@]a:1,b:2[/…][?…]` (several seed nodes, comma-separated) as fred
+/// reads it: `redis-cluster://[user:pass@]a:1[/…]?node=b:2[&…]`. Any other URL is kept as it is.
+fn cluster_nodes_as_query(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    if !scheme.ends_with("-cluster") {
+        return url.to_owned();
+    }
+    let (credentials, rest) = match rest.rsplit_once('@') {
+        Some((credentials, rest)) => (format!("{credentials}@"), rest),
+        None => (String::new(), rest),
+    };
+    let hosts_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (hosts, tail) = rest.split_at(hosts_end);
+    let mut hosts = hosts.split(',').filter(|host| !host.is_empty());
+    let Some(first) = hosts.next() else {
+        return url.to_owned();
+    };
+    let others: Vec<String> = hosts.map(|host| format!("node={host}")).collect();
+    if others.is_empty() {
+        return url.to_owned();
+    }
+    let (path, query) = match tail.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (tail, None),
+    };
+    let query = query
+        .into_iter()
+        .map(str::to_owned)
+        .chain(others)
+        .collect::<Vec<_>>()
+        .join("&");
+    format!("{scheme}://{credentials}{first}{path}?{query}")
 }
 
 /// What a subscriber task sees next.
@@ -220,4 +256,28 @@ async fn subscribe_confirmed(
     subscriber.subscribe(channel).await?;
     subscriber.ping::<Value>(None).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cluster_nodes_as_query;
+
+    #[test]
+    fn comma_separated_cluster_nodes_become_node_parameters() {
+        assert_eq!(
+            cluster_nodes_as_query("redis-cluster://a:1,b:2,c:3"),
+            "redis-cluster://a:1?node=b:2&node=c:3"
+        );
+        assert_eq!(
+            cluster_nodes_as_query("rediss-cluster://u:p@a:1,b:2/0?x=1"),
+            "rediss-cluster://u:p@a:1/0?x=1&node=b:2"
+        );
+        for kept in [
+            "redis://a:1/0",
+            "redis-cluster://a:1",
+            "redis-cluster://a:1?node=b:2",
+        ] {
+            assert_eq!(cluster_nodes_as_query(kept), kept);
+        }
+    }
 }

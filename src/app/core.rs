@@ -7,6 +7,8 @@ use crate::actors::forge::{
 };
 use crate::actors::queue::{QueueActor, QueueHandle, rebuild::rebuild_from_db};
 use crate::actors::store::{MessageStoreActor, StoreHandle, StoreLimits};
+use crate::breakers::redis::RedisBreakers;
+use crate::breakers::{BreakerSettings, BreakerStore, MemoryBreakers};
 use crate::config::Config;
 use crate::db::{Database, DbSettings};
 use crate::domain::eta::EtaModel;
@@ -84,6 +86,7 @@ pub(super) async fn build_core(
         queue: queue_store,
         bus,
         slots: slot_store,
+        breakers,
         redis,
     } = connect_shared(&config, &registry, &io).await?;
     let rebuild_started = std::time::Instant::now();
@@ -138,6 +141,7 @@ pub(super) async fn build_core(
             health: BackendHealth::default(),
             busy: Busy::default(),
             slots: Slots::new(slot_store, config.job_lease),
+            breakers,
             io: io.clone(),
         },
     )?;
@@ -209,6 +213,7 @@ struct Shared {
     queue: Arc<dyn QueueStore>,
     bus: Arc<dyn EventBus>,
     slots: Arc<dyn SlotStore>,
+    breakers: Arc<dyn BreakerStore>,
     redis: Option<RedisClients>,
 }
 
@@ -217,6 +222,12 @@ async fn connect_shared(
     registry: &SessionRegistry,
     io: &tokio::runtime::Handle,
 ) -> Result<Shared, StartError> {
+    let breaker_settings = BreakerSettings {
+        failures: config.breaker_failures,
+        open_for: config.breaker_open_for,
+        // A trial runs one call; past this its process is taken for dead and another may try.
+        trial_lease: config.forge_timeout + std::time::Duration::from_secs(30),
+    };
     let Some(url) = config
         .redis_url
         .as_ref()
@@ -226,6 +237,7 @@ async fn connect_shared(
             queue: Arc::new(MemoryQueue::new()),
             bus: LocalBus::new(registry.clone()),
             slots: Arc::new(MemorySlots::default()),
+            breakers: Arc::new(MemoryBreakers::new(breaker_settings)),
             redis: None,
         });
     };
@@ -248,23 +260,34 @@ async fn connect_shared(
         )
         .await?
     };
-    let slots = Arc::new(
-        on_io(
-            io,
-            "REDIS_URL: cannot use Redis for backend slots",
-            async move { RedisSlots::connect(&url, &prefix).await },
+    let slots = {
+        let (url, prefix) = (url.clone(), prefix.clone());
+        Arc::new(
+            on_io(
+                io,
+                "REDIS_URL: cannot use Redis for backend slots",
+                async move { RedisSlots::connect(&url, &prefix).await },
+            )
+            .await?,
         )
+    };
+    let breakers = Arc::new(
+        on_io(io, "REDIS_URL: cannot use Redis for breakers", async move {
+            RedisBreakers::connect(&url, &prefix, breaker_settings).await
+        })
         .await?,
     );
     let redis = RedisClients {
         queue: queue.clone(),
         bus: bus.clone(),
         slots: slots.clone(),
+        breakers: breakers.clone(),
     };
     Ok(Shared {
         queue,
         bus,
         slots,
+        breakers,
         redis: Some(redis),
     })
 }
@@ -280,8 +303,6 @@ fn start_backends(
         progress_interval: config.forge_progress_interval,
         previews: config.forge_previews,
         slots: config.forge_slots,
-        breaker_failures: config.breaker_failures,
-        breaker_open_for: config.breaker_open_for,
     };
     let roots = TlsRoots::load(config.forge_ca_file.as_deref()).map_err(StartError::new)?;
     let mut backends = Vec::new();

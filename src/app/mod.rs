@@ -158,6 +158,8 @@ pub struct RedisClients {
     pub bus: Arc<RedisBus>,
     /// The backend slots.
     pub slots: Arc<crate::slots::redis::RedisSlots>,
+    /// The backends' breakers.
+    pub breakers: Arc<crate::breakers::redis::RedisBreakers>,
 }
 
 impl RunningApp {
@@ -221,6 +223,7 @@ impl RunningApp {
             redis.bus.close().await;
             redis.queue.close().await;
             redis.slots.close().await;
+            redis.breakers.close().await;
         }
         if let Some(sim) = parts.sim {
             sim.shutdown().await;

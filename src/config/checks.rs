@@ -209,9 +209,18 @@ impl Config {
             ));
         }
         if let Some(url) = self.redis_url.as_ref().map(|url| url.expose_secret())
-            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+            && ![
+                "redis://",
+                "rediss://",
+                "redis-cluster://",
+                "rediss-cluster://",
+            ]
+            .iter()
+            .any(|scheme| url.starts_with(scheme))
         {
-            return fail("REDIS_URL (--redis-url) must start with redis:// or rediss://".into());
+            return fail(
+                "REDIS_URL (--redis-url) must start with redis://, rediss://, redis-cluster:// or rediss-cluster://".into(),
+            );
         }
         if self.redis_prefix.is_empty()
             || !self

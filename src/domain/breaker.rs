@@ -70,6 +70,32 @@ pub struct Transition {
     pub to: BreakerState,
 }
 
+/// What a backend's breaker says about calling it now, before any call is admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    /// Closed: calls go through.
+    Closed,
+    /// Open for this much longer.
+    Open(Duration),
+    /// The open period is over, or a trial ended without a verdict: the next call is the trial.
+    TrialDue,
+    /// A trial call is in flight (here or in another process).
+    TrialRunning,
+}
+
+/// How long to wait before a slot worker of this backend takes a job: `None` to take one now.
+/// An open backend leaves the queue to a healthy one (`another_is_closed`) until its open
+/// period ends; with none healthy it takes jobs, which get the placeholder (R8.2). While a
+/// trial is in flight no other call is made.
+pub fn pause_before_taking(readiness: Readiness, another_is_closed: bool) -> Option<Duration> {
+    match readiness {
+        Readiness::Closed | Readiness::TrialDue => None,
+        Readiness::Open(left) if another_is_closed => Some(left.min(Duration::from_secs(1))),
+        Readiness::Open(_) => None,
+        Readiness::TrialRunning => Some(Duration::from_millis(50)),
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Inner {
     Closed { consecutive_failures: u32 },
@@ -123,6 +149,21 @@ impl CircuitBreaker {
         match self.inner {
             Inner::Open { until } => Some(until),
             _ => None,
+        }
+    }
+
+    /// What the breaker says about calling now.
+    pub fn readiness(&self, now: Instant) -> Readiness {
+        match self.inner {
+            Inner::Closed { .. } => Readiness::Closed,
+            Inner::Open { until } if now < until => Readiness::Open(until - now),
+            Inner::Open { .. } => Readiness::TrialDue,
+            Inner::HalfOpen {
+                trial_in_flight: true,
+            } => Readiness::TrialRunning,
+            Inner::HalfOpen {
+                trial_in_flight: false,
+            } => Readiness::TrialDue,
         }
     }
 
@@ -246,6 +287,34 @@ mod tests {
         }
         assert_eq!(breaker.state(), BreakerState::Open);
         breaker
+    }
+
+    #[test]
+    fn readiness_and_the_pause_before_taking_follow_the_state() {
+        let mut clock = FakeClock(Instant::now());
+        let mut breaker = CircuitBreaker::new(5, OPEN_FOR);
+        assert_eq!(breaker.readiness(clock.now()), Readiness::Closed);
+        assert_eq!(pause_before_taking(Readiness::Closed, true), None);
+        let mut breaker_open = opened(&clock);
+        clock.advance(Duration::from_secs(59));
+        let readiness = breaker_open.readiness(clock.now());
+        assert_eq!(readiness, Readiness::Open(Duration::from_secs(1)));
+        assert_eq!(
+            pause_before_taking(readiness, true),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(pause_before_taking(readiness, false), None, "placeholder");
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(breaker_open.readiness(clock.now()), Readiness::TrialDue);
+        assert_eq!(breaker_open.admit(clock.now()).0, Admission::Trial);
+        let readiness = breaker_open.readiness(clock.now());
+        assert_eq!(readiness, Readiness::TrialRunning);
+        assert_eq!(
+            pause_before_taking(readiness, false),
+            Some(Duration::from_millis(50))
+        );
+        breaker.admit(clock.now());
+        assert_eq!(breaker.readiness(clock.now()), Readiness::Closed);
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub enum Transition {
     Processing {
         /// The backend's name (its base URL without credentials).
         backend: String,
+        /// Another backend is healthy: refuse ([`Refusal::RunElsewhere`]) if the job was
+        /// handed back by this very backend to run elsewhere.
+        may_decline: bool,
     },
     /// Forge answered with an image (or the breaker served the placeholder).
     Complete {
@@ -95,6 +98,10 @@ pub enum Transition {
     HandBack {
         /// The run that ended.
         run: i64,
+        /// Its backend failed before generating: the job should run on another one next (the
+        /// backend is kept in the record so it can decline the job, see
+        /// [`Transition::Processing`]).
+        elsewhere: bool,
     },
     /// The job's total deadline ran out (`JOB_DEADLINE`): applies only if the job is still
     /// pending and was created before `created_before`.
@@ -153,6 +160,9 @@ pub enum Refusal {
     /// job ended meanwhile).
     #[error("the run this write belongs to has ended")]
     RunEnded,
+    /// This backend handed the job back to run on another one, and another one is healthy.
+    #[error("the job was handed back to run on another backend")]
+    RunElsewhere,
 }
 
 /// Applies one change at time `now`. On success the message's version grows by one,
@@ -263,23 +273,32 @@ fn apply_transition(
     now: DateTime<Utc>,
 ) -> Result<JobEventKind, Refusal> {
     let event = match transition {
-        Transition::HandBack { run } => {
+        Transition::HandBack { run, elsewhere } => {
             if message.status != JobStatus::Processing || message.runs != *run {
                 return Err(Refusal::RunEnded);
             }
-            message.backend = None;
+            if !elsewhere {
+                message.backend = None;
+            }
             message.started_at = None;
             message.progress = 0;
             JobEventKind::Queued {
                 queue_position: None,
             }
         }
-        Transition::Processing { backend } => {
+        Transition::Processing {
+            backend,
+            may_decline,
+        } => {
             if message.status == JobStatus::Processing {
                 return Err(Refusal::IllegalTransition {
                     from: JobStatus::Processing,
                     to: JobStatus::Processing,
                 });
+            }
+            // Only a hand-back to run elsewhere leaves a queued job's backend set.
+            if *may_decline && message.backend.as_deref() == Some(backend.as_str()) {
+                return Err(Refusal::RunElsewhere);
             }
             message.backend = Some(backend.clone());
             message.started_at = Some(now);

@@ -103,6 +103,17 @@ impl ForgeFailure {
         }
     }
 
+    /// Whether the call failed before Forge generated anything, so the job may run on another
+    /// backend: the connection failed or Forge answered a 5xx. Not a timeout (R5.1 is owed),
+    /// not a 4xx (the request itself was refused), not a bad answer (Forge did generate).
+    pub fn may_run_elsewhere(&self) -> bool {
+        match self {
+            ForgeFailure::Connection(_) => true,
+            ForgeFailure::Status { status, .. } => *status >= 500,
+            ForgeFailure::Timeout | ForgeFailure::BadAnswer { .. } => false,
+        }
+    }
+
     /// A short label for metrics.
     pub fn label(&self) -> &'static str {
         match self {

@@ -132,7 +132,10 @@ async fn hand_back_expired(deps: &LeaseDeps, lease: Duration) -> usize {
             // Ours, and alive: its renewal is only late.
             continue;
         }
-        let change = Change::Transition(Transition::HandBack { run });
+        let change = Change::Transition(Transition::HandBack {
+            run,
+            elsewhere: false,
+        });
         let message = match gateway.store().apply(id, change).await {
             Ok(message) => message,
             Err(err) => {

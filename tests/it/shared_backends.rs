@@ -4,7 +4,7 @@
 
 use crate::common::*;
 use forge_gateway::app::{self, RunningApp};
-use forge_sim::{Latency, SimConfig, SimServer};
+use forge_sim::{Latency, SimConfig, SimMode, SimServer};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -120,6 +120,199 @@ async fn three_processes_sharing_two_one_slot_backends_run_two_jobs_at_a_time_an
     for sim in &sims {
         assert_eq!(sim.stats().max_txt2img_in_flight, 1);
     }
+    for (running, _) in processes {
+        running.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL and Redis: set TEST_DATABASE_URL and TEST_REDIS_URL"]
+async fn a_failing_backend_opens_one_breaker_for_every_process_and_its_jobs_run_on_the_other() {
+    let storage = shared_storage();
+    let failing = SimConfig {
+        mode: SimMode::Error500,
+        ..fast_sim()
+    };
+    let sims = [start_sim(failing).await, start_sim(fast_sim()).await];
+    let processes = processes_sharing(&storage, &sims, 3, &["--max-pending-per-user", "100"]).await;
+    let clients: Vec<&Client> = processes.iter().map(|(_, client)| client).collect();
+    let token = clients[0].token("alice").await;
+    let mut ids = Vec::new();
+    for n in 0..40 {
+        ids.push(clients[n % 3].submit_id(&token, &format!("job {n}")).await);
+    }
+    for id in &ids {
+        let done = clients[0]
+            .wait_message(&token, id, |m| {
+                m["status"] == "complete" || m["status"] == "error"
+            })
+            .await;
+        // Each call the failing backend failed (a 500: nothing generated) went to the other.
+        assert_eq!(done["status"], "complete", "{done}");
+        assert_eq!(
+            done["placeholder"], false,
+            "a healthy backend was there: {done}"
+        );
+    }
+    // BREAKER_FAILURES (5) consecutive failures open the failing backend's breaker for all
+    // three processes (one breaker per process would let it fail up to 15 calls).
+    assert_eq!(sims[0].stats().failed, 5, "calls the failing backend got");
+    assert_eq!(sims[1].stats().completed, 40);
+    let failovers: u64 = processes
+        .iter()
+        .map(|(running, _)| {
+            running
+                .core()
+                .expect("running")
+                .metrics
+                .forge_failovers
+                .get()
+        })
+        .sum();
+    assert_eq!(failovers, 5);
+    for (running, _) in processes {
+        running.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_call_refused_before_generating_runs_once_more_on_the_other_backend() {
+    let storage = Storage::fresh();
+    let failing = SimConfig {
+        mode: SimMode::Error500,
+        ..fast_sim()
+    };
+    let sims = [start_sim(failing).await, start_sim(fast_sim()).await];
+    let mut processes = processes_sharing(&storage, &sims, 1, &[]).await;
+    let (running, client) = processes.pop().expect("one process");
+    let token = client.token("alice").await;
+    let mut ws = client.ws(&token).await;
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        ids.push(client.submit_id(&token, &format!("job {n}")).await);
+    }
+    for id in &ids {
+        let done = client
+            .wait_message(&token, id, |m| {
+                m["status"] == "complete" || m["status"] == "error"
+            })
+            .await;
+        assert_eq!(done["status"], "complete", "{done}");
+        assert_eq!(done["placeholder"], false, "{done}");
+    }
+    let failed_over = sims[0].stats().failed;
+    assert!(failed_over >= 1, "the failing backend took a job first");
+    assert_eq!(
+        running
+            .core()
+            .expect("running")
+            .metrics
+            .forge_failovers
+            .get(),
+        failed_over
+    );
+    // A job that failed over went back to the queue, then ran on the other backend.
+    for id in &ids {
+        ws.wait_event("job.complete", id).await;
+    }
+    let ran = |id: &&String| {
+        ws.types_for(id)
+            .iter()
+            .filter(|kind| *kind == "job.processing")
+            .count()
+    };
+    let moved = ids
+        .iter()
+        .find(|id| ran(id) == 2)
+        .expect("a job that ran twice");
+    let types = ws.types_for(moved);
+    let back = types
+        .iter()
+        .position(|t| t == "job.queued")
+        .expect("queued");
+    assert!(
+        types[back + 1..].contains(&"job.processing".to_owned()),
+        "{types:?}"
+    );
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_timeout_is_not_run_again_elsewhere() {
+    let storage = Storage::fresh();
+    let sims = [
+        start_sim(hanging_sim()).await,
+        start_sim(hanging_sim()).await,
+    ];
+    let mut processes = processes_sharing(&storage, &sims, 1, &["--forge-timeout", "1s"]).await;
+    let (running, client) = processes.pop().expect("one process");
+    let token = client.token("alice").await;
+    let id = client.submit_id(&token, "hangs").await;
+    let done = client
+        .wait_message(&token, &id, |m| m["status"] == "error")
+        .await;
+    assert_eq!(done["error"]["code"], "forge_timeout", "R5.1: {done}");
+    let calls: u64 = sims.iter().map(|sim| sim.stats().txt2img_requests).sum();
+    assert_eq!(calls, 1, "one call, on one backend");
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL and Redis: set TEST_DATABASE_URL and TEST_REDIS_URL"]
+async fn two_processes_on_a_redis_cluster_give_exact_positions_and_run_every_job() {
+    let cluster = PrivateRedisCluster::start().await;
+    let mut storage = shared_storage();
+    let prefix = storage.redis.as_ref().expect("redis").1.clone();
+    storage.redis = Some((cluster.url.clone(), prefix));
+    let sims = [
+        start_sim(hanging_sim()).await,
+        start_sim(hanging_sim()).await,
+    ];
+    let processes = processes_sharing(&storage, &sims, 2, &["--max-pending-per-user", "100"]).await;
+    let clients: Vec<&Client> = processes.iter().map(|(_, client)| client).collect();
+    let token = clients[0].token("alice").await;
+    // Two blockers hold the two backends; twenty more queue behind them.
+    let mut blockers = Vec::new();
+    for n in 0..2 {
+        let id = clients[n].submit_id(&token, &format!("blocker {n}")).await;
+        clients[n]
+            .wait_message(&token, &id, |m| m["status"] == "processing")
+            .await;
+        blockers.push(id);
+    }
+    let mut ws = clients[1].ws(&token).await;
+    let answers = futures::future::join_all(
+        (0..20).map(|n| clients[n % 2].submit(&token, small_prompt(&format!("p{n}")))),
+    )
+    .await;
+    assert_eq!(
+        accepted_positions(&answers),
+        (1..=20).collect::<Vec<i64>>(),
+        "exactly 1..20 across both processes"
+    );
+    let ids: Vec<String> = answers
+        .iter()
+        .map(|(_, body)| body["id"].as_str().expect("id").to_owned())
+        .collect();
+    let fast = SimConfig {
+        latency: Latency::Fixed(Duration::ZERO),
+        ..fast_sim()
+    };
+    for sim in &sims {
+        sim.set_config(fast.clone());
+    }
+    for blocker in &blockers {
+        assert_eq!(clients[0].cancel(&token, blocker).await.0, 200);
+    }
+    for id in &ids {
+        clients[0]
+            .wait_message(&token, id, |m| m["status"] == "complete")
+            .await;
+        // A session on the other process saw it complete too (events over the cluster).
+        ws.wait_event("job.complete", id).await;
+    }
+    let completed: u64 = sims.iter().map(|sim| sim.stats().completed).sum();
+    assert_eq!(completed, 20, "each job ran once");
     for (running, _) in processes {
         running.shutdown().await;
     }

@@ -268,6 +268,7 @@ async fn a_transition_out_of_a_terminal_state_is_refused_and_changes_nothing() {
         },
         Transition::Processing {
             backend: "late".into(),
+            may_decline: false,
         },
         Transition::Complete {
             image_url: "/images/other.png".into(),

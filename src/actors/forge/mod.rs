@@ -1,7 +1,9 @@
 //! `ForgeActor`: one Forge backend.
 //!
-//! The actor (this module) owns the breaker and the set of running jobs; its slot workers
-//! ([`worker`]) run the jobs on the I/O runtime; [`pool`] holds what the backends share.
+//! The actor (this module) owns the set of running jobs (so they can be stopped); its slot
+//! workers ([`worker`]) run the jobs on the I/O runtime, asking the backend's breaker (in
+//! [`crate::breakers`]: this process's, or Redis's shared by every process) before each call;
+//! [`pool`] holds what the backends share.
 //!
 //! Its slot workers (one per job it may run at a time) take the next job from the queue
 //! whenever the breaker lets them, run txt2img with its deadline while polling progress, and
@@ -9,6 +11,7 @@
 //! the placeholder image, but only when no other backend is healthy: an open backend leaves
 //! the queue to the healthy ones until its open period ends and it may try one trial request.
 
+mod outcome;
 mod pool;
 mod slot;
 mod worker;
@@ -18,16 +21,15 @@ pub use slot::Slots;
 
 use crate::actors::queue::QueueHandle;
 use crate::actors::store::StoreHandle;
-use crate::domain::breaker::{
-    Admission, BreakerState, CallOutcome, CircuitBreaker, Transition as BreakerTransition,
-};
+use crate::breakers::BreakerStore;
+use crate::domain::breaker::{BreakerState, Readiness, Transition as BreakerTransition};
 use crate::forge_client::ForgeClient;
 use crate::images::ImageStore;
 use crate::metrics::{BackendLabel, Metrics, TransitionLabel};
 use actix::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 use worker::Worker;
@@ -43,10 +45,6 @@ pub struct ForgeSettings {
     pub previews: bool,
     /// Jobs at a time.
     pub slots: u32,
-    /// Consecutive failures that open the breaker.
-    pub breaker_failures: u32,
-    /// How long the breaker stays open.
-    pub breaker_open_for: Duration,
 }
 
 /// What the slot workers need besides the actor.
@@ -66,6 +64,8 @@ pub struct ForgeDeps {
     pub busy: Busy,
     /// Where backend slots are taken (shared with other processes on Redis).
     pub slots: Slots,
+    /// Every backend's breaker (shared with other processes on Redis).
+    pub breakers: Arc<dyn BreakerStore>,
     /// The multi-threaded runtime the slot workers run on: their HTTP calls, image writes and
     /// store round trips would otherwise all share the actor thread.
     pub io: tokio::runtime::Handle,
@@ -76,7 +76,6 @@ pub struct ForgeActor {
     client: ForgeClient,
     deps: ForgeDeps,
     settings: ForgeSettings,
-    breaker: CircuitBreaker,
     running: HashMap<Uuid, oneshot::Sender<Stop>>,
     workers: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -84,57 +83,63 @@ pub struct ForgeActor {
 impl ForgeActor {
     /// An actor for the backend `client` talks to.
     pub fn new(client: ForgeClient, deps: ForgeDeps, settings: ForgeSettings) -> Self {
-        let breaker = CircuitBreaker::new(settings.breaker_failures, settings.breaker_open_for);
         deps.health.set(client.name(), BreakerState::Closed);
         ForgeActor {
             client,
             deps,
             settings,
-            breaker,
             running: HashMap::new(),
             workers: Vec::new(),
         }
     }
+}
 
-    fn label(&self) -> BackendLabel {
-        BackendLabel {
-            backend: self.client.name().to_owned(),
-        }
+/// Logs and counts a breaker transition of `backend`, and remembers its new state.
+pub(super) fn note(deps: &ForgeDeps, backend: &str, transition: Option<BreakerTransition>) {
+    let Some(transition) = transition else { return };
+    match transition.to {
+        BreakerState::Open => tracing::warn!(
+            backend,
+            from = transition.from.as_str(),
+            "circuit breaker opened: jobs get the placeholder until a trial succeeds"
+        ),
+        BreakerState::HalfOpen => tracing::info!(
+            backend,
+            "circuit breaker half-open: letting one trial request through"
+        ),
+        BreakerState::Closed => tracing::info!(
+            backend,
+            "circuit breaker closed: the backend is healthy again"
+        ),
     }
+    deps.metrics
+        .breaker_transitions
+        .get_or_create(&TransitionLabel {
+            backend: backend.to_owned(),
+            from: transition.from.as_str().to_owned(),
+            to: transition.to.as_str().to_owned(),
+        })
+        .inc();
+    seen(deps, backend, transition.to);
+}
 
-    fn note(&self, transition: Option<BreakerTransition>) {
-        let Some(transition) = transition else { return };
-        let backend = self.client.name();
-        match transition.to {
-            BreakerState::Open => tracing::warn!(
-                backend,
-                from = transition.from.as_str(),
-                "circuit breaker opened: jobs get the placeholder until a trial succeeds"
-            ),
-            BreakerState::HalfOpen => tracing::info!(
-                backend,
-                "circuit breaker half-open: letting one trial request through"
-            ),
-            BreakerState::Closed => tracing::info!(
-                backend,
-                "circuit breaker closed: the backend is healthy again"
-            ),
-        }
-        self.deps
-            .metrics
-            .breaker_transitions
-            .get_or_create(&TransitionLabel {
-                backend: backend.to_owned(),
-                from: transition.from.as_str().to_owned(),
-                to: transition.to.as_str().to_owned(),
-            })
-            .inc();
-        self.deps
-            .metrics
-            .breaker_state
-            .get_or_create(&self.label())
-            .set(transition.to.gauge());
-        self.deps.health.set(backend, transition.to);
+/// Remembers `backend`'s breaker state as last seen (another process may have changed it).
+pub(super) fn seen(deps: &ForgeDeps, backend: &str, state: BreakerState) {
+    deps.metrics
+        .breaker_state
+        .get_or_create(&BackendLabel {
+            backend: backend.to_owned(),
+        })
+        .set(state.gauge());
+    deps.health.set(backend, state);
+}
+
+/// The breaker state a readiness answer shows.
+pub(super) fn state_of(readiness: Readiness) -> BreakerState {
+    match readiness {
+        Readiness::Closed => BreakerState::Closed,
+        Readiness::Open(_) => BreakerState::Open,
+        Readiness::TrialDue | Readiness::TrialRunning => BreakerState::HalfOpen,
     }
 }
 
@@ -142,11 +147,7 @@ impl Actor for ForgeActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.deps
-            .metrics
-            .breaker_state
-            .get_or_create(&self.label())
-            .set(0);
+        seen(&self.deps, self.client.name(), BreakerState::Closed);
         for _ in 0..self.settings.slots {
             let worker = Worker {
                 addr: ctx.address(),
@@ -171,38 +172,6 @@ impl Actor for ForgeActor {
     }
 }
 
-/// May this backend take a job now?
-#[derive(Message)]
-#[rtype(result = "Gate")]
-struct MayTake;
-
-/// The answer to [`MayTake`].
-pub(super) enum Gate {
-    Take,
-    WaitFor(Duration),
-}
-
-impl Handler<MayTake> for ForgeActor {
-    type Result = MessageResult<MayTake>;
-
-    fn handle(&mut self, _msg: MayTake, _ctx: &mut Context<Self>) -> Self::Result {
-        let now = Instant::now();
-        let gate = match (self.breaker.state(), self.breaker.open_until()) {
-            (BreakerState::Closed, _) => Gate::Take,
-            (BreakerState::Open, Some(until)) if now >= until => Gate::Take,
-            (BreakerState::Open, Some(until))
-                if self.deps.health.another_is_closed(self.client.name()) =>
-            {
-                Gate::WaitFor((until - now).min(Duration::from_secs(1)))
-            }
-            (BreakerState::Open, _) => Gate::Take,
-            (BreakerState::HalfOpen, _) if self.running.is_empty() => Gate::Take,
-            (BreakerState::HalfOpen, _) => Gate::WaitFor(Duration::from_millis(50)),
-        };
-        MessageResult(gate)
-    }
-}
-
 /// Why a running job's worker must stop calling Forge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Stop {
@@ -212,36 +181,28 @@ pub(super) enum Stop {
     HandBack,
 }
 
-/// A worker is about to call Forge for job `id`: may it (the breaker decides), and if so the
-/// job counts as running here (so it can be stopped) until [`Ended`].
+/// A worker calls Forge for job `id` (its breaker admitted the call): the job counts as running
+/// here, so it can be stopped, until [`Ended`].
 #[derive(Message)]
-#[rtype(result = "Admission")]
-struct Admit {
+#[rtype(result = "()")]
+struct Running {
     id: Uuid,
     stop: oneshot::Sender<Stop>,
 }
 
-impl Handler<Admit> for ForgeActor {
-    type Result = MessageResult<Admit>;
+impl Handler<Running> for ForgeActor {
+    type Result = ();
 
-    fn handle(&mut self, msg: Admit, _ctx: &mut Context<Self>) -> Self::Result {
-        let (admission, transition) = self.breaker.admit(Instant::now());
-        self.note(transition);
-        if admission != Admission::Rejected {
-            self.running.insert(msg.id, msg.stop);
-        }
-        MessageResult(admission)
+    fn handle(&mut self, msg: Running, _ctx: &mut Context<Self>) {
+        self.running.insert(msg.id, msg.stop);
     }
 }
 
-/// The call for job `id` is over: it no longer runs here, and its outcome goes to the breaker.
-/// (One message for both: a message to the actor per step is a thread hop per step.)
+/// The call for job `id` is over: it no longer runs here.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Ended {
     id: Uuid,
-    admission: Admission,
-    outcome: CallOutcome,
 }
 
 impl Handler<Ended> for ForgeActor {
@@ -249,10 +210,6 @@ impl Handler<Ended> for ForgeActor {
 
     fn handle(&mut self, msg: Ended, _ctx: &mut Context<Self>) {
         self.running.remove(&msg.id);
-        let transition = self
-            .breaker
-            .record(msg.admission, msg.outcome, Instant::now());
-        self.note(transition);
     }
 }
 

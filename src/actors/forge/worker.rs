@@ -3,7 +3,13 @@
 //! runs txt2img with its deadline while polling progress, writes the outcome, and gives the
 //! slot back.
 //!
-//! Two rules keep one bad moment from losing a job or stopping the queue:
+//! A job goes to another backend (back to the head of the queue, where a healthy backend's
+//! worker takes it) instead of failing or getting the placeholder while another backend's
+//! breaker is closed, when this backend's breaker opened after the worker took the job, or
+//! when its call failed before Forge generated anything (refused, reset, a 5xx) on the job's
+//! first run. A timeout is never run again: its user was promised R5.1.
+//!
+//! Two rules keep one bad moment from losing a job or stopping the queue ([`super::outcome`]):
 //! - an outcome is written until it lands: while the database is unavailable the write is
 //!   retried with a backoff (the image is on disk already), and the job counts as finishing,
 //!   so this process's watchdog does not race it with a stuck mark;
@@ -11,29 +17,30 @@
 //!   failed with R9.4 (through the store's quarantine) so the queue moves on.
 
 use super::pool::BusyGuard;
-use super::{Admit, Ended, ForgeActor, ForgeDeps, ForgeSettings, Gate, MayTake, Stop};
+use super::{Ended, ForgeActor, ForgeDeps, ForgeSettings, Running, Stop, note, seen, state_of};
 use crate::actors::store::StoreError;
-use crate::domain::breaker::{Admission, CallOutcome};
-use crate::domain::catalogue::JobFailure;
+use crate::domain::breaker::{Admission, CallOutcome, pause_before_taking};
 use crate::domain::change::{Change, Refusal, Transition};
 use crate::domain::message::ChatMessage;
 use crate::domain::queue_book::QueuedJob;
 use crate::forge_client::{ForgeClient, ForgeFailure, Generated};
 use crate::images::PLACEHOLDER_URL;
-use crate::metrics::{BackendLabel, OutcomeLabel, StatusLabel};
+use crate::metrics::{BackendLabel, OutcomeLabel};
 use actix::Addr;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
 /// Deadline of storing a generated image.
-const STORAGE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const STORAGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Tries of marking a job processing whose record cannot be read or written.
 const START_ATTEMPTS: u32 = 3;
 /// How long a popped job's missing record is waited for (its create may still be in flight).
 const CREATE_GRACE: Duration = Duration::from_secs(5);
+/// How long a worker that handed its job to another backend waits before taking one again.
+const HAND_OFF_PAUSE: Duration = Duration::from_millis(250);
 /// Longest pause between two writes of an outcome while the database is unavailable.
-const OUTCOME_RETRY_MAX: Duration = Duration::from_secs(5);
+pub(super) const OUTCOME_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// One slot of a backend: takes a job, runs it, repeats.
 pub(super) struct Worker {
@@ -41,6 +48,15 @@ pub(super) struct Worker {
     pub client: ForgeClient,
     pub deps: ForgeDeps,
     pub settings: ForgeSettings,
+}
+
+/// What became of marking a popped job processing.
+enum Started {
+    Processing(Box<ChatMessage>),
+    /// It is not this worker's to run (ended, failed, or put back for a retry).
+    Skipped,
+    /// This backend handed it back to run elsewhere, and another is healthy: put back.
+    Declined,
 }
 
 enum Ran {
@@ -51,13 +67,12 @@ enum Ran {
 impl Worker {
     pub(super) async fn run_slot(self) {
         loop {
-            match self.addr.send(MayTake).await {
-                Ok(Gate::Take) => {}
-                Ok(Gate::WaitFor(pause)) => {
-                    tokio::time::sleep(pause).await;
-                    continue;
-                }
-                Err(_) => return,
+            if !self.addr.connected() {
+                return;
+            }
+            if let Some(pause) = self.pause_before_taking().await {
+                tokio::time::sleep(pause).await;
+                continue;
             }
             let slot = self
                 .deps
@@ -69,23 +84,90 @@ impl Worker {
                 return;
             };
             let busy = self.deps.busy.hold(job.id);
-            self.run_job(job, &busy).await;
+            let handed_off = self.run_job(job, &busy).await;
             drop(busy);
             slot.release().await;
+            if handed_off {
+                // A healthy backend's worker, waiting for a job, takes it first.
+                tokio::time::sleep(HAND_OFF_PAUSE).await;
+            }
         }
     }
 
-    async fn run_job(&self, job: QueuedJob, busy: &BusyGuard) {
+    /// What this backend's breaker says about taking a job now (see
+    /// [`pause_before_taking`]). A breaker store that fails lets the job through: the call
+    /// itself then shows whether the backend is healthy.
+    async fn pause_before_taking(&self) -> Option<Duration> {
+        let backend = self.client.name();
+        match self.deps.breakers.readiness(backend).await {
+            Ok(readiness) => {
+                seen(&self.deps, backend, state_of(readiness));
+                pause_before_taking(readiness, self.deps.health.another_is_closed(backend))
+            }
+            Err(err) => {
+                tracing::warn!(backend, error = %err, "cannot read the backend's breaker");
+                None
+            }
+        }
+    }
+
+    /// Asks the breaker to call Forge for job `id` (`holder` names the call); an admitted
+    /// call counts as running on this backend until [`Self::ended`].
+    async fn admit(&self, id: Uuid, holder: &str, stop: oneshot::Sender<Stop>) -> Admission {
+        let backend = self.client.name();
+        let admission = match self.deps.breakers.admit(backend, holder).await {
+            Ok((admission, transition)) => {
+                note(&self.deps, backend, transition);
+                admission
+            }
+            Err(err) => {
+                tracing::warn!(backend, error = %err, "cannot ask the backend's breaker; calling");
+                Admission::Allowed
+            }
+        };
+        if admission != Admission::Rejected {
+            self.addr.do_send(Running { id, stop });
+        }
+        admission
+    }
+
+    /// The call for job `id` is over: it no longer runs here, and its outcome goes to the
+    /// breaker.
+    async fn ended(&self, id: Uuid, holder: &str, admission: Admission, outcome: CallOutcome) {
+        self.addr.do_send(Ended { id });
+        let backend = self.client.name();
+        match self
+            .deps
+            .breakers
+            .record(backend, holder, admission, outcome)
+            .await
+        {
+            Ok(transition) => note(&self.deps, backend, transition),
+            Err(err) => {
+                tracing::warn!(backend, error = %err, "cannot tell the backend's breaker")
+            }
+        }
+    }
+
+    /// Runs one job; returns whether it was handed to another backend (see the module doc).
+    async fn run_job(&self, job: QueuedJob, busy: &BusyGuard) -> bool {
         let started = Instant::now();
-        let Some(message) = self.mark_processing(&job).await else {
-            return;
+        let message = match self.mark_processing(&job).await {
+            Started::Processing(message) => *message,
+            Started::Skipped => return false,
+            Started::Declined => return true,
         };
         busy.started(message.runs);
         let (stop, stopped) = oneshot::channel();
-        let Ok(admission) = self.addr.send(Admit { id: job.id, stop }).await else {
-            return;
-        };
+        let holder = Uuid::now_v7().to_string();
+        let admission = self.admit(job.id, &holder, stop).await;
         if admission == Admission::Rejected {
+            if self.deps.health.another_is_closed(self.client.name()) {
+                // The breaker opened since this worker took the job: a healthy backend runs it.
+                tracing::info!(backend = self.client.name(), job = %job.id, "breaker opened meanwhile: handing the job to a healthy backend");
+                self.hand_back(&job, message.runs, true).await;
+                return true;
+            }
             self.deps.metrics.placeholders_served.inc();
             tracing::info!(backend = self.client.name(), job = %job.id, "breaker open: serving the placeholder image");
             let placeholder = Transition::Complete {
@@ -94,7 +176,7 @@ impl Worker {
                 seed: None,
             };
             self.finish(&message, placeholder, started, busy).await;
-            return;
+            return false;
         }
         let generation = tokio::select! {
             result = self.generate(&message) => Ran::Generated(result),
@@ -106,24 +188,20 @@ impl Worker {
             Ran::Generated(Ok(_)) => CallOutcome::Success,
             Ran::Generated(Err(failure)) => failure.breaker_outcome(),
         };
-        self.addr.do_send(Ended {
-            id: job.id,
-            admission,
-            outcome,
-        });
+        self.ended(job.id, &holder, admission, outcome).await;
         let transition = match generation {
             Ran::Stopped(Stop::Abandoned) => {
                 // Cancelled or marked stuck meanwhile (the terminal state is written already),
                 // or its lease was taken (the job runs again elsewhere).
                 self.interrupt(job.id);
                 self.forget_preview(job.id).await;
-                return;
+                return false;
             }
             Ran::Stopped(Stop::HandBack) => {
                 self.interrupt(job.id);
                 self.forget_preview(job.id).await;
-                self.hand_back(&job, message.runs).await;
-                return;
+                self.hand_back(&job, message.runs, false).await;
+                return false;
             }
             Ran::Generated(Ok(generated)) => {
                 self.count_call(latency, "ok");
@@ -136,12 +214,25 @@ impl Worker {
                     // Forge has no timeout of its own: stop the abandoned generation.
                     self.interrupt(job.id);
                 }
+                if failure.may_run_elsewhere()
+                    && message.runs == 1
+                    && self.deps.health.another_is_closed(self.client.name())
+                {
+                    // Failed before Forge generated anything, on its first run: once more,
+                    // on a healthy backend, before the user sees an error.
+                    self.deps.metrics.forge_failovers.inc();
+                    tracing::info!(job = %job.id, backend = self.client.name(), "handing the failed job to another backend");
+                    self.forget_preview(job.id).await;
+                    self.hand_back(&job, message.runs, true).await;
+                    return true;
+                }
                 Transition::Fail {
                     error: failure.job_failure(self.settings.timeout).to_error(),
                 }
             }
         };
         self.finish(&message, transition, started, busy).await;
+        false
     }
 
     fn count_call(&self, latency: f64, outcome: &str) {
@@ -163,60 +254,15 @@ impl Worker {
             .inc();
     }
 
-    /// Stores the generated image; the transition to write. A disk that is full (or over
-    /// quota) is waited for, up to `STORAGE_TIMEOUT`, since space often comes back; any other
-    /// failure, or no space in time, fails the job.
-    async fn store_image(&self, job: &QueuedJob, generated: Generated) -> Transition {
-        let deadline = tokio::time::Instant::now() + STORAGE_TIMEOUT;
-        let mut pause = Duration::from_millis(100);
-        let failure = loop {
-            let saved = tokio::time::timeout_at(
-                deadline,
-                self.deps.images.save(job.id, generated.png.clone()),
-            )
-            .await;
-            let err = match saved {
-                Ok(Ok(image_url)) => {
-                    return Transition::Complete {
-                        image_url,
-                        placeholder: false,
-                        seed: generated.seed,
-                    };
-                }
-                // A storage step that ran out of time is R9.2's "any other deadline".
-                Err(_) => break JobFailure::Timeout,
-                Ok(Err(err)) => err,
-            };
-            let full = matches!(
-                err.kind(),
-                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-            );
-            if !full {
-                tracing::error!(job = %job.id, error = %err, "could not store the image");
-                break JobFailure::Unknown;
-            }
-            if tokio::time::Instant::now() + pause >= deadline {
-                break JobFailure::Timeout;
-            }
-            tracing::warn!(job = %job.id, error = %err, "no room for the image; trying again");
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(2));
-        };
-        if failure == JobFailure::Timeout {
-            tracing::error!(job = %job.id, "could not store the image within STORAGE_TIMEOUT");
-        }
-        Transition::Fail {
-            error: failure.to_error(),
-        }
-    }
-
     /// Moves the job to processing. The create of a job popped right after its enqueue may
     /// still be in flight, so a missing record is waited for a little; a record that cannot be
     /// read or written is tried a few times, then the job is failed.
-    async fn mark_processing(&self, job: &QueuedJob) -> Option<ChatMessage> {
+    async fn mark_processing(&self, job: &QueuedJob) -> Started {
+        let may_decline = self.deps.health.another_is_closed(self.client.name());
         let change = || {
             Change::Transition(Transition::Processing {
                 backend: self.client.name().to_owned(),
+                may_decline,
             })
         };
         let mut pause = Duration::from_millis(5);
@@ -224,7 +270,7 @@ impl Worker {
         let mut attempts = 0;
         loop {
             match self.deps.store.apply(job.id, change()).await {
-                Ok(message) => return Some(message),
+                Ok(message) => return Started::Processing(Box::new(message)),
                 Err(StoreError::Refused(Refusal::NotFound))
                     if Instant::now() < give_up && !self.deps.queue.aborted(job.id).await =>
                 {
@@ -235,11 +281,18 @@ impl Worker {
                     // If its create commits after all, the queue's audit puts it back.
                     tracing::warn!(job = %job.id, "queued job has no record (its create failed); dropping it");
                     let _ = self.deps.queue.release(&job.user_id, job.id).await;
-                    return None;
+                    return Started::Skipped;
+                }
+                Err(StoreError::Refused(Refusal::RunElsewhere)) => {
+                    // This backend failed it before; a healthy one takes it from the queue.
+                    if let Err(err) = self.deps.queue.requeue(job).await {
+                        tracing::warn!(job = %job.id, error = %err, "could not put back a job meant for another backend; the queue's audit will");
+                    }
+                    return Started::Declined;
                 }
                 Err(StoreError::Refused(refusal)) => {
                     tracing::info!(job = %job.id, %refusal, "popped job is no longer queued; skipping it");
-                    return None;
+                    return Started::Skipped;
                 }
                 Err(StoreError::Row(err)) => {
                     attempts += 1;
@@ -248,30 +301,17 @@ impl Worker {
                         continue;
                     }
                     self.fail_unstartable(job, &err.to_string()).await;
-                    return None;
+                    return Started::Skipped;
                 }
                 Err(err @ StoreError::Db(_)) => {
                     tracing::error!(job = %job.id, error = %err, "could not mark the job processing; putting it back");
                     let _ = self.deps.queue.requeue(job).await;
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    return None;
+                    return Started::Skipped;
                 }
-                Err(StoreError::Stopped) => return None,
+                Err(StoreError::Stopped) => return Started::Skipped,
             }
         }
-    }
-
-    /// Fails a job whose record cannot be started (R9.4), so the queue moves on.
-    async fn fail_unstartable(&self, job: &QueuedJob, cause: &str) {
-        self.deps.metrics.jobs_unstartable.inc();
-        tracing::error!(job = %job.id, cause, "job cannot be started; failing it (R9.4)");
-        let fail = Change::Transition(Transition::Fail {
-            error: JobFailure::Unknown.to_error(),
-        });
-        if let Err(err) = self.deps.store.apply(job.id, fail).await {
-            tracing::error!(job = %job.id, error = %err, "could not fail it either; it stays out of this process's queue");
-        }
-        let _ = self.deps.queue.release(&job.user_id, job.id).await;
     }
 
     /// Runs txt2img while polling progress (when this backend runs one job at a time:
@@ -334,119 +374,8 @@ impl Worker {
         }
     }
 
-    /// Writes the outcome until it lands (see the module doc), then lets the job go.
-    async fn finish(
-        &self,
-        message: &ChatMessage,
-        transition: Transition,
-        started: Instant,
-        busy: &BusyGuard,
-    ) {
-        busy.finishing();
-        // The preview goes first, so that nobody who heard of the end finds it still there.
-        self.forget_preview(message.id).await;
-        let status = transition.target();
-        let mut pause = Duration::from_millis(100);
-        let mut retried = false;
-        let mut transition = transition;
-        // Written as this run's, unless the record cannot be read: then a failure is written
-        // through the store's quarantine, which cannot tell runs apart.
-        let mut of_run = true;
-        loop {
-            let change = Change::Transition(transition.clone());
-            let change = if of_run {
-                Change::OfRun {
-                    run: message.runs,
-                    change: Box::new(change),
-                }
-            } else {
-                change
-            };
-            match self.deps.store.apply(message.id, change).await {
-                Ok(done) => {
-                    self.deps
-                        .metrics
-                        .jobs_finished
-                        .get_or_create(&StatusLabel {
-                            status: done.status.as_str().into(),
-                        })
-                        .inc();
-                    let total = (done.updated_at - done.created_at)
-                        .num_milliseconds()
-                        .max(0) as f64
-                        / 1000.0;
-                    self.deps.metrics.job_duration_seconds.observe(total);
-                    self.deps.queue.finished(started.elapsed().as_secs_f64());
-                    if retried {
-                        tracing::info!(job = %message.id, %status, "the job's outcome is written after all");
-                    }
-                    break;
-                }
-                Err(StoreError::Refused(refusal)) => {
-                    // Cancelled or marked stuck meanwhile (the terminal state stands), or the
-                    // lease was taken (the next run's outcome wins).
-                    tracing::info!(job = %message.id, %refusal, "late result ignored");
-                    break;
-                }
-                Err(StoreError::Row(err)) if of_run => {
-                    tracing::error!(job = %message.id, error = %err, "the job's outcome cannot be written to its record; failing it");
-                    if !matches!(transition, Transition::Fail { .. }) {
-                        transition = Transition::Fail {
-                            error: JobFailure::Unknown.to_error(),
-                        };
-                    }
-                    of_run = false;
-                }
-                Err(StoreError::Row(err)) => {
-                    tracing::error!(job = %message.id, error = %err, "the job's failure cannot be written to its record");
-                    break;
-                }
-                Err(StoreError::Stopped) => break,
-                Err(err @ StoreError::Db(_)) => {
-                    if !retried {
-                        tracing::warn!(job = %message.id, error = %err, "could not write the job's outcome; retrying until the database answers");
-                    }
-                    retried = true;
-                    self.deps.metrics.outcome_write_retries.inc();
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(OUTCOME_RETRY_MAX);
-                }
-            }
-        }
-        let _ = self.deps.queue.release(&message.user_id, message.id).await;
-    }
-
-    /// Puts a job this process stops running (run `run`, at a shutdown) back in the queue: its record first
-    /// (queued again, so whoever pops it may start it), then the queue, with its own ticket
-    /// (at its old place: the head, as it was taken before every job still waiting). Tried a
-    /// few times; if the record cannot be written the job stays processing, for the
-    /// watchdog.
-    async fn hand_back(&self, job: &QueuedJob, run: i64) {
-        let change = || Change::Transition(Transition::HandBack { run });
-        for attempt in 0..3 {
-            match self.deps.store.apply(job.id, change()).await {
-                Ok(_) => {
-                    if let Err(err) = self.deps.queue.requeue(job).await {
-                        // The queue's audit finds the queued record and puts it back.
-                        tracing::warn!(job = %job.id, error = %err, "handed back a job the queue did not take; its audit will");
-                    }
-                    tracing::info!(job = %job.id, "handed a running job back to the queue");
-                    return;
-                }
-                Err(StoreError::Db(err)) if attempt < 2 => {
-                    tracing::warn!(job = %job.id, error = %err, "could not hand a job back yet");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(err) => {
-                    tracing::warn!(job = %job.id, error = %err, "could not hand a job back; it stays processing");
-                    return;
-                }
-            }
-        }
-    }
-
     /// Deletes the job's live preview file (it has ended).
-    async fn forget_preview(&self, id: Uuid) {
+    pub(super) async fn forget_preview(&self, id: Uuid) {
         if self.settings.previews {
             self.deps.images.delete_preview(id).await;
         }

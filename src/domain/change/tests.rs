@@ -61,6 +61,7 @@ fn the_lifecycle_writes_every_field_and_counts_versions() {
         &mut current,
         Transition::Processing {
             backend: "b1".into(),
+            may_decline: false,
         },
     )
     .unwrap();
@@ -125,6 +126,7 @@ fn a_terminal_message_refuses_every_transition_and_stays_unchanged() {
             &mut current,
             Transition::Processing {
                 backend: "b".into(),
+                may_decline: false,
             },
         )
         .unwrap();
@@ -134,6 +136,7 @@ fn a_terminal_message_refuses_every_transition_and_stays_unchanged() {
             complete(),
             Transition::Processing {
                 backend: "b".into(),
+                may_decline: false,
             },
             Transition::Cancel { client_ref: None },
             Transition::Fail {
@@ -272,6 +275,7 @@ fn processing_twice_is_refused() {
         &mut current,
         Transition::Processing {
             backend: "a".into(),
+            may_decline: false,
         },
     )
     .unwrap();
@@ -279,7 +283,8 @@ fn processing_twice_is_refused() {
         transition(
             &mut current,
             Transition::Processing {
-                backend: "b".into()
+                backend: "b".into(),
+                may_decline: false,
             }
         )
         .is_err()
@@ -348,6 +353,7 @@ fn start(current: &mut Option<ChatMessage>) -> i64 {
         current,
         Transition::Processing {
             backend: "http://gpu1".into(),
+            may_decline: false,
         },
     )
     .unwrap();
@@ -360,9 +366,15 @@ fn a_job_handed_back_is_queued_again_and_only_by_its_current_run() {
     let now = Utc::now();
     let run = start(&mut current);
     assert_eq!(run, 1, "the first run is 1");
-    let other = Change::Transition(Transition::HandBack { run: run + 1 });
+    let other = Change::Transition(Transition::HandBack {
+        run: run + 1,
+        elsewhere: false,
+    });
     assert_eq!(apply(&mut current, &other, now), Err(Refusal::RunEnded));
-    let back = Change::Transition(Transition::HandBack { run });
+    let back = Change::Transition(Transition::HandBack {
+        run,
+        elsewhere: false,
+    });
     assert_eq!(
         apply(&mut current, &back, now),
         Ok(JobEventKind::Queued {
@@ -384,7 +396,10 @@ fn a_write_of_a_run_that_lost_its_lease_is_refused_and_the_next_run_wins() {
     let mut current = created();
     let now = Utc::now();
     let first = start(&mut current);
-    let back = Change::Transition(Transition::HandBack { run: first });
+    let back = Change::Transition(Transition::HandBack {
+        run: first,
+        elsewhere: false,
+    });
     apply(&mut current, &back, now).unwrap();
     let second = start(&mut current);
     assert_eq!(second, first + 1);
@@ -429,5 +444,37 @@ fn a_write_of_a_run_that_lost_its_lease_is_refused_and_the_next_run_wins() {
         ),
         Err(Refusal::RunEnded),
         "a recorded result is never overwritten"
+    );
+}
+
+#[test]
+fn a_job_handed_back_to_run_elsewhere_is_declined_by_its_backend_while_another_is_healthy() {
+    let mut current = created();
+    let now = Utc::now();
+    let run = start(&mut current);
+    let back = Change::Transition(Transition::HandBack {
+        run,
+        elsewhere: true,
+    });
+    apply(&mut current, &back, now).unwrap();
+    let on = |backend: &str, may_decline| {
+        Change::Transition(Transition::Processing {
+            backend: backend.into(),
+            may_decline,
+        })
+    };
+    assert_eq!(
+        apply(&mut current, &on("http://gpu1", true), now),
+        Err(Refusal::RunElsewhere)
+    );
+    // With no other backend healthy it runs where it is.
+    let mut alone = current.clone();
+    assert!(apply(&mut alone, &on("http://gpu1", false), now).is_ok());
+    // Another backend takes it.
+    apply(&mut current, &on("http://gpu2", true), now).unwrap();
+    let message = current.as_ref().unwrap();
+    assert_eq!(
+        (message.backend.as_deref(), message.runs),
+        (Some("http://gpu2"), run + 1)
     );
 }

@@ -171,15 +171,14 @@ impl RedisQueue {
             .await
         {
             Err(err) if err.details().starts_with("NOSCRIPT") => {
+                // It did not run. EVAL runs it and caches it on the node that owns the keys
+                // (in a Redis Cluster, SCRIPT LOAD reaches one node, not necessarily that one).
                 tracing::info!(
                     script = script.name,
-                    "Redis forgot a queue script; loading it again"
+                    "Redis does not know a queue script; sending it whole"
                 );
-                let _: String = self.pool.script_load(script.source).await.map_err(|err| {
-                    unavailable(&format!("loading the {} script", script.name), err)
-                })?;
                 self.pool
-                    .evalsha(script.sha.as_str(), keys, args)
+                    .eval(script.source, keys, args)
                     .await
                     .map_err(|err| unavailable(script.name, err))
             }

@@ -78,3 +78,112 @@ impl Drop for PrivateRedis {
         let _ = self.child.wait();
     }
 }
+
+/// A Redis Cluster of the test's own: three masters (`redis-server --cluster-enabled yes`)
+/// joined by `redis-cli --cluster create`, on free ports; stopped when dropped.
+pub struct PrivateRedisCluster {
+    /// `redis-cluster://` with every node, comma-separated.
+    pub url: String,
+    children: Vec<std::process::Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateRedisCluster {
+    /// Starts the three nodes, creates the cluster and waits until it serves every slot.
+    pub async fn start() -> PrivateRedisCluster {
+        let dir = tempfile::tempdir().expect("folder for the cluster's node files");
+        let ports: Vec<u16> = (0..3)
+            .map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|listener| listener.local_addr())
+                    .expect("a free port")
+                    .port()
+            })
+            .collect();
+        let mut children = Vec::new();
+        for port in &ports {
+            let child = std::process::Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                .args(["--dir", &dir.path().display().to_string()])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server starts (Debian's redis-server package)");
+            children.push(child);
+        }
+        let cluster = PrivateRedisCluster {
+            url: format!(
+                "redis-cluster://{}",
+                ports
+                    .iter()
+                    .map(|port| format!("127.0.0.1:{port}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            children,
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + super::DEADLINE;
+        for port in &ports {
+            while tokio::net::TcpStream::connect(("127.0.0.1", *port))
+                .await
+                .is_err()
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "a node never listened"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+        let nodes: Vec<String> = ports
+            .iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect();
+        let created = std::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        for port in &ports {
+            loop {
+                let info = std::process::Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "cluster", "info"])
+                    .output()
+                    .expect("redis-cli runs");
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the cluster never got ready"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        cluster
+    }
+}
+
+impl Drop for PrivateRedisCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Breakers in Redis, shared by every process that uses the same Redis and key prefix: one
+//! hash per backend, `{prefix}:breaker:<backend>`, changed only by `breaker.lua`.
+
+use super::{BreakerError, BreakerSettings, BreakerStore};
+use crate::domain::breaker::{Admission, BreakerState, CallOutcome, Readiness, Transition};
+use crate::redis_client::{Role, builder, check_prefix};
+use fred::prelude::{ClientLike, LuaInterface, Pool, Value};
+use std::time::Duration;
+
+/// Connections of the breaker store: a few short scripts per job.
+const POOL_SIZE: usize = 2;
+
+/// Breakers in Redis.
+pub struct RedisBreakers {
+    pool: Pool,
+    base: String,
+    settings: BreakerSettings,
+}
+
+/// What the script answered.
+struct Answer {
+    before: BreakerState,
+    after: BreakerState,
+    word: String,
+    ms: u64,
+}
+
+impl Answer {
+    fn transition(&self) -> Option<Transition> {
+        (self.before != self.after).then_some(Transition {
+            from: self.before,
+            to: self.after,
+        })
+    }
+}
+
+fn state_of(word: &str) -> Result<BreakerState, BreakerError> {
+    match word {
+        "closed" => Ok(BreakerState::Closed),
+        "open" => Ok(BreakerState::Open),
+        "half_open" => Ok(BreakerState::HalfOpen),
+        other => Err(BreakerError(format!(
+            "unexpected breaker state in Redis: {other:?}"
+        ))),
+    }
+}
+
+impl RedisBreakers {
+    /// Connects to `url`; every key starts with `{prefix}:breaker:`.
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        settings: BreakerSettings,
+    ) -> Result<RedisBreakers, BreakerError> {
+        check_prefix(prefix).map_err(|err| BreakerError(err.to_string()))?;
+        let pool = builder(url, Role::Commands)
+            .map_err(|err| BreakerError(err.to_string()))?
+            .build_pool(POOL_SIZE)
+            .map_err(|err| {
+                BreakerError(format!("creating the Redis clients for breakers: {err}"))
+            })?;
+        pool.init()
+            .await
+            .map_err(|err| BreakerError(format!("connecting to Redis for breakers: {err}")))?;
+        Ok(RedisBreakers {
+            pool,
+            base: format!("{{{prefix}}}:breaker:"),
+            settings,
+        })
+    }
+
+    /// Closes the connections.
+    pub async fn close(&self) {
+        if let Err(err) = self.pool.quit().await {
+            tracing::debug!(error = %err, "closing the breaker store's Redis connections");
+        }
+    }
+
+    async fn run(
+        &self,
+        backend: &str,
+        op: &str,
+        holder: &str,
+        admission: &str,
+        outcome: &str,
+    ) -> Result<Answer, BreakerError> {
+        let millis = |duration: Duration| duration.as_millis().max(1).to_string();
+        let reply: Vec<Value> = self
+            .pool
+            .eval(
+                include_str!("breaker.lua"),
+                vec![format!("{}{backend}", self.base)],
+                vec![
+                    op.to_owned(),
+                    holder.to_owned(),
+                    self.settings.failures.max(1).to_string(),
+                    millis(self.settings.open_for),
+                    millis(self.settings.trial_lease),
+                    admission.to_owned(),
+                    outcome.to_owned(),
+                ],
+            )
+            .await
+            .map_err(|err| {
+                BreakerError(format!("Redis failed while running a breaker {op}: {err}"))
+            })?;
+        let text = |n: usize| {
+            reply
+                .get(n)
+                .and_then(|value| value.as_string())
+                .unwrap_or_default()
+        };
+        Ok(Answer {
+            before: state_of(&text(0))?,
+            after: state_of(&text(1))?,
+            word: text(2),
+            ms: reply.get(3).and_then(Value::as_u64).unwrap_or(0),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl BreakerStore for RedisBreakers {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn readiness(&self, backend: &str) -> Result<Readiness, BreakerError> {
+        let answer = self.run(backend, "readiness", "", "", "").await?;
+        match answer.word.as_str() {
+            "closed" => Ok(Readiness::Closed),
+            "open" => Ok(Readiness::Open(Duration::from_millis(answer.ms))),
+            "trial_running" => Ok(Readiness::TrialRunning),
+            "trial_due" => Ok(Readiness::TrialDue),
+            other => Err(BreakerError(format!(
+                "unexpected breaker readiness {other:?}"
+            ))),
+        }
+    }
+
+    async fn admit(
+        &self,
+        backend: &str,
+        holder: &str,
+    ) -> Result<(Admission, Option<Transition>), BreakerError> {
+        let answer = self.run(backend, "admit", holder, "", "").await?;
+        let admission = match answer.word.as_str() {
+            "allowed" => Admission::Allowed,
+            "trial" => Admission::Trial,
+            "rejected" => Admission::Rejected,
+            other => {
+                return Err(BreakerError(format!(
+                    "unexpected breaker admission {other:?}"
+                )));
+            }
+        };
+        Ok((admission, answer.transition()))
+    }
+
+    async fn record(
+        &self,
+        backend: &str,
+        holder: &str,
+        admission: Admission,
+        outcome: CallOutcome,
+    ) -> Result<Option<Transition>, BreakerError> {
+        let admission = match admission {
+            Admission::Allowed => "allowed",
+            Admission::Trial => "trial",
+            Admission::Rejected => return Ok(None),
+        };
+        let outcome = match outcome {
+            CallOutcome::Success => "success",
+            CallOutcome::Failure => "failure",
+            CallOutcome::Neutral => "neutral",
+        };
+        Ok(self
+            .run(backend, "record", holder, admission, outcome)
+            .await?
+            .transition())
+    }
+}
