@@ -273,9 +273,9 @@ async fn two_processes_on_a_redis_cluster_give_exact_positions_and_run_every_job
     let token = clients[0].token("alice").await;
     // Two blockers hold the two backends; twenty more queue behind them.
     let mut blockers = Vec::new();
-    for n in 0..2 {
-        let id = clients[n].submit_id(&token, &format!("blocker {n}")).await;
-        clients[n]
+    for (n, client) in clients.iter().enumerate() {
+        let id = client.submit_id(&token, &format!("blocker {n}")).await;
+        client
             .wait_message(&token, &id, |m| m["status"] == "processing")
             .await;
         blockers.push(id);
