@@ -1,8 +1,8 @@
 //! Where Forge backend slots are counted, so a backend runs at most its `FORGE_SLOTS` jobs at
 //! a time however many processes list it.
 //!
-//! A slot is held by one slot worker, from before it takes a job until that job's outcome is
-//! written. [`MemorySlots`] counts them in this process (the embedded default: one process
+//! A slot is held by one slot worker, from before it takes its first job until it stops (or
+//! hands a job to another backend). [`MemorySlots`] counts them in this process (the embedded default: one process
 //! owns its backends). [`redis::RedisSlots`] counts them in Redis for every process that shares
 //! it: a slot there is a lease that lapses unless its holder keeps it (a killed process's slots
 //! come free after one lease).

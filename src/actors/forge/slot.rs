@@ -1,6 +1,7 @@
 //! A slot worker's hold on one of its backend's slots ([`crate::slots`]): taken before the
-//! worker asks the queue for a job, kept (its lease renewed) while it waits and runs, given
-//! back when the job's outcome is written. A worker without a slot takes no job, so a backend
+//! worker asks the queue for a job, kept (its lease renewed) while it waits and runs, and from
+//! one job to the next; given back when the worker hands a job to another backend, or stops.
+//! A worker without a slot takes no job, so a backend
 //! runs at most `FORGE_SLOTS` jobs however many processes list it, and a job waits in the
 //! queue (with its exact position) rather than inside Forge.
 

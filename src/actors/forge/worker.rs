@@ -1,7 +1,7 @@
 //! A slot worker of one backend: when the breaker lets it, takes one of the backend's slots
-//! (shared by every process, see [`super::slot`]), then the next job; marks it processing,
-//! runs txt2img with its deadline while polling progress, writes the outcome, and gives the
-//! slot back.
+//! (shared by every process, see [`super::slot`]) and keeps it from one job to the next; takes
+//! the next job, marks it processing, runs txt2img with its deadline while polling progress,
+//! and writes the outcome.
 //!
 //! A job goes to another backend (back to the head of the queue, where a healthy backend's
 //! worker takes it) instead of failing or getting the placeholder while another backend's
@@ -17,6 +17,7 @@
 //!   failed with R9.4 (through the store's quarantine) so the queue moves on.
 
 use super::pool::BusyGuard;
+use super::slot::Slot;
 use super::{Ended, ForgeActor, ForgeDeps, ForgeSettings, Running, Stop, note, seen, state_of};
 use crate::actors::store::StoreError;
 use crate::domain::breaker::{Admission, CallOutcome, pause_before_taking};
@@ -66,19 +67,26 @@ enum Ran {
 
 impl Worker {
     pub(super) async fn run_slot(self) {
+        // The slot is kept from one job to the next (renewed all along), and given back when
+        // the worker hands a job to another backend or stops.
+        let mut kept: Option<Slot> = None;
         loop {
             if !self.addr.connected() {
-                return;
+                break;
             }
             if let Some(pause) = self.pause_before_taking().await {
                 tokio::time::sleep(pause).await;
                 continue;
             }
-            let slot = self
-                .deps
-                .slots
-                .take(self.client.name(), self.settings.slots, &self.deps.metrics)
-                .await;
+            let slot = match kept.take() {
+                Some(slot) => slot,
+                None => {
+                    self.deps
+                        .slots
+                        .take(self.client.name(), self.settings.slots, &self.deps.metrics)
+                        .await
+                }
+            };
             let Some(job) = self.deps.queue.next_job().await else {
                 slot.release().await;
                 return;
@@ -86,11 +94,16 @@ impl Worker {
             let busy = self.deps.busy.hold(job.id);
             let handed_off = self.run_job(job, &busy).await;
             drop(busy);
-            slot.release().await;
             if handed_off {
+                slot.release().await;
                 // A healthy backend's worker, waiting for a job, takes it first.
                 tokio::time::sleep(HAND_OFF_PAUSE).await;
+            } else {
+                kept = Some(slot);
             }
+        }
+        if let Some(slot) = kept {
+            slot.release().await;
         }
     }
 
