@@ -7,7 +7,9 @@
 
 use crate::metrics::{BackendLabel, Metrics};
 use crate::slots::SlotStore;
+use parking_lot::Mutex;
 use rand::Rng as _;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -23,16 +25,31 @@ const FAILING_POLL: Duration = Duration::from_secs(1);
 pub struct Slots {
     store: Arc<dyn SlotStore>,
     lease: Duration,
+    /// Per backend, the line of this process's workers waiting for a slot: only the first
+    /// asks the store, so waiting costs one script per poll per backend and process, however
+    /// many workers wait.
+    lines: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl Slots {
     /// Slots in `store`, each held for `lease` and renewed every third of it (`JOB_LEASE`).
     pub fn new(store: Arc<dyn SlotStore>, lease: Duration) -> Slots {
-        Slots { store, lease }
+        Slots {
+            store,
+            lease,
+            lines: Arc::default(),
+        }
     }
 
     /// Waits until one of the `slots` slots of `backend` is this worker's.
     pub(super) async fn take(&self, backend: &str, slots: u32, metrics: &Arc<Metrics>) -> Slot {
+        let line = self
+            .lines
+            .lock()
+            .entry(backend.to_owned())
+            .or_default()
+            .clone();
+        let _turn = line.lock().await;
         let holder = Uuid::now_v7().to_string();
         let mut failing = false;
         loop {
