@@ -18,4 +18,5 @@ pub mod images;
 pub mod metrics;
 pub mod queue;
 pub mod redis_client;
+pub mod shared_folder;
 pub mod slots;

@@ -271,17 +271,26 @@ async fn connect_shared(
             .await?,
         )
     };
-    let breakers = Arc::new(
-        on_io(io, "REDIS_URL: cannot use Redis for breakers", async move {
-            RedisBreakers::connect(&url, &prefix, breaker_settings).await
-        })
-        .await?,
-    );
+    let breakers = {
+        let (url, prefix) = (url.clone(), prefix.clone());
+        Arc::new(
+            on_io(io, "REDIS_URL: cannot use Redis for breakers", async move {
+                RedisBreakers::connect(&url, &prefix, breaker_settings).await
+            })
+            .await?,
+        )
+    };
+    let images_dir = config.images_dir();
+    let folder_keeper = on_io(io, "IMAGES_DIR: cannot be shared", async move {
+        crate::shared_folder::check_and_keep(&url, &prefix, &images_dir).await
+    })
+    .await?;
     let redis = RedisClients {
         queue: queue.clone(),
         bus: bus.clone(),
         slots: slots.clone(),
         breakers: breakers.clone(),
+        folder_keeper: Arc::new(folder_keeper),
     };
     Ok(Shared {
         queue,

@@ -160,6 +160,8 @@ pub struct RedisClients {
     pub slots: Arc<crate::slots::redis::RedisSlots>,
     /// The backends' breakers.
     pub breakers: Arc<crate::breakers::redis::RedisBreakers>,
+    /// Keeps the shared images folder's marker named in Redis.
+    pub folder_keeper: Arc<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningApp {
@@ -224,6 +226,7 @@ impl RunningApp {
             redis.queue.close().await;
             redis.slots.close().await;
             redis.breakers.close().await;
+            redis.folder_keeper.abort();
         }
         if let Some(sim) = parts.sim {
             sim.shutdown().await;

@@ -317,3 +317,34 @@ async fn two_processes_on_a_redis_cluster_give_exact_positions_and_run_every_job
         running.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL and Redis: set TEST_DATABASE_URL and TEST_REDIS_URL"]
+async fn a_process_whose_images_folder_is_not_the_others_refuses_to_start() {
+    let storage = shared_storage();
+    let sim = start_sim(fast_sim()).await;
+    let first = app::start(config(&storage, &[sim.url()], &[]))
+        .await
+        .expect("the first process starts");
+    // The same database and Redis prefix, another folder.
+    let elsewhere = Storage {
+        dir: tempfile::tempdir().expect("folder"),
+        postgres: storage.postgres.clone(),
+        redis: storage.redis.clone(),
+    };
+    let refused = app::start(config(&elsewhere, &[sim.url()], &[]))
+        .await
+        .err()
+        .expect("a process with its own images folder is refused");
+    let text = refused.to_string();
+    assert!(
+        text.contains("IMAGES_DIR") && text.contains("share one images folder"),
+        "{text}"
+    );
+    // Another process on the shared folder starts.
+    let second = app::start(config(&storage, &[sim.url()], &[]))
+        .await
+        .expect("a process on the shared folder starts");
+    second.shutdown().await;
+    first.shutdown().await;
+}
