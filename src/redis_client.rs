@@ -26,6 +26,9 @@ pub(crate) const HEARTBEAT: Duration = Duration::from_secs(5);
 /// (queue feed) or lost events (bus), so it is generous.
 const PUBSUB_CAPACITY: usize = 1 << 14;
 
+/// Capacity of a command client's broadcast channels (reconnects and errors only).
+const COMMANDS_CHANNEL_CAPACITY: usize = 32;
+
 /// Pause between attempts to subscribe again after a reconnect.
 const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(250);
 
@@ -99,7 +102,12 @@ pub(crate) fn builder(url: &str, role: Role) -> Result<Builder, RedisError> {
         })
         .with_performance_config(|performance| {
             performance.default_command_timeout = COMMAND_TIMEOUT;
-            performance.broadcast_channel_capacity = PUBSUB_CAPACITY;
+            // Each of a client's broadcast channels (messages, reconnects, errors…) is
+            // allocated whole at its capacity: only a subscriber needs room for messages.
+            performance.broadcast_channel_capacity = match role {
+                Role::Subscriber => PUBSUB_CAPACITY,
+                Role::Commands => COMMANDS_CHANNEL_CAPACITY,
+            };
         });
     Ok(builder)
 }
