@@ -130,6 +130,10 @@ impl Database {
 /// the statement deadline (a migration may take longer than any request should): to
 /// `DATABASE_MIGRATION_URL` if set, else to `DATABASE_URL`. Behind a transaction pooler they
 /// run in one transaction, set up as every other (see [`super::session`]).
+/// The advisory lock (per database) that several processes starting at once take turns on to
+/// migrate: a first rollout or a scale-up must not race `CREATE SCHEMA` and `CREATE TABLE`.
+const MIGRATION_LOCK: i64 = 0x0466_6f72_6765_4d69;
+
 async fn migrate(settings: &DbSettings) -> Result<(), DbError> {
     let direct = settings.migration_url.is_some();
     let migration = DbSettings {
@@ -151,11 +155,28 @@ async fn migrate(settings: &DbSettings) -> Result<(), DbError> {
         let setup = pooled_setup(Duration::from_secs(3600), settings.schema.as_deref());
         migrate_in_one_transaction(&connection, create_schema.as_deref(), &setup).await
     } else {
-        match &create_schema {
-            Some(create) => connection.execute_unprepared(create).await.map(|_| ()),
-            None => Ok(()),
+        // Processes starting at once take turns (the pool has one connection: one session).
+        let lock = if postgres {
+            connection
+                .execute_unprepared(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+                .await
+                .map(|_| ())
+        } else {
+            Ok(())
+        };
+        let migrated = match lock {
+            Err(err) => Err(err),
+            Ok(()) => match &create_schema {
+                Some(create) => connection.execute_unprepared(create).await.map(|_| ()),
+                None => Ok(()),
+            }
+            .and(Migrator::up(&connection, None).await),
+        };
+        if postgres {
+            let unlock = format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})");
+            let _ = connection.execute_unprepared(&unlock).await;
         }
-        .and(Migrator::up(&connection, None).await)
+        migrated
     };
     let _ = connection.close().await;
     Ok(migrated?)
@@ -168,6 +189,9 @@ async fn migrate_in_one_transaction(
 ) -> Result<(), sea_orm::DbErr> {
     use sea_orm::TransactionTrait as _;
     let txn = connection.begin().await?;
+    // Processes starting at once take turns (held until the commit, through any pooler).
+    txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+        .await?;
     if let Some(create) = create_schema {
         txn.execute_unprepared(create).await?;
     }

@@ -119,7 +119,7 @@ impl RedisBus {
             .await;
         if let Err(err) = published {
             tracing::warn!(
-                message = %first.message_id,
+                message_id = %first.message_id,
                 kind = first.kind.type_name(),
                 events = count,
                 error = %err,
@@ -135,7 +135,7 @@ impl EventBus for RedisBus {
         match serde_json::to_string(&event) {
             Ok(body) => self.publish_body(body, &event, 1).await,
             Err(err) => {
-                tracing::error!(message = %event.message_id, error = %err, "cannot serialize a job event")
+                tracing::error!(message_id = %event.message_id, error = %err, "cannot serialize a job event")
             }
         }
     }
@@ -147,7 +147,7 @@ impl EventBus for RedisBus {
         match serde_json::to_string(&events) {
             Ok(body) => self.publish_body(body, first, events.len()).await,
             Err(err) => {
-                tracing::error!(message = %first.message_id, error = %err, "cannot serialize job events")
+                tracing::error!(message_id = %first.message_id, error = %err, "cannot serialize job events")
             }
         }
     }

@@ -348,3 +348,23 @@ async fn a_process_whose_images_folder_is_not_the_others_refuses_to_start() {
     second.shutdown().await;
     first.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL and Redis: set TEST_DATABASE_URL and TEST_REDIS_URL"]
+async fn three_processes_starting_at_once_on_a_fresh_schema_all_start() {
+    let storage = shared_storage();
+    let sim = start_sim(fast_sim()).await;
+    let started =
+        futures::future::join_all((0..3).map(|_| app::start(config(&storage, &[sim.url()], &[]))))
+            .await;
+    let mut running = Vec::new();
+    for start in started {
+        match start {
+            Ok(app) => running.push(app),
+            Err(err) => panic!("a process failed to start: {err}"),
+        }
+    }
+    for app in running {
+        app.shutdown().await;
+    }
+}

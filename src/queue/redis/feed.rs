@@ -64,7 +64,7 @@ pub(super) async fn run_feed(mut subscription: Subscription, feed: broadcast::Se
                         }
                     }
                     None => {
-                        tracing::warn!(message = ?value, "malformed queue feed message");
+                        tracing::warn!(feed_message = ?value, "malformed queue feed message");
                         last_seq = None;
                         send(FeedItem::Gap);
                     }
