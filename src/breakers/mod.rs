@@ -45,6 +45,9 @@ pub trait BreakerStore: Send + Sync {
         holder: &str,
     ) -> Result<(Admission, Option<Transition>), BreakerError>;
 
+    /// Holds `backend` off for `long` (see [`Readiness::HeldOff`]).
+    async fn hold_off(&self, backend: &str, long: Duration) -> Result<(), BreakerError>;
+
     /// How a call admitted as `admission` ended.
     async fn record(
         &self,
@@ -95,6 +98,11 @@ impl BreakerStore for MemoryBreakers {
         _holder: &str,
     ) -> Result<(Admission, Option<Transition>), BreakerError> {
         Ok(self.with(backend, |breaker| breaker.admit(Instant::now())))
+    }
+
+    async fn hold_off(&self, backend: &str, long: Duration) -> Result<(), BreakerError> {
+        self.with(backend, |breaker| breaker.hold_off(Instant::now() + long));
+        Ok(())
     }
 
     async fn record(

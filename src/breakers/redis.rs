@@ -1,10 +1,9 @@
 //! Breakers in Redis, shared by every process that uses the same Redis and key prefix: one
 //! hash per backend, `{prefix}:breaker:<backend>`, changed only by `breaker.lua`.
 //!
-//! Two round trips of the healthy path are saved (a healthy backend then costs one script per
-//! job, the admission): a `closed` readiness seen less than [`CLOSED_FRESH`] ago is taken as
-//! it is (the admission that follows decides anyway), and the success of an admitted call is
-//! not sent while the last answer counted no failure (it would only reset a count of 0).
+//! One round trip of the healthy path is saved (a healthy backend then costs two scripts per
+//! job, its readiness and the admission): the success of an admitted call is not sent while
+//! the last answer counted no failure (it would only reset a count of 0).
 
 use super::{BreakerError, BreakerSettings, BreakerStore};
 use crate::domain::breaker::{Admission, BreakerState, CallOutcome, Readiness, Transition};
@@ -12,17 +11,14 @@ use crate::redis_client::{Role, builder, check_prefix};
 use fred::prelude::{ClientLike, LuaInterface, Pool, Value};
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Connections of the breaker store: a few short scripts per job.
 const POOL_SIZE: usize = 2;
-/// How long a `closed` answer stands for the next readiness question.
-const CLOSED_FRESH: Duration = Duration::from_millis(250);
 
 /// A backend's breaker as this process last heard of it.
 #[derive(Clone, Copy)]
 struct Heard {
-    at: Instant,
     closed: bool,
     failures: u64,
 }
@@ -104,6 +100,19 @@ impl RedisBreakers {
         admission: &str,
         outcome: &str,
     ) -> Result<Answer, BreakerError> {
+        self.run_holding(backend, op, holder, admission, outcome, Duration::ZERO)
+            .await
+    }
+
+    async fn run_holding(
+        &self,
+        backend: &str,
+        op: &str,
+        holder: &str,
+        admission: &str,
+        outcome: &str,
+        hold: Duration,
+    ) -> Result<Answer, BreakerError> {
         let millis = |duration: Duration| duration.as_millis().max(1).to_string();
         let reply: Vec<Value> = self
             .pool
@@ -118,6 +127,7 @@ impl RedisBreakers {
                     millis(self.settings.trial_lease),
                     admission.to_owned(),
                     outcome.to_owned(),
+                    hold.as_millis().to_string(),
                 ],
             )
             .await
@@ -140,7 +150,6 @@ impl RedisBreakers {
         self.heard.lock().insert(
             backend.to_owned(),
             Heard {
-                at: Instant::now(),
                 closed: answer.after == BreakerState::Closed,
                 failures: answer.failures,
             },
@@ -160,15 +169,10 @@ impl BreakerStore for RedisBreakers {
     }
 
     async fn readiness(&self, backend: &str) -> Result<Readiness, BreakerError> {
-        if self
-            .heard(backend)
-            .is_some_and(|heard| heard.closed && heard.at.elapsed() < CLOSED_FRESH)
-        {
-            return Ok(Readiness::Closed);
-        }
         let answer = self.run(backend, "readiness", "", "", "").await?;
         match answer.word.as_str() {
             "closed" => Ok(Readiness::Closed),
+            "held_off" => Ok(Readiness::HeldOff(Duration::from_millis(answer.ms))),
             "open" => Ok(Readiness::Open(Duration::from_millis(answer.ms))),
             "trial_running" => Ok(Readiness::TrialRunning),
             "trial_due" => Ok(Readiness::TrialDue),
@@ -195,6 +199,12 @@ impl BreakerStore for RedisBreakers {
             }
         };
         Ok((admission, answer.transition()))
+    }
+
+    async fn hold_off(&self, backend: &str, long: Duration) -> Result<(), BreakerError> {
+        self.run_holding(backend, "hold_off", "", "", "", long)
+            .await
+            .map(|_| ())
     }
 
     async fn record(

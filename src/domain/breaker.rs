@@ -81,6 +81,9 @@ pub enum Readiness {
     TrialDue,
     /// A trial call is in flight (here or in another process).
     TrialRunning,
+    /// Closed, but held off for this much longer: it handed a job to another backend lately,
+    /// and should not take the job back before another backend does.
+    HeldOff(Duration),
 }
 
 /// How long to wait before a slot worker of this backend takes a job: `None` to take one now.
@@ -90,8 +93,10 @@ pub enum Readiness {
 pub fn pause_before_taking(readiness: Readiness, another_is_closed: bool) -> Option<Duration> {
     match readiness {
         Readiness::Closed | Readiness::TrialDue => None,
-        Readiness::Open(left) if another_is_closed => Some(left.min(Duration::from_secs(1))),
-        Readiness::Open(_) => None,
+        Readiness::Open(left) | Readiness::HeldOff(left) if another_is_closed => {
+            Some(left.min(Duration::from_secs(1)))
+        }
+        Readiness::Open(_) | Readiness::HeldOff(_) => None,
         Readiness::TrialRunning => Some(Duration::from_millis(50)),
     }
 }
@@ -109,6 +114,7 @@ pub struct CircuitBreaker {
     failure_threshold: u32,
     open_for: Duration,
     inner: Inner,
+    held_until: Option<Instant>,
 }
 
 impl CircuitBreaker {
@@ -121,7 +127,14 @@ impl CircuitBreaker {
             inner: Inner::Closed {
                 consecutive_failures: 0,
             },
+            held_until: None,
         }
+    }
+
+    /// Holds a closed breaker off until `until` (see [`Readiness::HeldOff`]); calls are still
+    /// admitted.
+    pub fn hold_off(&mut self, until: Instant) {
+        self.held_until = Some(self.held_until.map_or(until, |held| held.max(until)));
     }
 
     /// The current state. An open breaker whose time is up still reads `Open` until the
@@ -155,7 +168,10 @@ impl CircuitBreaker {
     /// What the breaker says about calling now.
     pub fn readiness(&self, now: Instant) -> Readiness {
         match self.inner {
-            Inner::Closed { .. } => Readiness::Closed,
+            Inner::Closed { .. } => match self.held_until {
+                Some(until) if now < until => Readiness::HeldOff(until - now),
+                _ => Readiness::Closed,
+            },
             Inner::Open { until } if now < until => Readiness::Open(until - now),
             Inner::Open { .. } => Readiness::TrialDue,
             Inner::HalfOpen {
@@ -314,6 +330,21 @@ mod tests {
             Some(Duration::from_millis(50))
         );
         breaker.admit(clock.now());
+        assert_eq!(breaker.readiness(clock.now()), Readiness::Closed);
+        breaker.hold_off(clock.now() + Duration::from_secs(10));
+        let readiness = breaker.readiness(clock.now());
+        assert_eq!(readiness, Readiness::HeldOff(Duration::from_secs(10)));
+        assert_eq!(
+            pause_before_taking(readiness, true),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(pause_before_taking(readiness, false), None);
+        assert_eq!(
+            breaker.admit(clock.now()).0,
+            Admission::Allowed,
+            "still admits"
+        );
+        clock.advance(Duration::from_secs(10));
         assert_eq!(breaker.readiness(clock.now()), Readiness::Closed);
     }
 

@@ -127,7 +127,7 @@ async fn three_processes_sharing_two_one_slot_backends_run_two_jobs_at_a_time_an
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs PostgreSQL and Redis: set TEST_DATABASE_URL and TEST_REDIS_URL"]
-async fn a_failing_backend_opens_one_breaker_for_every_process_and_its_jobs_run_on_the_other() {
+async fn a_failing_backend_of_two_fails_no_job_and_is_held_off_for_every_process() {
     let storage = shared_storage();
     let failing = SimConfig {
         mode: SimMode::Error500,
@@ -154,9 +154,9 @@ async fn a_failing_backend_opens_one_breaker_for_every_process_and_its_jobs_run_
             "a healthy backend was there: {done}"
         );
     }
-    // BREAKER_FAILURES (5) consecutive failures open the failing backend's breaker for all
-    // three processes (one breaker per process would let it fail up to 15 calls).
-    assert_eq!(sims[0].stats().failed, 5, "calls the failing backend got");
+    // Its first failure handed the job to the healthy backend and held the failing one off
+    // for every process (held off per process, each would try it once).
+    assert_eq!(sims[0].stats().failed, 1, "calls the failing backend got");
     assert_eq!(sims[1].stats().completed, 40);
     let failovers: u64 = processes
         .iter()
@@ -169,7 +169,7 @@ async fn a_failing_backend_opens_one_breaker_for_every_process_and_its_jobs_run_
                 .get()
         })
         .sum();
-    assert_eq!(failovers, 5);
+    assert_eq!(failovers, 1);
     for (running, _) in processes {
         running.shutdown().await;
     }
@@ -367,4 +367,127 @@ async fn three_processes_starting_at_once_on_a_fresh_schema_all_start() {
     for app in running {
         app.shutdown().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL and Redis: set TEST_DATABASE_URL and TEST_REDIS_URL"]
+async fn a_lone_failing_backend_fails_breaker_failures_jobs_then_serves_the_placeholder_across_processes()
+ {
+    let storage = shared_storage();
+    let failing = SimConfig {
+        mode: SimMode::Error500,
+        ..fast_sim()
+    };
+    let sims = [start_sim(failing).await];
+    let processes = processes_sharing(&storage, &sims, 3, &["--max-pending-per-user", "100"]).await;
+    let clients: Vec<&Client> = processes.iter().map(|(_, client)| client).collect();
+    let token = clients[0].token("alice").await;
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        ids.push(clients[n % 3].submit_id(&token, &format!("job {n}")).await);
+    }
+    let (mut failed, mut placeholders) = (0, 0);
+    for id in &ids {
+        let done = clients[0]
+            .wait_message(&token, id, |m| {
+                m["status"] == "complete" || m["status"] == "error"
+            })
+            .await;
+        if done["status"] == "error" {
+            failed += 1;
+        } else if done["placeholder"] == true {
+            placeholders += 1;
+        }
+    }
+    // BREAKER_FAILURES (5) for the whole deployment, not per process (up to 15).
+    assert_eq!(sims[0].stats().failed, 5, "calls the failing backend got");
+    assert_eq!((failed, placeholders), (5, 15));
+    for (running, _) in processes {
+        running.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis: set TEST_REDIS_URL"]
+async fn two_processes_count_failures_into_one_breaker_and_one_takes_the_trial() {
+    use forge_gateway::breakers::redis::RedisBreakers;
+    use forge_gateway::breakers::{BreakerSettings, BreakerStore};
+    use forge_gateway::domain::breaker::{
+        Admission, CallOutcome, Readiness, Transition as BreakerTransition,
+    };
+    let storage = shared_storage();
+    let (url, prefix) = storage.redis.clone().expect("redis");
+    let settings = BreakerSettings {
+        failures: 5,
+        open_for: Duration::from_millis(500),
+        trial_lease: Duration::from_secs(30),
+    };
+    let a = RedisBreakers::connect(&url, &prefix, settings)
+        .await
+        .expect("a");
+    let b = RedisBreakers::connect(&url, &prefix, settings)
+        .await
+        .expect("b");
+    async fn fail(store: &RedisBreakers, n: usize) -> Option<BreakerTransition> {
+        let holder = format!("call-{n}");
+        let (admission, _) = store.admit("gpu", &holder).await.expect("admit");
+        assert_eq!(admission, Admission::Allowed);
+        store
+            .record("gpu", &holder, admission, CallOutcome::Failure)
+            .await
+            .expect("record")
+    }
+    for n in 0..4 {
+        let store = if n % 2 == 0 { &a } else { &b };
+        assert_eq!(
+            fail(store, n).await,
+            None,
+            "not open after {} failures",
+            n + 1
+        );
+    }
+    let opened = fail(&a, 4).await.expect("the fifth failure opens it");
+    assert_eq!(opened.to.as_str(), "open");
+    assert!(matches!(
+        b.readiness("gpu").await.expect("readiness"),
+        Readiness::Open(_)
+    ));
+    assert_eq!(
+        b.admit("gpu", "x").await.expect("admit").0,
+        Admission::Rejected
+    );
+    // After the open period, one trial for both.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        a.admit("gpu", "trial-a").await.expect("admit").0,
+        Admission::Trial
+    );
+    assert_eq!(
+        b.admit("gpu", "trial-b").await.expect("admit").0,
+        Admission::Rejected
+    );
+    assert_eq!(
+        b.readiness("gpu").await.expect("readiness"),
+        Readiness::TrialRunning
+    );
+    let closed = a
+        .record("gpu", "trial-a", Admission::Trial, CallOutcome::Success)
+        .await
+        .expect("record")
+        .expect("the trial's success closes it");
+    assert_eq!(closed.to.as_str(), "closed");
+    assert_eq!(
+        b.readiness("gpu").await.expect("readiness"),
+        Readiness::Closed
+    );
+    // A hold-off is seen by both.
+    a.hold_off("gpu", Duration::from_secs(5))
+        .await
+        .expect("hold");
+    assert!(matches!(
+        b.readiness("gpu").await.expect("readiness"),
+        Readiness::HeldOff(_)
+    ));
+    a.close().await;
+    b.close().await;
 }

@@ -137,7 +137,7 @@ pub(super) fn seen(deps: &ForgeDeps, backend: &str, state: BreakerState) {
 /// The breaker state a readiness answer shows.
 pub(super) fn state_of(readiness: Readiness) -> BreakerState {
     match readiness {
-        Readiness::Closed => BreakerState::Closed,
+        Readiness::Closed | Readiness::HeldOff(_) => BreakerState::Closed,
         Readiness::Open(_) => BreakerState::Open,
         Readiness::TrialDue | Readiness::TrialRunning => BreakerState::HalfOpen,
     }

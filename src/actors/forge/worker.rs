@@ -6,8 +6,10 @@
 //! A job goes to another backend (back to the head of the queue, where a healthy backend's
 //! worker takes it) instead of failing or getting the placeholder while another backend's
 //! breaker is closed, when this backend's breaker opened after the worker took the job, or
-//! when its call failed before Forge generated anything (refused, reset, a 5xx) on the job's
-//! first run. A timeout is never run again: its user was promised R5.1.
+//! when its call failed before Forge generated anything (refused, reset, a 5xx, and no progress
+//! reported) on the job's first run. A timeout is never run again: its user was promised R5.1.
+//! The backend that handed a job off then takes no job for [`HOLD_OFF`] while another is
+//! healthy.
 //!
 //! Two rules keep one bad moment from losing a job or stopping the queue ([`super::outcome`]):
 //! - an outcome is written until it lands: while the database is unavailable the write is
@@ -28,6 +30,7 @@ use crate::forge_client::{ForgeClient, ForgeFailure, Generated};
 use crate::images::PLACEHOLDER_URL;
 use crate::metrics::{BackendLabel, OutcomeLabel};
 use actix::Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -40,6 +43,9 @@ const START_ATTEMPTS: u32 = 3;
 const CREATE_GRACE: Duration = Duration::from_secs(5);
 /// How long a worker that handed its job to another backend waits before taking one again.
 const HAND_OFF_PAUSE: Duration = Duration::from_millis(250);
+/// How long a backend that handed a job to another one takes no job while another backend is
+/// healthy.
+const HOLD_OFF: Duration = Duration::from_secs(10);
 /// Longest pause between two writes of an outcome while the database is unavailable.
 pub(super) const OUTCOME_RETRY_MAX: Duration = Duration::from_secs(5);
 
@@ -74,10 +80,6 @@ impl Worker {
             if !self.addr.connected() {
                 break;
             }
-            if let Some(pause) = self.pause_before_taking().await {
-                tokio::time::sleep(pause).await;
-                continue;
-            }
             let slot = match kept.take() {
                 Some(slot) => slot,
                 None => {
@@ -87,6 +89,13 @@ impl Worker {
                         .await
                 }
             };
+            // Asked with the slot in hand: whoever held it before may have just opened or
+            // held off the breaker.
+            if let Some(pause) = self.pause_before_taking().await {
+                kept = Some(slot);
+                tokio::time::sleep(pause).await;
+                continue;
+            }
             let Some(job) = self.deps.queue.next_job().await else {
                 slot.release().await;
                 return;
@@ -104,6 +113,16 @@ impl Worker {
         }
         if let Some(slot) = kept {
             slot.release().await;
+        }
+    }
+
+    /// This backend handed a job to another one: it takes no job for [`HOLD_OFF`] while
+    /// another backend is healthy, so the job is not taken back and declined again and again
+    /// (every process obeys: the hold is in the breaker store).
+    async fn hold_off(&self) {
+        let backend = self.client.name();
+        if let Err(err) = self.deps.breakers.hold_off(backend, HOLD_OFF).await {
+            tracing::warn!(backend, error = %err, "cannot hold the backend off");
         }
     }
 
@@ -168,7 +187,10 @@ impl Worker {
         let message = match self.mark_processing(&job).await {
             Started::Processing(message) => *message,
             Started::Skipped => return false,
-            Started::Declined => return true,
+            Started::Declined => {
+                self.hold_off().await;
+                return true;
+            }
         };
         busy.started(message.runs);
         let (stop, stopped) = oneshot::channel();
@@ -191,8 +213,11 @@ impl Worker {
             self.finish(&message, placeholder, started, busy).await;
             return false;
         }
+        // Whether Forge reported progress on this call (then a failure is not "before
+        // generating", whatever its kind).
+        let progressed = AtomicBool::new(false);
         let generation = tokio::select! {
-            result = self.generate(&message) => Ran::Generated(result),
+            result = self.generate(&message, &progressed) => Ran::Generated(result),
             Ok(why) = stopped => Ran::Stopped(why),
         };
         let latency = started.elapsed().as_secs_f64();
@@ -228,6 +253,7 @@ impl Worker {
                     self.interrupt(job.id);
                 }
                 if failure.may_run_elsewhere()
+                    && !progressed.load(Ordering::Relaxed)
                     && message.runs == 1
                     && self.deps.health.another_is_closed(self.client.name())
                 {
@@ -237,6 +263,7 @@ impl Worker {
                     tracing::info!(job = %job.id, backend = self.client.name(), "handing the failed job to another backend");
                     self.forget_preview(job.id).await;
                     self.hand_back(&job, message.runs, true).await;
+                    self.hold_off().await;
                     return true;
                 }
                 Transition::Fail {
@@ -329,18 +356,22 @@ impl Worker {
 
     /// Runs txt2img while polling progress (when this backend runs one job at a time:
     /// Forge's progress is global to the server).
-    async fn generate(&self, message: &ChatMessage) -> Result<Generated, ForgeFailure> {
+    async fn generate(
+        &self,
+        message: &ChatMessage,
+        progressed: &AtomicBool,
+    ) -> Result<Generated, ForgeFailure> {
         let call = self.client.txt2img(&message.prompt, &message.params);
         if self.settings.slots != 1 {
             return call.await;
         }
         tokio::select! {
             result = call => result,
-            () = self.poll_progress(message) => Err(ForgeFailure::bad_answer("progress polling ended")),
+            () = self.poll_progress(message, progressed) => Err(ForgeFailure::bad_answer("progress polling ended")),
         }
     }
 
-    async fn poll_progress(&self, message: &ChatMessage) {
+    async fn poll_progress(&self, message: &ChatMessage, progressed: &AtomicBool) {
         let id = message.id;
         let mut last_step = 0;
         let deadline = (self.settings.progress_interval * 3)
@@ -357,6 +388,7 @@ impl Worker {
             let mut changes = Vec::new();
             if progress.step > last_step {
                 last_step = progress.step;
+                progressed.store(true, Ordering::Relaxed);
                 let percent = (progress.fraction * 100.0).round().clamp(0.0, 99.0) as u8;
                 let eta_s = progress.eta_seconds.map(|eta| eta.ceil() as u32);
                 changes.push(Change::Progress {
