@@ -31,6 +31,7 @@ mod render;
 mod reset;
 mod server;
 mod state;
+mod stats;
 mod tasks;
 mod tls;
 mod txt2img;
