@@ -480,6 +480,12 @@ async fn a_frozen_process_that_comes_back_after_its_lease_was_taken_cannot_overw
     };
     let (a, sim_a, token, id) =
         a_process_running_one_job(&storage, slow(Duration::from_secs(2)), "30s").await;
+    // Frozen only once its backend has the request (processing is written just before it).
+    let deadline = Instant::now() + DEADLINE;
+    while sim_a.stats().txt2img_requests == 0 {
+        assert!(Instant::now() < deadline, "A never called its backend");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let pid = a.child.id().expect("running").to_string();
     let signal = |name: &str| {
         let status = std::process::Command::new("kill")
