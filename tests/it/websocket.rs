@@ -399,5 +399,10 @@ async fn a_write_resent_with_its_ref_is_applied_once_and_acknowledged_again() {
         .wait_for("a refused ref", |f| f["error"]["field"] == "ref")
         .await;
     assert_eq!(bad_ref["error"]["code"], "validation", "{bad_ref}");
+    assert_eq!(
+        bad_ref["id"],
+        id.as_str(),
+        "a failed command names its id: {bad_ref}"
+    );
     app.stop().await;
 }

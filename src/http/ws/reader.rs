@@ -211,13 +211,18 @@ impl Reader {
             None => None,
             Some(Value::String(client_ref)) if valid_ref(client_ref) => Some(client_ref.clone()),
             Some(_) => {
-                self.refuse(&ApiError::invalid(
-                    "ref",
-                    Invalid::Chars {
-                        min: 1,
-                        max: MAX_REF_CHARS,
-                    },
-                ));
+                // Named by its id, as every failed command is.
+                self.refuse_about(
+                    &ApiError::invalid(
+                        "ref",
+                        Invalid::Chars {
+                            min: 1,
+                            max: MAX_REF_CHARS,
+                        },
+                    ),
+                    command.get("id").and_then(Value::as_str),
+                    None,
+                );
                 return None;
             }
         };
