@@ -3,7 +3,8 @@
 
 use fred::clients::SubscriberClient;
 use fred::prelude::{
-    Builder, ClientLike, Config, EventInterface, PubsubInterface, ReconnectPolicy, Server, Value,
+    Builder, ClientLike, Config, EventInterface, Pool, PubsubInterface, ReconnectPolicy, Server,
+    Value,
 };
 use fred::types::Message;
 use std::time::Duration;
@@ -146,6 +147,17 @@ fn cluster_nodes_as_query(url: &str) -> String {
         .collect::<Vec<_>>()
         .join("&");
     format!("{scheme}://{credentials}{first}{path}?{query}")
+}
+
+/// A pool of `size` command clients of `url`, connected; `what` names its use in errors.
+pub(crate) async fn connect_pool(url: &str, size: usize, what: &str) -> Result<Pool, RedisError> {
+    let pool = builder(url, Role::Commands)?
+        .build_pool(size)
+        .map_err(|err| RedisError::failed(format!("creating the Redis clients for {what}"), err))?;
+    pool.init()
+        .await
+        .map_err(|err| RedisError::failed(format!("connecting to Redis for {what}"), err))?;
+    Ok(pool)
 }
 
 /// What a subscriber task sees next.

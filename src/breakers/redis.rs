@@ -7,7 +7,7 @@
 
 use super::{BreakerError, BreakerSettings, BreakerStore};
 use crate::domain::breaker::{Admission, BreakerState, CallOutcome, Readiness, Transition};
-use crate::redis_client::{Role, builder, check_prefix};
+use crate::redis_client::{check_prefix, connect_pool};
 use fred::prelude::{ClientLike, LuaInterface, Pool, Value};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -68,15 +68,9 @@ impl RedisBreakers {
         settings: BreakerSettings,
     ) -> Result<RedisBreakers, BreakerError> {
         check_prefix(prefix).map_err(|err| BreakerError(err.to_string()))?;
-        let pool = builder(url, Role::Commands)
-            .map_err(|err| BreakerError(err.to_string()))?
-            .build_pool(POOL_SIZE)
-            .map_err(|err| {
-                BreakerError(format!("creating the Redis clients for breakers: {err}"))
-            })?;
-        pool.init()
+        let pool = connect_pool(url, POOL_SIZE, "breakers")
             .await
-            .map_err(|err| BreakerError(format!("connecting to Redis for breakers: {err}")))?;
+            .map_err(|err| BreakerError(err.to_string()))?;
         Ok(RedisBreakers {
             pool,
             base: format!("{{{prefix}}}:breaker:"),
@@ -92,19 +86,8 @@ impl RedisBreakers {
         }
     }
 
+    /// Runs `op` of `breaker.lua` (`hold`: the hold-off of `hold_off`, else zero).
     async fn run(
-        &self,
-        backend: &str,
-        op: &str,
-        holder: &str,
-        admission: &str,
-        outcome: &str,
-    ) -> Result<Answer, BreakerError> {
-        self.run_holding(backend, op, holder, admission, outcome, Duration::ZERO)
-            .await
-    }
-
-    async fn run_holding(
         &self,
         backend: &str,
         op: &str,
@@ -169,7 +152,9 @@ impl BreakerStore for RedisBreakers {
     }
 
     async fn readiness(&self, backend: &str) -> Result<Readiness, BreakerError> {
-        let answer = self.run(backend, "readiness", "", "", "").await?;
+        let answer = self
+            .run(backend, "readiness", "", "", "", Duration::ZERO)
+            .await?;
         match answer.word.as_str() {
             "closed" => Ok(Readiness::Closed),
             "held_off" => Ok(Readiness::HeldOff(Duration::from_millis(answer.ms))),
@@ -187,7 +172,9 @@ impl BreakerStore for RedisBreakers {
         backend: &str,
         holder: &str,
     ) -> Result<(Admission, Option<Transition>), BreakerError> {
-        let answer = self.run(backend, "admit", holder, "", "").await?;
+        let answer = self
+            .run(backend, "admit", holder, "", "", Duration::ZERO)
+            .await?;
         let admission = match answer.word.as_str() {
             "allowed" => Admission::Allowed,
             "trial" => Admission::Trial,
@@ -202,7 +189,7 @@ impl BreakerStore for RedisBreakers {
     }
 
     async fn hold_off(&self, backend: &str, long: Duration) -> Result<(), BreakerError> {
-        self.run_holding(backend, "hold_off", "", "", "", long)
+        self.run(backend, "hold_off", "", "", "", long)
             .await
             .map(|_| ())
     }
@@ -232,7 +219,14 @@ impl BreakerStore for RedisBreakers {
             CallOutcome::Neutral => "neutral",
         };
         Ok(self
-            .run(backend, "record", holder, admission, outcome)
+            .run(
+                backend,
+                "record",
+                holder,
+                admission,
+                outcome,
+                Duration::ZERO,
+            )
             .await?
             .transition())
     }

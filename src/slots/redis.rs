@@ -4,7 +4,7 @@
 //! when their lease ends; `hold.lua` drops ended leases, then takes or keeps one, atomically.
 
 use super::{SlotError, SlotStore};
-use crate::redis_client::{Role, builder, check_prefix};
+use crate::redis_client::{check_prefix, connect_pool};
 use fred::prelude::{ClientLike, LuaInterface, Pool, SortedSetsInterface};
 use std::time::Duration;
 
@@ -21,13 +21,9 @@ impl RedisSlots {
     /// Connects to `url`; every key starts with `{prefix}:slots:`.
     pub async fn connect(url: &str, prefix: &str) -> Result<RedisSlots, SlotError> {
         check_prefix(prefix).map_err(|err| SlotError(err.to_string()))?;
-        let pool = builder(url, Role::Commands)
-            .map_err(|err| SlotError(err.to_string()))?
-            .build_pool(POOL_SIZE)
-            .map_err(|err| SlotError(format!("creating the Redis clients for slots: {err}")))?;
-        pool.init()
+        let pool = connect_pool(url, POOL_SIZE, "slots")
             .await
-            .map_err(|err| SlotError(format!("connecting to Redis for slots: {err}")))?;
+            .map_err(|err| SlotError(err.to_string()))?;
         Ok(RedisSlots {
             pool,
             base: format!("{{{prefix}}}:slots:"),
