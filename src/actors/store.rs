@@ -10,7 +10,7 @@
 
 use crate::db::{Database, DbError, RowResult, RowWork};
 use crate::domain::change::{Change, Refusal};
-use crate::domain::event::JobEvent;
+use crate::domain::event::{JobEvent, JobEventKind};
 use crate::domain::message::ChatMessage;
 use crate::domain::outages::Outages;
 use crate::events::EventBus;
@@ -288,41 +288,51 @@ impl MessageStoreActor {
                     self.ready.push_front(row.id);
                 }
                 RowResult::Done { outcomes, message } => {
-                    let mut wrote = false;
-                    for ((outcome, reply), change) in
-                        outcomes.into_iter().zip(senders).zip(&row.changes)
-                    {
-                        match (outcome, &message) {
-                            (Ok((kind, version)), Some(message)) => {
-                                wrote = true;
-                                self.metrics.store_changes.inc();
-                                if matches!(change, Change::ClientPatch { .. }) {
-                                    self.metrics.store_merges.inc();
-                                }
-                                let _ = self.events.send(JobEvent {
-                                    user_id: message.user_id.clone(),
-                                    message_id: message.id,
-                                    version: Some(version),
-                                    kind,
-                                });
-                                let _ = reply.send(Ok((**message).clone()));
-                            }
-                            (Ok(_), None) => {
-                                let _ = reply.send(Err(StoreError::Refused(Refusal::NotFound)));
-                            }
-                            (Err(refusal), _) => {
-                                self.metrics.store_refusals.inc();
-                                log_refusal(row.id, change, &refusal);
-                                let _ = reply.send(Err(StoreError::Refused(refusal)));
-                            }
-                        }
-                    }
-                    if wrote {
-                        self.metrics.store_row_writes.inc();
-                    }
+                    self.answer_row(&row, senders, outcomes, message.as_deref());
                     self.requeue_if_waiting(row.id);
                 }
             }
+        }
+    }
+
+    /// Publishes the event of each change of a written row and answers its caller; a refused
+    /// change is answered with its refusal.
+    fn answer_row(
+        &mut self,
+        row: &RowWork,
+        senders: Vec<oneshot::Sender<Result<ChatMessage, StoreError>>>,
+        outcomes: Vec<Result<(JobEventKind, i64), Refusal>>,
+        message: Option<&ChatMessage>,
+    ) {
+        let mut wrote = false;
+        for ((outcome, reply), change) in outcomes.into_iter().zip(senders).zip(&row.changes) {
+            match (outcome, message) {
+                (Ok((kind, version)), Some(message)) => {
+                    wrote = true;
+                    self.metrics.store_changes.inc();
+                    if matches!(change, Change::ClientPatch { .. }) {
+                        self.metrics.store_merges.inc();
+                    }
+                    let _ = self.events.send(JobEvent {
+                        user_id: message.user_id.clone(),
+                        message_id: message.id,
+                        version: Some(version),
+                        kind,
+                    });
+                    let _ = reply.send(Ok(message.clone()));
+                }
+                (Ok(_), None) => {
+                    let _ = reply.send(Err(StoreError::Refused(Refusal::NotFound)));
+                }
+                (Err(refusal), _) => {
+                    self.metrics.store_refusals.inc();
+                    log_refusal(row.id, change, &refusal);
+                    let _ = reply.send(Err(StoreError::Refused(refusal)));
+                }
+            }
+        }
+        if wrote {
+            self.metrics.store_row_writes.inc();
         }
     }
 

@@ -58,52 +58,98 @@ pub(super) async fn build_core(
     threads: usize,
     io: tokio::runtime::Handle,
 ) -> Result<Core, StartError> {
-    let db_settings = DbSettings {
-        url: config.database_url(),
-        schema: config.database_schema.clone(),
-        max_connections: config.database_max_connections,
-        timeout: config.database_timeout,
-        pooler: config.database_pooler == crate::config::DatabasePooler::Transaction,
-        migration_url: config
-            .database_migration_url
-            .as_ref()
-            .map(|url| url.expose_secret().to_owned()),
-    };
-    let db = on_io(&io, "cannot open the database", async move {
-        Database::connect(&db_settings).await
-    })
-    .await?;
+    let db = open_database(&config, &io).await?;
     let metrics = Metrics::shared();
     // The registry gets an arbiter of its own: every event and position passes through it.
-    let registry = SessionRegistry::start(
-        &Arbiter::new().handle(),
-        SessionCaps {
-            per_user: config.max_sessions_per_user,
-            total: config.max_sessions,
-        },
-    );
-    let Shared {
-        queue: queue_store,
-        bus,
-        slots: slot_store,
-        breakers,
-        redis,
-    } = connect_shared(&config, &registry, &io).await?;
-    let rebuild_started = std::time::Instant::now();
-    let rebuilt = rebuild_from_db(&*queue_store, &db)
-        .await
-        .map_err(|err| StartError::caused("cannot rebuild the queue from the database", err))?;
-    if rebuilt.added > 0 {
-        tracing::info!(
-            jobs = rebuilt.added,
-            took = ?rebuild_started.elapsed(),
-            "queued jobs from the database are back in the queue"
-        );
-    }
+    let caps = SessionCaps {
+        per_user: config.max_sessions_per_user,
+        total: config.max_sessions,
+    };
+    let registry = SessionRegistry::start(&Arbiter::new().handle(), caps);
+    let shared = connect_shared(&config, &registry, &io).await?;
+    rebuild_queue(&*shared.queue, &db).await?;
 
     let outages = Arc::new(Outages::new(chrono::Utc::now()));
+    let store = start_store(&config, &db, shared.bus, &metrics, &outages, &io);
+    let queue = start_queue(
+        &config,
+        shared.queue,
+        &db,
+        &registry,
+        &metrics,
+        &outages,
+        forge_urls.len(),
+    );
+
+    let forge = start_backends(
+        &config,
+        &forge_urls,
+        ForgeDeps {
+            queue: queue.clone(),
+            store: store.clone(),
+            images: images.clone(),
+            metrics: metrics.clone(),
+            health: BackendHealth::default(),
+            busy: Busy::default(),
+            slots: Slots::new(shared.slots, config.job_lease),
+            breakers: shared.breakers,
+            io: io.clone(),
+        },
+    )?;
+    // A job that ended (cancelled, stuck) stops running on its backend.
+    let abandon = forge.clone();
+    registry.on_job_ended(move |id| abandon.abandon(id));
+
+    let settings = gateway_settings(&config);
+    let gateway = Gateway::new(
+        db.clone(),
+        store.clone(),
+        queue.clone(),
+        outages.clone(),
+        settings,
+    );
+    let upkeep = Upkeep {
+        gateway: gateway.clone(),
+        forge: forge.clone(),
+        outages,
+        metrics: metrics.clone(),
+    };
+    let watchdog = start_upkeep(&config, upkeep, &db, images);
+    // The sessions' arbiters: one per core.
+    let arbiters = (0..threads.max(1)).map(|_| Arbiter::new().handle());
+    Ok(Core {
+        gateway,
+        store,
+        queue,
+        forge,
+        watchdog,
+        registry,
+        db,
+        metrics,
+        arbiters: arbiters.collect(),
+        redis: shared.redis,
+    })
+}
+
+fn gateway_settings(config: &Config) -> GatewaySettings {
+    GatewaySettings {
+        max_pending_per_user: config.max_pending_per_user,
+        list_max_bytes: config.list_max_bytes,
+        list_concurrency: config.list_concurrency as usize,
+    }
+}
+
+/// The message store actor: every write of a message goes through it.
+fn start_store(
+    config: &Config,
+    db: &Database,
+    bus: Arc<dyn EventBus>,
+    metrics: &Arc<Metrics>,
+    outages: &Arc<Outages>,
+    io: &tokio::runtime::Handle,
+) -> StoreHandle {
     let limits = StoreLimits::for_backend(db.backend_name(), config.database_max_connections);
-    let store = StoreHandle::new(
+    StoreHandle::new(
         MessageStoreActor::new(
             db.clone(),
             bus,
@@ -113,10 +159,20 @@ pub(super) async fn build_core(
             io.clone(),
         )
         .start(),
-    );
-    let eta = Arc::new(parking_lot::Mutex::new(EtaModel::new(
-        forge_urls.len() as u32
-    )));
+    )
+}
+
+/// The queue actor over the queue store, feeding positions to the registry's users.
+fn start_queue(
+    config: &Config,
+    queue_store: Arc<dyn QueueStore>,
+    db: &Database,
+    registry: &SessionRegistry,
+    metrics: &Arc<Metrics>,
+    outages: &Arc<Outages>,
+    backends: usize,
+) -> QueueHandle {
+    let eta = Arc::new(parking_lot::Mutex::new(EtaModel::new(backends as u32)));
     let queue_addr = QueueActor::new(
         queue_store.clone(),
         db.clone(),
@@ -129,55 +185,82 @@ pub(super) async fn build_core(
     .start();
     let queue = QueueHandle::new(queue_addr, queue_store, eta);
     registry.watch_users_with(queue.watch_recipient());
+    queue
+}
 
-    let forge = start_backends(
-        &config,
-        &forge_urls,
-        ForgeDeps {
-            queue: queue.clone(),
-            store: store.clone(),
-            images: images.clone(),
-            metrics: metrics.clone(),
-            health: BackendHealth::default(),
-            busy: Busy::default(),
-            slots: Slots::new(slot_store, config.job_lease),
-            breakers,
-            io: io.clone(),
-        },
-    )?;
-    {
-        let forge = forge.clone();
-        registry.on_job_ended(move |id| forge.abandon(id));
+/// Connects to the database (migrating it).
+async fn open_database(
+    config: &Config,
+    io: &tokio::runtime::Handle,
+) -> Result<Database, StartError> {
+    let settings = DbSettings {
+        url: config.database_url(),
+        schema: config.database_schema.clone(),
+        max_connections: config.database_max_connections,
+        timeout: config.database_timeout,
+        pooler: config.database_pooler == crate::config::DatabasePooler::Transaction,
+        migration_url: config
+            .database_migration_url
+            .as_ref()
+            .map(|url| url.expose_secret().to_owned()),
+    };
+    on_io(io, "cannot open the database", async move {
+        Database::connect(&settings).await
+    })
+    .await
+}
+
+/// Puts the jobs the database holds as queued, and the queue lacks, back in the queue.
+async fn rebuild_queue(queue: &dyn QueueStore, db: &Database) -> Result<(), StartError> {
+    let started = std::time::Instant::now();
+    let rebuilt = rebuild_from_db(queue, db)
+        .await
+        .map_err(|err| StartError::caused("cannot rebuild the queue from the database", err))?;
+    if rebuilt.added > 0 {
+        tracing::info!(
+            jobs = rebuilt.added,
+            took = ?started.elapsed(),
+            "queued jobs from the database are back in the queue"
+        );
     }
+    Ok(())
+}
 
-    let gateway = Gateway::new(
-        db.clone(),
-        store.clone(),
-        queue.clone(),
-        outages.clone(),
-        GatewaySettings {
-            max_pending_per_user: config.max_pending_per_user,
-            list_max_bytes: config.list_max_bytes,
-            list_concurrency: config.list_concurrency as usize,
-        },
-    );
+/// What the upkeep actors (leases, watchdog) work with.
+struct Upkeep {
+    gateway: Gateway,
+    forge: ForgePool,
+    outages: Arc<Outages>,
+    metrics: Arc<Metrics>,
+}
+
+/// The lease keeper, the watchdog and, with `RETENTION`, the retention sweep.
+fn start_upkeep(
+    config: &Config,
+    upkeep: Upkeep,
+    db: &Database,
+    images: ImageStore,
+) -> WatchdogHandle {
     LeaseActor::new(
         LeaseDeps {
-            gateway: gateway.clone(),
-            forge: forge.clone(),
-            outages: outages.clone(),
-            metrics: metrics.clone(),
+            gateway: upkeep.gateway.clone(),
+            forge: upkeep.forge.clone(),
+            outages: upkeep.outages.clone(),
+            metrics: upkeep.metrics.clone(),
         },
         config.job_lease,
     )
     .start();
-    let watchdog = WatchdogHandle::new(
+    if !config.retention.is_zero() {
+        RetentionActor::new(db.clone(), images, upkeep.metrics.clone(), config.retention).start();
+    }
+    WatchdogHandle::new(
         WatchdogActor::new(
             WatchdogDeps {
-                gateway: gateway.clone(),
-                forge: forge.clone(),
-                outages,
-                metrics: metrics.clone(),
+                gateway: upkeep.gateway,
+                forge: upkeep.forge,
+                outages: upkeep.outages,
+                metrics: upkeep.metrics,
             },
             WatchdogSettings {
                 stuck_after: config.stuck_after,
@@ -186,25 +269,7 @@ pub(super) async fn build_core(
             },
         )
         .start(),
-    );
-    if !config.retention.is_zero() {
-        RetentionActor::new(db.clone(), images, metrics.clone(), config.retention).start();
-    }
-    let arbiters = (0..threads.max(1))
-        .map(|_| Arbiter::new().handle())
-        .collect();
-    Ok(Core {
-        gateway,
-        store,
-        queue,
-        forge,
-        watchdog,
-        registry,
-        db,
-        metrics,
-        arbiters,
-        redis,
-    })
+    )
 }
 
 /// What this process shares with the others: in this process alone by default, in Redis with
@@ -241,6 +306,17 @@ async fn connect_shared(
             redis: None,
         });
     };
+    connect_redis(config, url, breaker_settings, registry, io).await
+}
+
+/// The shared stores in Redis, and the check that the images folder is the others'.
+async fn connect_redis(
+    config: &Config,
+    url: String,
+    breaker_settings: BreakerSettings,
+    registry: &SessionRegistry,
+    io: &tokio::runtime::Handle,
+) -> Result<Shared, StartError> {
     let prefix = config.redis_prefix.clone();
     let queue = {
         let (url, prefix) = (url.clone(), prefix.clone());

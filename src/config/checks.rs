@@ -142,6 +142,14 @@ pub(super) fn one_line(err: &clap::Error) -> ConfigError {
 impl Config {
     /// Checks settings that depend on each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check_auth()?;
+        self.check_stores()?;
+        self.check_durations()?;
+        self.check_sessions()
+    }
+
+    /// Secrets, token claims, and dev mode against the bind address.
+    fn check_auth(&self) -> Result<(), ConfigError> {
         let fail = |message: String| Err(ConfigError(message));
         if let Some(secret) = &self.auth_jwt_secret
             && secret.expose_secret().len() < MIN_SECRET_BYTES
@@ -167,6 +175,22 @@ impl Config {
         {
             return fail("ADMIN_TOKEN (--admin-token) must be at least 8 characters".into());
         }
+        if !self.dev_mode() && self.auth_jwt_secret.is_none() {
+            return fail(if self.bind.ip().is_loopback() {
+                "AUTH_JWT_SECRET (--auth-jwt-secret) is required unless dev mode is on (DEV_MODE=true)".into()
+            } else {
+                format!(
+                    "BIND {} is not a loopback address and no AUTH_JWT_SECRET is set: set AUTH_JWT_SECRET ({MIN_SECRET_BYTES}+ bytes) for real user tokens, or DEV_MODE=true to serve dev tokens on this address on purpose",
+                    self.bind
+                )
+            });
+        }
+        Ok(())
+    }
+
+    /// The database and Redis URLs, schema, prefix and pool.
+    fn check_stores(&self) -> Result<(), ConfigError> {
+        let fail = |message: String| Err(ConfigError(message));
         if let Some(url) = self.database_url.as_ref().map(|url| url.expose_secret())
             && !(url.starts_with("postgres://")
                 || url.starts_with("postgresql://")
@@ -238,6 +262,12 @@ impl Config {
                 "DATABASE_MAX_CONNECTIONS (--database-max-connections) must be at least 1".into(),
             );
         }
+        Ok(())
+    }
+
+    /// Durations that must be positive, and the job lease's range.
+    fn check_durations(&self) -> Result<(), ConfigError> {
+        let fail = |message: String| Err(ConfigError(message));
         let positive = [
             ("FORGE_TIMEOUT (--forge-timeout)", self.forge_timeout),
             (
@@ -283,6 +313,12 @@ impl Config {
         if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&self.job_lease) {
             return fail("JOB_LEASE (--job-lease) must be between 1s and 1d".into());
         }
+        Ok(())
+    }
+
+    /// WebSocket and session limits.
+    fn check_sessions(&self) -> Result<(), ConfigError> {
+        let fail = |message: String| Err(ConfigError(message));
         if self.ws_idle_timeout <= self.ws_heartbeat {
             return fail(
                 "WS_IDLE_TIMEOUT (--ws-idle-timeout) must be longer than WS_HEARTBEAT".into(),
@@ -296,16 +332,6 @@ impl Config {
                 "MAX_SESSIONS_PER_USER (--max-sessions-per-user) must not exceed MAX_SESSIONS"
                     .into(),
             );
-        }
-        if !self.dev_mode() && self.auth_jwt_secret.is_none() {
-            return fail(if self.bind.ip().is_loopback() {
-                "AUTH_JWT_SECRET (--auth-jwt-secret) is required unless dev mode is on (DEV_MODE=true)".into()
-            } else {
-                format!(
-                    "BIND {} is not a loopback address and no AUTH_JWT_SECRET is set: set AUTH_JWT_SECRET ({MIN_SECRET_BYTES}+ bytes) for real user tokens, or DEV_MODE=true to serve dev tokens on this address on purpose",
-                    self.bind
-                )
-            });
         }
         Ok(())
     }

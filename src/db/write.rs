@@ -98,28 +98,9 @@ impl Database {
         work: &[RowWork],
         now: DateTime<Utc>,
     ) -> Result<Vec<RowResult>, DbError> {
-        // One connection and one transaction per batch: the read, the writes, the commit. A
-        // row that starts with its own creation has nothing to read (ids are fresh UUIDs; a
-        // duplicate is refused by the insert).
+        // One connection and one transaction per batch: the read, the writes, the commit.
         let txn = self.begin_write().await?;
-        let ids: Vec<Uuid> = work
-            .iter()
-            .filter(|row| !matches!(row.changes.first(), Some(Change::Create(_))))
-            .map(|row| row.id)
-            .collect();
-        let mut current: HashMap<Uuid, MessageRow> = if ids.is_empty() {
-            HashMap::new()
-        } else {
-            select_messages()
-                .filter(Column::Id.is_in(ids))
-                .into_model::<MessageRow>()
-                .all(&txn)
-                .await?
-                .into_iter()
-                .map(|row| (row.id(), row))
-                .collect()
-        };
-
+        let mut current = read_current(&txn, work).await?;
         let mut results = Vec::with_capacity(work.len());
         let mut writes: Vec<(usize, Write)> = Vec::new();
         let mut quarantined = false;
@@ -140,91 +121,16 @@ impl Database {
                     continue;
                 }
             };
-            let expected_version = before.as_ref().map(|message| message.version);
-            let mut message = before;
-            let mut outcomes = Vec::with_capacity(row.changes.len());
-            let mut changed = false;
-            for change in &row.changes {
-                let outcome = change::apply(&mut message, change, now);
-                if let Some(applied) = &message {
-                    let outcome = outcome.map(|event| (event, applied.version));
-                    changed |= outcome.is_ok();
-                    outcomes.push(outcome);
-                } else {
-                    outcomes.push(outcome.map(|event| (event, 0)));
-                }
-            }
-            if changed && let Some(after) = &message {
-                let write = match expected_version {
-                    None => Write::Insert(Box::new(after.clone())),
-                    Some(expected_version) => Write::Update {
-                        message: Box::new(after.clone()),
-                        expected_version,
-                    },
-                };
-                writes.push((index, write));
-            }
-            results.push(RowResult::Done {
-                outcomes,
-                message: message.map(Box::new),
-            });
+            let (result, write) = apply_row(before, &row.changes, now);
+            writes.extend(write.map(|write| (index, write)));
+            results.push(result);
         }
         if writes.is_empty() && !quarantined {
             // Every change was refused: nothing to write; end the read-only transaction.
             txn.rollback().await?;
             return Ok(results);
         }
-
-        let mut inserts = Vec::new();
-        let mut updates = Vec::new();
-        for (index, write) in writes {
-            match write {
-                Write::Insert(message) => inserts.push((index, message)),
-                Write::Update {
-                    message,
-                    expected_version,
-                } => updates.push((index, message, expected_version)),
-            }
-        }
-        // One statement for all inserts and one for all updates, whatever the batch size: a
-        // statement per row made the round trips and the server's per-statement work the
-        // largest cost of a job on PostgreSQL.
-        let mut refused_inserts = Vec::new();
-        if !inserts.is_empty() {
-            let inserted = returned_ids(
-                &txn,
-                insert_statement(self.backend, inserts.iter().map(|(_, message)| &**message))?,
-            )
-            .await?;
-            // A duplicate id or (user, Idempotency-Key) leaves the row out instead of failing
-            // everyone's transaction.
-            refused_inserts.extend(
-                inserts
-                    .iter()
-                    .filter(|(_, message)| !inserted.contains(&message.id))
-                    .map(|(index, _)| *index),
-            );
-        }
-        let mut conflicts = Vec::new();
-        if !updates.is_empty() {
-            let updated = returned_ids(
-                &txn,
-                cas_update_statement(
-                    self.backend,
-                    updates
-                        .iter()
-                        .map(|(_, message, expected)| (&**message, *expected)),
-                ),
-            )
-            .await?;
-            // A row whose version moved (another process wrote it) is not updated: a conflict.
-            conflicts.extend(
-                updates
-                    .iter()
-                    .filter(|(_, message, _)| !updated.contains(&message.id))
-                    .map(|(index, _, _)| *index),
-            );
-        }
+        let (refused_inserts, conflicts) = self.run_writes(&txn, writes).await?;
         #[cfg(feature = "test-hooks")]
         self.faults.run_before_commit(&txn).await?;
         txn.commit().await?;
@@ -240,6 +146,123 @@ impl Database {
         }
         Ok(results)
     }
+
+    /// Runs a batch's inserts and updates in one statement each, whatever the batch size (a
+    /// statement per row made the round trips and the server's per-statement work the largest
+    /// cost of a job on PostgreSQL). Returns the indexes of the inserts refused (a duplicate id
+    /// or (user, Idempotency-Key): left out instead of failing everyone's transaction) and of
+    /// the updates that lost their compare-and-swap (another process wrote the row).
+    async fn run_writes(
+        &self,
+        txn: &DatabaseTransaction,
+        writes: Vec<(usize, Write)>,
+    ) -> Result<(Vec<usize>, Vec<usize>), DbError> {
+        let mut inserts = Vec::new();
+        let mut updates = Vec::new();
+        for (index, write) in writes {
+            match write {
+                Write::Insert(message) => inserts.push((index, message)),
+                Write::Update {
+                    message,
+                    expected_version,
+                } => updates.push((index, message, expected_version)),
+            }
+        }
+        let mut refused_inserts = Vec::new();
+        if !inserts.is_empty() {
+            let inserted = returned_ids(
+                txn,
+                insert_statement(self.backend, inserts.iter().map(|(_, message)| &**message))?,
+            )
+            .await?;
+            refused_inserts.extend(
+                inserts
+                    .iter()
+                    .filter(|(_, message)| !inserted.contains(&message.id))
+                    .map(|(index, _)| *index),
+            );
+        }
+        let mut conflicts = Vec::new();
+        if !updates.is_empty() {
+            let updated = returned_ids(
+                txn,
+                cas_update_statement(
+                    self.backend,
+                    updates
+                        .iter()
+                        .map(|(_, message, expected)| (&**message, *expected)),
+                ),
+            )
+            .await?;
+            conflicts.extend(
+                updates
+                    .iter()
+                    .filter(|(_, message, _)| !updated.contains(&message.id))
+                    .map(|(index, _, _)| *index),
+            );
+        }
+        Ok((refused_inserts, conflicts))
+    }
+}
+
+/// The current rows of a batch. A row that starts with its own creation has nothing to read
+/// (ids are fresh UUIDs; a duplicate is refused by the insert).
+async fn read_current(
+    txn: &DatabaseTransaction,
+    work: &[RowWork],
+) -> Result<HashMap<Uuid, MessageRow>, DbError> {
+    let ids: Vec<Uuid> = work
+        .iter()
+        .filter(|row| !matches!(row.changes.first(), Some(Change::Create(_))))
+        .map(|row| row.id)
+        .collect();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    Ok(select_messages()
+        .filter(Column::Id.is_in(ids))
+        .into_model::<MessageRow>()
+        .all(txn)
+        .await?
+        .into_iter()
+        .map(|row| (row.id(), row))
+        .collect())
+}
+
+/// Applies a row's changes in order to what the database holds (`before`, none for a
+/// create): the outcome of each, and the write it needs when any was applied.
+fn apply_row(
+    before: Option<ChatMessage>,
+    changes: &[Change],
+    now: DateTime<Utc>,
+) -> (RowResult, Option<Write>) {
+    let expected_version = before.as_ref().map(|message| message.version);
+    let mut message = before;
+    let mut outcomes = Vec::with_capacity(changes.len());
+    let mut changed = false;
+    for change in changes {
+        let outcome = change::apply(&mut message, change, now);
+        if let Some(applied) = &message {
+            let outcome = outcome.map(|event| (event, applied.version));
+            changed |= outcome.is_ok();
+            outcomes.push(outcome);
+        } else {
+            outcomes.push(outcome.map(|event| (event, 0)));
+        }
+    }
+    let write = match (&message, changed, expected_version) {
+        (Some(after), true, None) => Some(Write::Insert(Box::new(after.clone()))),
+        (Some(after), true, Some(expected_version)) => Some(Write::Update {
+            message: Box::new(after.clone()),
+            expected_version,
+        }),
+        _ => None,
+    };
+    let result = RowResult::Done {
+        outcomes,
+        message: message.map(Box::new),
+    };
+    (result, write)
 }
 
 /// Answers the changes of a row that cannot be decoded: its first failure is written with

@@ -176,15 +176,7 @@ pub fn apply(
         if current.is_some() {
             return Err(Refusal::AlreadyExists);
         }
-        let mut message = (**new).clone();
-        message.status = JobStatus::Queued;
-        message.version = 1;
-        message.created_at = now;
-        message.updated_at = now;
-        message.activity_at = now;
-        let event = JobEventKind::Queued {
-            queue_position: message.queue_position,
-        };
+        let (message, event) = created(new, now);
         *current = Some(message);
         return Ok(event);
     }
@@ -205,24 +197,7 @@ pub fn apply(
             owner,
             patch,
             client_ref,
-        } => {
-            if message.user_id != *owner {
-                return Err(Refusal::NotFound);
-            }
-            if let Some(client_ref) = client_ref
-                && message.client_refs.seen(client_ref, now)
-            {
-                return Err(Refusal::AlreadyApplied);
-            }
-            merge::merge_client_data(&mut message.data, patch).map_err(Refusal::Patch)?;
-            if let Some(client_ref) = client_ref {
-                message.client_refs.remember(client_ref, now);
-            }
-            JobEventKind::Updated {
-                data: message.data.clone(),
-                client_ref: client_ref.clone(),
-            }
-        }
+        } => patch_client_data(message, owner, patch, client_ref.as_ref(), now)?,
         Change::Progress { progress, eta_s } => {
             check(message.status, JobStatus::Processing)?;
             message.progress = message.progress.max((*progress).min(100));
@@ -259,6 +234,46 @@ pub fn apply(
     Ok(event)
 }
 
+/// A new message as its create makes it: queued, version 1, made now.
+fn created(new: &ChatMessage, now: DateTime<Utc>) -> (ChatMessage, JobEventKind) {
+    let mut message = new.clone();
+    message.status = JobStatus::Queued;
+    message.version = 1;
+    message.created_at = now;
+    message.updated_at = now;
+    message.activity_at = now;
+    let event = JobEventKind::Queued {
+        queue_position: message.queue_position,
+    };
+    (message, event)
+}
+
+/// Merges a client's patch into the message's data, once per client ref.
+fn patch_client_data(
+    message: &mut ChatMessage,
+    owner: &str,
+    patch: &Value,
+    client_ref: Option<&String>,
+    now: DateTime<Utc>,
+) -> Result<JobEventKind, Refusal> {
+    if message.user_id != owner {
+        return Err(Refusal::NotFound);
+    }
+    if let Some(client_ref) = client_ref
+        && message.client_refs.seen(client_ref, now)
+    {
+        return Err(Refusal::AlreadyApplied);
+    }
+    merge::merge_client_data(&mut message.data, patch).map_err(Refusal::Patch)?;
+    if let Some(client_ref) = client_ref {
+        message.client_refs.remember(client_ref, now);
+    }
+    Ok(JobEventKind::Updated {
+        data: message.data.clone(),
+        client_ref: client_ref.cloned(),
+    })
+}
+
 fn check(from: JobStatus, to: JobStatus) -> Result<(), Refusal> {
     if from.can_become(to) {
         Ok(())
@@ -273,39 +288,11 @@ fn apply_transition(
     now: DateTime<Utc>,
 ) -> Result<JobEventKind, Refusal> {
     let event = match transition {
-        Transition::HandBack { run, elsewhere } => {
-            if message.status != JobStatus::Processing || message.runs != *run {
-                return Err(Refusal::RunEnded);
-            }
-            if !elsewhere {
-                message.backend = None;
-            }
-            message.started_at = None;
-            message.progress = 0;
-            JobEventKind::Queued {
-                queue_position: None,
-            }
-        }
+        Transition::HandBack { run, elsewhere } => hand_back(message, *run, *elsewhere)?,
         Transition::Processing {
             backend,
             may_decline,
-        } => {
-            if message.status == JobStatus::Processing {
-                return Err(Refusal::IllegalTransition {
-                    from: JobStatus::Processing,
-                    to: JobStatus::Processing,
-                });
-            }
-            // Only a hand-back to run elsewhere leaves a queued job's backend set.
-            if *may_decline && message.backend.as_deref() == Some(backend.as_str()) {
-                return Err(Refusal::RunElsewhere);
-            }
-            message.backend = Some(backend.clone());
-            message.started_at = Some(now);
-            message.runs += 1;
-            message.progress = 0;
-            JobEventKind::Processing { progress: 0 }
-        }
+        } => start_run(message, backend, *may_decline, now)?,
         Transition::Complete {
             image_url,
             placeholder,
@@ -322,27 +309,18 @@ fn apply_transition(
                 seed: *seed,
             }
         }
-        Transition::Fail { error } => {
-            message.error = Some(error.clone());
-            JobEventKind::Error {
-                error: error.clone(),
-            }
-        }
+        Transition::Fail { error } => failed(message, error.clone()),
         Transition::Expire { created_before } => {
             if message.created_at > *created_before {
                 return Err(Refusal::NotStuck);
             }
-            let error = JobFailure::Timeout.to_error();
-            message.error = Some(error.clone());
-            JobEventKind::Error { error }
+            failed(message, JobFailure::Timeout.to_error())
         }
         Transition::MarkStuck { inactive_since } => {
             if message.activity_at > *inactive_since {
                 return Err(Refusal::NotStuck);
             }
-            let error = JobFailure::StuckJob.to_error();
-            message.error = Some(error.clone());
-            JobEventKind::Error { error }
+            failed(message, JobFailure::StuckJob.to_error())
         }
         Transition::Cancel { client_ref } => {
             let error = JobFailure::Cancelled.to_error();
@@ -369,6 +347,56 @@ fn apply_transition(
         message.preview_url = None;
     }
     Ok(event)
+}
+
+/// The job goes back to the queue from its run `run` (a lost lease, a shutdown, or a failure
+/// to run elsewhere, when it keeps its backend to be declined there).
+fn hand_back(
+    message: &mut ChatMessage,
+    run: i64,
+    elsewhere: bool,
+) -> Result<JobEventKind, Refusal> {
+    if message.status != JobStatus::Processing || message.runs != run {
+        return Err(Refusal::RunEnded);
+    }
+    if !elsewhere {
+        message.backend = None;
+    }
+    message.started_at = None;
+    message.progress = 0;
+    Ok(JobEventKind::Queued {
+        queue_position: None,
+    })
+}
+
+/// A backend starts a new run of the job.
+fn start_run(
+    message: &mut ChatMessage,
+    backend: &str,
+    may_decline: bool,
+    now: DateTime<Utc>,
+) -> Result<JobEventKind, Refusal> {
+    if message.status == JobStatus::Processing {
+        return Err(Refusal::IllegalTransition {
+            from: JobStatus::Processing,
+            to: JobStatus::Processing,
+        });
+    }
+    // Only a hand-back to run elsewhere leaves a queued job's backend set.
+    if may_decline && message.backend.as_deref() == Some(backend) {
+        return Err(Refusal::RunElsewhere);
+    }
+    message.backend = Some(backend.to_owned());
+    message.started_at = Some(now);
+    message.runs += 1;
+    message.progress = 0;
+    Ok(JobEventKind::Processing { progress: 0 })
+}
+
+/// The job ends with `error`.
+fn failed(message: &mut ChatMessage, error: JobError) -> JobEventKind {
+    message.error = Some(error.clone());
+    JobEventKind::Error { error }
 }
 
 #[cfg(test)]

@@ -94,39 +94,7 @@ impl CreateRequest {
                 },
             ));
         }
-        let defaults = GenerationParams::default();
-        let negative_prompt = text(body, "negative_prompt")?.unwrap_or(defaults.negative_prompt);
-        if negative_prompt.chars().count() > MAX_PROMPT_CHARS {
-            return Err(ApiError::invalid(
-                "negative_prompt",
-                Invalid::AtMostChars {
-                    max: MAX_PROMPT_CHARS,
-                },
-            ));
-        }
-        let width = side(body, "width")?.unwrap_or(defaults.width);
-        let height = side(body, "height")?.unwrap_or(defaults.height);
-        let steps = integer(body, "steps", 1, 150)?.map_or(defaults.steps, |s| s as u32);
-        let cfg_scale = match body.get("cfg_scale") {
-            None | Some(Value::Null) => defaults.cfg_scale,
-            Some(value) => match value.as_f64() {
-                Some(scale) if (1.0..=30.0).contains(&scale) => scale,
-                _ => {
-                    return Err(ApiError::invalid(
-                        "cfg_scale",
-                        Invalid::Number { min: 1, max: 30 },
-                    ));
-                }
-            },
-        };
-        let sampler_name = text(body, "sampler_name")?.unwrap_or(defaults.sampler_name);
-        if sampler_name.trim().is_empty() || sampler_name.chars().count() > 64 {
-            return Err(ApiError::invalid(
-                "sampler_name",
-                Invalid::Chars { min: 1, max: 64 },
-            ));
-        }
-        let seed = integer(body, "seed", -1, u32::MAX as i64)?.unwrap_or(defaults.seed);
+        let params = generation_params(body)?;
         let conversation_id = text(body, "conversation_id")?;
         if let Some(id) = &conversation_id
             && (id.is_empty() || id.chars().count() > MAX_ID_CHARS)
@@ -150,19 +118,57 @@ impl CreateRequest {
         };
         Ok(CreateRequest {
             prompt,
-            params: GenerationParams {
-                negative_prompt,
-                width,
-                height,
-                steps,
-                cfg_scale,
-                sampler_name,
-                seed,
-            },
+            params,
             conversation_id,
             data,
         })
     }
+}
+
+/// The generation parameters of a create body, each defaulted when absent.
+fn generation_params(body: &Map<String, Value>) -> Result<GenerationParams, ApiError> {
+    let defaults = GenerationParams::default();
+    let negative_prompt = text(body, "negative_prompt")?.unwrap_or(defaults.negative_prompt);
+    if negative_prompt.chars().count() > MAX_PROMPT_CHARS {
+        return Err(ApiError::invalid(
+            "negative_prompt",
+            Invalid::AtMostChars {
+                max: MAX_PROMPT_CHARS,
+            },
+        ));
+    }
+    let width = side(body, "width")?.unwrap_or(defaults.width);
+    let height = side(body, "height")?.unwrap_or(defaults.height);
+    let steps = integer(body, "steps", 1, 150)?.map_or(defaults.steps, |s| s as u32);
+    let cfg_scale = match body.get("cfg_scale") {
+        None | Some(Value::Null) => defaults.cfg_scale,
+        Some(value) => match value.as_f64() {
+            Some(scale) if (1.0..=30.0).contains(&scale) => scale,
+            _ => {
+                return Err(ApiError::invalid(
+                    "cfg_scale",
+                    Invalid::Number { min: 1, max: 30 },
+                ));
+            }
+        },
+    };
+    let sampler_name = text(body, "sampler_name")?.unwrap_or(defaults.sampler_name);
+    if sampler_name.trim().is_empty() || sampler_name.chars().count() > 64 {
+        return Err(ApiError::invalid(
+            "sampler_name",
+            Invalid::Chars { min: 1, max: 64 },
+        ));
+    }
+    let seed = integer(body, "seed", -1, u32::MAX as i64)?.unwrap_or(defaults.seed);
+    Ok(GenerationParams {
+        negative_prompt,
+        width,
+        height,
+        steps,
+        cfg_scale,
+        sampler_name,
+        seed,
+    })
 }
 
 /// The validation error for a refused client data patch.

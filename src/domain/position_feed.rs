@@ -162,36 +162,19 @@ impl PositionFeed {
             if fresh.contains(user) {
                 told.sent.clear();
             }
-            let position = |(key, queue_position): ((i64, Uuid), u32)| JobPosition {
-                id: key.1,
-                queue_position,
-                eta_s: eta.for_position(queue_position),
-            };
-            let unchanged = |told: &Told, job: &JobPosition| {
-                told.sent.get(&job.id) == Some(&(job.queue_position, job.eta_s))
-            };
             let (positions, complete) = if waiting <= self.per_frame {
                 self.behind.remove(user);
-                let positions: Vec<JobPosition> =
-                    mirror.positions_of_from(user, None).map(position).collect();
+                let positions: Vec<JobPosition> = mirror
+                    .positions_of_from(user, None)
+                    .map(|entry| position(eta, entry))
+                    .collect();
                 if told.sent.len() == waiting && positions.iter().all(|p| unchanged(told, p)) {
                     continue;
                 }
                 told.sent.clear();
                 (positions, true)
             } else {
-                let mut last = None;
-                let mut positions = Vec::new();
-                for (key, queue_position) in mirror.positions_of_from(user, told.cursor) {
-                    let job = position((key, queue_position));
-                    if !unchanged(told, &job) {
-                        positions.push(job);
-                        last = Some(key);
-                        if positions.len() == self.per_frame {
-                            break;
-                        }
-                    }
-                }
+                let positions = next_part(mirror, eta, user, told, self.per_frame);
                 if positions.len() == self.per_frame {
                     self.behind.insert(user.clone());
                 } else {
@@ -200,7 +183,6 @@ impl PositionFeed {
                 if positions.is_empty() {
                     continue;
                 }
-                told.cursor = last;
                 // Jobs that left are forgotten once they outnumber the waiting ones.
                 if told.sent.len() > 2 * waiting {
                     told.sent.retain(|id, _| mirror.contains(id));
@@ -223,6 +205,47 @@ impl PositionFeed {
             .clamp(MIN_INTERVAL, MAX_INTERVAL);
         out
     }
+}
+
+/// A job's place and estimate, from the mirror's `(ticket, id)` key and position.
+fn position(eta: &EtaModel, (key, queue_position): ((i64, Uuid), u32)) -> JobPosition {
+    JobPosition {
+        id: key.1,
+        queue_position,
+        eta_s: eta.for_position(queue_position),
+    }
+}
+
+/// Whether the user was already told this place and estimate of the job.
+fn unchanged(told: &Told, job: &JobPosition) -> bool {
+    told.sent.get(&job.id) == Some(&(job.queue_position, job.eta_s))
+}
+
+/// For a user with more waiting jobs than a frame holds: the next `per_frame` jobs whose place
+/// changed, from where the last frame stopped (the cursor moves past them).
+fn next_part(
+    mirror: &QueueBook,
+    eta: &EtaModel,
+    user: &str,
+    told: &mut Told,
+    per_frame: usize,
+) -> Vec<JobPosition> {
+    let mut last = None;
+    let mut positions = Vec::new();
+    for (key, queue_position) in mirror.positions_of_from(user, told.cursor) {
+        let job = position(eta, (key, queue_position));
+        if !unchanged(told, &job) {
+            positions.push(job);
+            last = Some(key);
+            if positions.len() == per_frame {
+                break;
+            }
+        }
+    }
+    if !positions.is_empty() {
+        told.cursor = last;
+    }
+    positions
 }
 
 #[cfg(test)]

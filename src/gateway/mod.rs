@@ -101,25 +101,10 @@ impl Gateway {
         idempotency_key: Option<String>,
         retry_of: Option<Uuid>,
     ) -> Result<MessageView, ApiError> {
-        if let Some(key) = &idempotency_key {
-            if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || key.contains('\0') {
-                return Err(ApiError::invalid(
-                    "Idempotency-Key",
-                    Invalid::Chars {
-                        min: 1,
-                        max: MAX_IDEMPOTENCY_KEY,
-                    },
-                ));
-            }
-            if let Some(existing) = self
-                .inner
-                .db
-                .find_by_idempotency_key(user, key)
-                .await
-                .map_err(db_error)?
-            {
-                return Ok(self.view(existing).await);
-            }
+        if let Some(key) = &idempotency_key
+            && let Some(existing) = self.earlier_answer(user, key).await?
+        {
+            return Ok(existing);
         }
         let id = Uuid::now_v7();
         let enqueued = self
@@ -156,25 +141,41 @@ impl Gateway {
                 // the background, retried: the queue store may be what is slow).
                 self.inner.queue.abort_enqueue(id, user);
                 match (err, idempotency_key) {
-                    (StoreError::Refused(Refusal::AlreadyExists), Some(key)) => {
-                        // A concurrent request with the same key won the race.
-                        match self
-                            .inner
-                            .db
-                            .find_by_idempotency_key(user, &key)
-                            .await
-                            .map_err(db_error)?
-                        {
-                            Some(existing) => Ok(self.view(existing).await),
-                            None => Err(ApiError::Unavailable),
-                        }
-                    }
+                    // A concurrent request with the same key won the race.
+                    (StoreError::Refused(Refusal::AlreadyExists), Some(key)) => self
+                        .earlier_answer(user, &key)
+                        .await?
+                        .ok_or(ApiError::Unavailable),
                     (err, _) => {
                         tracing::error!(error = %err, "could not record a new message");
                         Err(ApiError::Unavailable)
                     }
                 }
             }
+        }
+    }
+
+    /// The message an earlier submit with this `Idempotency-Key` made, if any; the key is
+    /// checked first.
+    async fn earlier_answer(&self, user: &str, key: &str) -> Result<Option<MessageView>, ApiError> {
+        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || key.contains('\0') {
+            return Err(ApiError::invalid(
+                "Idempotency-Key",
+                Invalid::Chars {
+                    min: 1,
+                    max: MAX_IDEMPOTENCY_KEY,
+                },
+            ));
+        }
+        match self
+            .inner
+            .db
+            .find_by_idempotency_key(user, key)
+            .await
+            .map_err(db_error)?
+        {
+            Some(existing) => Ok(Some(self.view(existing).await)),
+            None => Ok(None),
         }
     }
 

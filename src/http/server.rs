@@ -10,7 +10,7 @@
 //! peer address (more are answered 503 and closed at once), head, idle and write deadlines on
 //! every connection ([`super::conn`]), and graceful shutdown.
 
-use super::conn::{AddressCap, ConnLimits, ConnState, GuardedIo};
+use super::conn::{AddressCap, ConnLimits, ConnState, GuardedIo, Permits};
 use super::{HttpState, image};
 use crate::domain::catalogue::ApiError;
 use crate::metrics::ReasonLabel;
@@ -68,48 +68,12 @@ pub async fn serve<F>(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            state
-                .metrics
-                .http_connections_cut
-                .get_or_create(&ReasonLabel::of("max_connections"))
-                .inc();
-            refuse(&stream);
-            continue;
-        };
-        let Some(share) = per_address.admit(peer.ip()) else {
-            state
-                .metrics
-                .http_connections_cut
-                .get_or_create(&ReasonLabel::of("max_connections_per_address"))
-                .inc();
-            refuse(&stream);
+        let Some(permits) = admit(&stream, peer, &connections, &per_address, &state) else {
             continue;
         };
         let conn = ConnState::new(limits);
-        let io = GuardedIo::new(stream, conn.clone(), (permit, Some(share)));
-        let service = service.clone();
-        let handler = {
-            let (state, conn) = (state.clone(), conn.clone());
-            service_fn(move |request: hyper::Request<Incoming>| {
-                let mut service = service.clone();
-                let (state, conn) = (state.clone(), conn.clone());
-                async move {
-                    let _serving = conn.serving();
-                    if super::ws::is_upgrade(&request) {
-                        let response = super::ws::upgrade(request, state).await;
-                        if response.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
-                            conn.upgraded();
-                        }
-                        Ok::<_, Infallible>(image::boxed(response))
-                    } else if image::is_image(&request) {
-                        Ok(image::serve(request, state).await)
-                    } else {
-                        service.call(request).await.map(image::boxed)
-                    }
-                }
-            })
-        };
+        let io = GuardedIo::new(stream, conn.clone(), permits);
+        let handler = handler(service.clone(), state.clone(), conn.clone());
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), handler);
         let connection = graceful.watch(connection.into_owned());
         let metrics = state.metrics.clone();
@@ -136,6 +100,73 @@ pub async fn serve<F>(
     {
         tracing::warn!("open HTTP connections outlived the grace period");
     }
+}
+
+/// The permits a new connection needs (`MAX_CONNECTIONS`, its address's share), or `None`
+/// when it was refused (answered 503 and counted).
+fn admit(
+    stream: &tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    connections: &Arc<Semaphore>,
+    per_address: &Arc<AddressCap>,
+    state: &HttpState,
+) -> Option<Permits> {
+    let refused = |reason: &str| {
+        state
+            .metrics
+            .http_connections_cut
+            .get_or_create(&ReasonLabel::of(reason))
+            .inc();
+        refuse(stream);
+    };
+    let Ok(permit) = connections.clone().try_acquire_owned() else {
+        refused("max_connections");
+        return None;
+    };
+    let Some(share) = per_address.admit(peer.ip()) else {
+        refused("max_connections_per_address");
+        return None;
+    };
+    Some((permit, Some(share)))
+}
+
+/// A connection's requests: a WebSocket upgrade of `/ws` and images are served here, the
+/// rest by warp; each marks the connection busy while it is served.
+fn handler<S>(
+    service: S,
+    state: Arc<HttpState>,
+    conn: Arc<ConnState>,
+) -> impl hyper::service::Service<
+    hyper::Request<Incoming>,
+    Response = hyper::Response<image::ResponseBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<hyper::Response<image::ResponseBody>, Infallible>> + Send,
+> + Clone
+where
+    S: Service<hyper::Request<Incoming>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    service_fn(move |request: hyper::Request<Incoming>| {
+        let mut service = service.clone();
+        let (state, conn) = (state.clone(), conn.clone());
+        async move {
+            let _serving = conn.serving();
+            if super::ws::is_upgrade(&request) {
+                let response = super::ws::upgrade(request, state).await;
+                if response.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
+                    conn.upgraded();
+                }
+                Ok::<_, Infallible>(image::boxed(response))
+            } else if image::is_image(&request) {
+                Ok(image::serve(request, state).await)
+            } else {
+                service.call(request).await.map(image::boxed)
+            }
+        }
+    })
 }
 
 /// Answers a connection over `MAX_CONNECTIONS` with a 503 it can read, without reading its

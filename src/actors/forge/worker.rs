@@ -197,21 +197,7 @@ impl Worker {
         let holder = Uuid::now_v7().to_string();
         let admission = self.admit(job.id, &holder, stop).await;
         if admission == Admission::Rejected {
-            if self.deps.health.another_is_closed(self.client.name()) {
-                // The breaker opened since this worker took the job: a healthy backend runs it.
-                tracing::info!(backend = self.client.name(), job = %job.id, "breaker opened meanwhile: handing the job to a healthy backend");
-                self.hand_back(&job, message.runs, true).await;
-                return true;
-            }
-            self.deps.metrics.placeholders_served.inc();
-            tracing::info!(backend = self.client.name(), job = %job.id, "breaker open: serving the placeholder image");
-            let placeholder = Transition::Complete {
-                image_url: PLACEHOLDER_URL.to_owned(),
-                placeholder: true,
-                seed: None,
-            };
-            self.finish(&message, placeholder, started, busy).await;
-            return false;
+            return self.breaker_open(&job, &message, started, busy).await;
         }
         // Whether Forge reported progress on this call (then a failure is not "before
         // generating", whatever its kind).
@@ -247,32 +233,72 @@ impl Worker {
             }
             Ran::Generated(Err(failure)) => {
                 self.count_call(latency, failure.label());
-                tracing::warn!(job = %job.id, backend = self.client.name(), cause = failure.detail(), "Forge call failed");
-                if matches!(failure, ForgeFailure::Timeout) {
-                    // Forge has no timeout of its own: stop the abandoned generation.
-                    self.interrupt(job.id);
-                }
-                if failure.may_run_elsewhere()
-                    && !progressed.load(Ordering::Relaxed)
-                    && message.runs == 1
-                    && self.deps.health.another_is_closed(self.client.name())
-                {
-                    // Failed before Forge generated anything, on its first run: once more,
-                    // on a healthy backend, before the user sees an error.
-                    self.deps.metrics.forge_failovers.inc();
-                    tracing::info!(job = %job.id, backend = self.client.name(), "handing the failed job to another backend");
-                    self.forget_preview(job.id).await;
-                    self.hand_back(&job, message.runs, true).await;
-                    self.hold_off().await;
-                    return true;
-                }
-                Transition::Fail {
-                    error: failure.job_failure(self.settings.timeout).to_error(),
+                let progressed = progressed.load(Ordering::Relaxed);
+                match self.failed(&job, &message, failure, progressed).await {
+                    Some(transition) => transition,
+                    None => return true,
                 }
             }
         };
         self.finish(&message, transition, started, busy).await;
         false
+    }
+
+    /// The breaker refused the call: a healthy backend runs the job if there is one (the
+    /// breaker opened since this worker took it; returns `true`), else the placeholder.
+    async fn breaker_open(
+        &self,
+        job: &QueuedJob,
+        message: &ChatMessage,
+        started: Instant,
+        busy: &BusyGuard,
+    ) -> bool {
+        if self.deps.health.another_is_closed(self.client.name()) {
+            tracing::info!(backend = self.client.name(), job = %job.id, "breaker opened meanwhile: handing the job to a healthy backend");
+            self.hand_back(job, message.runs, true).await;
+            return true;
+        }
+        self.deps.metrics.placeholders_served.inc();
+        tracing::info!(backend = self.client.name(), job = %job.id, "breaker open: serving the placeholder image");
+        let placeholder = Transition::Complete {
+            image_url: PLACEHOLDER_URL.to_owned(),
+            placeholder: true,
+            seed: None,
+        };
+        self.finish(message, placeholder, started, busy).await;
+        false
+    }
+
+    /// The call failed: the job's error to write, or `None` when it was handed to another
+    /// backend (it failed before Forge generated anything, on its first run, and another
+    /// backend is healthy: once more there, before the user sees an error).
+    async fn failed(
+        &self,
+        job: &QueuedJob,
+        message: &ChatMessage,
+        failure: ForgeFailure,
+        progressed: bool,
+    ) -> Option<Transition> {
+        tracing::warn!(job = %job.id, backend = self.client.name(), cause = failure.detail(), "Forge call failed");
+        if matches!(failure, ForgeFailure::Timeout) {
+            // Forge has no timeout of its own: stop the abandoned generation.
+            self.interrupt(job.id);
+        }
+        if failure.may_run_elsewhere()
+            && !progressed
+            && message.runs == 1
+            && self.deps.health.another_is_closed(self.client.name())
+        {
+            self.deps.metrics.forge_failovers.inc();
+            tracing::info!(job = %job.id, backend = self.client.name(), "handing the failed job to another backend");
+            self.forget_preview(job.id).await;
+            self.hand_back(job, message.runs, true).await;
+            self.hold_off().await;
+            return None;
+        }
+        Some(Transition::Fail {
+            error: failure.job_failure(self.settings.timeout).to_error(),
+        })
     }
 
     fn count_call(&self, latency: f64, outcome: &str) {

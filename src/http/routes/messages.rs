@@ -25,29 +25,51 @@ const MAX_USER_CHARS: usize = 64;
 
 /// The message routes (and the dev token route in dev mode).
 pub fn routes(state: Arc<HttpState>) -> BoxedFilter<(Response,)> {
-    let timeout = state.limits.body_timeout;
+    let messages = collection(&state)
+        .or(one(&state))
+        .unify()
+        .or(cancel(&state))
+        .unify()
+        .or(retry(&state))
+        .unify();
+    if !state.dev_mode {
+        return messages.boxed();
+    }
+    messages.or(dev_token_route(&state)).unify().boxed()
+}
+
+/// `GET` (list) and `POST` (create) of `/api/v1/messages`.
+fn collection(state: &Arc<HttpState>) -> BoxedFilter<(Response,)> {
     let with = extract::state(state.clone());
     let auth = extract::authorization;
-    let collection = warp::path!("api" / "v1" / "messages").and(
-        get_or_head()
-            .and(with.clone())
-            .and(auth())
-            .and(extract::query())
-            .then(list)
-            .map(answer)
-            .or(warp::post()
+    warp::path!("api" / "v1" / "messages")
+        .and(
+            get_or_head()
                 .and(with.clone())
                 .and(auth())
-                .and(extract::idempotency_key())
-                .and(extract::body(timeout))
-                .then(create)
-                .map(answer))
-            .unify()
-            .or(other_methods("GET, HEAD, POST"))
-            .unify(),
-    );
+                .and(extract::query())
+                .then(list)
+                .map(answer)
+                .or(warp::post()
+                    .and(with)
+                    .and(auth())
+                    .and(extract::idempotency_key())
+                    .and(extract::body(state.limits.body_timeout))
+                    .then(create)
+                    .map(answer))
+                .unify()
+                .or(other_methods("GET, HEAD, POST"))
+                .unify(),
+        )
+        .boxed()
+}
+
+/// `GET` and `PATCH` of `/api/v1/messages/{id}`.
+fn one(state: &Arc<HttpState>) -> BoxedFilter<(Response,)> {
+    let with = extract::state(state.clone());
+    let auth = extract::authorization;
     let one = || warp::path!("api" / "v1" / "messages" / MessageKey);
-    let one = one()
+    one()
         .and(get_or_head())
         .and(with.clone())
         .and(auth())
@@ -55,54 +77,60 @@ pub fn routes(state: Arc<HttpState>) -> BoxedFilter<(Response,)> {
         .map(answer)
         .or(one()
             .and(warp::patch())
-            .and(with.clone())
+            .and(with)
             .and(auth())
-            .and(extract::body(timeout))
+            .and(extract::body(state.limits.body_timeout))
             .then(patch)
             .map(answer))
         .unify()
         .or(ignore(one()).and(other_methods("GET, HEAD, PATCH")))
-        .unify();
+        .unify()
+        .boxed()
+}
+
+/// `POST /api/v1/messages/{id}/cancel`.
+fn cancel(state: &Arc<HttpState>) -> BoxedFilter<(Response,)> {
     let cancel = || warp::path!("api" / "v1" / "messages" / MessageKey / "cancel");
-    let cancel = cancel()
+    cancel()
         .and(warp::post())
-        .and(with.clone())
-        .and(auth())
+        .and(extract::state(state.clone()))
+        .and(extract::authorization())
         .then(cancel_message)
         .map(answer)
         .or(ignore(cancel()).and(other_methods("POST")))
-        .unify();
+        .unify()
+        .boxed()
+}
+
+/// `POST /api/v1/messages/{id}/retry`.
+fn retry(state: &Arc<HttpState>) -> BoxedFilter<(Response,)> {
     let retry = || warp::path!("api" / "v1" / "messages" / MessageKey / "retry");
-    let retry = retry()
+    retry()
         .and(warp::post())
-        .and(with.clone())
-        .and(auth())
+        .and(extract::state(state.clone()))
+        .and(extract::authorization())
         .and(extract::idempotency_key())
-        .and(extract::body(timeout))
+        .and(extract::body(state.limits.body_timeout))
         .then(retry_message)
         .map(answer)
         .or(ignore(retry()).and(other_methods("POST")))
-        .unify();
-    let messages = collection
-        .or(one)
         .unify()
-        .or(cancel)
-        .unify()
-        .or(retry)
-        .unify();
-    if !state.dev_mode {
-        return messages.boxed();
-    }
-    let dev_token = warp::path!("api" / "v1" / "dev" / "token").and(
-        warp::post()
-            .and(with)
-            .and(extract::body(timeout))
-            .then(dev_token)
-            .map(answer)
-            .or(other_methods("POST"))
-            .unify(),
-    );
-    messages.or(dev_token).unify().boxed()
+        .boxed()
+}
+
+/// `POST /api/v1/dev/token` (dev mode only).
+fn dev_token_route(state: &Arc<HttpState>) -> BoxedFilter<(Response,)> {
+    warp::path!("api" / "v1" / "dev" / "token")
+        .and(
+            warp::post()
+                .and(extract::state(state.clone()))
+                .and(extract::body(state.limits.body_timeout))
+                .then(dev_token)
+                .map(answer)
+                .or(other_methods("POST"))
+                .unify(),
+        )
+        .boxed()
 }
 
 /// A path that extracts a message key, for a branch that does not need it.

@@ -115,24 +115,9 @@ pub async fn upgrade(mut request: hyper::Request<Incoming>, state: Arc<HttpState
     if !state.accepting.load(std::sync::atomic::Ordering::Relaxed) {
         return error_response(&ApiError::Unavailable);
     }
-    let headers = request.headers();
-    let connection_upgrade = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    let version_13 = headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .map(HeaderValue::as_bytes)
-        == Some(b"13");
-    let Some(key) = headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .filter(|_| connection_upgrade && version_13)
-    else {
+    let Some(accept) = accept_key(request.headers()) else {
         return error_response(&ApiError::invalid("Upgrade", Invalid::BadHandshake));
     };
-    let accept = derive_accept_key(key.as_bytes());
     let identity = match token_of(&request).map(|token| state.auth.verify(&token)) {
         Some(Ok(identity)) => identity,
         Some(Err(err)) => return error_response(&err),
@@ -140,43 +125,9 @@ pub async fn upgrade(mut request: hyper::Request<Incoming>, state: Arc<HttpState
     };
     let user = Arc::<str>::from(identity.user);
     let expires = expiry_instant(identity.valid_until);
-    let refuse = |reason: &str, err: ApiError| {
-        state
-            .metrics
-            .ws_sessions_refused
-            .get_or_create(&ReasonLabel::of(reason))
-            .inc();
-        error_response(&err)
-    };
-    if state.ws_rate.take(&user).is_err() {
-        return refuse(
-            "rate",
-            ApiError::RateLimited {
-                per_second: state.ws_rate.per_second(),
-            },
-        );
-    }
-    let permit = match state.registry.admit(&user).await {
+    let permit = match admit(&state, &user).await {
         Ok(permit) => permit,
-        Err(Refused::PerUser(limit)) => {
-            return refuse(
-                "per_user",
-                ApiError::TooManySessions {
-                    limit,
-                    per_user: true,
-                },
-            );
-        }
-        Err(Refused::Total(limit)) => {
-            return refuse(
-                "total",
-                ApiError::TooManySessions {
-                    limit,
-                    per_user: false,
-                },
-            );
-        }
-        Err(Refused::Stopped) => return error_response(&ApiError::Unavailable),
+        Err(refused) => return refused,
     };
     let upgrading = hyper::upgrade::on(&mut request);
     tokio::spawn(async move {
@@ -193,12 +144,70 @@ pub async fn upgrade(mut request: hyper::Request<Incoming>, state: Arc<HttpState
             Err(err) => tracing::debug!(error = %err, "WebSocket upgrade failed"),
         }
     });
+    switching_protocols(&accept)
+}
+
+/// The `Sec-WebSocket-Accept` of a valid version-13 upgrade request, or `None`.
+fn accept_key(headers: &hyper::HeaderMap) -> Option<String> {
+    let connection_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    let version_13 = headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        == Some(b"13");
+    headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|_| connection_upgrade && version_13)
+        .map(|key| derive_accept_key(key.as_bytes()))
+}
+
+/// A session for `user` within the command rate and the session caps, or the refusal to
+/// answer (counted by reason).
+async fn admit(state: &HttpState, user: &Arc<str>) -> Result<Permit, Response> {
+    let refuse = |reason: &str, err: ApiError| {
+        state
+            .metrics
+            .ws_sessions_refused
+            .get_or_create(&ReasonLabel::of(reason))
+            .inc();
+        error_response(&err)
+    };
+    if state.ws_rate.take(user).is_err() {
+        let per_second = state.ws_rate.per_second();
+        return Err(refuse("rate", ApiError::RateLimited { per_second }));
+    }
+    match state.registry.admit(user).await {
+        Ok(permit) => Ok(permit),
+        Err(Refused::PerUser(limit)) => Err(refuse(
+            "per_user",
+            ApiError::TooManySessions {
+                limit,
+                per_user: true,
+            },
+        )),
+        Err(Refused::Total(limit)) => Err(refuse(
+            "total",
+            ApiError::TooManySessions {
+                limit,
+                per_user: false,
+            },
+        )),
+        Err(Refused::Stopped) => Err(error_response(&ApiError::Unavailable)),
+    }
+}
+
+/// The `101 Switching Protocols` answer.
+fn switching_protocols(accept: &str) -> Response {
     let mut response =
         warp::reply::with_status(warp::reply(), StatusCode::SWITCHING_PROTOCOLS).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(accept) = HeaderValue::from_str(&accept) {
+    if let Ok(accept) = HeaderValue::from_str(accept) {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
     response
@@ -250,13 +259,9 @@ async fn serve<S>(
         last_seen: last_seen.clone(),
         resyncing: resyncing.clone(),
     };
-    let (gateway, registry) = (state.gateway.clone(), state.registry.clone());
-    let session = SessionActor::start_in_arbiter(arbiter, move |_| {
-        SessionActor::new(parts, permit, gateway, registry, settings.timing)
-    });
-    state.metrics.ws_sessions_open.inc();
+    let session = start_session(&state, arbiter, parts, permit);
     let (commands, queued) = mpsc::channel(settings.command_queue.max(1));
-    let mut applier = tokio::spawn(apply_commands(
+    let applier = tokio::spawn(apply_commands(
         queued,
         state.gateway.clone(),
         user.clone(),
@@ -292,23 +297,9 @@ async fn serve<S>(
     // with the reader, so the applier ends after them).
     session.do_send(Closed);
     drop(reader);
-    if tokio::time::timeout(settings.close_timeout, &mut applier)
-        .await
-        .is_err()
-    {
-        applier.abort();
-        tracing::warn!(user = %user, "commands of a closed WebSocket still waiting after WS_CLOSE_TIMEOUT were dropped");
-    }
-    let farewell = match ending {
-        Ending::Read(End::TooBig) => Some((1009, "frame too large")),
-        Ending::Read(End::Idle) => Some((1001, "idle timeout")),
-        Ending::Expired => Some((TOKEN_EXPIRED_CLOSE, "token expired")),
-        // Answers the client's close frame (and flushes what waits before it).
-        Ending::Read(End::Closed) => Some((1000, "")),
-        Ending::Read(End::Gone) | Ending::Written => None,
-    };
+    drain_commands(applier, settings.close_timeout, &user).await;
     if !matches!(ending, Ending::Written) {
-        if let Some((code, reason)) = farewell {
+        if let Some((code, reason)) = farewell(&ending) {
             outbox.push(Frame::Close(code, reason));
         } else {
             outbox.abandon();
@@ -321,6 +312,53 @@ async fn serve<S>(
         .ws_events_dropped
         .inc_by(outbox.counts().dropped);
     state.metrics.ws_sessions_open.dec();
+}
+
+/// Lets the applier apply the commands read before the socket ended, for up to
+/// `WS_CLOSE_TIMEOUT`; drops the rest.
+async fn drain_commands(
+    mut applier: tokio::task::JoinHandle<()>,
+    close_timeout: Duration,
+    user: &str,
+) {
+    if tokio::time::timeout(close_timeout, &mut applier)
+        .await
+        .is_err()
+    {
+        applier.abort();
+        tracing::warn!(user = %user, "commands of a closed WebSocket still waiting after WS_CLOSE_TIMEOUT were dropped");
+    }
+}
+
+/// The session actor of a socket, on `arbiter`.
+fn start_session(
+    state: &HttpState,
+    arbiter: &actix::ArbiterHandle,
+    parts: SessionParts,
+    permit: Permit,
+) -> actix::Addr<SessionActor> {
+    let (gateway, registry, timing) = (
+        state.gateway.clone(),
+        state.registry.clone(),
+        state.ws.timing,
+    );
+    let session = SessionActor::start_in_arbiter(arbiter, move |_| {
+        SessionActor::new(parts, permit, gateway, registry, timing)
+    });
+    state.metrics.ws_sessions_open.inc();
+    session
+}
+
+/// The close frame a socket that ended this way gets, if any.
+fn farewell(ending: &Ending) -> Option<(u16, &'static str)> {
+    match ending {
+        Ending::Read(End::TooBig) => Some((1009, "frame too large")),
+        Ending::Read(End::Idle) => Some((1001, "idle timeout")),
+        Ending::Expired => Some((TOKEN_EXPIRED_CLOSE, "token expired")),
+        // Answers the client's close frame (and flushes what waits before it).
+        Ending::Read(End::Closed) => Some((1000, "")),
+        Ending::Read(End::Gone) | Ending::Written => None,
+    }
 }
 
 /// The close code of a socket whose token expired: the client gets a fresh token and
