@@ -21,6 +21,36 @@ const ASYNCAPI: &str = include_str!("../../assets/asyncapi.json");
 /// The commands a client may send (docs/api.md, "WebSocket").
 const COMMANDS: [&str; 4] = ["ping", "resync", "update_message", "cancel"];
 
+/// Every failure kind's code is in the document's `JobError` enum (and nothing else is), and
+/// `docs/api.md` lists it with its exact message: adding a kind (see docs/architecture.md, "To
+/// add a failure") fails here until both say so.
+#[test]
+fn every_failure_code_is_in_the_document_and_in_the_api_doc() {
+    let doc = document();
+    let listed: Vec<&str> = doc
+        .pointer("/components/schemas/JobError/properties/code/enum")
+        .and_then(Value::as_array)
+        .expect("JobError.code is an enum")
+        .iter()
+        .map(|code| code.as_str().expect("a code is a string"))
+        .collect();
+    let kinds = forge_gateway::domain::catalogue::JobFailure::every();
+    let codes: Vec<&str> = kinds.iter().map(|kind| kind.code()).collect();
+    assert_eq!(listed, codes, "the JobError codes of assets/asyncapi.json");
+    let api = include_str!("../../docs/api.md");
+    for kind in kinds {
+        let (code, message) = (
+            format!("| `{}`", kind.code()),
+            format!("`{}`", kind.message()),
+        );
+        assert!(
+            api.lines()
+                .any(|line| line.starts_with(&code) && line.contains(&message)),
+            "docs/api.md lists {code} with its message {message}"
+        );
+    }
+}
+
 fn document() -> Value {
     serde_json::from_str(ASYNCAPI).expect("assets/asyncapi.json is JSON")
 }

@@ -43,13 +43,20 @@ impl PgBouncer {
             .args(["-R", "a+rwX"])
             .arg(dir.path())
             .status();
-        let child = std::process::Command::new("runuser")
-            .args(["-u", "postgres", "--", "pgbouncer"])
+        let binary = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+            .into_iter()
+            .find(|path| std::path::Path::new(path).exists())
+            .expect("this test needs Debian's pgbouncer package (.ci/run installs it)");
+        let mut child = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--", binary])
             .arg(&config)
             .spawn()
-            .expect("pgbouncer starts (Debian's pgbouncer package)");
+            .expect("runuser starts pgbouncer");
         let deadline = Instant::now() + DEADLINE;
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("pgbouncer exited ({status}) before it listened");
+            }
             assert!(Instant::now() < deadline, "pgbouncer never listened");
             std::thread::sleep(Duration::from_millis(20));
         }

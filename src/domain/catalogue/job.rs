@@ -41,6 +41,37 @@ pub enum JobFailure {
 }
 
 impl JobFailure {
+    /// One of each kind, in the order the documents list them: what the contract tests check
+    /// against `assets/asyncapi.json` and `docs/api.md`. A new kind does not compile until it
+    /// is added to the match below, which sits beside the list it must join.
+    pub fn every() -> Vec<JobFailure> {
+        let every = vec![
+            JobFailure::ForgeConnection,
+            JobFailure::ForgeTimeout {
+                timeout: Duration::from_secs(180),
+            },
+            JobFailure::Timeout,
+            JobFailure::StuckJob,
+            JobFailure::Unknown,
+            JobFailure::ForgeRejected { status: 422 },
+            JobFailure::ForgeAuth,
+            JobFailure::Cancelled,
+        ];
+        for kind in &every {
+            match kind {
+                JobFailure::ForgeConnection
+                | JobFailure::ForgeTimeout { .. }
+                | JobFailure::Timeout
+                | JobFailure::StuckJob
+                | JobFailure::Unknown
+                | JobFailure::ForgeRejected { .. }
+                | JobFailure::ForgeAuth
+                | JobFailure::Cancelled => {}
+            }
+        }
+        every
+    }
+
     /// The machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {
