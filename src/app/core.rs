@@ -183,7 +183,7 @@ fn start_queue(
         config.ws_positions_per_frame as usize,
     )
     .start();
-    let queue = QueueHandle::new(queue_addr, queue_store, eta);
+    let queue = QueueHandle::new(queue_addr, queue_store, db.clone(), eta);
     registry.watch_users_with(queue.watch_recipient());
     queue
 }

@@ -1,6 +1,7 @@
 //! The typed handle to the queue: the actor's messages and direct reads of its store.
 
-use super::{Enqueue, MirrorPositions, NextJob, Pause, QueueActor, Rebuild};
+use super::{MirrorPositions, NextJob, Pause, QueueActor, Rebuild, rebuild};
+use crate::db::Database;
 use crate::domain::eta::EtaModel;
 use crate::domain::queue_book::QueuedJob;
 use crate::events::registry::UserWatch;
@@ -17,34 +18,70 @@ use uuid::Uuid;
 pub struct QueueHandle {
     addr: Addr<QueueActor>,
     store: Arc<dyn QueueStore>,
+    db: Database,
     eta: Arc<Mutex<EtaModel>>,
 }
 
 impl QueueHandle {
-    /// Wraps the actor's address, the store it owns (for direct reads) and its ETA model.
+    /// Wraps the actor's address, the store it owns (for enqueues and direct reads), the
+    /// database (to heal the store on an enqueue) and its ETA model.
     pub fn new(
         addr: Addr<QueueActor>,
         store: Arc<dyn QueueStore>,
+        db: Database,
         eta: Arc<Mutex<EtaModel>>,
     ) -> Self {
-        QueueHandle { addr, store, eta }
+        QueueHandle {
+            addr,
+            store,
+            db,
+            eta,
+        }
     }
 
-    /// Queues a job if the user has fewer than `max_pending` pending jobs.
+    /// Queues a job if the user has fewer than `max_pending` pending jobs. The store does it
+    /// atomically, straight from the caller (the queue actor keeps no state an enqueue needs;
+    /// the change comes back to it through the store's feed). Two things are healed on the way,
+    /// once each: pending slots leaked by a crash between a terminal write and its release,
+    /// and a store that lost its state (rebuilt from the database).
     pub async fn enqueue(
         &self,
         id: Uuid,
         user_id: &str,
         max_pending: u32,
     ) -> Result<Enqueued, QueueError> {
-        let (reply, answer) = oneshot::channel();
-        self.addr.do_send(Enqueue {
-            id,
-            user_id: user_id.to_owned(),
-            max_pending,
-            reply,
-        });
-        answer.await.unwrap_or(Err(QueueError::Stopped))
+        let (store, db) = (&self.store, &self.db);
+        let mut healed = false;
+        let mut rebuilt = false;
+        loop {
+            match store.enqueue(id, user_id, max_pending).await {
+                Err(QueueError::TooManyPending { .. }) if !healed => {
+                    healed = true;
+                    let counted = store.pending_of(user_id).await?;
+                    let finished = db
+                        .terminal_among(&counted)
+                        .await
+                        .map_err(QueueError::database)?;
+                    if finished.is_empty() {
+                        return Err(QueueError::TooManyPending { limit: max_pending });
+                    }
+                    for id in finished {
+                        store.release(user_id, id).await?;
+                    }
+                }
+                Err(QueueError::NeedsRebuild) if !rebuilt => {
+                    rebuilt = true;
+                    let started = std::time::Instant::now();
+                    let result = rebuild::rebuild_from_db(&**store, db).await?;
+                    tracing::warn!(
+                        added = result.added,
+                        took = ?started.elapsed(),
+                        "queue store had lost its state; rebuilt from the database"
+                    );
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Undoes an enqueue whose outcome is unknown (see [`QueueStore::abort`]), in the

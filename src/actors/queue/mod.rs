@@ -15,7 +15,7 @@ use crate::domain::position_feed::PositionFeed;
 use crate::domain::queue_book::{QueueBook, QueueChange, QueuedJob};
 use crate::events::registry::{Positions, UserWatch};
 use crate::metrics::Metrics;
-use crate::queue::{Enqueued, FeedItem, QueueError, QueueStore};
+use crate::queue::{FeedItem, QueueStore};
 use actix::prelude::*;
 use chrono::Utc;
 use parking_lot::Mutex;
@@ -316,64 +316,6 @@ impl StreamHandler<FeedItem> for QueueActor {
 
     fn finished(&mut self, _ctx: &mut Context<Self>) {
         tracing::debug!("queue feed ended");
-    }
-}
-
-/// Queue a job, checking the owner's pending cap atomically with the enqueue.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Enqueue {
-    id: Uuid,
-    user_id: String,
-    max_pending: u32,
-    reply: oneshot::Sender<Result<Enqueued, QueueError>>,
-}
-
-impl Handler<Enqueue> for QueueActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: Enqueue, ctx: &mut Context<Self>) {
-        let (store, db) = (self.store.clone(), self.db.clone());
-        let work = async move {
-            let mut healed = false;
-            let mut rebuilt = false;
-            loop {
-                match store.enqueue(msg.id, &msg.user_id, msg.max_pending).await {
-                    Err(QueueError::TooManyPending { .. }) if !healed => {
-                        // A crash between a terminal write and its release leaks a slot: free
-                        // the slots of jobs the database says are finished, then try once more.
-                        healed = true;
-                        let counted = store.pending_of(&msg.user_id).await?;
-                        let finished = db
-                            .terminal_among(&counted)
-                            .await
-                            .map_err(QueueError::database)?;
-                        if finished.is_empty() {
-                            return Err(QueueError::TooManyPending {
-                                limit: msg.max_pending,
-                            });
-                        }
-                        for id in finished {
-                            store.release(&msg.user_id, id).await?;
-                        }
-                    }
-                    Err(QueueError::NeedsRebuild) if !rebuilt => {
-                        rebuilt = true;
-                        let started = Instant::now();
-                        let result = rebuild::rebuild_from_db(&*store, &db).await?;
-                        tracing::warn!(
-                            added = result.added,
-                            took = ?started.elapsed(),
-                            "queue store had lost its state; rebuilt from the database"
-                        );
-                    }
-                    other => return other,
-                }
-            }
-        };
-        ctx.spawn(work.into_actor(self).map(move |result, _act, _ctx| {
-            let _ = msg.reply.send(result);
-        }));
     }
 }
 
