@@ -212,6 +212,24 @@ impl JobEvent {
     }
 }
 
+impl JobEvent {
+    /// The frame body of a `job.queued` event with `position` in place of the one it was
+    /// made with (a session may know a newer one); the body as it is for any other event.
+    pub fn queued_frame_body(&self, position: u32) -> String {
+        match &self.kind {
+            JobEventKind::Queued { .. } => JobEvent {
+                kind: JobEventKind::Queued {
+                    queue_position: Some(position),
+                },
+                user_id: String::new(),
+                ..*self
+            }
+            .frame_body(),
+            _ => self.frame_body(),
+        }
+    }
+}
+
 /// A server frame that is not a job event (`hello`, `snapshot`, `pong`, `resync`, `error`),
 /// serialized without `seq`.
 pub fn control_frame_body(kind: &str, fields: serde_json::Map<String, Value>) -> String {
@@ -280,6 +298,30 @@ pub fn with_seq(body: &str, seq: u64) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_queued_frame_made_again_differs_only_in_its_position() {
+        let event = JobEvent {
+            user_id: "ayse".into(),
+            message_id: Uuid::from_u128(7),
+            version: Some(4),
+            kind: JobEventKind::Queued {
+                queue_position: Some(9),
+            },
+        };
+        let mut expected: Value = serde_json::from_str(&event.frame_body()).expect("JSON");
+        expected["queue_position"] = json!(3);
+        let again: Value = serde_json::from_str(&event.queued_frame_body(3)).expect("JSON");
+        assert_eq!(again, expected);
+        let progress = JobEvent {
+            kind: JobEventKind::Progress {
+                progress: 40,
+                eta_s: None,
+            },
+            ..event
+        };
+        assert_eq!(progress.queued_frame_body(3), progress.frame_body());
+    }
 
     #[test]
     fn frames_carry_type_id_version_status_and_seq() {

@@ -21,13 +21,13 @@ use uuid::Uuid;
 #[derive(Message, Clone, Debug)]
 #[rtype(result = "()")]
 pub enum Deliver {
-    /// A job event's frame body (without `seq`). `queued` names the message of a `job.queued`
-    /// event and the position it entered at, which the session may know a newer value of.
+    /// A job event's frame body (without `seq`). `queued` is the event itself when it is a
+    /// `job.queued`, whose position the session may know a newer value of.
     Event {
         /// The frame body.
         body: Arc<str>,
-        /// The message of a `job.queued` event, and its position in the frame.
-        queued: Option<(Uuid, Option<u32>)>,
+        /// The `job.queued` event, to make its frame again with a newer position.
+        queued: Option<Arc<JobEvent>>,
         /// The message of a `message.updated` event: it carries the message's whole data, so
         /// an unsent earlier one of the same message may be dropped for it.
         updates: Option<Uuid>,
@@ -244,10 +244,7 @@ impl Handler<Dispatch> for RegistryActor {
         if !self.users.contains_key(event.user_id.as_str()) {
             return;
         }
-        let queued = match event.kind {
-            JobEventKind::Queued { queue_position } => Some((event.message_id, queue_position)),
-            _ => None,
-        };
+        let body = Arc::from(event.frame_body());
         // A `message.updated` that answers a client's ref is never replaced by a newer one: the
         // client waits for that ref.
         let updates = matches!(
@@ -258,8 +255,10 @@ impl Handler<Dispatch> for RegistryActor {
             }
         )
         .then_some(event.message_id);
+        let event = Arc::new(event);
+        let queued = matches!(event.kind, JobEventKind::Queued { .. }).then(|| event.clone());
         let frame = Deliver::Event {
-            body: Arc::from(event.frame_body()),
+            body,
             queued,
             updates,
         };

@@ -16,7 +16,7 @@
 
 use super::outbox::{Coalesce, Frame, Outbox};
 use crate::domain::catalogue::ApiError;
-use crate::domain::event::{control_frame_body, snapshot_frame_body};
+use crate::domain::event::{JobEvent, JobEventKind, control_frame_body, snapshot_frame_body};
 use crate::domain::position_feed::JobPosition;
 use crate::events::SessionRegistry;
 use crate::events::registry::{Deliver, Permit, resync_frame_body};
@@ -149,20 +149,18 @@ impl SessionActor {
 
     /// A `job.queued` frame with the newest position this session knows of the message; the
     /// position shown is remembered.
-    fn queued_body(&mut self, body: Arc<str>, id: Uuid, entered_at: Option<u32>) -> Arc<str> {
+    fn queued_body(&mut self, body: Arc<str>, event: &JobEvent) -> Arc<str> {
+        let id = event.message_id;
         let Some(&(position, _)) = self.positions.get(&id) else {
-            if let Some(entered_at) = entered_at {
+            if let JobEventKind::Queued {
+                queue_position: Some(entered_at),
+            } = event.kind
+            {
                 self.positions.insert(id, (entered_at, None));
             }
             return body;
         };
-        match serde_json::from_str::<Value>(&body) {
-            Ok(Value::Object(mut frame)) => {
-                frame.insert("queue_position".into(), Value::from(position));
-                Arc::from(Value::Object(frame).to_string())
-            }
-            _ => body,
-        }
+        Arc::from(event.queued_frame_body(position))
     }
 }
 
@@ -232,7 +230,7 @@ impl Handler<Deliver> for SessionActor {
                 updates,
             } => {
                 let body = match queued {
-                    Some((id, entered_at)) => self.queued_body(body, id, entered_at),
+                    Some(event) => self.queued_body(body, &event),
                     None => body,
                 };
                 self.parts
