@@ -101,8 +101,15 @@ impl QueueActor {
         if self.paused {
             return;
         }
-        // As many pops in flight as backends wait (a pop is a round trip to Redis).
-        let wanted = self.waiters.len().min(MAX_CONCURRENT_POPS);
+        // As many pops in flight as backends wait, but no more than the mirror says are
+        // queued (a pop is a script on Redis: with 128 idle backends, each enqueue sent 16 of
+        // which 15 came back empty). At least one: the mirror may not have heard of a job yet
+        // (the poll finds it).
+        let wanted = self
+            .waiters
+            .len()
+            .min(MAX_CONCURRENT_POPS)
+            .min(self.mirror.len().max(1));
         while self.pops_in_flight < wanted {
             self.pops_in_flight += 1;
             let store = self.store.clone();
