@@ -15,6 +15,7 @@ mod faults;
 mod forge;
 mod hostile;
 mod listings;
+mod lost_slots;
 mod multiprocess;
 mod outages;
 mod peers;

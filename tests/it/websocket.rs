@@ -181,6 +181,35 @@ async fn a_thousand_sessions_all_get_hello_and_snapshot() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_process_closes_its_sockets_with_1001_at_sigterm() {
+    let sim = start_sim(fast_sim()).await;
+    let data = tempfile::tempdir().expect("folder");
+    let env = vec![
+        ("BIND", "127.0.0.1:0".to_owned()),
+        ("DEV_MODE", "true".to_owned()),
+        ("FORGE_URLS", sim.url()),
+        ("DATA_DIR", data.path().display().to_string()),
+    ];
+    let gateway = GatewayProcess::start(&env).await;
+    let client = gateway.client();
+    let token = client.token("alice").await;
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        sockets.push(client.ws(&token).await);
+    }
+    let status = gateway.terminate().await;
+    assert!(status.success(), "clean exit: {status}");
+    for mut ws in sockets {
+        while ws.next_within(DEADLINE).await.is_some() {}
+        let (code, reason) = ws.closed.clone().expect("a close frame");
+        assert_eq!(
+            code, 1001,
+            "a shutdown asks the client to reconnect: {reason}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_sessions_and_leaves_queued_jobs_queued() {
     let sim = start_sim(SimConfig {
         latency: Latency::Fixed(Duration::from_secs(1)),

@@ -1,6 +1,9 @@
 //! A slot worker's hold on one of its backend's slots ([`crate::slots`]): taken before the
 //! worker asks the queue for a job, kept (its lease renewed) while it waits and runs, and from
 //! one job to the next; given back when the worker hands a job to another backend, or stops.
+//! A slot whose lease lapsed while held (the process froze, or Redis forgot it) and was taken
+//! by another process is lost: the job running with it may end, but the worker takes no other
+//! job with it, and waits in line for a slot again.
 //! A worker without a slot takes no job, so a backend
 //! runs at most `FORGE_SLOTS` jobs however many processes list it, and a job waits in the
 //! queue (with its exact position) rather than inside Forge.
@@ -11,6 +14,7 @@ use parking_lot::Mutex;
 use rand::Rng as _;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -72,11 +76,15 @@ impl Slots {
             backend: backend.to_owned(),
         };
         metrics.forge_slots_held.get_or_create(&label).inc();
+        let lost = Arc::new(AtomicBool::new(false));
         let keeper = tokio::spawn(keep(
             self.clone(),
-            backend.to_owned(),
-            holder.clone(),
-            slots,
+            Held {
+                backend: backend.to_owned(),
+                holder: holder.clone(),
+                count: slots,
+                lost: lost.clone(),
+            },
             metrics.clone(),
         ));
         Slot {
@@ -85,13 +93,30 @@ impl Slots {
             holder,
             keeper,
             metrics: metrics.clone(),
+            lost,
             released: false,
         }
     }
 }
 
+/// What the keeper of a held slot renews.
+struct Held {
+    backend: String,
+    holder: String,
+    /// The backend's `FORGE_SLOTS`.
+    count: u32,
+    /// Set while the slot is someone else's (see the module doc).
+    lost: Arc<AtomicBool>,
+}
+
 /// Renews a held slot's lease every third of it until aborted.
-async fn keep(slots: Slots, backend: String, holder: String, count: u32, metrics: Arc<Metrics>) {
+async fn keep(slots: Slots, held: Held, metrics: Arc<Metrics>) {
+    let Held {
+        backend,
+        holder,
+        count,
+        lost,
+    } = held;
     let mut tick = tokio::time::interval(slots.lease / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -102,18 +127,24 @@ async fn keep(slots: Slots, backend: String, holder: String, count: u32, metrics
             .hold(&backend, &holder, count, slots.lease)
             .await
         {
-            Ok(true) => {}
+            // Renewed, or taken back because one was free.
+            Ok(true) => lost.store(false, Ordering::Release),
             Ok(false) => {
                 // Its lease lapsed (Redis forgot it, or renewals failed for a whole lease) and
                 // every slot is someone else's now: the backend runs one job too many until
-                // this one ends. Said loudly; the next renewal takes it back if one is free.
-                metrics
-                    .forge_slots_lost
-                    .get_or_create(&BackendLabel {
-                        backend: backend.clone(),
-                    })
-                    .inc();
-                tracing::warn!(backend, "a backend slot's lease was lost while held");
+                // the job running with it ends; the worker takes no other job with it.
+                if !lost.swap(true, Ordering::AcqRel) {
+                    metrics
+                        .forge_slots_lost
+                        .get_or_create(&BackendLabel {
+                            backend: backend.clone(),
+                        })
+                        .inc();
+                    tracing::warn!(
+                        backend,
+                        "a backend slot's lease was lost while held; it is given up"
+                    );
+                }
             }
             Err(err) => {
                 tracing::warn!(backend, error = %err, "cannot renew a backend slot's lease")
@@ -130,10 +161,17 @@ pub(super) struct Slot {
     holder: String,
     keeper: JoinHandle<()>,
     metrics: Arc<Metrics>,
+    lost: Arc<AtomicBool>,
     released: bool,
 }
 
 impl Slot {
+    /// Whether another process holds this slot now (its lease lapsed while held): no job may
+    /// start with it.
+    pub(super) fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
+    }
+
     /// Gives the slot back.
     pub(super) async fn release(mut self) {
         self.let_go();

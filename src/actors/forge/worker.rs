@@ -81,8 +81,11 @@ impl Worker {
                 break;
             }
             let slot = match kept.take() {
-                Some(slot) => slot,
-                None => {
+                Some(slot) if !slot.is_lost() => slot,
+                lost => {
+                    if let Some(lost) = lost {
+                        lost.release().await;
+                    }
                     self.deps
                         .slots
                         .take(self.client.name(), self.settings.slots, &self.deps.metrics)
@@ -100,6 +103,15 @@ impl Worker {
                 slot.release().await;
                 return;
             };
+            if slot.is_lost() {
+                // Lost while this worker waited for a job: the job waits for a slot, at its
+                // place in the queue.
+                if let Err(err) = self.deps.queue.requeue(&job).await {
+                    tracing::error!(job = %job.id, error = %err, "could not put a popped job back");
+                }
+                slot.release().await;
+                continue;
+            }
             let busy = self.deps.busy.hold(job.id);
             let handed_off = self.run_job(job, &busy).await;
             drop(busy);

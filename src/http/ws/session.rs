@@ -213,8 +213,13 @@ impl Actor for SessionActor {
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         // Dropping the permit unregisters the session.
         self.permit = None;
+        // Stopped with its socket open and no close of its own: the actor system is stopping
+        // (a shutdown whose broadcast did not reach this session first). The client is to
+        // reconnect, as after any shutdown: 1001, never 1000 ("the session ended").
         if !self.socket_ended && !self.parts.outbox.is_closed() {
-            self.parts.outbox.push(Frame::Close(1000, "session ended"));
+            self.parts
+                .outbox
+                .push(Frame::Close(1001, "server shutting down"));
         }
     }
 }
