@@ -264,9 +264,10 @@ export function connect(options) {
   function settleWrite(frame) {
     const pending = typeof frame.ref === "string" ? writes.get(frame.ref) : null;
     if (!pending) return;
-    if (frame.type === "error" && frame.error?.code === "rate_limited") {
-      // Not refused, only too early: the same write goes again once the user may send, and
-      // again on the next connection if this one breaks meanwhile.
+    if (frame.type === "error" && (frame.error?.code === "rate_limited" || frame.error?.code === "unavailable")) {
+      // Not refused: too early, or the server could not say whether it was applied (it was
+      // stopping, or its database was away). The same write goes again (its ref makes it
+      // apply once) after a backoff, and again on the next connection if this one breaks.
       const wait = Math.min(maxDelay, minDelay * 2 ** pending.limited++);
       setTimeout(() => { if (writes.get(frame.ref) === pending) send(pending.command); }, wait / 2 + Math.random() * (wait / 2));
       return;

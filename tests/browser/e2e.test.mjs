@@ -807,6 +807,38 @@ test("15. client.js resends writes a reset connection left unacknowledged: none 
   }
 }));
 
+test("16. client.js sends a write answered unavailable again with the same ref; a refusal rejects it", { timeout: 30000 }, timed("16-client-unavailable", async () => {
+  const page = await clientPage("deniz");
+  const id = "0193e3a4-7b2c-7d10-9a51-3f6c2b8e4d01";
+  try {
+    await page.evaluate(() => window.__t.open("fake", { WebSocketImpl: window.__t.FakeSocket, keepaliveMs: 0, backoff: { min: 50, max: 100 } }));
+    await eventually("socket open", async () => assert.equal(await page.evaluate(() => window.__t.FakeSocket.all[0]?.readyState), 1));
+    await page.evaluate((id) => {
+      const ws = window.__t.FakeSocket.all[0];
+      ws.deliver({ seq: 1, type: "hello", user: "deniz", server_time: new Date().toISOString() });
+      ws.deliver({ seq: 2, type: "snapshot", messages: [] });
+      window.__u = { outcome: null };
+      window.__t.clients.fake.client.update(id, { k: 1 })
+        .then(() => { window.__u.outcome = "resolved"; }, (err) => { window.__u.outcome = `rejected ${err.code}`; });
+    }, id);
+    const updates = () => page.evaluate(() => window.__t.FakeSocket.all[0].sent.filter((c) => c.type === "update_message"));
+    await eventually("the update was sent", async () => assert.equal((await updates()).length, 1));
+    const [first] = await updates();
+    // The server could not tell whether it was applied (it was stopping): not a refusal.
+    await page.evaluate(([id, ref]) => window.__t.FakeSocket.all[0].deliver({ seq: 3, type: "error", id, ref, error: { code: "unavailable", message: "Servis şu anda kullanılamıyor." } }), [id, first.ref]);
+    await eventually("sent again with the same ref", async () => {
+      const sent = await updates();
+      assert.equal(sent.length, 2);
+      assert.deepEqual(sent[1], first);
+    }, 5000, 10);
+    assert.equal(await page.evaluate(() => window.__u.outcome), null, "still waiting for its answer");
+    await page.evaluate(([id, ref]) => window.__t.FakeSocket.all[0].deliver({ seq: 4, type: "error", id, ref, error: { code: "not_found", message: "Mesaj bulunamadı." } }), [id, first.ref]);
+    await eventually("a refusal rejects it", async () => assert.equal(await page.evaluate(() => window.__u.outcome), "rejected not_found"));
+  } finally {
+    await page.close();
+  }
+}));
+
 test("no uncaught page errors; the pages saw no anomalies", async () => {
   assert.deepEqual(pageErrors, []);
   for (const page of [main.page, faults.page].filter(Boolean)) {

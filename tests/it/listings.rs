@@ -150,8 +150,11 @@ async fn four_concurrent_largest_listings_cost_a_bounded_multiple_of_what_they_s
         "RSS grew {} KiB for {in_flight} KiB in flight",
         peak - idle
     );
+    // The tight figure (p99 under 500 ms) is loadgen's, on a release build; this debug build
+    // shares two cores with the rest of the suite. Listings serialized on the threads that
+    // serve everyone made another user wait many seconds here.
     assert!(
-        slowest < Duration::from_secs(1),
+        slowest < Duration::from_millis(2500),
         "another user waited {slowest:?}"
     );
     gateway.kill().await;
