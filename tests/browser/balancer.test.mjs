@@ -104,15 +104,20 @@ ${ports.map((p) => `    server 127.0.0.1:${p} max_fails=1 fail_timeout=1s;`).joi
   }
   server {
     listen 127.0.0.1:${port};
-    location / {
+    location = /ws {
       proxy_pass http://gateways;
       proxy_http_version 1.1;
       proxy_set_header Upgrade $http_upgrade;
       proxy_set_header Connection $connection_upgrade;
       proxy_set_header Host $host;
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
       proxy_read_timeout 1h;
       proxy_send_timeout 1h;
+    }
+    location / {
+      proxy_pass http://gateways;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
     }
   }
 }
