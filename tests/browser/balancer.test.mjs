@@ -12,6 +12,8 @@
 //   client.js tab, whose job was one of them, sees it go back to position 1 and complete;
 // - every page ends with every one of its cards complete, once, its image loaded (images made
 //   by process 1 are served by 2 and 3), and each client's state equal to what REST says;
+// - edits the client.js tab sent as process 1 died are each applied once (sent again, same
+//   ref, after the reconnect);
 // - no frame broke the contract, no client saw an anomaly, no completion was delivered twice.
 //
 // Needs PostgreSQL and Redis (FG_PG_URL, FG_REDIS_URL; CI's are the defaults) and nginx
@@ -274,6 +276,15 @@ test("browsers behind nginx reconnect to another process when theirs is killed a
   for (const user of Object.keys(pages)) pendingAtKill[user] = (await shown(user)).filter((c) => c.status !== "complete").map((c) => c.id);
   const offline = {};
   for (const user of ["ayse", "mehmet"]) offline[user] = await browser.newCDPSession(pages[user].page);
+  // zeynep edits her finished message as process 1 dies: writes in flight, some applied, some
+  // not; each is sent again (same ref) after the reconnect and applied once.
+  const EDITS = 10;
+  const zeynepToken = await pages.zeynep.page.evaluate(() => window.__c.token);
+  const edited = (await shown("zeynep")).find((c) => c.status === "complete");
+  const editedBefore = await rest(`/api/v1/messages/${edited.id}`, zeynepToken);
+  await pages.zeynep.page.evaluate(([id, count]) => {
+    window.__c.edits = Promise.all(Array.from({ length: count }, (_, n) => window.__c.client.update(id, { [`edit${n}`]: n })));
+  }, [edited.id, EDITS]);
   await stopProcess(gateways[0], "SIGKILL");
   // The two reference pages lose their network too (as a phone does), so jobs of theirs finish
   // while they are away: only the snapshot and the REST reload after it can show them.
@@ -350,6 +361,14 @@ test("browsers behind nginx reconnect to another process when theirs is killed a
       await image.arrayBuffer();
     }
   }
+  await pages.zeynep.page.evaluate(() => Promise.race([
+    window.__c.edits,
+    new Promise((_, reject) => setTimeout(() => reject(new Error("edits unacknowledged after 20 s")), 20000)),
+  ]));
+  const editedAfter = await rest(`/api/v1/messages/${edited.id}`, zeynepToken);
+  for (let n = 0; n < EDITS; n++) assert.equal(editedAfter.data[`edit${n}`], n, `edit ${n} lost: ${JSON.stringify(editedAfter.data)}`);
+  assert.equal(editedAfter.version, editedBefore.version + EDITS, "each edit applied once");
+
   // Every change the tab applied was newer than the one before; its third job, lost with
   // process 1, went from processing back to the head of the queue and then ran to the end.
   const applied = await pages.zeynep.page.evaluate(() => window.__c.applied);
