@@ -183,14 +183,8 @@ async fn a_thousand_sessions_all_get_hello_and_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_process_closes_its_sockets_with_1001_at_sigterm() {
     let sim = start_sim(fast_sim()).await;
-    let data = tempfile::tempdir().expect("folder");
-    let env = vec![
-        ("BIND", "127.0.0.1:0".to_owned()),
-        ("DEV_MODE", "true".to_owned()),
-        ("FORGE_URLS", sim.url()),
-        ("DATA_DIR", data.path().display().to_string()),
-    ];
-    let gateway = GatewayProcess::start(&env).await;
+    let storage = Storage::sqlite();
+    let gateway = GatewayProcess::start(&storage.process_env(sim.url())).await;
     let client = gateway.client();
     let token = client.token("alice").await;
     let mut sockets = Vec::new();
@@ -216,14 +210,9 @@ async fn sigterm_closes_sessions_and_leaves_queued_jobs_queued() {
         ..fast_sim()
     })
     .await;
-    let data = tempfile::tempdir().expect("folder");
-    let env = vec![
-        ("BIND", "127.0.0.1:0".to_owned()),
-        ("DEV_MODE", "true".to_owned()),
-        ("FORGE_URLS", sim.url()),
-        ("DATA_DIR", data.path().display().to_string()),
-        ("SHUTDOWN_GRACE", "5s".to_owned()),
-    ];
+    let storage = Storage::sqlite();
+    let mut env = storage.process_env(sim.url());
+    env.push(("SHUTDOWN_GRACE", "5s".to_owned()));
     let gateway = GatewayProcess::start(&env).await;
     let client = gateway.client();
     let token = client.token("alice").await;

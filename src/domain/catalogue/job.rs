@@ -179,21 +179,7 @@ mod tests {
 
     #[test]
     fn codes_are_the_documented_ones() {
-        let codes: Vec<_> = [
-            JobFailure::ForgeConnection,
-            JobFailure::ForgeTimeout {
-                timeout: Duration::from_secs(1),
-            },
-            JobFailure::Timeout,
-            JobFailure::StuckJob,
-            JobFailure::Unknown,
-            JobFailure::ForgeRejected { status: 422 },
-            JobFailure::ForgeAuth,
-            JobFailure::Cancelled,
-        ]
-        .iter()
-        .map(JobFailure::code)
-        .collect();
+        let codes: Vec<_> = JobFailure::every().iter().map(JobFailure::code).collect();
         assert_eq!(
             codes,
             [
