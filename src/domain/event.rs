@@ -1,6 +1,9 @@
 //! Job events: what the pipeline tells a user's browsers, one JSON text frame each.
 
 use crate::domain::catalogue::JobError;
+use crate::domain::frames::{
+    ControlFrame, EventEnvelope, EventFrame, JobPositionFrame, JobPositionsFrame, SnapshotFrame,
+};
 use crate::domain::message::{MessageView, Notice};
 use crate::domain::position_feed::JobPosition;
 use crate::domain::status::JobStatus;
@@ -22,13 +25,15 @@ pub struct JobEvent {
 }
 
 /// What happened to the message. Serialized with its wire `type`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type")]
 pub enum JobEventKind {
     /// It entered the queue.
     #[serde(rename = "job.queued")]
     Queued {
-        /// Its position when it entered.
+        /// Its 1-based position (the newest this connection knows); null when the queue
+        /// store could not say.
+        #[schema(minimum = 1)]
         queue_position: Option<u32>,
     },
     /// A backend took it.
@@ -41,6 +46,7 @@ pub enum JobEventKind {
     #[serde(rename = "job.progress")]
     Progress {
         /// 0..=100.
+        #[schema(maximum = 100)]
         progress: u8,
         /// Estimated seconds until done.
         eta_s: Option<u32>,
@@ -76,28 +82,32 @@ pub enum JobEventKind {
         error: Option<JobError>,
         /// The ref of the client's `cancel` command that did it, if it gave one.
         #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
         client_ref: Option<String>,
     },
     /// Client-owned data changed.
     #[serde(rename = "message.updated")]
     Updated {
         /// The whole merged data object.
+        #[schema(value_type = Object)]
         data: Value,
         /// The ref of the client's `update_message` that did it, if it gave one.
         #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
         client_ref: Option<String>,
     },
 }
 
-/// Every frame type the server sends that is not a job event, and when (`docs/api.md`).
+/// Every frame type the server sends that is not a job event (`docs/api.md`): the `TYPE` of
+/// each [`ControlFrame`].
 pub const CONTROL_FRAME_TYPES: [&str; 7] = [
-    "hello",
-    "snapshot",
-    "job.position",
-    "job.positions",
-    "pong",
-    "resync",
-    "error",
+    crate::domain::frames::HelloFrame::TYPE,
+    SnapshotFrame::TYPE,
+    JobPositionFrame::TYPE,
+    JobPositionsFrame::TYPE,
+    crate::domain::frames::PongFrame::TYPE,
+    crate::domain::frames::ResyncFrame::TYPE,
+    crate::domain::frames::ErrorFrame::TYPE,
 ];
 
 /// Every `type` a server frame can have: the control frames and one per [`JobEventKind`].
@@ -197,18 +207,15 @@ impl JobEvent {
     /// Sessions splice their own `seq` in front (see [`with_seq`]), so an event is serialized
     /// once however many sessions receive it.
     pub fn frame_body(&self) -> String {
-        let mut object = match serde_json::to_value(&self.kind) {
-            Ok(Value::Object(object)) => object,
-            _ => serde_json::Map::new(),
+        let frame = EventFrame {
+            kind: &self.kind,
+            envelope: EventEnvelope {
+                id: self.message_id,
+                version: self.version,
+                status: self.kind.status(),
+            },
         };
-        object.insert("id".into(), Value::String(self.message_id.to_string()));
-        if let Some(version) = self.version {
-            object.insert("version".into(), Value::from(version));
-        }
-        if let Some(status) = self.kind.status() {
-            object.insert("status".into(), Value::String(status.as_str().into()));
-        }
-        Value::Object(object).to_string()
+        serde_json::to_string(&frame).unwrap_or_default()
     }
 }
 
@@ -230,61 +237,24 @@ impl JobEvent {
     }
 }
 
-/// A server frame that is not a job event (`hello`, `snapshot`, `pong`, `resync`, `error`),
-/// serialized without `seq`.
-pub fn control_frame_body(kind: &str, fields: serde_json::Map<String, Value>) -> String {
-    // Every frame type must be in the contract (a unit test checks the list against
-    // docs/api.md); a type sent that is not on the list fails every test that sends it.
-    debug_assert!(
-        CONTROL_FRAME_TYPES.contains(&kind),
-        "frame type {kind} is not in CONTROL_FRAME_TYPES"
-    );
-    let mut object = fields;
-    object.insert("type".into(), Value::String(kind.to_owned()));
-    Value::Object(object).to_string()
-}
-
 /// The `snapshot` frame body: all pending messages with live positions.
 pub fn snapshot_frame_body(messages: &[MessageView]) -> String {
-    let mut fields = serde_json::Map::new();
-    fields.insert(
-        "messages".into(),
-        serde_json::to_value(messages).unwrap_or(Value::Array(Vec::new())),
-    );
-    control_frame_body("snapshot", fields)
+    SnapshotFrame { messages }.body()
 }
 
 /// The frame telling a user the live positions of their queued jobs: `job.position` for one
-/// job, `job.positions` (`{"type":"job.positions","positions":[{"id","queue_position","eta_s"}…]}`)
-/// for several. Neither carries a version: positions change no record.
+/// job, `job.positions` for several. Neither carries a version: positions change no record.
 pub fn positions_frame_body(positions: &[JobPosition]) -> String {
-    if let [one] = positions {
-        let mut fields = serde_json::Map::new();
-        fields.insert("id".into(), Value::String(one.id.to_string()));
-        fields.insert("queue_position".into(), Value::from(one.queue_position));
-        fields.insert(
-            "eta_s".into(),
-            serde_json::to_value(one.eta_s).unwrap_or(Value::Null),
-        );
-        fields.insert(
-            "status".into(),
-            Value::String(JobStatus::Queued.as_str().into()),
-        );
-        return control_frame_body("job.position", fields);
+    match positions {
+        [one] => JobPositionFrame {
+            id: one.id,
+            queue_position: one.queue_position,
+            eta_s: one.eta_s,
+            status: JobStatus::Queued,
+        }
+        .body(),
+        several => JobPositionsFrame { positions: several }.body(),
     }
-    let entries = positions
-        .iter()
-        .map(|position| {
-            serde_json::json!({
-                "id": position.id,
-                "queue_position": position.queue_position,
-                "eta_s": position.eta_s,
-            })
-        })
-        .collect();
-    let mut fields = serde_json::Map::new();
-    fields.insert("positions".into(), Value::Array(entries));
-    control_frame_body("job.positions", fields)
 }
 
 /// Splices `"seq":N` into a frame body made by [`JobEvent::frame_body`] or [`control_frame_body`].

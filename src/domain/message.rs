@@ -76,6 +76,21 @@ pub struct ChatMessage {
     pub runs: i64,
 }
 
+impl MessageView {
+    /// The view of a queued message as a fresh create leaves it, every optional value empty
+    /// (for the contract documents, which derive which keys are always present from it).
+    pub fn example() -> MessageView {
+        let request = CreateRequest {
+            prompt: "a cat".into(),
+            params: GenerationParams::default(),
+            conversation_id: None,
+            data: serde_json::json!({}),
+        };
+        let now = DateTime::<Utc>::UNIX_EPOCH;
+        ChatMessage::queued(Uuid::nil(), "u", request, now).view(LivePosition::NotQueued, now)
+    }
+}
+
 /// A user-facing note that is not an error: why the placeholder image was served (R8.2).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Notice {
@@ -105,9 +120,11 @@ pub struct MessageView {
     /// Current status.
     pub status: JobStatus,
     /// 0..=100.
+    #[schema(maximum = 100)]
     pub progress: u8,
     /// Live 1-based queue position, only while queued; null also while the queue store cannot
     /// be read (then `position_unavailable` is true).
+    #[schema(minimum = 1)]
     pub queue_position: Option<u32>,
     /// True while a queued message's live position cannot be read (the queue store is
     /// unreachable); the page says "position unknown for now". Positions come back by themselves.
@@ -137,6 +154,7 @@ pub struct MessageView {
     /// The message this one retries.
     pub retry_of: Option<Uuid>,
     /// Grows with every write; a client ignores anything older than what it has.
+    #[schema(minimum = 1)]
     pub version: i64,
     /// Creation time.
     pub created_at: DateTime<Utc>,

@@ -9,6 +9,7 @@ pub mod client_json;
 pub mod client_refs;
 pub mod eta;
 pub mod event;
+pub mod frames;
 pub mod health;
 pub mod merge;
 pub mod message;

@@ -11,8 +11,12 @@ pub const MAX_PROMPT_CHARS: usize = 2000;
 pub const MIN_SIDE: u32 = 64;
 /// See [`MIN_SIDE`].
 pub const MAX_SIDE: u32 = 2048;
-/// Longest `conversation_id` and `sampler_name`.
+/// Longest `conversation_id`.
 pub const MAX_ID_CHARS: usize = 255;
+/// Longest `sampler_name`.
+pub const MAX_SAMPLER_CHARS: usize = 64;
+/// Most sampling steps.
+pub const MAX_STEPS: i64 = 150;
 
 /// Generation parameters of a job, validated, with defaults filled in.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -61,113 +65,297 @@ pub struct CreateRequest {
     pub data: Value,
 }
 
-const FIELDS: &[&str] = &[
-    "prompt",
-    "negative_prompt",
-    "width",
-    "height",
-    "steps",
-    "cfg_scale",
-    "sampler_name",
-    "seed",
-    "conversation_id",
-    "data",
+/// What one field of a create body may hold. [`CreateRequest::from_json`] checks each field
+/// by its rule in [`CREATE_FIELDS`], and the OpenAPI document's request schema is built from
+/// the same table, so what is enforced and what is published cannot differ.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Rule {
+    /// A string of `min..=max` characters with no NUL; `not_blank`: not only whitespace.
+    Text {
+        /// Fewest characters.
+        min: usize,
+        /// Most characters.
+        max: usize,
+        /// Whether a string of only whitespace is refused.
+        not_blank: bool,
+    },
+    /// An integer in `min..=max` that is a multiple of `step` (512.0 counts as 512).
+    Integer {
+        /// Smallest.
+        min: i64,
+        /// Largest.
+        max: i64,
+        /// Every accepted value is a multiple of it (1: any integer).
+        step: i64,
+    },
+    /// A number in `min..=max`.
+    Number {
+        /// Smallest.
+        min: u32,
+        /// Largest.
+        max: u32,
+    },
+    /// A JSON object of client data, within [`merge::MAX_DATA_BYTES`] and
+    /// [`merge::MAX_DATA_DEPTH`], with no NUL in any key or string.
+    Data,
+}
+
+/// One field of a create body: its name, its rule, and what it is for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FieldRule {
+    /// The JSON key.
+    pub name: &'static str,
+    /// What it may hold.
+    pub rule: Rule,
+    /// Whether a body must have it (every other field has a default).
+    pub required: bool,
+    /// One line for the API document, the default included.
+    pub about: &'static str,
+}
+
+const fn text(
+    name: &'static str,
+    (min, max): (usize, usize),
+    not_blank: bool,
+    about: &'static str,
+) -> FieldRule {
+    FieldRule {
+        name,
+        rule: Rule::Text {
+            min,
+            max,
+            not_blank,
+        },
+        required: false,
+        about,
+    }
+}
+
+const fn integer(
+    name: &'static str,
+    min: i64,
+    max: i64,
+    step: i64,
+    about: &'static str,
+) -> FieldRule {
+    FieldRule {
+        name,
+        rule: Rule::Integer { min, max, step },
+        required: false,
+        about,
+    }
+}
+
+/// Every field a create body may have, in the order they are checked (the first offending
+/// one is named). A key not in this table is refused as unknown.
+pub const CREATE_FIELDS: [FieldRule; 10] = [
+    FieldRule {
+        required: true,
+        ..text("prompt", (1, MAX_PROMPT_CHARS), true, "What to draw.")
+    },
+    text(
+        "negative_prompt",
+        (0, MAX_PROMPT_CHARS),
+        false,
+        "What not to draw (default empty).",
+    ),
+    integer(
+        "width",
+        MIN_SIDE as i64,
+        MAX_SIDE as i64,
+        8,
+        "Image width in pixels (default 512).",
+    ),
+    integer(
+        "height",
+        MIN_SIDE as i64,
+        MAX_SIDE as i64,
+        8,
+        "Image height in pixels (default 512).",
+    ),
+    integer("steps", 1, MAX_STEPS, 1, "Sampling steps (default 20)."),
+    FieldRule {
+        name: "cfg_scale",
+        rule: Rule::Number { min: 1, max: 30 },
+        required: false,
+        about: "Classifier-free guidance scale (default 7).",
+    },
+    text(
+        "sampler_name",
+        (1, MAX_SAMPLER_CHARS),
+        true,
+        "Sampler (default \"Euler a\").",
+    ),
+    integer(
+        "seed",
+        -1,
+        u32::MAX as i64,
+        1,
+        "-1 for a random seed (default), else the seed.",
+    ),
+    text(
+        "conversation_id",
+        (1, MAX_ID_CHARS),
+        false,
+        "The chat conversation (default none).",
+    ),
+    FieldRule {
+        name: "data",
+        rule: Rule::Data,
+        required: false,
+        about: "Initial client data (default {}).",
+    },
 ];
 
+/// A field's value, checked against its rule.
+#[derive(Debug)]
+enum Checked {
+    Absent,
+    Text(String),
+    Integer(i64),
+    Number(f64),
+    Data(Value),
+}
+
 impl CreateRequest {
-    /// Validates a create body, naming the first offending field.
+    /// Validates a create body against [`CREATE_FIELDS`], naming the first offending field.
     pub fn from_json(body: &Value) -> Result<CreateRequest, ApiError> {
         let Some(body) = body.as_object() else {
             return Err(ApiError::InvalidJson(BadJson::NotAnObject));
         };
-        if let Some(unknown) = body.keys().find(|key| !FIELDS.contains(&key.as_str())) {
+        if let Some(unknown) = body
+            .keys()
+            .find(|key| !CREATE_FIELDS.iter().any(|field| field.name == key.as_str()))
+        {
             return Err(ApiError::invalid(unknown.as_str(), Invalid::UnknownField));
         }
-        let prompt =
-            text(body, "prompt")?.ok_or_else(|| ApiError::invalid("prompt", Invalid::Required))?;
-        if prompt.trim().is_empty() || prompt.chars().count() > MAX_PROMPT_CHARS {
-            return Err(ApiError::invalid(
-                "prompt",
-                Invalid::Chars {
-                    min: 1,
-                    max: MAX_PROMPT_CHARS,
-                },
-            ));
+        let mut fields = Fields(Map::new());
+        for field in &CREATE_FIELDS {
+            let checked = check(field, body.get(field.name))?;
+            fields.0.insert(field.name.to_owned(), checked.into_value());
         }
-        let params = generation_params(body)?;
-        let conversation_id = text(body, "conversation_id")?;
-        if let Some(id) = &conversation_id
-            && (id.is_empty() || id.chars().count() > MAX_ID_CHARS)
-        {
-            return Err(ApiError::invalid(
-                "conversation_id",
-                Invalid::Chars {
-                    min: 1,
-                    max: MAX_ID_CHARS,
-                },
-            ));
-        }
-        let data = match body.get("data") {
-            None | Some(Value::Null) => Value::Object(Map::new()),
-            Some(data) => {
-                let mut merged = Value::Object(Map::new());
-                merge::merge_client_data(&mut merged, data)
-                    .map_err(|err| data_error("data", &err))?;
-                merged
-            }
-        };
+        let defaults = GenerationParams::default();
         Ok(CreateRequest {
-            prompt,
-            params,
-            conversation_id,
-            data,
+            prompt: fields.text("prompt").unwrap_or_default(),
+            params: GenerationParams {
+                negative_prompt: fields
+                    .text("negative_prompt")
+                    .unwrap_or(defaults.negative_prompt),
+                width: fields.integer("width").map_or(defaults.width, |n| n as u32),
+                height: fields
+                    .integer("height")
+                    .map_or(defaults.height, |n| n as u32),
+                steps: fields.integer("steps").map_or(defaults.steps, |n| n as u32),
+                cfg_scale: fields.number("cfg_scale").unwrap_or(defaults.cfg_scale),
+                sampler_name: fields.text("sampler_name").unwrap_or(defaults.sampler_name),
+                seed: fields.integer("seed").unwrap_or(defaults.seed),
+            },
+            conversation_id: fields.text("conversation_id"),
+            data: match fields.0.remove("data") {
+                Some(Value::Null) | None => Value::Object(Map::new()),
+                Some(data) => data,
+            },
         })
     }
 }
 
-/// The generation parameters of a create body, each defaulted when absent.
-fn generation_params(body: &Map<String, Value>) -> Result<GenerationParams, ApiError> {
-    let defaults = GenerationParams::default();
-    let negative_prompt = text(body, "negative_prompt")?.unwrap_or(defaults.negative_prompt);
-    if negative_prompt.chars().count() > MAX_PROMPT_CHARS {
-        return Err(ApiError::invalid(
-            "negative_prompt",
-            Invalid::AtMostChars {
-                max: MAX_PROMPT_CHARS,
-            },
-        ));
+/// The checked fields of a body by name (null: absent).
+struct Fields(Map<String, Value>);
+
+impl Fields {
+    fn text(&self, name: &str) -> Option<String> {
+        self.0.get(name).and_then(Value::as_str).map(str::to_owned)
     }
-    let width = side(body, "width")?.unwrap_or(defaults.width);
-    let height = side(body, "height")?.unwrap_or(defaults.height);
-    let steps = integer(body, "steps", 1, 150)?.map_or(defaults.steps, |s| s as u32);
-    let cfg_scale = match body.get("cfg_scale") {
-        None | Some(Value::Null) => defaults.cfg_scale,
-        Some(value) => match value.as_f64() {
-            Some(scale) if (1.0..=30.0).contains(&scale) => scale,
-            _ => {
-                return Err(ApiError::invalid(
-                    "cfg_scale",
-                    Invalid::Number { min: 1, max: 30 },
-                ));
-            }
-        },
+
+    fn integer(&self, name: &str) -> Option<i64> {
+        self.0.get(name).and_then(Value::as_i64)
+    }
+
+    fn number(&self, name: &str) -> Option<f64> {
+        self.0.get(name).and_then(Value::as_f64)
+    }
+}
+
+impl Checked {
+    fn into_value(self) -> Value {
+        match self {
+            Checked::Absent => Value::Null,
+            Checked::Text(text) => Value::String(text),
+            Checked::Integer(number) => Value::from(number),
+            Checked::Number(number) => Value::from(number),
+            Checked::Data(data) => data,
+        }
+    }
+}
+
+/// Checks one field's value (`None` or null: absent) against its rule.
+fn check(field: &FieldRule, value: Option<&Value>) -> Result<Checked, ApiError> {
+    let name = field.name;
+    let value = match value {
+        None | Some(Value::Null) if field.required => {
+            return Err(ApiError::invalid(name, Invalid::Required));
+        }
+        None | Some(Value::Null) => return Ok(Checked::Absent),
+        Some(value) => value,
     };
-    let sampler_name = text(body, "sampler_name")?.unwrap_or(defaults.sampler_name);
-    if sampler_name.trim().is_empty() || sampler_name.chars().count() > 64 {
-        return Err(ApiError::invalid(
-            "sampler_name",
-            Invalid::Chars { min: 1, max: 64 },
-        ));
+    match field.rule {
+        Rule::Text {
+            min,
+            max,
+            not_blank,
+        } => {
+            let Value::String(text) = value else {
+                return Err(ApiError::invalid(name, Invalid::NotText));
+            };
+            if text.contains('\0') {
+                return Err(ApiError::invalid(name, Invalid::Nul));
+            }
+            let chars = text.chars().count();
+            if chars < min || chars > max || (not_blank && text.trim().is_empty()) {
+                let invalid = if min == 0 {
+                    Invalid::AtMostChars { max }
+                } else {
+                    Invalid::Chars { min, max }
+                };
+                return Err(ApiError::invalid(name, invalid));
+            }
+            Ok(Checked::Text(text.clone()))
+        }
+        Rule::Integer { min, max, step } => match whole_number(value) {
+            Some(number) if (min..=max).contains(&number) && number % step == 0 => {
+                Ok(Checked::Integer(number))
+            }
+            _ if step != 1 => Err(ApiError::invalid(
+                name,
+                Invalid::ImageSide {
+                    min: min as u32,
+                    max: max as u32,
+                },
+            )),
+            _ => Err(ApiError::invalid(name, Invalid::Integer { min, max })),
+        },
+        Rule::Number { min, max } => match value.as_f64() {
+            Some(number) if (min as f64..=max as f64).contains(&number) => {
+                Ok(Checked::Number(number))
+            }
+            _ => Err(ApiError::invalid(name, Invalid::Number { min, max })),
+        },
+        Rule::Data => {
+            let mut merged = Value::Object(Map::new());
+            merge::merge_client_data(&mut merged, value).map_err(|err| data_error(name, &err))?;
+            Ok(Checked::Data(merged))
+        }
     }
-    let seed = integer(body, "seed", -1, u32::MAX as i64)?.unwrap_or(defaults.seed);
-    Ok(GenerationParams {
-        negative_prompt,
-        width,
-        height,
-        steps,
-        cfg_scale,
-        sampler_name,
-        seed,
+}
+
+/// A JSON number that is a whole number: JSON has one number type, so 512.0 is the integer
+/// 512 (JSON Schema agrees).
+fn whole_number(value: &Value) -> Option<i64> {
+    value.as_i64().or_else(|| {
+        value
+            .as_f64()
+            .filter(|number| number.fract() == 0.0 && number.abs() < 1e15)
+            .map(|number| number as i64)
     })
 }
 
@@ -192,55 +380,6 @@ pub fn data_error(field: &str, err: &PatchError) -> ApiError {
             },
         ),
         PatchError::NulCharacter => ApiError::invalid(field, Invalid::Nul),
-    }
-}
-
-fn text(body: &Map<String, Value>, field: &str) -> Result<Option<String>, ApiError> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) if text.contains('\0') => {
-            Err(ApiError::invalid(field, Invalid::Nul))
-        }
-        Some(Value::String(text)) => Ok(Some(text.clone())),
-        Some(_) => Err(ApiError::invalid(field, Invalid::NotText)),
-    }
-}
-
-fn integer(
-    body: &Map<String, Value>,
-    field: &str,
-    min: i64,
-    max: i64,
-) -> Result<Option<i64>, ApiError> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        // JSON has one number type: 512.0 is the integer 512 (JSON Schema agrees).
-        Some(value) => match value.as_i64().or_else(|| {
-            value
-                .as_f64()
-                .filter(|number| number.fract() == 0.0 && number.abs() < 1e15)
-                .map(|number| number as i64)
-        }) {
-            Some(number) if (min..=max).contains(&number) => Ok(Some(number)),
-            _ => Err(ApiError::invalid(field, Invalid::Integer { min, max })),
-        },
-    }
-}
-
-fn side(body: &Map<String, Value>, field: &str) -> Result<Option<u32>, ApiError> {
-    let error = || {
-        ApiError::invalid(
-            field,
-            Invalid::ImageSide {
-                min: MIN_SIDE,
-                max: MAX_SIDE,
-            },
-        )
-    };
-    match integer(body, field, MIN_SIDE as i64, MAX_SIDE as i64) {
-        Ok(Some(side)) if side % 8 == 0 => Ok(Some(side as u32)),
-        Ok(Some(_)) | Err(_) => Err(error()),
-        Ok(None) => Ok(None),
     }
 }
 

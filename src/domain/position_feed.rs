@@ -42,12 +42,13 @@ pub const MAX_INTERVAL: Duration = Duration::from_secs(1);
 /// jobs × 5 ticks) cost a quarter of the throughput of two cores; 15,000 keep it under a tenth.
 pub const BACKLOG_POSITIONS_PER_SECOND: u32 = 15_000;
 
-/// One queued job's position and estimate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// One queued job's position and estimate (an entry of a `job.positions` frame).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct JobPosition {
     /// The message.
     pub id: Uuid,
     /// 1-based position.
+    #[schema(minimum = 1)]
     pub queue_position: u32,
     /// Estimated seconds until done.
     pub eta_s: Option<u32>,

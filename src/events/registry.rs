@@ -10,7 +10,8 @@
 //! The messages it sends are defined here, by their sender (as in the actix chat example);
 //! the session actor and the queue actor implement their handlers.
 
-use crate::domain::event::{JobEvent, JobEventKind, control_frame_body};
+use crate::domain::event::{JobEvent, JobEventKind};
+use crate::domain::frames::{ControlFrame, ResyncFrame};
 use crate::domain::position_feed::JobPosition;
 use actix::prelude::*;
 use std::collections::HashMap;
@@ -453,5 +454,5 @@ impl SessionRegistry {
 
 /// The `resync` frame body.
 pub fn resync_frame_body() -> String {
-    control_frame_body("resync", serde_json::Map::new())
+    ResyncFrame {}.body()
 }

@@ -5,6 +5,7 @@
 //! of `/ws` itself ([`ws`], which also hosts the socket's session actor). Handlers talk to the
 //! gateway through its use cases.
 
+pub mod asyncapi;
 pub mod auth;
 pub mod conn;
 pub mod image;
@@ -15,14 +16,13 @@ pub mod ws;
 
 pub use routes::routes;
 
-use crate::domain::catalogue::ApiError;
+use crate::domain::catalogue::{ApiError, ErrorBody};
 use crate::events::SessionRegistry;
 use crate::gateway::Gateway;
 use crate::images::ImageStore;
 use crate::metrics::Metrics;
 use actix::ArbiterHandle;
 use auth::Auth;
-use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use warp::http::StatusCode;
@@ -131,9 +131,7 @@ impl HttpState {
 
 /// `{"error": {"code", "message", "field"}}` with the error's status.
 pub fn error_response(err: &ApiError) -> Response {
-    let body = json!({
-        "error": {"code": err.code(), "message": err.message(), "field": err.field()}
-    });
+    let body = ErrorBody::from(err);
     let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = warp::reply::with_status(warp::reply::json(&body), status).into_response();
     if let ApiError::MethodNotAllowed { allow } = err {

@@ -6,59 +6,84 @@
 
 #![allow(dead_code)]
 
-use crate::domain::catalogue::JobError;
+use crate::domain::catalogue::{ErrorBody, ErrorDetail, JobError};
+use crate::domain::merge::{MAX_DATA_BYTES, MAX_DATA_DEPTH};
 use crate::domain::message::{MessageView, Notice};
-use crate::domain::params::GenerationParams;
+use crate::domain::params::{CREATE_FIELDS, FieldRule, GenerationParams, Rule};
 use crate::domain::status::JobStatus;
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Schema, SchemaType, Type};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-/// `POST /api/v1/messages`.
-#[derive(Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateMessage {
-    /// What to draw: 1..=2000 characters, not only whitespace, no NUL.
-    #[schema(min_length = 1, max_length = 2000, pattern = r"^[^\x00]*\S[^\x00]*$")]
-    pub prompt: String,
-    /// What not to draw: at most 2000 characters, no NUL.
-    #[schema(max_length = 2000, nullable = true, pattern = r"^[^\x00]*$")]
-    pub negative_prompt: Option<String>,
-    /// Image width: 64..=2048, a multiple of 8 (default 512).
-    #[schema(minimum = 64, maximum = 2048, multiple_of = 8, nullable = true)]
-    pub width: Option<u32>,
-    /// Image height: 64..=2048, a multiple of 8 (default 512).
-    #[schema(minimum = 64, maximum = 2048, multiple_of = 8, nullable = true)]
-    pub height: Option<u32>,
-    /// Sampling steps: 1..=150 (default 20).
-    #[schema(minimum = 1, maximum = 150, nullable = true)]
-    pub steps: Option<u32>,
-    /// Guidance scale: 1..=30 (default 7).
-    #[schema(minimum = 1, maximum = 30, nullable = true)]
-    pub cfg_scale: Option<f64>,
-    /// Sampler: 1..=64 characters, not only whitespace (default "Euler a").
-    #[schema(
-        min_length = 1,
-        max_length = 64,
-        nullable = true,
-        pattern = r"^[^\x00]*\S[^\x00]*$"
-    )]
-    pub sampler_name: Option<String>,
-    /// -1 for random (default), else 0..=4294967295.
-    #[schema(minimum = -1, maximum = 4294967295_i64, nullable = true)]
-    pub seed: Option<i64>,
-    /// The chat conversation: 1..=255 characters, no NUL.
-    #[schema(
-        min_length = 1,
-        max_length = 255,
-        nullable = true,
-        pattern = r"^[^\x00]+$"
-    )]
-    pub conversation_id: Option<String>,
-    /// Initial client data: an object, at most 64 KiB and 16 levels deep, and no NUL
-    /// character in any key or string (no database text column can hold one).
-    #[schema(value_type = Option<Object>)]
-    pub data: Option<serde_json::Value>,
+/// `POST /api/v1/messages`: its schema is built from [`CREATE_FIELDS`], the table the
+/// validator checks a body against.
+pub struct CreateMessage;
+
+impl utoipa::PartialSchema for CreateMessage {
+    fn schema() -> RefOr<Schema> {
+        let mut object = ObjectBuilder::new()
+            .description(Some(
+                "A new image request; every field but `prompt` has a default.",
+            ))
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+        for field in &CREATE_FIELDS {
+            object = object.property(field.name, field_schema(field));
+            if field.required {
+                object = object.required(field.name);
+            }
+        }
+        object.into()
+    }
+}
+
+impl ToSchema for CreateMessage {}
+
+/// The JSON Schema of one create field, from its rule.
+fn field_schema(field: &FieldRule) -> Schema {
+    let of = |kind: Type| {
+        if field.required {
+            SchemaType::Type(kind)
+        } else {
+            SchemaType::from_iter([kind, Type::Null])
+        }
+    };
+    let schema = ObjectBuilder::new().description(Some(field.about));
+    let schema = match field.rule {
+        Rule::Text {
+            min,
+            max,
+            not_blank,
+        } => schema
+            .schema_type(of(Type::String))
+            .min_length((min > 0).then_some(min))
+            .max_length(Some(max))
+            .pattern(Some(if not_blank {
+                r"^[^\x00]*\S[^\x00]*$"
+            } else {
+                r"^[^\x00]*$"
+            })),
+        Rule::Integer { min, max, step } => schema
+            .schema_type(of(Type::Integer))
+            .minimum(Some(min as f64))
+            .maximum(Some(max as f64))
+            .multiple_of((step != 1).then_some(step as f64)),
+        Rule::Number { min, max } => schema
+            .schema_type(of(Type::Number))
+            .minimum(Some(min as f64))
+            .maximum(Some(max as f64)),
+        Rule::Data => schema
+            .schema_type(of(Type::Object))
+            .description(Some(format!(
+                "{} An object of at most {} KiB serialized and {} levels deep, with no NUL \
+             character in any key or string.",
+                field.about,
+                MAX_DATA_BYTES / 1024,
+                MAX_DATA_DEPTH
+            ))),
+    };
+    schema.into()
 }
 
 /// `PATCH /api/v1/messages/{id}`: a JSON Merge Patch (RFC 7396) of the client data.
@@ -79,24 +104,6 @@ pub struct MessageList {
     /// Set when the page ended before the user's last message (its `limit`, or about
     /// `LIST_MAX_BYTES` of messages): pass it as `before` for the next page.
     pub next: Option<uuid::Uuid>,
-}
-
-/// An error answer.
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct ErrorBody {
-    /// The error.
-    pub error: ErrorDetail,
-}
-
-/// Code, Turkish message and the offending field.
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct ErrorDetail {
-    /// Machine-readable code (`validation`, `not_found`, `too_many_pending`, …).
-    pub code: String,
-    /// The user-facing message.
-    pub message: String,
-    /// The field it is about, if any.
-    pub field: Option<String>,
 }
 
 /// The optional body of `POST /api/v1/messages/{id}/retry`.
@@ -351,6 +358,65 @@ mod tests {
     use super::*;
     use crate::domain::params::{MAX_PROMPT_CHARS, MAX_SIDE, MIN_SIDE};
     use serde_json::Value;
+
+    /// `assets/openapi.json` is what the code generates (with the dev token route); with
+    /// `UPDATE_CONTRACTS=1` the test writes it instead.
+    #[test]
+    fn contracts_the_committed_openapi_is_the_generated_one() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/openapi.json");
+        let generated: Value = serde_json::from_str(&document(true)).unwrap();
+        let mut generated = serde_json::to_string_pretty(&generated).unwrap();
+        generated.push('\n');
+        if std::env::var_os("UPDATE_CONTRACTS").is_some() {
+            std::fs::write(path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(path).unwrap();
+        assert!(
+            committed == generated,
+            "assets/openapi.json differs from what the code generates: run \
+             `UPDATE_CONTRACTS=1 cargo test --lib contracts` and commit it"
+        );
+    }
+
+    /// Every rule of the validator's table is in the request schema, with its limits.
+    #[test]
+    fn the_request_schema_is_the_validators_table() {
+        let doc: Value = serde_json::from_str(&document(true)).unwrap();
+        let create = &doc["components"]["schemas"]["CreateMessage"];
+        let properties = create["properties"].as_object().unwrap();
+        assert_eq!(properties.len(), CREATE_FIELDS.len());
+        assert_eq!(create["required"], serde_json::json!(["prompt"]));
+        assert_eq!(create["additionalProperties"], false);
+        for field in &CREATE_FIELDS {
+            let schema = &properties[field.name];
+            match field.rule {
+                Rule::Text { min, max, .. } => {
+                    assert_eq!(schema["maxLength"], max, "{}", field.name);
+                    assert_eq!(schema.get("minLength").cloned().unwrap_or(0.into()), min);
+                }
+                Rule::Integer { min, max, step } => {
+                    assert_eq!(
+                        schema["minimum"].as_f64(),
+                        Some(min as f64),
+                        "{}",
+                        field.name
+                    );
+                    assert_eq!(
+                        schema["maximum"].as_f64(),
+                        Some(max as f64),
+                        "{}",
+                        field.name
+                    );
+                    assert_eq!(schema["multipleOf"].as_f64().unwrap_or(1.0), step as f64);
+                }
+                Rule::Number { min, max } => {
+                    assert_eq!(schema["minimum"].as_f64(), Some(min as f64));
+                    assert_eq!(schema["maximum"].as_f64(), Some(max as f64));
+                }
+                Rule::Data => assert!(schema["type"].to_string().contains("object")),
+            }
+        }
+    }
 
     #[test]
     fn the_documented_limits_are_the_validators() {

@@ -12,7 +12,7 @@
 
 use super::conn::{AddressCap, ConnLimits, ConnState, GuardedIo, Permits};
 use super::{HttpState, image};
-use crate::domain::catalogue::ApiError;
+use crate::domain::catalogue::{ApiError, ErrorBody};
 use crate::metrics::ReasonLabel;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -173,10 +173,7 @@ where
 /// request, and closes it.
 fn refuse(stream: &tokio::net::TcpStream) {
     let err = ApiError::TooManyConnections;
-    let body = serde_json::json!({
-        "error": {"code": err.code(), "message": err.message(), "field": null}
-    })
-    .to_string();
+    let body = serde_json::to_string(&ErrorBody::from(&err)).unwrap_or_default();
     let answer = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
         body.len()

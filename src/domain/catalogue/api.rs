@@ -207,6 +207,44 @@ impl ApiError {
     }
 }
 
+/// An error as a client reads it: the `error` of a REST answer's body and of an `error`
+/// frame. Made only from an [`ApiError`], so both say the same.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable code (`validation`, `not_found`, `too_many_pending`, …; docs/api.md
+    /// lists them all).
+    pub code: String,
+    /// The exact Turkish message.
+    pub message: String,
+    /// The field it is about (dotted for nested ones), or null.
+    pub field: Option<String>,
+}
+
+impl From<&ApiError> for ErrorDetail {
+    fn from(err: &ApiError) -> Self {
+        ErrorDetail {
+            code: err.code().to_owned(),
+            message: err.message(),
+            field: err.field().map(str::to_owned),
+        }
+    }
+}
+
+/// `{"error": {...}}`: the body of every error answer.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+impl From<&ApiError> for ErrorBody {
+    fn from(err: &ApiError) -> Self {
+        ErrorBody {
+            error: ErrorDetail::from(err),
+        }
+    }
+}
+
 /// Why a body or a WebSocket frame could not be read as the JSON expected.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BadJson {

@@ -10,7 +10,7 @@ pub mod api;
 pub mod invalid;
 pub mod job;
 
-pub use api::{ApiError, BadJson, StateConflict};
+pub use api::{ApiError, BadJson, ErrorBody, ErrorDetail, StateConflict};
 pub use invalid::Invalid;
 pub use job::{
     JobError, JobFailure, PLACEHOLDER_NOTICE_CODE, PLACEHOLDER_NOTICE_MESSAGE, seconds_label,

@@ -3,7 +3,7 @@
 
 use super::extract;
 use super::{answer, get_or_head, other_methods};
-use crate::domain::catalogue::{ApiError, Invalid};
+use crate::domain::catalogue::{ApiError, ErrorDetail, Invalid};
 use crate::domain::status::JobStatus;
 use crate::http::{HttpState, json_response};
 use serde_json::json;
@@ -128,8 +128,7 @@ async fn readiness(state: Arc<HttpState>) -> Response {
     let err = ApiError::Unavailable;
     json_response(
         StatusCode::SERVICE_UNAVAILABLE,
-        &json!({"status": "unavailable", "checks": checks,
-                "error": {"code": err.code(), "message": err.message(), "field": null}}),
+        &json!({"status": "unavailable", "checks": checks, "error": ErrorDetail::from(&err)}),
     )
 }
 

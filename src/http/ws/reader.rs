@@ -179,7 +179,8 @@ impl Reader {
             .unwrap_or_default();
         match kind {
             "ping" => {
-                let pong = crate::domain::event::control_frame_body("pong", Map::new());
+                let pong =
+                    crate::domain::frames::ControlFrame::body(&crate::domain::frames::PongFrame {});
                 self.outbox.push(Frame::Text(Arc::from(pong)));
                 None
             }

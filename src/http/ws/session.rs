@@ -16,13 +16,14 @@
 
 use super::outbox::{Coalesce, Frame, Outbox};
 use crate::domain::catalogue::ApiError;
-use crate::domain::event::{JobEvent, JobEventKind, control_frame_body, snapshot_frame_body};
+use crate::domain::catalogue::ErrorDetail;
+use crate::domain::event::{JobEvent, JobEventKind, snapshot_frame_body};
+use crate::domain::frames::{ControlFrame, ErrorFrame, HelloFrame};
 use crate::domain::position_feed::JobPosition;
 use crate::events::SessionRegistry;
 use crate::events::registry::{Deliver, Permit, resync_frame_body};
 use crate::gateway::Gateway;
 use actix::prelude::*;
-use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -167,34 +168,25 @@ impl SessionActor {
 /// An `error` frame body for `err`, about the command on message `id` if any, with the
 /// command's `ref` if it had one.
 pub fn error_frame_body(err: &ApiError, id: Option<&str>, client_ref: Option<&str>) -> String {
-    let mut error = Map::new();
-    error.insert("code".into(), Value::from(err.code()));
-    error.insert("message".into(), Value::from(err.message()));
-    if let Some(field) = err.field() {
-        error.insert("field".into(), Value::from(field));
+    ErrorFrame {
+        error: ErrorDetail::from(err),
+        id,
+        client_ref,
     }
-    let mut fields = Map::new();
-    fields.insert("error".into(), Value::Object(error));
-    if let Some(id) = id {
-        fields.insert("id".into(), Value::from(id));
-    }
-    if let Some(client_ref) = client_ref {
-        fields.insert("ref".into(), Value::from(client_ref));
-    }
-    control_frame_body("error", fields)
+    .body()
 }
 
 impl Actor for SessionActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.push_text(control_frame_body(
-            "hello",
-            Map::from_iter([
-                ("user".to_owned(), Value::from(&*self.parts.user)),
-                ("server_time".to_owned(), json!(chrono::Utc::now())),
-            ]),
-        ));
+        self.push_text(
+            HelloFrame {
+                user: &self.parts.user,
+                server_time: chrono::Utc::now(),
+            }
+            .body(),
+        );
         if let Some(permit) = &self.permit {
             self.registry.attach(permit, ctx.address().recipient());
         }
