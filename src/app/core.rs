@@ -70,6 +70,7 @@ pub(super) async fn build_core(
     rebuild_queue(&*shared.queue, &db).await?;
 
     let outages = Arc::new(Outages::new(chrono::Utc::now()));
+    let bus = shared.bus.clone();
     let store = start_store(&config, &db, shared.bus, &metrics, &outages, &io);
     let queue = start_queue(
         &config,
@@ -96,9 +97,9 @@ pub(super) async fn build_core(
             io: io.clone(),
         },
     )?;
-    // A job that ended (cancelled, stuck) stops running on its backend.
+    // A job another process ended (cancelled, stuck) stops running on this one's backends.
     let abandon = forge.clone();
-    registry.on_job_ended(move |id| abandon.abandon(id));
+    bus.on_job_ended(Arc::new(move |id| abandon.abandon(id)));
 
     let settings = gateway_settings(&config);
     let gateway = Gateway::new(
@@ -106,6 +107,7 @@ pub(super) async fn build_core(
         store.clone(),
         queue.clone(),
         outages.clone(),
+        forge.clone(),
         settings,
     );
     let upkeep = Upkeep {

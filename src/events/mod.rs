@@ -5,6 +5,13 @@
 //! embedded mode the bus delivers straight to the registry; with Redis every process publishes
 //! to one channel and delivers what it receives, its own events included, so each session gets
 //! each event once.
+//!
+//! The bus is also how a job that ends in one process stops running in another: a cancel or a
+//! watchdog's verdict is written where it is asked for, and that process stops its own run
+//! directly (`Gateway::after_terminal`); with Redis, every process's bus hands each
+//! `job.error` and `job.cancelled` it receives to the listener set by
+//! [`EventBus::on_job_ended`] (the Forge pool's `abandon`), so the process whose backend runs
+//! the job stops it too.
 
 pub mod redis_bus;
 pub mod registry;
@@ -27,7 +34,17 @@ pub trait EventBus: Send + Sync {
             self.publish(event).await;
         }
     }
+
+    /// Calls `listener` with the id of every job another process ends (error or cancelled),
+    /// so this process stops running it. The in-process bus has no other process: a job
+    /// ended here is stopped here by whoever ended it, and this does nothing.
+    fn on_job_ended(&self, listener: JobEndedListener) {
+        let _ = listener;
+    }
 }
+
+/// What a process does with a job that ended elsewhere: stop running it.
+pub type JobEndedListener = Arc<dyn Fn(uuid::Uuid) + Send + Sync>;
 
 /// The embedded mode's bus: straight to this process's sessions.
 pub struct LocalBus {

@@ -8,13 +8,13 @@
 //! lost, which is acceptable because the database stays the record and clients catch up with
 //! a snapshot.
 
-use super::{EventBus, SessionRegistry};
-use crate::domain::event::JobEvent;
+use super::{EventBus, JobEndedListener, SessionRegistry};
+use crate::domain::event::{JobEvent, JobEventKind};
 use crate::redis_client::{Received, RedisError, Role, Subscription, builder, check_prefix};
 use fred::clients::SubscriberClient;
 use fred::prelude::{ClientLike, Options, PubsubInterface};
 use parking_lot::Mutex;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
@@ -28,6 +28,8 @@ pub struct RedisBus {
     subscriber: SubscriberClient,
     channel: String,
     task: Mutex<Option<JoinHandle<()>>>,
+    /// Told of every job that ended (set once, after the Forge pool starts).
+    ended: Arc<OnceLock<JobEndedListener>>,
 }
 
 impl RedisBus {
@@ -56,12 +58,14 @@ impl RedisBus {
             }
         };
         let subscriber = subscription.client();
-        let task = tokio::spawn(run_delivery(subscription, registry));
+        let ended = Arc::new(OnceLock::new());
+        let task = tokio::spawn(run_delivery(subscription, registry, ended.clone()));
         Ok(Arc::new(RedisBus {
             publisher,
             subscriber,
             channel,
             task: Mutex::new(Some(task)),
+            ended,
         }))
     }
 
@@ -151,6 +155,10 @@ impl EventBus for RedisBus {
             }
         }
     }
+
+    fn on_job_ended(&self, listener: JobEndedListener) {
+        let _ = self.ended.set(listener);
+    }
 }
 
 /// What one pub/sub message holds: one event, or several in publishing order.
@@ -171,8 +179,13 @@ fn decode(text: &str) -> Result<Vec<JobEvent>, String> {
     }
 }
 
-/// Hands every event arriving on the channel to `registry` until the subscriber closes.
-async fn run_delivery(mut subscription: Subscription, registry: SessionRegistry) {
+/// Hands every event arriving on the channel to `registry`, and each ended job to `ended`
+/// once it is set, until the subscriber closes.
+async fn run_delivery(
+    mut subscription: Subscription,
+    registry: SessionRegistry,
+    ended: Arc<OnceLock<JobEndedListener>>,
+) {
     loop {
         match subscription.next().await {
             Received::Message(value) => {
@@ -183,6 +196,14 @@ async fn run_delivery(mut subscription: Subscription, registry: SessionRegistry)
                 match events {
                     Ok(events) => {
                         for event in events {
+                            if let Some(ended) = ended.get()
+                                && matches!(
+                                    event.kind,
+                                    JobEventKind::Error { .. } | JobEventKind::Cancelled { .. }
+                                )
+                            {
+                                ended(event.message_id);
+                            }
                             registry.dispatch(event);
                         }
                     }

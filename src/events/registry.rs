@@ -102,8 +102,6 @@ pub enum Refused {
     Stopped,
 }
 
-type EndedListener = Arc<dyn Fn(Uuid) + Send + Sync>;
-
 #[derive(Default)]
 struct Entry {
     /// Admitted, not attached yet.
@@ -124,7 +122,6 @@ pub struct RegistryActor {
     total: u32,
     next_id: u64,
     watch: Option<Recipient<UserWatch>>,
-    ended: Option<EndedListener>,
 }
 
 impl RegistryActor {
@@ -235,13 +232,6 @@ impl Handler<Dispatch> for RegistryActor {
     type Result = ();
 
     fn handle(&mut self, Dispatch(event): Dispatch, _ctx: &mut Context<Self>) {
-        if matches!(
-            event.kind,
-            JobEventKind::Error { .. } | JobEventKind::Cancelled { .. }
-        ) && let Some(ended) = &self.ended
-        {
-            ended(event.message_id);
-        }
         if !self.users.contains_key(event.user_id.as_str()) {
             return;
         }
@@ -307,22 +297,16 @@ impl Handler<Broadcast> for RegistryActor {
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Configure {
-    watch: Option<Recipient<UserWatch>>,
-    ended: Option<EndedListener>,
+    watch: Recipient<UserWatch>,
 }
 
 impl Handler<Configure> for RegistryActor {
     type Result = ();
 
     fn handle(&mut self, msg: Configure, _ctx: &mut Context<Self>) {
-        if msg.watch.is_some() {
-            self.watch = msg.watch;
-            for user in self.users.keys() {
-                self.notify_watch(user, true);
-            }
-        }
-        if msg.ended.is_some() {
-            self.ended = msg.ended;
+        self.watch = Some(msg.watch);
+        for user in self.users.keys() {
+            self.notify_watch(user, true);
         }
     }
 }
@@ -379,26 +363,13 @@ impl SessionRegistry {
             total: 0,
             next_id: 0,
             watch: None,
-            ended: None,
         });
         SessionRegistry { addr }
     }
 
     /// Tells `watch` which users have sessions here (now, and from now on).
     pub fn watch_users_with(&self, watch: Recipient<UserWatch>) {
-        self.addr.do_send(Configure {
-            watch: Some(watch),
-            ended: None,
-        });
-    }
-
-    /// Calls `listener` with the id of every job that ends in error or is cancelled (every
-    /// process's registry sees every job event, so its backends stop working on such a job).
-    pub fn on_job_ended(&self, listener: impl Fn(Uuid) + Send + Sync + 'static) {
-        self.addr.do_send(Configure {
-            watch: None,
-            ended: Some(Arc::new(listener)),
-        });
+        self.addr.do_send(Configure { watch });
     }
 
     /// Takes a place for a new session of `user`, or says which cap refuses it.

@@ -11,6 +11,7 @@ pub mod watchdog;
 
 pub use read::{Page, Snapshot};
 
+use crate::actors::forge::ForgePool;
 use crate::actors::queue::QueueHandle;
 use crate::actors::store::{StoreError, StoreHandle};
 use crate::db::{Database, DbError};
@@ -42,6 +43,8 @@ struct Inner {
     store: StoreHandle,
     queue: QueueHandle,
     outages: Arc<Outages>,
+    /// This process's backends: a job ended here stops running on them.
+    forge: ForgePool,
     /// One permit per listing being read (see `read`).
     listings: tokio::sync::Semaphore,
     settings: GatewaySettings,
@@ -63,6 +66,7 @@ impl Gateway {
         store: StoreHandle,
         queue: QueueHandle,
         outages: Arc<Outages>,
+        forge: ForgePool,
         settings: GatewaySettings,
     ) -> Self {
         Gateway {
@@ -71,6 +75,7 @@ impl Gateway {
                 store,
                 queue,
                 outages,
+                forge,
                 listings: tokio::sync::Semaphore::new(settings.list_concurrency.max(1)),
                 settings,
             }),
@@ -281,9 +286,11 @@ impl Gateway {
         self.submit(user, request, idempotency_key, Some(id)).await
     }
 
-    /// Frees what a job held once it is terminal: its queue entry and its cap slot. (Its
-    /// backend, in whichever process runs it, hears of it through the job's event.)
+    /// Frees what a job held once it is terminal: its run, its queue entry and its cap slot.
     pub async fn after_terminal(&self, message: &ChatMessage) {
+        // A run of it on this process's backends stops now; a run elsewhere stops when that
+        // process's event bus hands it the `job.error`/`job.cancelled` (`EventBus::on_job_ended`).
+        self.inner.forge.abandon(message.id);
         let _ = self.inner.queue.remove(message.id).await;
         if let Err(err) = self.inner.queue.release(&message.user_id, message.id).await {
             tracing::warn!(message_id = %message.id, error = %err, "could not free the pending slot; it heals at the next cap check");

@@ -367,7 +367,9 @@ async fn listing_filters_pages_and_validates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_retry_and_patch_answer_as_documented() {
-    let (app, _storage) = TestApp::spawn_with(slow_sim(), &[]).await;
+    // A 10-minute lease: no lease renewal comes before the deadline below, so only the cancel
+    // itself can stop the run.
+    let (app, _storage) = TestApp::spawn_with(slow_sim(), &["--job-lease", "10m"]).await;
     let token = app.token("alice").await;
     let mut ws = app.ws(&token).await;
     let (_, running) = app.submit(&token, small_prompt("running")).await;

@@ -532,3 +532,28 @@ async fn a_frozen_process_that_comes_back_after_its_lease_was_taken_cannot_overw
     b.stop().await;
     sim_a.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL and Redis: set TEST_DATABASE_URL and TEST_REDIS_URL"]
+async fn a_cancel_on_one_process_interrupts_the_run_on_another_at_once() {
+    // Process A's backend runs the job; the cancel reaches process B. With a 10-minute lease
+    // no lease renewal comes before the deadline below: only the event bus can tell A.
+    let storage = shared_storage();
+    let lease = ["--job-lease", "10m"];
+    let a = TestApp::start(&storage, hanging_sim(), &lease).await;
+    let token = a.token("alice").await;
+    let id = block_backend(&a, &token).await;
+    let b = TestApp::start(&storage, hanging_sim(), &lease).await;
+    assert_eq!(b.cancel(&token, &id).await.0, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.sim.stats().interrupts == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "process A never interrupted the run"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(b.sim.stats().interrupts, 0, "B's backend ran nothing");
+    a.stop().await;
+    b.stop().await;
+}
