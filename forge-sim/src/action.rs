@@ -17,9 +17,6 @@ pub(crate) enum Action {
     Truncate { response: Response, sent: usize },
 }
 
-/// The one checkpoint the simulator offers.
-pub(crate) const MODEL: &str = "sim-model";
-
 /// FastAPI's validation error answer.
 pub(crate) fn unprocessable(errors: Vec<Value>) -> Response {
     Response::json(422, &json!({ "detail": errors }))

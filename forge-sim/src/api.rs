@@ -1,7 +1,7 @@
 //! The routes: the part of the AUTOMATIC1111 API the gateway uses, plus `/sim/*` to change
 //! faults while running. They decide what to answer; [`crate::exchange`] carries it out.
 
-use crate::action::{Action, MODEL, unprocessable};
+use crate::action::{Action, unprocessable};
 use crate::http::{Request, Response};
 use crate::params::json_invalid;
 use crate::state::Shared;
@@ -32,7 +32,7 @@ pub(crate) async fn handle(shared: &Shared, request: &Request) -> Action {
             "GET" => respond(Response::json(
                 200,
                 &json!({
-                    "sd_model_checkpoint": MODEL,
+                    "sd_model_checkpoint": crate::models::title(&shared.loaded()),
                     "samples_format": "png",
                     "live_previews_enable": shared.config().previews,
                     "show_progress_every_n_steps": 1,
@@ -43,15 +43,12 @@ pub(crate) async fn handle(shared: &Shared, request: &Request) -> Action {
         "/sdapi/v1/sd-models" => match method {
             "GET" => respond(Response::json(
                 200,
-                &json!([{
-                    "title": MODEL,
-                    "model_name": MODEL,
-                    "hash": null,
-                    "sha256": null,
-                    "filename": "/models/Stable-diffusion/sim-model.safetensors",
-                    "config": null,
-                }]),
+                &crate::models::sd_models_json(&shared.config().models),
             )),
+            _ => respond(method_not_allowed()),
+        },
+        "/sdapi/v1/samplers" => match method {
+            "GET" => respond(Response::json(200, &crate::models::samplers_json())),
             _ => respond(method_not_allowed()),
         },
         "/sdapi/v1/memory" => match method {

@@ -217,6 +217,26 @@ pub struct SimConfig {
     /// identity it started with. Not part of the JSON of `/sim/config`.
     #[serde(skip)]
     pub tls: Option<TlsIdentity>,
+    /// The checkpoints offered (`GET /sdapi/v1/sd-models`); the first is loaded at start.
+    pub models: Vec<String>,
+    /// What loading another checkpoint costs, inside the generation lock as on a GPU.
+    #[serde(with = "duration_text")]
+    pub model_switch: Duration,
+}
+
+/// A duration in JSON as human text ("3s", "250ms").
+mod duration_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&humantime::format_duration(*value).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 impl Default for SimConfig {
@@ -229,6 +249,8 @@ impl Default for SimConfig {
             seed: 0,
             previews: true,
             tls: None,
+            models: vec![crate::models::DEFAULT_MODEL.to_owned()],
+            model_switch: Duration::ZERO,
         }
     }
 }
@@ -242,6 +264,7 @@ impl SimConfig {
     /// Checks the values that types alone do not constrain.
     pub fn validate(&self) -> Result<(), SimConfigError> {
         check_fail_rate(self.fail_rate).map_err(SimConfigError)?;
+        check_models(&self.models).map_err(SimConfigError)?;
         if let Some(rate) = self.steps_per_second {
             check_steps_per_second(rate).map_err(SimConfigError)?;
         }
@@ -305,7 +328,38 @@ fn apply(config: &mut SimConfig, fields: &Map<String, Value>) -> Result<(), Stri
                     .as_u64()
                     .ok_or_else(|| format!("seed must be an integer >= 0, got {value}"))?;
             }
+            "models" => {
+                config.models = serde_json::from_value(value.clone()).map_err(|_| {
+                    format!("models must be a list of checkpoint names, got {value}")
+                })?;
+            }
+            "model_switch" => {
+                let text = value.as_str().ok_or_else(|| {
+                    format!("model_switch must be a duration text such as \"3s\", got {value}")
+                })?;
+                config.model_switch = humantime::parse_duration(text)
+                    .map_err(|err| format!("model_switch {text:?}: {err}"))?;
+            }
             other => return Err(format!("unknown setting {other:?}")),
+        }
+    }
+    Ok(())
+}
+
+/// Shared by the flag parser and the admin endpoint so both say the same thing: at least one
+/// checkpoint, each named, none twice.
+pub(crate) fn check_models(models: &[String]) -> Result<(), String> {
+    if models.is_empty() {
+        return Err("models: at least one checkpoint is needed".into());
+    }
+    for (index, name) in models.iter().enumerate() {
+        if name.trim().is_empty() || name.len() > 255 {
+            return Err(format!(
+                "models: {name:?} is not a checkpoint name (1..=255 bytes)"
+            ));
+        }
+        if models[..index].contains(name) {
+            return Err(format!("models: {name:?} is listed twice"));
         }
     }
     Ok(())
@@ -466,9 +520,12 @@ mod tests {
             seed: 9,
             previews: false,
             tls: None,
+            models: vec!["a".into(), "b".into()],
+            model_switch: Duration::from_millis(1500),
         };
         let json = serde_json::to_value(&config).expect("serializable");
         assert_eq!(json["latency"], json!("100ms..1s"));
+        assert_eq!(json["model_switch"], json!("1s 500ms"));
         assert_eq!(json["mode"], json!("garbage"));
         assert_eq!(serde_json::from_value::<SimConfig>(json).ok(), Some(config));
     }

@@ -26,6 +26,7 @@ mod api;
 mod config;
 mod exchange;
 mod http;
+mod models;
 mod params;
 mod render;
 mod reset;
@@ -37,6 +38,7 @@ mod tls;
 mod txt2img;
 
 pub use config::{Latency, ParseLatencyError, ParseModeError, SimConfig, SimConfigError, SimMode};
+pub use models::DEFAULT_MODEL;
 pub use render::{MAX_SIDE, render_png};
 pub use server::SimServer;
 pub use state::SimStats;

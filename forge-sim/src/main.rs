@@ -54,6 +54,14 @@ struct Args {
     /// The PEM private key of --tls-cert.
     #[arg(long, env = "SIM_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+
+    /// The checkpoints offered, comma-separated; the first is loaded at start.
+    #[arg(long, env = "SIM_MODELS", value_delimiter = ',', default_value = forge_sim::DEFAULT_MODEL)]
+    models: Vec<String>,
+
+    /// What loading another checkpoint costs (a human duration: 3s, 500ms).
+    #[arg(long, env = "SIM_MODEL_SWITCH", default_value = "0s", value_parser = humantime::parse_duration)]
+    model_switch: std::time::Duration,
 }
 
 fn latency(text: &str) -> Result<Latency, String> {
@@ -141,7 +149,13 @@ async fn main() -> ExitCode {
         seed: args.seed,
         previews: args.previews,
         tls,
+        models: args.models,
+        model_switch: args.model_switch,
     };
+    if let Err(err) = config.validate() {
+        eprintln!("forge-sim: --models: {err}");
+        return ExitCode::from(2);
+    }
     let server = match SimServer::start(args.bind, config.clone()).await {
         Ok(server) => server,
         Err(err) => {

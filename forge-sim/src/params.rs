@@ -17,6 +17,11 @@ pub(crate) struct Txt2Img {
     pub sampler_name: String,
     pub batch_size: u32,
     pub n_iter: u32,
+    /// `override_settings.sd_model_checkpoint`: the checkpoint to generate with.
+    pub checkpoint: Option<String>,
+    /// `override_settings_restore_afterwards` (Forge's default: true): load the previous
+    /// checkpoint again after this request.
+    pub restore_afterwards: bool,
 }
 
 impl Txt2Img {
@@ -57,6 +62,15 @@ impl Txt2Img {
         let sampler_index = reader.string("sampler_index");
         let batch_size = reader.int("batch_size").unwrap_or(1);
         let n_iter = reader.int("n_iter").unwrap_or(1);
+        let checkpoint = fields
+            .get("override_settings")
+            .and_then(|settings| settings.get("sd_model_checkpoint"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let restore_afterwards = fields
+            .get("override_settings_restore_afterwards")
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -78,6 +92,8 @@ impl Txt2Img {
                 .unwrap_or_else(|| "Euler".to_owned()),
             batch_size: clamp_u32(batch_size, 1, 8),
             n_iter: clamp_u32(n_iter, 1, 8),
+            checkpoint,
+            restore_afterwards,
         };
         Ok((request, fields))
     }
@@ -216,6 +232,8 @@ mod tests {
                 sampler_name: "Euler".into(),
                 batch_size: 1,
                 n_iter: 1,
+                checkpoint: None,
+                restore_afterwards: true,
             }
         );
     }

@@ -85,10 +85,14 @@ pub(crate) struct Shared {
     /// in arrival order like Forge's queue lock.
     generation: tokio::sync::Mutex<()>,
     progress: Mutex<Progress>,
+    /// The checkpoint loaded now (one of the configured models).
+    loaded: Mutex<String>,
 }
 
 /// What a generation needs to describe itself while it runs.
 pub(crate) struct JobSpec {
+    /// The checkpoint the request asked for (`override_settings.sd_model_checkpoint`).
+    pub model: Option<String>,
     pub duration: Duration,
     pub steps: u32,
     pub batches: u32,
@@ -100,6 +104,10 @@ pub(crate) struct JobSpec {
 /// when dropped, also when the connection task is aborted at shutdown.
 pub(crate) struct RunningJob<'a> {
     shared: &'a Shared,
+    /// The checkpoint it runs on (what `info.sd_model_name` reports).
+    pub model: String,
+    /// The checkpoint loaded before, when this job switched.
+    pub switched_from: Option<String>,
     stop: Arc<Notify>,
     _lock: tokio::sync::MutexGuard<'a, ()>,
 }
@@ -134,6 +142,7 @@ impl Drop for RunningJob<'_> {
 impl Shared {
     pub fn new(config: SimConfig) -> Shared {
         Shared {
+            loaded: Mutex::new(config.models.first().cloned().unwrap_or_default()),
             rng: Mutex::new(StdRng::seed_from_u64(config.seed)),
             config: Mutex::new(config),
             counters: Counters::default(),
@@ -154,6 +163,12 @@ impl Shared {
         let mut current = self.config.lock();
         if current.seed != config.seed {
             *self.rng.lock() = StdRng::seed_from_u64(config.seed);
+        }
+        let mut loaded = self.loaded.lock();
+        if !config.models.contains(&loaded)
+            && let Some(first) = config.models.first()
+        {
+            loaded.clone_from(first);
         }
         *current = config;
     }
@@ -183,6 +198,9 @@ impl Shared {
     /// Waits for the generation lock (in arrival order), then publishes the job as running.
     pub async fn begin(&self, spec: JobSpec) -> RunningJob<'_> {
         let lock = self.generation.lock().await;
+        let previous = self.loaded();
+        let model = self.load(spec.model.as_deref()).await;
+        let switched_from = (model != previous).then_some(previous);
         let active = self
             .counters
             .active_generations
@@ -212,9 +230,37 @@ impl Shared {
         drop(progress);
         RunningJob {
             shared: self,
+            model,
+            switched_from,
             stop,
             _lock: lock,
         }
+    }
+
+    /// The checkpoint loaded now.
+    pub fn loaded(&self) -> String {
+        self.loaded.lock().clone()
+    }
+
+    /// Loads the checkpoint `asked` names when it is a configured one and not loaded yet,
+    /// which takes `model_switch`; ignores one it does not know, as Forge does. Returns the
+    /// checkpoint loaded afterwards. Called with the generation lock held.
+    pub async fn load(&self, asked: Option<&str>) -> String {
+        let config = self.config();
+        let loaded = self.loaded();
+        let Some(wanted) = asked.and_then(|asked| crate::models::find(&config.models, asked))
+        else {
+            return loaded;
+        };
+        if *wanted == loaded {
+            return loaded;
+        }
+        if !config.model_switch.is_zero() {
+            tokio::time::sleep(config.model_switch).await;
+        }
+        Counters::bump(&self.counters.model_switches);
+        self.loaded.lock().clone_from(wanted);
+        wanted.clone()
     }
 
     /// Interrupt (or skip) whatever runs. A hung job only records the request: a wedged GPU
@@ -346,6 +392,7 @@ mod tests {
 
     fn spec(duration: Duration, steps: u32, batches: u32) -> JobSpec {
         JobSpec {
+            model: None,
             duration,
             steps,
             batches,

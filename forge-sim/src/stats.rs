@@ -23,6 +23,9 @@ pub struct SimStats {
     /// Most normal-mode txt2img requests ever in hand at once, waiting for the lock or
     /// generating: more than 1 means callers queued work inside this server.
     pub max_txt2img_in_flight: u64,
+    /// Checkpoint loads: a request that asked for another checkpoint than the loaded one, and
+    /// the load back when it asked to restore afterwards.
+    pub model_switches: u64,
 }
 
 #[derive(Default)]
@@ -37,6 +40,7 @@ pub(crate) struct Counters {
     /// Generations running now (not reset with the others).
     pub active_generations: AtomicU64,
     pub max_txt2img_in_flight: AtomicU64,
+    pub model_switches: AtomicU64,
     /// Normal-mode txt2img requests in hand now (not reset with the others).
     pub txt2img_in_flight: AtomicU64,
 }
@@ -57,6 +61,7 @@ impl Counters {
             progress_requests: get(&self.progress_requests),
             max_concurrent_generations: get(&self.max_concurrent_generations),
             max_txt2img_in_flight: get(&self.max_txt2img_in_flight),
+            model_switches: get(&self.model_switches),
         }
     }
 
@@ -68,6 +73,7 @@ impl Counters {
             &self.failed,
             &self.interrupts,
             &self.progress_requests,
+            &self.model_switches,
         ] {
             counter.store(0, Ordering::Relaxed);
         }

@@ -1,7 +1,7 @@
 //! `POST /sdapi/v1/txt2img`: picking the outcome (a generation or a fault), timing the
 //! generation under the generation lock, and drawing its pictures.
 
-use crate::action::{Action, MODEL, unprocessable};
+use crate::action::{Action, unprocessable};
 use crate::config::{Latency, SimMode};
 use crate::http::{Request, Response};
 use crate::params::Txt2Img;
@@ -100,6 +100,7 @@ fn job_spec(shared: &Shared, params: &Txt2Img, seed: u64, hung: bool) -> JobSpec
         },
     };
     JobSpec {
+        model: params.checkpoint.clone(),
         duration,
         steps: params.steps,
         batches: params.n_iter,
@@ -126,6 +127,12 @@ async fn generate(shared: &Shared, params: Txt2Img, given: Map<String, Value>) -
         }
     }
     let stopped = job.was_stopped();
+    let model = job.model.clone();
+    if params.restore_afterwards
+        && let Some(previous) = &job.switched_from
+    {
+        shared.load(Some(previous)).await;
+    }
     drop(job);
     if stopped {
         Counters::bump(&shared.counters.interrupted);
@@ -163,7 +170,7 @@ async fn generate(shared: &Shared, params: Txt2Img, given: Map<String, Value>) -
         "steps": params.steps,
         "batch_size": params.batch_size,
         "restore_faces": false,
-        "sd_model_name": MODEL,
+        "sd_model_name": model,
         "sd_model_hash": null,
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
@@ -173,7 +180,7 @@ async fn generate(shared: &Shared, params: Txt2Img, given: Map<String, Value>) -
         "infotexts": seeds.iter().map(|s| format!(
             "{}\nNegative prompt: {}\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}",
             params.prompt, params.negative_prompt, params.steps, params.sampler_name,
-            params.cfg_scale, s, params.width, params.height, MODEL
+            params.cfg_scale, s, params.width, params.height, model
         )).collect::<Vec<_>>(),
         "job_timestamp": job_timestamp(std::time::SystemTime::now()),
         "clip_skip": 1,

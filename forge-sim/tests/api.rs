@@ -360,7 +360,8 @@ async fn the_admin_endpoints_change_faults_at_run_time() -> TestResult {
     let config = get_json(&client, format!("{url}/sim/config")).await?;
     assert_eq!(
         config,
-        json!({"latency": "0s", "fail_rate": 0.0, "mode": "normal", "steps_per_second": null, "seed": 0, "previews": true})
+        json!({"latency": "0s", "fail_rate": 0.0, "mode": "normal", "steps_per_second": null, "seed": 0, "previews": true,
+               "models": ["sim-model"], "model_switch": "0s"})
     );
 
     let response = client
@@ -449,7 +450,10 @@ async fn health_routes_answer_and_unknown_ones_are_404_or_405() -> TestResult {
         json!({})
     );
     let options = get_json(&client, format!("{url}/sdapi/v1/options")).await?;
-    assert_eq!(options["sd_model_checkpoint"], "sim-model");
+    assert_eq!(
+        options["sd_model_checkpoint"],
+        models_title_of_the_loaded_one(&client, &url).await?
+    );
     let models = get_json(&client, format!("{url}/sdapi/v1/sd-models")).await?;
     assert_eq!(models[0]["model_name"], "sim-model");
 
@@ -474,4 +478,13 @@ async fn health_routes_answer_and_unknown_ones_are_404_or_405() -> TestResult {
     assert_eq!(response.status(), 422);
     server.shutdown().await;
     Ok(())
+}
+
+/// The title `GET /sdapi/v1/sd-models` gives the first (loaded) checkpoint.
+async fn models_title_of_the_loaded_one(
+    client: &reqwest::Client,
+    url: &str,
+) -> Result<Value, reqwest::Error> {
+    let models = get_json(client, format!("{url}/sdapi/v1/sd-models")).await?;
+    Ok(models[0]["title"].clone())
 }
