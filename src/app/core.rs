@@ -3,7 +3,7 @@
 
 use super::{Core, RedisClients, StartError};
 use crate::actors::forge::{
-    BackendHealth, Busy, ForgeActor, ForgeDeps, ForgePool, ForgeSettings, Slots,
+    BackendHealth, Busy, ForgeActor, ForgeDeps, ForgePool, ForgeSettings, ModelsSeen, Slots,
 };
 use crate::actors::queue::{QueueActor, QueueHandle, rebuild::rebuild_from_db};
 use crate::actors::store::{MessageStoreActor, StoreHandle, StoreLimits};
@@ -94,6 +94,7 @@ pub(super) async fn build_core(
             busy: Busy::default(),
             slots: Slots::new(shared.slots, config.job_lease),
             breakers: shared.breakers,
+            models: ModelsSeen::default(),
             io: io.clone(),
         },
     )?;
@@ -390,6 +391,7 @@ fn start_backends(
         progress_interval: config.forge_progress_interval,
         previews: config.forge_previews,
         slots: config.forge_slots,
+        models_refresh: config.models_refresh,
     };
     let roots = TlsRoots::load(config.forge_ca_file.as_deref()).map_err(StartError::new)?;
     let mut backends = Vec::new();
@@ -404,5 +406,10 @@ fn start_backends(
         .map_err(StartError::new)?;
         backends.push(ForgeActor::new(client, deps.clone(), settings.clone()).start());
     }
-    Ok(ForgePool::new(backends, deps.health, deps.busy))
+    Ok(ForgePool::new(
+        backends,
+        deps.health,
+        deps.busy,
+        deps.models,
+    ))
 }

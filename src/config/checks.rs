@@ -278,6 +278,7 @@ impl Config {
                 "FORGE_PROGRESS_INTERVAL (--forge-progress-interval)",
                 self.forge_progress_interval,
             ),
+            ("MODELS_REFRESH (--models-refresh)", self.models_refresh),
             ("STUCK_AFTER (--stuck-after)", self.stuck_after),
             (
                 "WATCHDOG_INTERVAL (--watchdog-interval)",

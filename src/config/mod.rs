@@ -124,6 +124,12 @@ pub struct Config {
     #[arg(long, env = "FORGE_PROGRESS_INTERVAL", default_value = "1s", value_parser = duration)]
     pub forge_progress_interval: Duration,
 
+    /// How often each backend is asked which checkpoints and samplers it offers and which
+    /// checkpoint it has loaded (also at start; one that cannot answer is asked again every
+    /// `min(MODELS_REFRESH, 5s)` and left out of the listing meanwhile).
+    #[arg(long, env = "MODELS_REFRESH", default_value = "60s", value_parser = duration)]
+    pub models_refresh: Duration,
+
     /// Also fetch Forge's live preview image while a job runs and send `job.preview`.
     #[arg(long, env = "FORGE_PREVIEWS", default_value = "false", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub forge_previews: bool,

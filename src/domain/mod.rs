@@ -13,6 +13,7 @@ pub mod frames;
 pub mod health;
 pub mod merge;
 pub mod message;
+pub mod models;
 pub mod outages;
 pub mod params;
 pub mod position_feed;

@@ -1,12 +1,14 @@
 //! The HTTP client of one Forge backend (the AUTOMATIC1111-compatible API): txt2img with a
-//! deadline, progress, interrupt. How a call fails is in [`failure`], how its answer is read
+//! deadline, progress, interrupt, and what it offers ([`models`]). How a call fails is in [`failure`], how its answer is read
 //! in [`answer`], TLS to an https backend in [`tls`].
 
 mod answer;
 mod failure;
+mod models;
 mod tls;
 
 pub use failure::ForgeFailure;
+pub use models::{MAX_LIST_ANSWER, MAX_LISTED};
 pub use tls::{TlsRoots, install_default_provider};
 
 use crate::domain::params::GenerationParams;

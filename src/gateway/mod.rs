@@ -18,6 +18,7 @@ use crate::db::{Database, DbError};
 use crate::domain::catalogue::{ApiError, Invalid, StateConflict};
 use crate::domain::change::{Change, Refusal, Transition};
 use crate::domain::message::{ChatMessage, MessageView};
+use crate::domain::models::{ModelCatalogue, ModelListing};
 use crate::domain::outages::Outages;
 use crate::domain::params::{CreateRequest, data_error};
 
@@ -80,6 +81,11 @@ impl Gateway {
                 settings,
             }),
         }
+    }
+
+    /// What the backends offer (`GET /api/v1/models`), as they last answered.
+    pub fn models(&self) -> ModelListing {
+        self.inner.forge.models().read(ModelCatalogue::listing)
     }
 
     /// The database.

@@ -9,6 +9,7 @@
 use crate::domain::catalogue::{ErrorBody, ErrorDetail, JobError};
 use crate::domain::merge::{MAX_DATA_BYTES, MAX_DATA_DEPTH};
 use crate::domain::message::{MessageView, Notice};
+use crate::domain::models::{ModelEntry, ModelListing, Sampler};
 use crate::domain::params::{CREATE_FIELDS, FieldRule, GenerationParams, Rule};
 use crate::domain::status::JobStatus;
 use serde::{Deserialize, Serialize};
@@ -204,6 +205,13 @@ fn create_message() {}
     security(("bearer" = [])))]
 fn list_messages() {}
 
+#[utoipa::path(get, path = "/api/v1/models", tag = "models",
+    responses(
+        (status = 200, description = "The checkpoints and samplers the backends offer, as they last answered (each backend is asked at start and every MODELS_REFRESH; one that cannot answer is left out until it can)", body = ModelListing),
+        (status = 401, description = "No or bad token", body = ErrorBody)),
+    security(("bearer" = [])))]
+fn list_models() {}
+
 #[utoipa::path(get, path = "/api/v1/messages/{id}", tag = "messages",
     params(("id" = String, Path, description = "Message id")),
     responses(
@@ -338,8 +346,8 @@ impl Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "forge-gateway", description = "Image requests queued, run on Forge servers, persisted and pushed over WebSocket (`GET /ws`, described by `/asyncapi.json` and docs/api.md). Any request may be answered 503 `too_many_connections` when the server holds MAX_CONNECTIONS connections."),
-    paths(create_message, list_messages, get_message, patch_message, cancel_message, retry_message, dev_token, image, healthz, readyz, admin_status, metrics, page, client_js, asyncapi),
-    components(schemas(MessageView, GenerationParams, JobError, Notice, JobStatus, CreateMessage, PatchMessage, RetryOptions, MessageList, ErrorBody, ErrorDetail, DevTokenRequest, DevToken, Health, Readiness, AdminStatus)),
+    paths(create_message, list_messages, list_models, get_message, patch_message, cancel_message, retry_message, dev_token, image, healthz, readyz, admin_status, metrics, page, client_js, asyncapi),
+    components(schemas(ModelListing, ModelEntry, Sampler, MessageView, GenerationParams, JobError, Notice, JobStatus, CreateMessage, PatchMessage, RetryOptions, MessageList, ErrorBody, ErrorDetail, DevTokenRequest, DevToken, Health, Readiness, AdminStatus)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

@@ -16,6 +16,7 @@ mod forge;
 mod hostile;
 mod listings;
 mod lost_slots;
+mod models;
 mod multiprocess;
 mod outages;
 mod peers;

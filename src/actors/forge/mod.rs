@@ -11,12 +11,13 @@
 //! the placeholder image, but only when no other backend is healthy: an open backend leaves
 //! the queue to the healthy ones until its open period ends and it may try one trial request.
 
+mod discovery;
 mod outcome;
 mod pool;
 mod slot;
 mod worker;
 
-pub use pool::{BackendHealth, Busy, ForgePool};
+pub use pool::{BackendHealth, Busy, ForgePool, ModelsSeen};
 pub use slot::Slots;
 
 use crate::actors::queue::QueueHandle;
@@ -45,6 +46,8 @@ pub struct ForgeSettings {
     pub previews: bool,
     /// Jobs at a time.
     pub slots: u32,
+    /// How often the backend is asked what it offers (`MODELS_REFRESH`).
+    pub models_refresh: Duration,
 }
 
 /// What the slot workers need besides the actor.
@@ -66,6 +69,8 @@ pub struct ForgeDeps {
     pub slots: Slots,
     /// Every backend's breaker (shared with other processes on Redis).
     pub breakers: Arc<dyn BreakerStore>,
+    /// What every backend offers.
+    pub models: ModelsSeen,
     /// The multi-threaded runtime the slot workers run on: their HTTP calls, image writes and
     /// store round trips would otherwise all share the actor thread.
     pub io: tokio::runtime::Handle,
@@ -157,6 +162,11 @@ impl Actor for ForgeActor {
             };
             self.workers.push(self.deps.io.spawn(worker.run_slot()));
         }
+        self.workers.push(self.deps.io.spawn(discovery::discover(
+            self.client.clone(),
+            self.deps.models.clone(),
+            self.settings.models_refresh,
+        )));
         tracing::info!(
             backend = self.client.name(),
             slots = self.settings.slots,

@@ -1,8 +1,10 @@
 //! What this process's backends share: each backend's breaker state (so an open backend can
-//! leave the queue to a healthy one), the jobs they hold, and the handle to all of them.
+//! leave the queue to a healthy one), the jobs they hold, what they offer, and the handle to
+//! all of them.
 
 use super::{Abandon, ForgeActor, HandBackAll};
 use crate::domain::breaker::BreakerState;
+use crate::domain::models::{BackendModels, ModelCatalogue};
 use actix::Addr;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -31,6 +33,23 @@ impl BackendHealth {
         let mut states: Vec<_> = self.0.read().iter().map(|(n, s)| (n.clone(), *s)).collect();
         states.sort_by(|a, b| a.0.cmp(&b.0));
         states
+    }
+}
+
+/// What every backend of this process offers (checkpoints, samplers, the loaded one), as
+/// each last answered; the Forge actors write it, the gateway and the HTTP layer read it.
+#[derive(Clone, Default)]
+pub struct ModelsSeen(Arc<RwLock<ModelCatalogue>>);
+
+impl ModelsSeen {
+    /// Records what `backend` answered, or leaves it out (`None`).
+    pub(super) fn set(&self, backend: &str, offers: Option<BackendModels>) {
+        self.0.write().set(backend, offers);
+    }
+
+    /// Reads the catalogue.
+    pub fn read<T>(&self, read: impl FnOnce(&ModelCatalogue) -> T) -> T {
+        read(&self.0.read())
     }
 }
 
@@ -125,16 +144,28 @@ pub struct ForgePool {
     backends: Vec<Addr<ForgeActor>>,
     health: BackendHealth,
     busy: Busy,
+    models: ModelsSeen,
 }
 
 impl ForgePool {
     /// Wraps the backends' addresses.
-    pub fn new(backends: Vec<Addr<ForgeActor>>, health: BackendHealth, busy: Busy) -> Self {
+    pub fn new(
+        backends: Vec<Addr<ForgeActor>>,
+        health: BackendHealth,
+        busy: Busy,
+        models: ModelsSeen,
+    ) -> Self {
         ForgePool {
             backends,
             health,
             busy,
+            models,
         }
+    }
+
+    /// What the backends offer, as they last answered.
+    pub fn models(&self) -> &ModelsSeen {
+        &self.models
     }
 
     /// Waits until no backend holds a job, or `grace` passes; returns how many still run.

@@ -5,11 +5,13 @@
 //! error shape as everything else.
 //!
 //! - [`messages`]: `/api/v1/messages…` and the dev token;
+//! - [`models`]: `/api/v1/models`, what the backends offer;
 //! - [`ops`]: the page, the contract documents, images, health, metrics and status;
 //! - [`extract`]: what handlers take from a request.
 
 mod extract;
 mod messages;
+mod models;
 mod ops;
 
 pub use ops::ASYNCAPI_JSON;
@@ -27,7 +29,9 @@ pub fn routes(
     state: Arc<HttpState>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
     ops::routes(state.clone())
-        .or(messages::routes(state))
+        .or(messages::routes(state.clone()))
+        .unify()
+        .or(models::routes(state))
         .unify()
         .recover(recover)
         .unify()
