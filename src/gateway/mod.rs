@@ -144,9 +144,10 @@ impl Gateway {
             .apply(id, Change::Create(Box::new(message)))
             .await
         {
-            // The answer shows the live position (never the one at enqueue time, which the
-            // queue may have moved on from: a position shown must not go back).
-            Ok(message) => Ok(self.view(message).await),
+            // The position is the one the enqueue computed, not read again: a page made it
+            // when it sent the request, and shows a newer position frame over it (client.js
+            // `applyRead`), so it never goes back.
+            Ok(message) => Ok(self.view_at_enqueue(message, enqueued.position)),
             Err(err) => {
                 // Nothing was written: take the job out of the queue and free its slot (in
                 // the background, retried: the queue store may be what is slow).

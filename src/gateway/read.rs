@@ -144,6 +144,17 @@ impl Gateway {
         message.view(live.of(&message), Utc::now())
     }
 
+    /// The view of a message just queued at `position`: the position its enqueue computed,
+    /// not read again (a client shows the newer of a read and a frame by when each was
+    /// made: docs/api.md, "Positions").
+    pub(super) fn view_at_enqueue(&self, message: ChatMessage, position: u32) -> MessageView {
+        let live = LivePosition::Queued {
+            position,
+            eta_s: self.inner.queue.eta().for_position(position),
+        };
+        message.view(live, Utc::now())
+    }
+
     /// The views of stored messages, with their live positions.
     async fn views_of(&self, stored: StoredPage) -> Result<Vec<MessageView>, ApiError> {
         let live = self.live_positions(stored.queued_ids()).await;
