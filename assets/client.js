@@ -26,7 +26,7 @@ const TOKEN_EXPIRED = 4001;
  * @typedef {{id: string, conversation_id: string|null, status: Status, progress: number,
  *   queue_position: number|null, position_unavailable: boolean, eta_s: number|null,
  *   image_url: string|null, placeholder: boolean, notice: JobError|null, error: JobError|null,
- *   preview_url: string|null, seed: number|null, prompt: string, params: Params,
+ *   preview_url: string|null, seed: number|null, model: string|null, prompt: string, params: Params,
  *   data: Record<string, unknown>, retry_of: string|null, version: number, created_at: string,
  *   updated_at: string, started_at: string|null, finished_at: string|null}} MessageView
  *   (Events change the fields they carry; the time stamps are those of the last read.)
@@ -232,6 +232,7 @@ export function connect(options) {
           progress: 100, image_url: frame.image_url, placeholder: !!frame.placeholder,
           notice: frame.notice ?? null, seed: frame.seed ?? null, error: null,
         });
+        if (frame.model != null) next.model = frame.model;
         break;
       case "job.error":
       case "job.cancelled":
@@ -486,7 +487,7 @@ export function connect(options) {
      * `POST /api/v1/messages`: the new message (queued).
      * @param {{prompt: string, negative_prompt?: string, width?: number, height?: number,
      *   steps?: number, cfg_scale?: number, sampler_name?: string, seed?: number,
-     *   conversation_id?: string, data?: object}} body
+     *   conversation_id?: string, model?: string, data?: object}} body
      * @param {{idempotencyKey?: string}} [options]
      * @returns {Promise<MessageView>}
      */
@@ -549,6 +550,16 @@ export function connect(options) {
       for (const view of body.messages || []) applyRead(view, readAt, changed);
       emit(changed);
       return body.messages || [];
+    },
+
+    /**
+     * `GET /api/v1/models`: the checkpoints (`name`, `title`, on how many backends, loaded on
+     * how many) and samplers (`name`, `aliases`) the backends offer.
+     * @returns {Promise<{models: {name: string, title: string, backends: number, loaded: number}[],
+     *   samplers: {name: string, aliases: string[]}[]}>}
+     */
+    async models() {
+      return request("GET", "/api/v1/models");
     },
 
     /** Reloads the newest messages (and every pending one) over REST. */

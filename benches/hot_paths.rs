@@ -50,6 +50,7 @@ fn message(status: JobStatus, data: Value) -> ChatMessage {
         prompt: "a cat in a hat, watercolour".into(),
         params: GenerationParams::default(),
         conversation_id: Some("c-42".into()),
+        model: None,
         data,
     };
     let mut message = ChatMessage::queued(Uuid::now_v7(), "alice", request, Utc::now());
@@ -206,6 +207,7 @@ fn events(c: &mut Criterion) {
             placeholder: false,
             notice: None,
             seed: None,
+            model: None,
         },
     };
     let updated = JobEvent {

@@ -31,6 +31,7 @@ fn message(id: Uuid) -> ChatMessage {
         prompt: "bench".into(),
         params: GenerationParams::default(),
         conversation_id: None,
+        model: None,
         data: json!({}),
     };
     let mut message = ChatMessage::queued(id, "bench", request, Utc::now());

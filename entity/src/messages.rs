@@ -67,6 +67,8 @@ pub struct Model {
     pub preview_url: Option<String>,
     /// The seed Forge used (from its answer), once complete.
     pub seed: Option<i64>,
+    /// The checkpoint asked for (or the default), and once complete the one Forge used.
+    pub model: Option<String>,
     /// The refs of the client writes applied lately, a JSON array of `[ref, ms]` as text.
     #[sea_orm(column_type = "Text")]
     pub client_refs: String,

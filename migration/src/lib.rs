@@ -9,6 +9,7 @@ mod m20261202_000001_client_refs;
 mod m20261202_000002_job_runs;
 mod m20261202_000003_write_probe;
 mod m20261202_000004_user_id_index;
+mod m20261203_000001_model;
 
 /// All migrations, oldest first.
 pub struct Migrator;
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000002_job_runs::Migration),
             Box::new(m20261202_000003_write_probe::Migration),
             Box::new(m20261202_000004_user_id_index::Migration),
+            Box::new(m20261203_000001_model::Migration),
         ]
     }
 }

@@ -139,6 +139,7 @@ fn gateway_settings(config: &Config) -> GatewaySettings {
         max_pending_per_user: config.max_pending_per_user,
         list_max_bytes: config.list_max_bytes,
         list_concurrency: config.list_concurrency as usize,
+        default_model: config.default_model.clone(),
     }
 }
 

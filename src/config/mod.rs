@@ -124,6 +124,11 @@ pub struct Config {
     #[arg(long, env = "FORGE_PROGRESS_INTERVAL", default_value = "1s", value_parser = duration)]
     pub forge_progress_interval: Duration,
 
+    /// The checkpoint of a create that names none (a name or title of `GET /api/v1/models`);
+    /// unset, or while no backend offers it: whatever the chosen backend has loaded.
+    #[arg(long, env = "DEFAULT_MODEL")]
+    pub default_model: Option<String>,
+
     /// How often each backend is asked which checkpoints and samplers it offers and which
     /// checkpoint it has loaded (also at start; one that cannot answer is asked again every
     /// `min(MODELS_REFRESH, 5s)` and left out of the listing meanwhile).

@@ -53,6 +53,7 @@ pub(super) struct MessageRow {
     eta_s: Option<i32>,
     preview_url: Option<String>,
     seed: Option<i64>,
+    model: Option<String>,
     client_refs: String,
     runs: i64,
 }
@@ -153,6 +154,7 @@ impl MessageRow {
             eta_s: self.eta_s.and_then(|eta| u32::try_from(eta).ok()),
             preview_url: self.preview_url,
             seed: self.seed,
+            model: self.model,
             client_refs: ClientRefs::from_json(&self.client_refs),
             runs: self.runs,
         };
@@ -236,7 +238,7 @@ impl MessageRow {
 pub const UNREADABLE_PARAMS_KEY: &str = "_unreadable_params";
 
 /// The columns a write after create may change (the others are fixed at create).
-pub(super) const MUTABLE_COLUMNS: [Column; 20] = [
+pub(super) const MUTABLE_COLUMNS: [Column; 21] = [
     Column::Status,
     Column::Progress,
     Column::QueuePosition,
@@ -255,6 +257,7 @@ pub(super) const MUTABLE_COLUMNS: [Column; 20] = [
     Column::EtaS,
     Column::PreviewUrl,
     Column::Seed,
+    Column::Model,
     Column::ClientRefs,
     Column::Runs,
 ];
@@ -283,7 +286,8 @@ pub(super) fn pg_type(column: Column) -> &'static str {
         | Column::ErrorCode
         | Column::Backend
         | Column::IdempotencyKey
-        | Column::PreviewUrl => "varchar",
+        | Column::PreviewUrl
+        | Column::Model => "varchar",
     }
 }
 
@@ -329,6 +333,7 @@ pub(super) fn to_active(message: &ChatMessage) -> ActiveModel {
             .map(|eta| i32::try_from(eta).unwrap_or(i32::MAX))),
         preview_url: Set(message.preview_url.clone()),
         seed: Set(message.seed),
+        model: Set(message.model.clone()),
         client_refs: Set(message.client_refs.to_json()),
         runs: Set(message.runs),
         // Only the lease renewal writes it; a message write leaves it as it is.

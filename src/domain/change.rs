@@ -72,6 +72,9 @@ pub enum Transition {
         placeholder: bool,
         /// The seed Forge reports it used, if it said.
         seed: Option<i64>,
+        /// The checkpoint Forge reports it used, if it said (the one asked for stays
+        /// otherwise).
+        model: Option<String>,
     },
     /// The job failed.
     Fail {
@@ -297,16 +300,21 @@ fn apply_transition(
             image_url,
             placeholder,
             seed,
+            model,
         } => {
             message.image_url = Some(image_url.clone());
             message.placeholder = *placeholder;
             message.progress = 100;
             message.seed = *seed;
+            if model.is_some() {
+                message.model.clone_from(model);
+            }
             JobEventKind::Complete {
                 image_url: image_url.clone(),
                 placeholder: *placeholder,
                 notice: placeholder.then(Notice::placeholder),
                 seed: *seed,
+                model: message.model.clone(),
             }
         }
         Transition::Fail { error } => failed(message, error.clone()),

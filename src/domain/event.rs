@@ -68,6 +68,9 @@ pub enum JobEventKind {
         notice: Option<Notice>,
         /// The seed Forge used, when it said (null for the placeholder).
         seed: Option<i64>,
+        /// The checkpoint it ran on (as Forge reports it), or the one asked for when Forge
+        /// did not say; null when none was asked for and Forge did not say.
+        model: Option<String>,
     },
     /// Failed.
     #[serde(rename = "job.error")]
@@ -143,6 +146,7 @@ impl JobEventKind {
                 placeholder: false,
                 notice: None,
                 seed: Some(1),
+                model: None,
             },
             JobEventKind::Error {
                 error: error.clone(),
@@ -304,13 +308,15 @@ mod tests {
                 placeholder: false,
                 notice: None,
                 seed: Some(7),
+                model: Some("b".into()),
             },
         };
         let frame: Value = serde_json::from_str(&with_seq(&event.frame_body(), 9)).unwrap();
         assert_eq!(
             frame,
             json!({"seq": 9, "type": "job.complete", "id": Uuid::nil(), "version": 3, "status": "complete",
-                   "image_url": "/images/x.png", "placeholder": false, "notice": null, "seed": 7})
+                   "image_url": "/images/x.png", "placeholder": false, "notice": null, "seed": 7,
+                   "model": "b"})
         );
     }
 

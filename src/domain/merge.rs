@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 pub const SERVER_OWNED_FIELDS: &[&str] = &[
     "id",
     "seed",
+    "model",
     "preview_url",
     "position_unavailable",
     "idempotency_key",

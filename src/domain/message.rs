@@ -68,6 +68,9 @@ pub struct ChatMessage {
     pub preview_url: Option<String>,
     /// The seed Forge reports it used (complete jobs).
     pub seed: Option<i64>,
+    /// The checkpoint asked for (`DEFAULT_MODEL` when none was; none: whatever the backend
+    /// has loaded), and once complete the one Forge reports it used.
+    pub model: Option<String>,
     /// The refs of the client writes applied lately (never shown: see [`ClientRefs`]).
     pub client_refs: ClientRefs,
     /// How many times a backend has taken the job (0 until the first): the fencing token of
@@ -84,6 +87,7 @@ impl MessageView {
             prompt: "a cat".into(),
             params: GenerationParams::default(),
             conversation_id: None,
+            model: None,
             data: serde_json::json!({}),
         };
         let now = DateTime::<Utc>::UNIX_EPOCH;
@@ -144,6 +148,9 @@ pub struct MessageView {
     pub preview_url: Option<String>,
     /// The seed Forge used, once complete (null for the placeholder or when Forge did not say).
     pub seed: Option<i64>,
+    /// The checkpoint: the one asked for (or `DEFAULT_MODEL`; null: whatever the backend has
+    /// loaded) until the job completes, then the one Forge reports it generated with.
+    pub model: Option<String>,
     /// The prompt.
     pub prompt: String,
     /// Generation parameters.
@@ -250,6 +257,7 @@ impl ChatMessage {
             eta_s: None,
             preview_url: None,
             seed: None,
+            model: request.model,
             client_refs: ClientRefs::default(),
             runs: 0,
         }
@@ -287,6 +295,7 @@ impl ChatMessage {
             error: self.error.clone(),
             preview_url: self.preview_url.clone(),
             seed: self.seed,
+            model: self.model.clone(),
             prompt: self.prompt.clone(),
             params: self.params.clone(),
             data: ViewData::of(&self.data),
@@ -311,6 +320,7 @@ pub(crate) mod tests {
             prompt: "a cat".into(),
             params: GenerationParams::default(),
             conversation_id: None,
+            model: None,
             data: json!({}),
         };
         let mut message = ChatMessage::queued(Uuid::now_v7(), "alice", request, Utc::now());

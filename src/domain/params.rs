@@ -61,6 +61,8 @@ pub struct CreateRequest {
     pub params: GenerationParams,
     /// The chat conversation, if given.
     pub conversation_id: Option<String>,
+    /// The checkpoint asked for (checked against what the backends offer by the gateway).
+    pub model: Option<String>,
     /// Initial client data (an object).
     pub data: Value,
 }
@@ -148,7 +150,7 @@ const fn integer(
 
 /// Every field a create body may have, in the order they are checked (the first offending
 /// one is named). A key not in this table is refused as unknown.
-pub const CREATE_FIELDS: [FieldRule; 10] = [
+pub const CREATE_FIELDS: [FieldRule; 11] = [
     FieldRule {
         required: true,
         ..text("prompt", (1, MAX_PROMPT_CHARS), true, "What to draw.")
@@ -198,6 +200,13 @@ pub const CREATE_FIELDS: [FieldRule; 10] = [
         (1, MAX_ID_CHARS),
         false,
         "The chat conversation (default none).",
+    ),
+    text(
+        "model",
+        (1, MAX_ID_CHARS),
+        true,
+        "The checkpoint: a name or title of GET /api/v1/models (default DEFAULT_MODEL, else \
+         the one the backend has loaded).",
     ),
     FieldRule {
         name: "data",
@@ -251,6 +260,7 @@ impl CreateRequest {
                 seed: fields.integer("seed").unwrap_or(defaults.seed),
             },
             conversation_id: fields.text("conversation_id"),
+            model: fields.text("model"),
             data: match fields.0.remove("data") {
                 Some(Value::Null) | None => Value::Object(Map::new()),
                 Some(data) => data,

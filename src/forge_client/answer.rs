@@ -149,10 +149,11 @@ pub(super) enum InfoField<'a> {
     Other(serde::de::IgnoredAny),
 }
 
-/// The seed inside `info` (itself a JSON document in a string).
+/// The seed and the checkpoint inside `info` (itself a JSON document in a string).
 #[derive(serde::Deserialize)]
 pub(super) struct InfoSeed {
     pub seed: Option<i64>,
+    pub sd_model_name: Option<String>,
 }
 
 /// The image and the seed of a `txt2img` answer, checked: a PNG of exactly `width`×`height`.
@@ -161,7 +162,7 @@ pub(super) fn read_txt2img(
     body: &[u8],
     width: u32,
     height: u32,
-) -> Result<(Bytes, Option<i64>), ForgeFailure> {
+) -> Result<(Bytes, Option<i64>, Option<String>), ForgeFailure> {
     // Typed, borrowing the base64 text: a `Value` tree of Forge's answer (its `info` and
     // `parameters` included) cost more than the rest of reading it.
     let answer: Txt2ImgAnswer = serde_json::from_slice(body)
@@ -177,14 +178,18 @@ pub(super) fn read_txt2img(
         .decode(encoded.trim())
         .map_err(|err| ForgeFailure::unparsable("images[0] is not base64", err))?;
     check_png(&png, width, height)?;
-    let seed = match answer.info {
-        Some(InfoField::Text(info)) => serde_json::from_str::<InfoSeed>(&info)
-            .ok()
-            .and_then(|info| info.seed)
-            .filter(|seed| *seed >= 0),
+    let info = match answer.info {
+        Some(InfoField::Text(info)) => serde_json::from_str::<InfoSeed>(&info).ok(),
         _ => None,
     };
-    Ok((Bytes::from(png), seed))
+    let seed = info
+        .as_ref()
+        .and_then(|info| info.seed)
+        .filter(|seed| *seed >= 0);
+    let model = info
+        .and_then(|info| info.sd_model_name)
+        .filter(|name| !name.is_empty() && name.len() <= 255);
+    Ok((Bytes::from(png), seed, model))
 }
 
 /// Checks that `png` is a PNG of exactly `width`×`height` that decodes in full. The size is
@@ -243,16 +248,20 @@ mod tests {
     }
 
     #[test]
-    fn a_txt2img_answer_is_read_for_its_image_and_seed_only() {
+    fn a_txt2img_answer_is_read_for_its_image_seed_and_model_only() {
         let png = png_of(8, 8);
-        let (image, seed) = read_txt2img(
-            answer(&png, r#"{"seed": 42, "all_seeds": [42]}"#).as_bytes(),
+        let (image, seed, model) = read_txt2img(
+            answer(
+                &png,
+                r#"{"seed": 42, "all_seeds": [42], "sd_model_name": "b"}"#,
+            )
+            .as_bytes(),
             8,
             8,
         )
         .unwrap();
         assert_eq!(&image[..], &png[..]);
-        assert_eq!(seed, Some(42));
+        assert_eq!((seed, model.as_deref()), (Some(42), Some("b")));
         // An `info` that is not a string is ignored, not a failure; so is a seed that cannot
         // have been used.
         let image = base64::engine::general_purpose::STANDARD.encode(&png);

@@ -34,6 +34,14 @@ pub enum ForgeFailure {
         /// The start of the answer's body.
         body: String,
     },
+    /// Forge generated with another checkpoint than the one asked for.
+    #[error("generated with checkpoint {got:?}, not {asked:?}")]
+    WrongModel {
+        /// The checkpoint asked for.
+        asked: String,
+        /// The one Forge's `info.sd_model_name` names.
+        got: String,
+    },
     /// The answer is not the expected JSON, or holds no decodable PNG.
     #[error("unexpected answer: {what}")]
     BadAnswer {
@@ -90,6 +98,7 @@ impl ForgeFailure {
                 JobFailure::ForgeRejected { status: *status }
             }
             ForgeFailure::Status { .. } | ForgeFailure::BadAnswer { .. } => JobFailure::Unknown,
+            ForgeFailure::WrongModel { .. } => JobFailure::WrongModel,
         }
     }
 
@@ -110,7 +119,9 @@ impl ForgeFailure {
         match self {
             ForgeFailure::Connection(_) => true,
             ForgeFailure::Status { status, .. } => *status >= 500,
-            ForgeFailure::Timeout | ForgeFailure::BadAnswer { .. } => false,
+            ForgeFailure::Timeout
+            | ForgeFailure::BadAnswer { .. }
+            | ForgeFailure::WrongModel { .. } => false,
         }
     }
 
@@ -122,6 +133,7 @@ impl ForgeFailure {
             ForgeFailure::Status { status, .. } if *status >= 500 => "http_5xx",
             ForgeFailure::Status { .. } => "http_4xx",
             ForgeFailure::BadAnswer { .. } => "bad_answer",
+            ForgeFailure::WrongModel { .. } => "wrong_model",
         }
     }
 }

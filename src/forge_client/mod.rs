@@ -74,6 +74,8 @@ pub struct Generated {
     pub png: Bytes,
     /// The seed Forge used.
     pub seed: Option<i64>,
+    /// The checkpoint Forge says it used (`info.sd_model_name`), when it said.
+    pub model: Option<String>,
 }
 
 /// Forge's progress report (global to the server).
@@ -146,13 +148,16 @@ impl ForgeClient {
         }
     }
 
-    /// `POST /sdapi/v1/txt2img` with the call's deadline.
+    /// `POST /sdapi/v1/txt2img` with the call's deadline; with `model`, on that checkpoint
+    /// (`override_settings`, left loaded afterwards), and an answer made with another one
+    /// fails ([`ForgeFailure::WrongModel`]).
     pub async fn txt2img(
         &self,
         prompt: &str,
         params: &GenerationParams,
+        model: Option<&str>,
     ) -> Result<Generated, ForgeFailure> {
-        let body = json!({
+        let mut body = json!({
             "prompt": prompt,
             "negative_prompt": params.negative_prompt,
             "width": params.width,
@@ -166,6 +171,10 @@ impl ForgeClient {
             "send_images": true,
             "save_images": false,
         });
+        if let Some(model) = model {
+            body["override_settings"] = json!({"sd_model_checkpoint": model});
+            body["override_settings_restore_afterwards"] = json!(false);
+        }
         let answer = self
             .request(reqwest::Method::POST, "/sdapi/v1/txt2img")
             .timeout(self.timeout)
@@ -179,14 +188,26 @@ impl ForgeClient {
         // the blocking pool cost more than reading it (+180 MiB of RSS and -5% throughput at
         // 128 jobs at once, docs/benchmarks.md).
         let (width, height) = (params.width, params.height);
-        let (png, seed) = if body.len() <= INLINE_ANSWER_BYTES {
+        let (png, seed, used) = if body.len() <= INLINE_ANSWER_BYTES {
             read_txt2img(&body, width, height)?
         } else {
             tokio::task::spawn_blocking(move || read_txt2img(&body, width, height))
                 .await
                 .map_err(|err| ForgeFailure::unparsable("reading the answer failed", err))??
         };
-        Ok(Generated { png, seed })
+        if let (Some(asked), Some(got)) = (model, &used)
+            && asked != got
+        {
+            return Err(ForgeFailure::WrongModel {
+                asked: asked.to_owned(),
+                got: got.clone(),
+            });
+        }
+        Ok(Generated {
+            png,
+            seed,
+            model: used,
+        })
     }
 
     /// `GET /sdapi/v1/progress`, with the live preview when `with_preview`.

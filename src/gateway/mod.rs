@@ -37,6 +37,9 @@ pub struct GatewaySettings {
     pub list_max_bytes: usize,
     /// `LIST_CONCURRENCY`: listings read and decoded at once in this process.
     pub list_concurrency: usize,
+    /// `DEFAULT_MODEL`: the checkpoint of a create that names none, while some backend
+    /// offers it.
+    pub default_model: Option<String>,
 }
 
 struct Inner {
@@ -108,7 +111,7 @@ impl Gateway {
     pub async fn submit(
         &self,
         user: &str,
-        request: CreateRequest,
+        mut request: CreateRequest,
         idempotency_key: Option<String>,
         retry_of: Option<Uuid>,
     ) -> Result<MessageView, ApiError> {
@@ -117,6 +120,7 @@ impl Gateway {
         {
             return Ok(existing);
         }
+        self.check_choice(&mut request)?;
         let id = Uuid::now_v7();
         let enqueued = self
             .inner
@@ -165,6 +169,30 @@ impl Gateway {
                 }
             }
         }
+    }
+
+    /// Checks the checkpoint and the sampler against what the backends offer, and names the
+    /// checkpoint as they list it (a title becomes its name; none becomes `DEFAULT_MODEL`
+    /// while some backend offers it). While no backend has answered nothing is checked:
+    /// an outage is not a validation error.
+    fn check_choice(&self, request: &mut CreateRequest) -> Result<(), ApiError> {
+        let default = self.inner.settings.default_model.as_deref();
+        self.inner.forge.models().read(|catalogue| {
+            if catalogue.is_empty() {
+                return Ok(());
+            }
+            match &request.model {
+                Some(asked) => match catalogue.model_named(asked) {
+                    Some(name) => request.model = Some(name),
+                    None => return Err(not_offered("model", asked)),
+                },
+                None => request.model = default.and_then(|name| catalogue.model_named(name)),
+            }
+            if !catalogue.has_sampler(&request.params.sampler_name) {
+                return Err(not_offered("sampler_name", &request.params.sampler_name));
+            }
+            Ok(())
+        })
     }
 
     /// The message an earlier submit with this `Idempotency-Key` made, if any; the key is
@@ -288,6 +316,7 @@ impl Gateway {
             prompt: original.prompt,
             params,
             conversation_id: original.conversation_id,
+            model: original.model,
             data: Value::Object(Default::default()),
         };
         self.submit(user, request, idempotency_key, Some(id)).await
@@ -381,4 +410,14 @@ fn db_error(err: DbError) -> ApiError {
         DbError::Corrupt { .. } => ApiError::Internal,
         _ => ApiError::Unavailable,
     }
+}
+
+/// `field` names what no backend offers.
+fn not_offered(field: &str, asked: &str) -> ApiError {
+    ApiError::invalid(
+        field,
+        Invalid::NotOffered {
+            name: asked.chars().take(64).collect(),
+        },
+    )
 }

@@ -117,3 +117,127 @@ async fn the_listing_is_the_union_of_what_answering_backends_offer() {
     models_when(&client, &token, both).await;
     app.shutdown().await;
 }
+
+/// An app on one simulator offering `models`, once its catalogue lists them all.
+async fn app_offering(models: &[&str], extra: &[&str]) -> (TestApp, Storage, String) {
+    let (app, storage) = TestApp::spawn_with(offering(models), extra).await;
+    let token = app.token("alice").await;
+    let count = models.len();
+    models_when(&app, &token, |listing| {
+        listing["models"]
+            .as_array()
+            .is_some_and(|m| m.len() == count)
+    })
+    .await;
+    (app, storage, token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_on_the_model_it_asks_for_and_unknown_choices_are_refused() {
+    let (app, _storage, token) = app_offering(&["a", "b"], &[]).await;
+    let mut ws = app.ws(&token).await;
+
+    // A checkpoint named by its title is stored by its name, and the job runs on it.
+    let listing = models_when(&app, &token, |_| true).await;
+    let title_of_b = listing["models"][1]["title"]
+        .as_str()
+        .expect("b's title")
+        .to_owned();
+    let (status, queued) = app
+        .submit(&token, json!({"prompt": "on b", "model": title_of_b}))
+        .await;
+    assert_eq!(status, 202, "{queued}");
+    assert_eq!(queued["model"], "b", "{queued}");
+    let id = queued["id"].as_str().expect("id").to_owned();
+    let done = app
+        .wait_message(&token, &id, |m| m["status"] == "complete")
+        .await;
+    assert_eq!(done["model"], "b", "{done}");
+    let frame = ws.wait_event("job.complete", &id).await;
+    assert_eq!(frame["model"], "b", "{frame}");
+    assert_eq!(
+        app.sim.stats().model_switches,
+        1,
+        "a was loaded: one switch to b"
+    );
+
+    // Another job on b needs no switch; a retry asks for the same model.
+    let answer = app
+        .request(
+            reqwest::Method::POST,
+            &format!("/api/v1/messages/{id}/retry"),
+            &token,
+        )
+        .send()
+        .await
+        .expect("retry");
+    let status = answer.status().as_u16();
+    let retried: Value = answer.json().await.expect("a view");
+    assert_eq!(status, 202, "{retried}");
+    assert_eq!(retried["model"], "b");
+    let again = retried["id"].as_str().expect("id").to_owned();
+    app.wait_message(&token, &again, |m| m["status"] == "complete")
+        .await;
+    assert_eq!(app.sim.stats().model_switches, 1, "b stayed loaded");
+    let listing = models_when(&app, &token, |_| true).await;
+    assert_eq!(
+        counts(&listing)[1],
+        ("b".to_owned(), 1, 1),
+        "b is the loaded one now"
+    );
+
+    // What no backend offers is refused, naming the field, in Turkish.
+    for (body, field, asked) in [
+        (json!({"prompt": "p", "model": "zzz"}), "model", "zzz"),
+        (
+            json!({"prompt": "p", "sampler_name": "Euler A"}),
+            "sampler_name",
+            "Euler A",
+        ),
+    ] {
+        let (status, refused) = app.submit(&token, body).await;
+        assert_eq!(status, 422, "{refused}");
+        assert_eq!(refused["error"]["code"], "validation");
+        assert_eq!(refused["error"]["field"], field);
+        assert_eq!(
+            refused["error"]["message"],
+            format!("{field} sunucuların sunduklarından biri olmalıdır: '{asked}' bulunamadı.")
+        );
+    }
+    // A sampler's alias is one of its names.
+    let (status, _) = app
+        .submit(&token, json!({"prompt": "p", "sampler_name": "k_euler_a"}))
+        .await;
+    assert_eq!(status, 202);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_generates_with_another_model_fails_the_job() {
+    // The catalogue says the backend offers b; then its checkpoints change under the gateway
+    // (the next discovery is a minute away), and Forge, asked for b, silently uses c.
+    let (app, _storage, token) = app_offering(&["a", "b"], &[]).await;
+    app.sim.set_config(SimConfig {
+        models: vec!["c".into()],
+        ..app.sim.config()
+    });
+    let (status, queued) = app
+        .submit(&token, json!({"prompt": "on b", "model": "b"}))
+        .await;
+    assert_eq!(status, 202, "{queued}");
+    let id = queued["id"].as_str().expect("id").to_owned();
+    let failed = app
+        .wait_message(&token, &id, |m| m["status"] == "error")
+        .await;
+    assert_eq!(failed["error"]["code"], "wrong_model", "{failed}");
+    assert_eq!(
+        failed["error"]["message"],
+        "Görsel istenen modelle üretilemedi; başka bir modelle üretilen görsel gösterilmedi. Lütfen tekrar deneyin."
+    );
+    assert_eq!(
+        failed["image_url"],
+        Value::Null,
+        "the wrong picture is not shown"
+    );
+    app.stop().await;
+}

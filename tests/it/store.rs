@@ -274,6 +274,7 @@ async fn a_transition_out_of_a_terminal_state_is_refused_and_changes_nothing() {
             image_url: "/images/other.png".into(),
             placeholder: true,
             seed: None,
+            model: None,
         },
         Transition::Cancel { client_ref: None },
     ] {

@@ -31,6 +31,7 @@ impl Worker {
                         image_url,
                         placeholder: false,
                         seed: generated.seed,
+                        model: generated.model.clone(),
                     };
                 }
                 // A storage step that ran out of time is R9.2's "any other deadline".

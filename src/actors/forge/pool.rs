@@ -47,6 +47,11 @@ impl ModelsSeen {
         self.0.write().set(backend, offers);
     }
 
+    /// Records the checkpoint a job left loaded on `backend`.
+    pub(super) fn loaded_now(&self, backend: &str, model: &str) {
+        self.0.write().loaded_now(backend, model);
+    }
+
     /// Reads the catalogue.
     pub fn read<T>(&self, read: impl FnOnce(&ModelCatalogue) -> T) -> T {
         read(&self.0.read())

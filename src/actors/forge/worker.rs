@@ -241,6 +241,9 @@ impl Worker {
             }
             Ran::Generated(Ok(generated)) => {
                 self.count_call(latency, "ok");
+                if let Some(model) = &generated.model {
+                    self.deps.models.loaded_now(self.client.name(), model);
+                }
                 self.store_image(&job, generated).await
             }
             Ran::Generated(Err(failure)) => {
@@ -276,6 +279,7 @@ impl Worker {
             image_url: PLACEHOLDER_URL.to_owned(),
             placeholder: true,
             seed: None,
+            model: None,
         };
         self.finish(message, placeholder, started, busy).await;
         false
@@ -399,7 +403,9 @@ impl Worker {
         message: &ChatMessage,
         progressed: &AtomicBool,
     ) -> Result<Generated, ForgeFailure> {
-        let call = self.client.txt2img(&message.prompt, &message.params);
+        let call = self
+            .client
+            .txt2img(&message.prompt, &message.params, message.model.as_deref());
         if self.settings.slots != 1 {
             return call.await;
         }

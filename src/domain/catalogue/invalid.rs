@@ -80,6 +80,11 @@ pub enum Invalid {
         /// Most characters.
         max: usize,
     },
+    /// A checkpoint or sampler no backend offers (`GET /api/v1/models` lists what they do).
+    NotOffered {
+        /// What was asked for (cut to 64 characters).
+        name: String,
+    },
     /// A WebSocket command type the gateway does not know.
     UnknownCommand {
         /// The type sent (cut to 64 characters).
@@ -126,6 +131,9 @@ impl Invalid {
                 format!("{field} 1 ile {max} karakter arasında bir ad olmalıdır.")
             }
             Invalid::UnknownCommand { name } => format!("Bilinmeyen komut: '{name}'."),
+            Invalid::NotOffered { name } => format!(
+                "{field} sunucuların sunduklarından biri olmalıdır: '{name}' bulunamadı."
+            ),
             Invalid::NotWebSocket => {
                 "Bu adres bir WebSocket bağlantısı bekliyor (Upgrade: websocket).".to_owned()
             }

@@ -38,6 +38,9 @@ pub enum JobFailure {
     ForgeAuth,
     /// The owner cancelled the job.
     Cancelled,
+    /// Forge generated with another checkpoint than the one asked for (it ignores one it
+    /// does not have): the picture is not shown.
+    WrongModel,
 }
 
 impl JobFailure {
@@ -56,6 +59,7 @@ impl JobFailure {
             JobFailure::ForgeRejected { status: 422 },
             JobFailure::ForgeAuth,
             JobFailure::Cancelled,
+            JobFailure::WrongModel,
         ];
         for kind in &every {
             match kind {
@@ -66,7 +70,8 @@ impl JobFailure {
                 | JobFailure::Unknown
                 | JobFailure::ForgeRejected { .. }
                 | JobFailure::ForgeAuth
-                | JobFailure::Cancelled => {}
+                | JobFailure::Cancelled
+                | JobFailure::WrongModel => {}
             }
         }
         every
@@ -83,6 +88,7 @@ impl JobFailure {
             JobFailure::ForgeRejected { .. } => "forge_rejected",
             JobFailure::ForgeAuth => "forge_auth",
             JobFailure::Cancelled => "cancelled",
+            JobFailure::WrongModel => "wrong_model",
         }
     }
 
@@ -109,6 +115,7 @@ impl JobFailure {
                     .to_owned()
             }
             JobFailure::Cancelled => "İstek kullanıcı tarafından iptal edildi.".to_owned(),
+            JobFailure::WrongModel => "Görsel istenen modelle üretilemedi; başka bir modelle üretilen görsel gösterilmedi. Lütfen tekrar deneyin.".to_owned(),
         }
     }
 
@@ -190,7 +197,8 @@ mod tests {
                 "unknown",
                 "forge_rejected",
                 "forge_auth",
-                "cancelled"
+                "cancelled",
+                "wrong_model"
             ]
         );
     }

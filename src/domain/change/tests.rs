@@ -33,6 +33,7 @@ fn complete() -> Transition {
         image_url: "/images/x.png".into(),
         placeholder: false,
         seed: Some(1234),
+        model: Some("b".into()),
     }
 }
 
@@ -412,6 +413,7 @@ fn a_write_of_a_run_that_lost_its_lease_is_refused_and_the_next_run_wins() {
             image_url: url.into(),
             placeholder: false,
             seed: None,
+            model: None,
         })
     };
     let progress = Change::Progress {
