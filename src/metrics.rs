@@ -19,6 +19,13 @@ pub struct BackendLabel {
     pub backend: String,
 }
 
+/// `model="…"`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabel {
+    /// The checkpoint's name, as Forge reports it.
+    pub model: String,
+}
+
 /// `status="…"`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
@@ -117,6 +124,10 @@ metrics! {
     forge_failovers: Counter = Counter::default(), "forge_failovers", "Jobs whose first call failed before generating (refused, reset, 5xx) and that went to another backend";
     /// Jobs served the placeholder image because the breaker was open.
     placeholders_served: Counter = Counter::default(), "placeholders_served", "Jobs completed with the placeholder image";
+    /// Checkpoint switches, by backend.
+    model_switches: Family<BackendLabel, Counter> = Family::default(), "model_switches", "Jobs that ran on another checkpoint than the one their backend had loaded (a switch: seconds on a GPU)";
+    /// Jobs generated, by checkpoint.
+    jobs_by_model: Family<ModelLabel, Counter> = Family::default(), "jobs_by_model", "Jobs Forge generated, by the checkpoint it reports it used";
     /// Stuck jobs the watchdog marked.
     stuck_jobs_marked: Counter = Counter::default(), "stuck_jobs_marked", "Stuck jobs marked as errors by the watchdog";
     /// Jobs handed back because their run's lease ran out.

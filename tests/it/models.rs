@@ -179,6 +179,12 @@ async fn a_job_runs_on_the_model_it_asks_for_and_unknown_choices_are_refused() {
     app.wait_message(&token, &again, |m| m["status"] == "complete")
         .await;
     assert_eq!(app.sim.stats().model_switches, 1, "b stayed loaded");
+    let metrics = app.metrics().await;
+    assert_eq!(metric(&metrics, "forge_gateway_model_switches_total"), 1.0);
+    assert_eq!(
+        metric(&metrics, "forge_gateway_jobs_by_model_total{model=\"b\"}"),
+        2.0
+    );
     let listing = models_when(&app, &token, |_| true).await;
     assert_eq!(
         counts(&listing)[1],

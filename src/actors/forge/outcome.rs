@@ -9,10 +9,41 @@ use crate::domain::change::{Change, Transition};
 use crate::domain::message::ChatMessage;
 use crate::domain::queue_book::QueuedJob;
 use crate::forge_client::Generated;
-use crate::metrics::StatusLabel;
+use crate::metrics::{BackendLabel, ModelLabel, StatusLabel};
 use std::time::{Duration, Instant};
 
 impl Worker {
+    /// Counts the job by the checkpoint it ran on, and a switch when its backend had another
+    /// one loaded; the backend has it loaded now.
+    pub(super) fn count_model(&self, generated: &Generated) {
+        let Some(model) = &generated.model else {
+            return;
+        };
+        let backend = self.client.name();
+        let before = self.deps.models.read(|catalogue| {
+            catalogue
+                .of(backend)
+                .and_then(|offers| offers.loaded.clone())
+        });
+        if before.as_deref().is_some_and(|loaded| loaded != model) {
+            self.deps
+                .metrics
+                .model_switches
+                .get_or_create(&BackendLabel {
+                    backend: backend.to_owned(),
+                })
+                .inc();
+        }
+        self.deps
+            .metrics
+            .jobs_by_model
+            .get_or_create(&ModelLabel {
+                model: model.clone(),
+            })
+            .inc();
+        self.deps.models.loaded_now(backend, model);
+    }
+
     /// Stores the generated image; the transition to write. A disk that is full (or over
     /// quota) is waited for, up to `STORAGE_TIMEOUT`, since space often comes back; any other
     /// failure, or no space in time, fails the job.

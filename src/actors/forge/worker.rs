@@ -241,9 +241,7 @@ impl Worker {
             }
             Ran::Generated(Ok(generated)) => {
                 self.count_call(latency, "ok");
-                if let Some(model) = &generated.model {
-                    self.deps.models.loaded_now(self.client.name(), model);
-                }
+                self.count_model(&generated);
                 self.store_image(&job, generated).await
             }
             Ran::Generated(Err(failure)) => {
