@@ -41,6 +41,7 @@ function startGateway(name, { simUrl, dataDir, bind = "127.0.0.1:0", forgeTimeou
     BREAKER_FAILURES: "2",
     BREAKER_OPEN_FOR: "10m",
     FORGE_PROGRESS_INTERVAL: "200ms",
+    MODELS_REFRESH: "200ms",
     LOG_FORMAT: "json",
   });
 }
@@ -837,6 +838,38 @@ test("16. client.js sends a write answered unavailable again with the same ref; 
   } finally {
     await page.close();
   }
+}));
+
+test("17. the page offers the backend's models and samplers, remembers the choice, and shows the model on the card", { timeout: 60000 }, timed("17-models", async () => {
+  const page = main.page;
+  await waitConnected(page);
+  await simConfig(main.sim, { models: ["sim-model", "watercolour"] });
+  const options = (testid) => page.locator(`[data-testid="${testid}"] option`).allTextContents();
+  // The gateway asks the backend again within MODELS_REFRESH; the page reads the list when it
+  // signs in, so reload until it shows both.
+  await eventually("both models offered, the loaded one marked", async () => {
+    await page.reload();
+    await waitConnected(page);
+    const models = await options("model");
+    assert.ok(models.includes("sim-model (yüklü)") && models.includes("watercolour"), models.join(", "));
+  }, 20000, 500);
+  assert.ok((await options("sampler")).includes("Euler a"));
+  await page.locator("details.settings summary").click();
+  await page.locator('[data-testid="model"]').selectOption("watercolour");
+  const prompt = "models: a harbour at dawn";
+  await submit(page, prompt);
+  const card = await cardOf(page, prompt);
+  await waitCard(page, card.id, "complete", (c) => assert.equal(c.status, "complete"), 30000);
+  const meta = await page.locator(`[data-testid="message-card"][data-id="${card.id}"]`).textContent();
+  assert.ok(meta.includes("watercolour"), meta);
+  assert.equal(await page.evaluate((id) => window.__fg.client.state.get(id).model, card.id), "watercolour");
+  await page.reload();
+  await waitConnected(page);
+  await eventually("the last choice is remembered", async () => {
+    assert.equal(await page.locator('[data-testid="model"]').inputValue(), "watercolour");
+  });
+  await shot(page, "17-models.png");
+  await page.locator('[data-testid="model"]').selectOption("");
 }));
 
 test("no uncaught page errors; the pages saw no anomalies", async () => {

@@ -292,7 +292,7 @@ fn the_schemas_refuse_what_the_server_must_not_send() {
     let server = &contract.server;
     let complete = json!({"seq": 9, "type": "job.complete", "id": "0193e3a4-7b2c-7d10-9a51-3f6c2b8e4d01",
         "version": 5, "status": "complete", "image_url": "/images/x.png", "placeholder": false,
-        "notice": null, "seed": 7});
+        "notice": null, "seed": 7, "model": null});
     assert!(Contract::errors(server, &complete).is_empty());
     let broken = |change: &dyn Fn(&mut Value)| {
         let mut frame = complete.clone();
