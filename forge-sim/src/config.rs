@@ -264,7 +264,7 @@ impl SimConfig {
     /// Checks the values that types alone do not constrain.
     pub fn validate(&self) -> Result<(), SimConfigError> {
         check_fail_rate(self.fail_rate).map_err(SimConfigError)?;
-        check_models(&self.models).map_err(SimConfigError)?;
+        crate::models::check_models(&self.models).map_err(SimConfigError)?;
         if let Some(rate) = self.steps_per_second {
             check_steps_per_second(rate).map_err(SimConfigError)?;
         }
@@ -341,25 +341,6 @@ fn apply(config: &mut SimConfig, fields: &Map<String, Value>) -> Result<(), Stri
                     .map_err(|err| format!("model_switch {text:?}: {err}"))?;
             }
             other => return Err(format!("unknown setting {other:?}")),
-        }
-    }
-    Ok(())
-}
-
-/// Shared by the flag parser and the admin endpoint so both say the same thing: at least one
-/// checkpoint, each named, none twice.
-pub(crate) fn check_models(models: &[String]) -> Result<(), String> {
-    if models.is_empty() {
-        return Err("models: at least one checkpoint is needed".into());
-    }
-    for (index, name) in models.iter().enumerate() {
-        if name.trim().is_empty() || name.len() > 255 {
-            return Err(format!(
-                "models: {name:?} is not a checkpoint name (1..=255 bytes)"
-            ));
-        }
-        if models[..index].contains(name) {
-            return Err(format!("models: {name:?} is listed twice"));
         }
     }
     Ok(())

@@ -63,6 +63,25 @@ pub(crate) fn samplers_json() -> Value {
     )
 }
 
+/// What the `models` setting must be, from the flag or the admin endpoint: at least one
+/// checkpoint, each named, none twice.
+pub(crate) fn check_models(models: &[String]) -> Result<(), String> {
+    if models.is_empty() {
+        return Err("models: at least one checkpoint is needed".into());
+    }
+    for (index, name) in models.iter().enumerate() {
+        if name.trim().is_empty() || name.len() > 255 {
+            return Err(format!(
+                "models: {name:?} is not a checkpoint name (1..=255 bytes)"
+            ));
+        }
+        if models[..index].contains(name) {
+            return Err(format!("models: {name:?} is listed twice"));
+        }
+    }
+    Ok(())
+}
+
 /// FNV-1a of the name, cut to 40 bits: stable across runs, like a file's hash.
 fn short_hash(name: &str) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;

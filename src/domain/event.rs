@@ -1,9 +1,7 @@
 //! Job events: what the pipeline tells a user's browsers, one JSON text frame each.
 
 use crate::domain::catalogue::JobError;
-use crate::domain::frames::{
-    ControlFrame, EventEnvelope, EventFrame, JobPositionFrame, JobPositionsFrame, SnapshotFrame,
-};
+use crate::domain::frames::{ControlFrame, JobPositionFrame, JobPositionsFrame, SnapshotFrame};
 use crate::domain::message::{MessageView, Notice};
 use crate::domain::position_feed::JobPosition;
 use crate::domain::status::JobStatus;
@@ -22,6 +20,31 @@ pub struct JobEvent {
     pub version: Option<i64>,
     /// What happened.
     pub kind: JobEventKind,
+}
+
+/// What every job event frame carries besides the fields of its kind.
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct EventEnvelope {
+    /// The message.
+    pub id: Uuid,
+    /// The message's version after the change; grows with every write. A client ignores
+    /// anything older than what it has.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = i64, minimum = 1)]
+    pub version: Option<i64>,
+    /// The status the message is in after the event (`message.updated` has none: it changes
+    /// no status).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<JobStatus>,
+}
+
+/// A job event frame, without `seq`.
+#[derive(Serialize)]
+pub(crate) struct EventFrame<'a> {
+    #[serde(flatten)]
+    pub(crate) kind: &'a JobEventKind,
+    #[serde(flatten)]
+    pub(crate) envelope: EventEnvelope,
 }
 
 /// What happened to the message. Serialized with its wire `type`.

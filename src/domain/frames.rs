@@ -1,12 +1,11 @@
-//! The server's WebSocket frames as the types that serialize them.
+//! The server's WebSocket frames that are not job events, as the types that serialize them.
 //!
-//! A job event frame is an [`EventEnvelope`] (id, version, status) with the fields of its
-//! [`JobEventKind`]; every other frame is a [`ControlFrame`]. `seq` is spliced in per session
+//! A job event frame is an `EventEnvelope` (id, version, status) with the fields of its
+//! `JobEventKind` (both in [`crate::domain::event`]); every other frame is a [`ControlFrame`]. `seq` is spliced in per session
 //! ([`crate::domain::event::with_seq`]). The AsyncAPI document's payload schemas are derived
 //! from these types (`src/http/asyncapi.rs`), so a field added here is in the contract.
 
 use crate::domain::catalogue::ErrorDetail;
-use crate::domain::event::JobEventKind;
 use crate::domain::message::MessageView;
 use crate::domain::position_feed::JobPosition;
 use crate::domain::status::JobStatus;
@@ -14,31 +13,6 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
-
-/// What every job event frame carries besides the fields of its kind.
-#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
-pub struct EventEnvelope {
-    /// The message.
-    pub id: Uuid,
-    /// The message's version after the change; grows with every write. A client ignores
-    /// anything older than what it has.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = i64, minimum = 1)]
-    pub version: Option<i64>,
-    /// The status the message is in after the event (`message.updated` has none: it changes
-    /// no status).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<JobStatus>,
-}
-
-/// A job event frame, without `seq`.
-#[derive(Serialize)]
-pub(crate) struct EventFrame<'a> {
-    #[serde(flatten)]
-    pub(crate) kind: &'a JobEventKind,
-    #[serde(flatten)]
-    pub(crate) envelope: EventEnvelope,
-}
 
 /// A frame that is not a job event, with its wire `type`.
 pub trait ControlFrame: Serialize {

@@ -143,11 +143,17 @@ impl ModelCatalogue {
         }
     }
 
-    /// The name of the model `asked` names (a name or a title) on some backend.
+    /// The name of the model `asked` names on some backend: a checkpoint of that name, else
+    /// one whose title it is (a name always wins over another checkpoint's title).
     pub fn model_named(&self, asked: &str) -> Option<String> {
-        self.backends
-            .values()
-            .find_map(|offers| offers.checkpoint_named(asked))
+        let checkpoints = || {
+            self.backends
+                .values()
+                .flat_map(|offers| &offers.checkpoints)
+        };
+        checkpoints()
+            .find(|checkpoint| checkpoint.name == asked)
+            .or_else(|| checkpoints().find(|checkpoint| checkpoint.title == asked))
             .map(|checkpoint| checkpoint.name.clone())
     }
 
@@ -216,6 +222,15 @@ mod tests {
         assert_eq!(catalogue.model_named("a"), Some("a".into()));
         assert_eq!(catalogue.model_named("a.safetensors [0]"), Some("a".into()));
         assert_eq!(catalogue.model_named("A"), None);
+        // A checkpoint whose name is another's title: the name wins.
+        catalogue.set(
+            "two",
+            Some(offers(&["a.safetensors [0]"], "a.safetensors [0]")),
+        );
+        assert_eq!(
+            catalogue.model_named("a.safetensors [0]"),
+            Some("a.safetensors [0]".into())
+        );
         assert!(catalogue.has_sampler("Euler a"));
         assert!(catalogue.has_sampler("k_euler_a"));
         assert!(!catalogue.has_sampler("Euler A"));

@@ -188,7 +188,7 @@ pub(super) fn read_txt2img(
         .filter(|seed| *seed >= 0);
     let model = info
         .and_then(|info| info.sd_model_name)
-        .filter(|name| !name.is_empty() && name.len() <= 255);
+        .filter(|name| super::models::is_name(name));
     Ok((Bytes::from(png), seed, model))
 }
 
@@ -262,6 +262,21 @@ mod tests {
         .unwrap();
         assert_eq!(&image[..], &png[..]);
         assert_eq!((seed, model.as_deref()), (Some(42), Some("b")));
+        // A checkpoint name Forge could not have, kept by nobody.
+        for bad in [
+            r#""zz\u0001\n""#,
+            r#""   ""#,
+            &format!("{:?}", "x".repeat(300)),
+        ] {
+            let info = format!(r#"{{"seed": 1, "sd_model_name": {bad}}}"#);
+            assert_eq!(
+                read_txt2img(answer(&png, &info).as_bytes(), 8, 8)
+                    .unwrap()
+                    .2,
+                None,
+                "{bad}"
+            );
+        }
         // An `info` that is not a string is ignored, not a failure; so is a seed that cannot
         // have been used.
         let image = base64::engine::general_purpose::STANDARD.encode(&png);

@@ -18,6 +18,9 @@ pub const MAX_LISTED: usize = 2_000;
 /// Longest checkpoint or sampler name kept; a longer one is skipped.
 const MAX_NAME_BYTES: usize = 255;
 
+/// Longest checkpoint title kept (a name, `.safetensors` and a hash); a longer one is skipped.
+const MAX_TITLE_BYTES: usize = 512;
+
 impl ForgeClient {
     /// What the backend offers now, each of the three reads within `deadline`.
     pub async fn models(&self, deadline: Duration) -> Result<BackendModels, ForgeFailure> {
@@ -52,20 +55,31 @@ impl ForgeClient {
     }
 }
 
-/// A name worth keeping: text of 1..=255 bytes with no control character.
+/// A name worth keeping (a checkpoint's, a sampler's, the one Forge says it used): text of
+/// 1..=255 bytes that is not only whitespace and has no control character.
+pub(super) fn is_name(text: &str) -> bool {
+    fits(text, MAX_NAME_BYTES)
+}
+
+fn fits(text: &str, max: usize) -> bool {
+    !text.trim().is_empty() && text.len() <= max && !text.chars().any(char::is_control)
+}
+
 fn name(value: Option<&Value>) -> Option<String> {
     let text = value?.as_str()?;
-    let fine = !text.trim().is_empty()
-        && text.len() <= MAX_NAME_BYTES
-        && !text.chars().any(char::is_control);
-    fine.then(|| text.to_owned())
+    is_name(text).then(|| text.to_owned())
+}
+
+fn title(value: Option<&Value>) -> Option<String> {
+    let text = value?.as_str()?;
+    fits(text, MAX_TITLE_BYTES).then(|| text.to_owned())
 }
 
 /// The checkpoints of a `sd-models` answer; entries without a usable name are skipped.
 fn read_checkpoints(answer: &Value) -> Vec<Checkpoint> {
     let mut checkpoints: Vec<Checkpoint> = Vec::new();
     for entry in answer.as_array().into_iter().flatten() {
-        let (Some(name), Some(title)) = (name(entry.get("model_name")), name(entry.get("title")))
+        let (Some(name), Some(title)) = (name(entry.get("model_name")), title(entry.get("title")))
         else {
             continue;
         };

@@ -4,17 +4,18 @@
 //! each message's summary and example, the security schemes, and the schemas of what has no
 //! type of its own on the server (ids, `seq`, client data, refs, and the client's commands,
 //! which the reader checks field by field). Every other payload schema is derived here from
-//! the type that serializes it ([`crate::domain::frames`], [`JobEventKind`], [`MessageView`],
+//! the type that serializes it ([`crate::domain::frames`], [`JobEventKind`] with
+//! [`EventEnvelope`], [`MessageView`],
 //! …): a field's doc comment is its description, and a key is required exactly when the
 //! serializer writes it for an example with every optional value empty. The committed
 //! `assets/asyncapi.json` is this function's output; a unit test fails when they differ
 //! (`UPDATE_CONTRACTS=1 cargo test --lib contracts` writes it again).
 
 use crate::domain::catalogue::{ErrorDetail, JobError, JobFailure, PLACEHOLDER_NOTICE_CODE};
-use crate::domain::event::JobEventKind;
+use crate::domain::event::{EventEnvelope, EventFrame, JobEventKind};
 use crate::domain::frames::{
-    ControlFrame, ErrorFrame, EventEnvelope, EventFrame, HelloFrame, JobPositionFrame,
-    JobPositionsFrame, PongFrame, ResyncFrame, SnapshotFrame,
+    ControlFrame, ErrorFrame, HelloFrame, JobPositionFrame, JobPositionsFrame, PongFrame,
+    ResyncFrame, SnapshotFrame,
 };
 use crate::domain::message::{MessageView, Notice};
 use crate::domain::params::GenerationParams;
@@ -31,8 +32,7 @@ const BASE: &str = include_str!("../../assets/asyncapi.base.json");
 /// The document.
 pub fn document() -> Value {
     let mut doc: Value = serde_json::from_str(BASE).unwrap_or_else(|_| json!({}));
-    let mut schemas = Map::new();
-    value_schemas(&mut schemas);
+    let mut schemas = shared_schemas();
     control_frame_schemas(&mut schemas);
     event_frame_schemas(&mut schemas);
     for schema in schemas.values_mut() {
@@ -67,6 +67,17 @@ pub fn document_text() -> String {
     let mut text = serde_json::to_string_pretty(&document()).unwrap_or_default();
     text.push('\n');
     text
+}
+
+/// The schemas of the values both documents show (the message view and what it holds, an
+/// error), derived once: the OpenAPI document takes these too, so the two agree.
+pub fn shared_schemas() -> Map<String, Value> {
+    let mut schemas = Map::new();
+    value_schemas(&mut schemas);
+    for schema in schemas.values_mut() {
+        pattern_uuids(schema);
+    }
+    schemas
 }
 
 /// The schemas of the values frames carry (the message view and what it holds).

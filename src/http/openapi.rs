@@ -41,6 +41,11 @@ impl utoipa::PartialSchema for CreateMessage {
 
 impl ToSchema for CreateMessage {}
 
+/// No NUL, and at least one character that is not Unicode `White_Space` (what Rust's
+/// `trim` removes, which is what the validator checks). Spelled out: ECMA-262's `\s` is
+/// another set (it has U+FEFF and lacks U+0085), and `\S` would match NUL.
+const NOT_BLANK_PATTERN: &str = "^[^\\x00]*[^\\x00\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\x00]*$";
+
 /// The JSON Schema of one create field, from its rule.
 fn field_schema(field: &FieldRule) -> Schema {
     let of = |kind: Type| {
@@ -61,7 +66,7 @@ fn field_schema(field: &FieldRule) -> Schema {
             .min_length((min > 0).then_some(min))
             .max_length(Some(max))
             .pattern(Some(if not_blank {
-                r"^[^\x00]*\S[^\x00]*$"
+                NOT_BLANK_PATTERN
             } else {
                 r"^[^\x00]*$"
             })),
@@ -358,7 +363,17 @@ pub fn document(dev_mode: bool) -> String {
     if !dev_mode {
         doc.paths.paths.remove("/api/v1/dev/token");
     }
-    doc.to_json().unwrap_or_else(|_| "{}".to_owned())
+    let mut doc = serde_json::to_value(&doc).unwrap_or_default();
+    // The values REST shares with the WebSocket get the same schemas as the AsyncAPI
+    // document: every key the serializer always writes required, no other key allowed.
+    if let Some(serde_json::Value::Object(schemas)) = doc.pointer_mut("/components/schemas") {
+        for (name, schema) in crate::http::asyncapi::shared_schemas() {
+            if schemas.contains_key(&name) {
+                schemas.insert(name, schema);
+            }
+        }
+    }
+    doc.to_string()
 }
 
 #[cfg(test)]
@@ -384,6 +399,65 @@ mod tests {
             "assets/openapi.json differs from what the code generates: run \
              `UPDATE_CONTRACTS=1 cargo test --lib contracts` and commit it"
         );
+    }
+
+    /// The published request schema and the validator agree on text fields, whitespace and
+    /// NUL included.
+    #[test]
+    fn the_request_schema_accepts_exactly_what_the_validator_accepts() {
+        let doc: Value = serde_json::from_str(&document(true)).unwrap();
+        let schema = doc["components"]["schemas"]["CreateMessage"].clone();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let texts = [
+            "a",
+            " a ",
+            "",
+            " ",
+            "\t\n",
+            "a\u{0}b",
+            "\u{0}",
+            "\u{feff}",
+            "\u{85}",
+            "\u{a0}",
+            "\u{3000}x",
+            "\u{200b}",
+            "ç",
+            "\u{2028}",
+        ];
+        for field in [
+            "prompt",
+            "sampler_name",
+            "negative_prompt",
+            "conversation_id",
+        ] {
+            for text in texts {
+                let mut body = serde_json::json!({"prompt": "p", field: text});
+                if field == "sampler_name" {
+                    body["sampler_name"] = Value::from(text);
+                }
+                let enforced = crate::domain::params::CreateRequest::from_json(&body).is_ok();
+                let published = validator.is_valid(&body);
+                assert_eq!(published, enforced, "{field} = {text:?}");
+            }
+        }
+    }
+
+    /// A value both documents show has one schema in both.
+    #[test]
+    fn shared_values_have_the_same_schema_in_both_documents() {
+        let rest: Value = serde_json::from_str(&document(true)).unwrap();
+        let socket = crate::http::asyncapi::document();
+        for name in [
+            "MessageView",
+            "GenerationParams",
+            "JobError",
+            "Notice",
+            "ErrorDetail",
+        ] {
+            let path = format!("/components/schemas/{name}");
+            assert_eq!(rest.pointer(&path), socket.pointer(&path), "{name}");
+            assert!(rest.pointer(&path).is_some(), "{name}");
+        }
     }
 
     /// Every rule of the validator's table is in the request schema, with its limits.
