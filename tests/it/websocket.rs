@@ -424,3 +424,53 @@ async fn a_write_resent_with_its_ref_is_applied_once_and_acknowledged_again() {
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_and_snapshot_come_first_even_when_commands_arrive_at_once() {
+    use futures::SinkExt;
+    let (app, _storage) = TestApp::spawn().await;
+    let token = app.token("alice").await;
+    // A few queued messages make the snapshot's database read take a moment.
+    for n in 0..5 {
+        app.submit_id(&token, &format!("waiting {n}")).await;
+    }
+    for attempt in 0..10 {
+        let url = format!("{}/ws?token={token}", app.base.replacen("http", "ws", 1));
+        let (mut socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connects");
+        // Sent before anything is read: the server must still greet first.
+        for command in [
+            r#"{"type":"ping"}"#,
+            r#"{"type":"teleport"}"#,
+            r#"{"type":"ping"}"#,
+        ] {
+            socket
+                .send(WsMessage::Text(command.into()))
+                .await
+                .expect("sent");
+        }
+        let mut types = Vec::new();
+        while types.len() < 5 {
+            let frame = tokio::time::timeout(DEADLINE, socket.next())
+                .await
+                .expect("a frame in time")
+                .expect("open")
+                .expect("a frame");
+            if let WsMessage::Text(text) = frame {
+                let frame: serde_json::Value = serde_json::from_str(text.as_str()).expect("JSON");
+                let kind = frame["type"].as_str().unwrap_or_default();
+                // Job events and positions may come anywhere after the snapshot.
+                if ["hello", "snapshot", "pong", "error"].contains(&kind) {
+                    types.push(kind.to_owned());
+                }
+            }
+        }
+        assert_eq!(
+            types,
+            ["hello", "snapshot", "pong", "error", "pong"],
+            "connection {attempt}"
+        );
+    }
+    app.stop().await;
+}

@@ -253,11 +253,13 @@ async fn serve<S>(
     let outbox = Outbox::new(settings.outbox_frames, settings.outbox_bytes);
     let last_seen = LastSeen::new();
     let resyncing = Arc::new(AtomicBool::new(false));
+    let (greeted, greeting) = tokio::sync::watch::channel(false);
     let parts = SessionParts {
         user: user.clone(),
         outbox: outbox.clone(),
         last_seen: last_seen.clone(),
         resyncing: resyncing.clone(),
+        greeted: Arc::new(greeted),
     };
     let session = start_session(&state, arbiter, parts, permit);
     let (commands, queued) = mpsc::channel(settings.command_queue.max(1));
@@ -279,6 +281,7 @@ async fn serve<S>(
         metrics: state.metrics.clone(),
         idle_timeout: settings.timing.idle_timeout,
         max_frame: MAX_CLIENT_FRAME,
+        greeted: greeting,
     };
     let mut writer = Box::pin(write_frames(sink, outbox.clone(), state.metrics.clone()));
     let mut reader = Box::pin(reader.run(stream));

@@ -86,14 +86,22 @@ pub(super) struct Reader {
     pub idle_timeout: Duration,
     /// The largest text frame taken as a command.
     pub max_frame: usize,
+    /// Turns true once the session sent `hello` and the first `snapshot`.
+    pub greeted: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Reader {
     /// Reads until the socket ends.
-    pub(super) async fn run<S>(self, mut stream: S) -> End
+    pub(super) async fn run<S>(mut self, mut stream: S) -> End
     where
         S: Stream<Item = Result<Message, WsError>> + Unpin,
     {
+        // Nothing is read before `hello` and the snapshot are sent, so an early command's
+        // answer (a `pong`, an `error`) never comes before them. A session that never greets
+        // (its actor is gone) lets reading start at once; a slow snapshot holds it at most
+        // the idle timeout, as the database's own deadline is shorter.
+        let greeted = self.greeted.wait_for(|greeted| *greeted);
+        let _ = tokio::time::timeout(self.idle_timeout, greeted).await;
         loop {
             let frame = match tokio::time::timeout(self.idle_timeout, stream.next()).await {
                 Err(_) => return End::Idle,

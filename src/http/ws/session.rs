@@ -77,6 +77,9 @@ pub struct SessionParts {
     pub last_seen: Arc<LastSeen>,
     /// A `resync` is being answered (the reader sends the next one only after).
     pub resyncing: Arc<AtomicBool>,
+    /// Set once `hello` and the first `snapshot` (or its error) are in the outbox: the reader
+    /// reads no command before, so no answer to one comes before them.
+    pub greeted: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// One WebSocket session.
@@ -144,6 +147,7 @@ impl SessionActor {
                         }
                     }
                     act.parts.resyncing.store(false, Ordering::Release);
+                    act.parts.greeted.send_replace(true);
                 }),
         );
     }
