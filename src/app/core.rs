@@ -60,12 +60,7 @@ pub(super) async fn build_core(
 ) -> Result<Core, StartError> {
     let db = open_database(&config, &io).await?;
     let metrics = Metrics::shared();
-    // The registry gets an arbiter of its own: every event and position passes through it.
-    let caps = SessionCaps {
-        per_user: config.max_sessions_per_user,
-        total: config.max_sessions,
-    };
-    let registry = SessionRegistry::start(&Arbiter::new().handle(), caps);
+    let registry = start_registry(&config);
     let shared = connect_shared(&config, &registry, &io).await?;
     rebuild_queue(&*shared.queue, &db).await?;
 
@@ -102,14 +97,13 @@ pub(super) async fn build_core(
     let abandon = forge.clone();
     bus.on_job_ended(Arc::new(move |id| abandon.abandon(id)));
 
-    let settings = gateway_settings(&config);
     let gateway = Gateway::new(
         db.clone(),
         store.clone(),
         queue.clone(),
         outages.clone(),
         forge.clone(),
-        settings,
+        gateway_settings(&config),
     );
     let upkeep = Upkeep {
         gateway: gateway.clone(),
@@ -132,6 +126,15 @@ pub(super) async fn build_core(
         arbiters: arbiters.collect(),
         redis: shared.redis,
     })
+}
+
+/// The session registry, on an arbiter of its own: every event and position passes through it.
+fn start_registry(config: &Config) -> SessionRegistry {
+    let caps = SessionCaps {
+        per_user: config.max_sessions_per_user,
+        total: config.max_sessions,
+    };
+    SessionRegistry::start(&Arbiter::new().handle(), caps)
 }
 
 fn gateway_settings(config: &Config) -> GatewaySettings {

@@ -8,6 +8,20 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// Longest checkpoint or sampler name kept.
+pub const MAX_NAME_BYTES: usize = 255;
+
+/// Whether `text` may be a checkpoint's or a sampler's name (one a backend lists, or the one
+/// Forge says it used): 1..=255 bytes, not only whitespace, no control character.
+pub fn is_name(text: &str) -> bool {
+    fits(text, MAX_NAME_BYTES)
+}
+
+/// Whether `text` is at most `max` bytes, not only whitespace, with no control character.
+pub fn fits(text: &str, max: usize) -> bool {
+    !text.trim().is_empty() && text.len() <= max && !text.chars().any(char::is_control)
+}
+
 /// One checkpoint as a backend lists it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {

@@ -188,7 +188,7 @@ pub(super) fn read_txt2img(
         .filter(|seed| *seed >= 0);
     let model = info
         .and_then(|info| info.sd_model_name)
-        .filter(|name| super::models::is_name(name));
+        .filter(|name| crate::domain::models::is_name(name));
     Ok((Bytes::from(png), seed, model))
 }
 

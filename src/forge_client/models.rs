@@ -4,7 +4,7 @@
 use super::ForgeClient;
 use super::answer::read_answer;
 use super::failure::{ForgeFailure, classify};
-use crate::domain::models::{BackendModels, Checkpoint, Sampler};
+use crate::domain::models::{BackendModels, Checkpoint, Sampler, fits, is_name};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -14,9 +14,6 @@ pub const MAX_LIST_ANSWER: usize = 4 * 1024 * 1024;
 
 /// The most checkpoints or samplers kept of one answer (a backend listing more is cut).
 pub const MAX_LISTED: usize = 2_000;
-
-/// Longest checkpoint or sampler name kept; a longer one is skipped.
-const MAX_NAME_BYTES: usize = 255;
 
 /// Longest checkpoint title kept (a name, `.safetensors` and a hash); a longer one is skipped.
 const MAX_TITLE_BYTES: usize = 512;
@@ -53,16 +50,6 @@ impl ForgeClient {
         let bytes = read_answer(answer, MAX_LIST_ANSWER).await?;
         serde_json::from_slice(&bytes).map_err(|err| ForgeFailure::unparsable(path, err))
     }
-}
-
-/// A name worth keeping (a checkpoint's, a sampler's, the one Forge says it used): text of
-/// 1..=255 bytes that is not only whitespace and has no control character.
-pub(super) fn is_name(text: &str) -> bool {
-    fits(text, MAX_NAME_BYTES)
-}
-
-fn fits(text: &str, max: usize) -> bool {
-    !text.trim().is_empty() && text.len() <= max && !text.chars().any(char::is_control)
 }
 
 fn name(value: Option<&Value>) -> Option<String> {
