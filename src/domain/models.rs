@@ -171,6 +171,14 @@ impl ModelCatalogue {
             .map(|checkpoint| checkpoint.name.clone())
     }
 
+    /// Whether some backend lists any sampler (a Forge that lists none, or whose list could
+    /// not be read as one, says nothing about which samplers it takes).
+    pub fn lists_samplers(&self) -> bool {
+        self.backends
+            .values()
+            .any(|offers| !offers.samplers.is_empty())
+    }
+
     /// Whether some backend offers a sampler called `asked` (by name or alias).
     pub fn has_sampler(&self, asked: &str) -> bool {
         self.backends.values().any(|offers| {
@@ -248,6 +256,16 @@ mod tests {
         assert!(catalogue.has_sampler("Euler a"));
         assert!(catalogue.has_sampler("k_euler_a"));
         assert!(!catalogue.has_sampler("Euler A"));
+    }
+
+    #[test]
+    fn a_backend_that_lists_no_sampler_says_nothing_about_samplers() {
+        let mut catalogue = ModelCatalogue::default();
+        catalogue.set("odd", Some(BackendModels::default()));
+        assert!(!catalogue.is_empty());
+        assert!(!catalogue.lists_samplers());
+        catalogue.set("one", Some(offers(&["a"], "a")));
+        assert!(catalogue.lists_samplers());
     }
 
     #[test]

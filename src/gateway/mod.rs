@@ -188,7 +188,7 @@ impl Gateway {
                 },
                 None => request.model = default.and_then(|name| catalogue.model_named(name)),
             }
-            if !catalogue.has_sampler(&request.params.sampler_name) {
+            if catalogue.lists_samplers() && !catalogue.has_sampler(&request.params.sampler_name) {
                 return Err(not_offered("sampler_name", &request.params.sampler_name));
             }
             Ok(())
