@@ -221,18 +221,14 @@ impl ForgeClient {
         } else {
             "/sdapi/v1/progress?skip_current_image=true"
         };
-        let answer = self
-            .request(reqwest::Method::GET, path)
-            .timeout(deadline)
-            .send()
-            .await
-            .map_err(classify)?;
         let limit = if with_preview {
             self.max_answer
         } else {
             MAX_SMALL_ANSWER
         };
-        let bytes = read_answer(answer, limit).await?;
+        let bytes = self
+            .fetch(reqwest::Method::GET, path, deadline, limit)
+            .await?;
         if !with_preview {
             return read_progress(&bytes);
         }
@@ -244,13 +240,32 @@ impl ForgeClient {
 
     /// `POST /sdapi/v1/interrupt`: ends whatever generation the server runs now.
     pub async fn interrupt(&self) -> Result<(), ForgeFailure> {
+        let path = "/sdapi/v1/interrupt";
+        self.fetch(
+            reqwest::Method::POST,
+            path,
+            Duration::from_secs(5),
+            MAX_SMALL_ANSWER,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// A bodiless call within `deadline`, its answer read up to `limit` bytes.
+    async fn fetch(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        deadline: Duration,
+        limit: usize,
+    ) -> Result<Bytes, ForgeFailure> {
         let answer = self
-            .request(reqwest::Method::POST, "/sdapi/v1/interrupt")
-            .timeout(Duration::from_secs(5))
+            .request(method, path)
+            .timeout(deadline)
             .send()
             .await
             .map_err(classify)?;
-        read_answer(answer, MAX_SMALL_ANSWER).await.map(|_| ())
+        read_answer(answer, limit).await
     }
 }
 

@@ -2,8 +2,7 @@
 //! which checkpoint it has loaded (`GET /sdapi/v1/options` → `sd_model_checkpoint`).
 
 use super::ForgeClient;
-use super::answer::read_answer;
-use super::failure::{ForgeFailure, classify};
+use super::failure::ForgeFailure;
 use crate::domain::models::{BackendModels, Checkpoint, Sampler, fits, is_name};
 use serde_json::Value;
 use std::time::Duration;
@@ -41,13 +40,9 @@ impl ForgeClient {
     }
 
     async fn get_json(&self, path: &str, deadline: Duration) -> Result<Value, ForgeFailure> {
-        let answer = self
-            .request(reqwest::Method::GET, path)
-            .timeout(deadline)
-            .send()
-            .await
-            .map_err(classify)?;
-        let bytes = read_answer(answer, MAX_LIST_ANSWER).await?;
+        let bytes = self
+            .fetch(reqwest::Method::GET, path, deadline, MAX_LIST_ANSWER)
+            .await?;
         serde_json::from_slice(&bytes).map_err(|err| ForgeFailure::unparsable(path, err))
     }
 }
