@@ -189,3 +189,19 @@ pub fn json_response_sized<T: serde::Serialize>(
     );
     response
 }
+
+/// Fails when the committed contract document `file` (under `assets/`) is not `generated`;
+/// with `UPDATE_CONTRACTS=1` writes it first (`cargo test --lib contracts`).
+#[cfg(test)]
+pub(crate) fn check_committed_contract(file: &str, generated: &str) {
+    let path = format!("{}/assets/{file}", env!("CARGO_MANIFEST_DIR"));
+    if std::env::var_os("UPDATE_CONTRACTS").is_some() {
+        std::fs::write(&path, generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        committed == generated,
+        "assets/{file} differs from what the code generates: run \
+         `UPDATE_CONTRACTS=1 cargo test --lib contracts` and commit it"
+    );
+}

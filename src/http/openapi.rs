@@ -386,19 +386,10 @@ mod tests {
     /// `UPDATE_CONTRACTS=1` the test writes it instead.
     #[test]
     fn contracts_the_committed_openapi_is_the_generated_one() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/openapi.json");
         let generated: Value = serde_json::from_str(&document(true)).unwrap();
         let mut generated = serde_json::to_string_pretty(&generated).unwrap();
         generated.push('\n');
-        if std::env::var_os("UPDATE_CONTRACTS").is_some() {
-            std::fs::write(path, &generated).unwrap();
-        }
-        let committed = std::fs::read_to_string(path).unwrap();
-        assert!(
-            committed == generated,
-            "assets/openapi.json differs from what the code generates: run \
-             `UPDATE_CONTRACTS=1 cargo test --lib contracts` and commit it"
-        );
+        crate::http::check_committed_contract("openapi.json", &generated);
     }
 
     /// The published request schema and the validator agree on text fields, whitespace and
