@@ -339,17 +339,8 @@ async fn retry_creates_a_new_job_with_the_same_prompt_and_params() {
     app.wait_message(&token, &id, |m| m["status"] == "error")
         .await;
     app.sim.set_mode(SimMode::Normal);
-    let answer = app
-        .request(
-            reqwest::Method::POST,
-            &format!("/api/v1/messages/{id}/retry"),
-            &token,
-        )
-        .send()
-        .await
-        .expect("retry");
-    assert_eq!(answer.status().as_u16(), 202);
-    let retried: Value = answer.json().await.expect("json");
+    let (status, retried) = app.retry(&token, &id).await;
+    assert_eq!(status, 202, "{retried}");
     assert_ne!(retried["id"], id.as_str());
     assert_eq!(retried["retry_of"], id.as_str());
     assert_eq!(retried["prompt"], "again");

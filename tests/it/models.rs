@@ -162,17 +162,7 @@ async fn a_job_runs_on_the_model_it_asks_for_and_unknown_choices_are_refused() {
     );
 
     // Another job on b needs no switch; a retry asks for the same model.
-    let answer = app
-        .request(
-            reqwest::Method::POST,
-            &format!("/api/v1/messages/{id}/retry"),
-            &token,
-        )
-        .send()
-        .await
-        .expect("retry");
-    let status = answer.status().as_u16();
-    let retried: Value = answer.json().await.expect("a view");
+    let (status, retried) = app.retry(&token, &id).await;
     assert_eq!(status, 202, "{retried}");
     assert_eq!(retried["model"], "b");
     let again = retried["id"].as_str().expect("id").to_owned();

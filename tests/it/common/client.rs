@@ -76,6 +76,21 @@ impl Client {
         (status, answer.json().await.unwrap_or(Value::Null))
     }
 
+    /// `POST /api/v1/messages/{id}/retry` without a body.
+    pub async fn retry(&self, token: &str, id: &str) -> (u16, Value) {
+        let answer = self
+            .request(
+                reqwest::Method::POST,
+                &format!("/api/v1/messages/{id}/retry"),
+                token,
+            )
+            .send()
+            .await
+            .expect("retry");
+        let status = answer.status().as_u16();
+        (status, answer.json().await.unwrap_or(Value::Null))
+    }
+
     /// `PATCH /api/v1/messages/{id}` with `body` as it is.
     pub async fn patch(&self, token: &str, id: &str, body: &Value) -> (u16, Value) {
         let answer = self
