@@ -70,6 +70,7 @@ fn book(jobs: usize, users: usize) -> QueueBook {
             id: Uuid::from_u128(ticket as u128 + 1),
             user_id: users[ticket as usize % users.len()].clone(),
             ticket,
+            model: None,
         });
     }
     book
@@ -126,6 +127,7 @@ fn queue_book(c: &mut Criterion) {
         id: Uuid::from_u128(u128::MAX),
         user_id: Arc::from("user-tail"),
         ticket: 100_000,
+        model: None,
     };
     // On a long-lived book (a fresh clone has no spare capacity, so its first insert would
     // measure a reallocation): insert at the tail, then take the job out again.
@@ -172,6 +174,7 @@ fn position_feed(c: &mut Criterion) {
                 id: Uuid::from_u128(ticket as u128 + 1),
                 user_id: Arc::from("heavy"),
                 ticket,
+                model: None,
             });
         }
         let mut feed = PositionFeed::new(per_frame);

@@ -11,6 +11,7 @@
 //! its keys at the end. If Redis cannot be reached, (a) and (b) are skipped.
 
 use forge_gateway::domain::queue_book::{QueueBook, QueueChange, QueuedJob};
+use forge_gateway::domain::routing::Offer;
 use forge_gateway::queue::QueueStore;
 use forge_gateway::queue::memory::MemoryQueue;
 use forge_gateway::queue::redis::RedisQueue;
@@ -84,9 +85,9 @@ where
 /// Enqueue one job and pop one (not necessarily the same: other clients pop too).
 async fn store_job(store: &dyn QueueStore, client: usize) -> Result<(), BoxError> {
     store
-        .enqueue(Uuid::now_v7(), &format!("user-{client}"), NO_CAP)
+        .enqueue(Uuid::now_v7(), &format!("user-{client}"), None, NO_CAP)
         .await?;
-    store.pop().await?;
+    store.pop(&Offer::default()).await?;
     Ok(())
 }
 
@@ -151,6 +152,7 @@ fn bench_mirror() -> (Duration, Duration, usize) {
         id: Uuid::from_u128(ticket as u128),
         user_id: Arc::from(format!("user-{}", ticket % 100)),
         ticket,
+        model: None,
     };
     for ticket in 1..=MIRROR_JOBS as i64 {
         book.insert(job(ticket));

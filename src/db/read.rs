@@ -40,6 +40,8 @@ pub struct StoredPage {
     db: Database,
 }
 
+/// A queued job as the queue is rebuilt from it: id, owner, ticket, model.
+pub type QueuedRow = (Uuid, String, i64, Option<String>);
 impl StoredPage {
     /// How many messages.
     pub fn len(&self) -> usize {
@@ -220,17 +222,19 @@ impl Database {
             .unwrap_or(0))
     }
 
-    /// Every queued job in ticket order: the record the queue is rebuilt from.
-    pub async fn queued_in_ticket_order(&self) -> Result<Vec<(Uuid, String, i64)>, DbError> {
+    /// Every queued job in ticket order (id, owner, ticket, model): the record the queue is
+    /// rebuilt from.
+    pub async fn queued_in_ticket_order(&self) -> Result<Vec<QueuedRow>, DbError> {
         Ok(Entity::find()
             .select_only()
             .column(Column::Id)
             .column(Column::UserId)
             .column(Column::Ticket)
+            .column(Column::Model)
             .filter(Column::Status.eq(JobStatus::Queued.as_str()))
             .filter(Column::Ticket.is_not_null())
             .order_by_asc(Column::Ticket)
-            .into_tuple::<(Uuid, String, i64)>()
+            .into_tuple::<QueuedRow>()
             .all(&self.read)
             .await?)
     }

@@ -18,4 +18,5 @@ pub mod outages;
 pub mod params;
 pub mod position_feed;
 pub mod queue_book;
+pub mod routing;
 pub mod status;

@@ -5,6 +5,7 @@
 //! (a backend that cannot say what it offers is left out until it can). The listing
 //! (`GET /api/v1/models`) is the union over the backends that answered.
 
+use crate::domain::routing::Routing;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -86,17 +87,29 @@ pub struct ModelListing {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ModelCatalogue {
     backends: BTreeMap<String, BackendModels>,
+    /// The checkpoint names each backend last listed, kept while it cannot answer: routing
+    /// and positions do not jump while a backend recovers (its jobs wait for it).
+    last_listed: BTreeMap<String, Vec<String>>,
 }
 
 impl ModelCatalogue {
-    /// Records what `backend` answered; `None` leaves it out (it could not answer).
-    pub fn set(&mut self, backend: &str, offers: Option<BackendModels>) {
+    /// Records what `backend` answered; `None` leaves it out (it could not answer). Returns
+    /// whether the models it lists changed (and with them the [`Self::routing`]).
+    pub fn set(&mut self, backend: &str, offers: Option<BackendModels>) -> bool {
         match offers {
             Some(offers) => {
+                let mut names: Vec<String> =
+                    offers.checkpoints.iter().map(|c| c.name.clone()).collect();
+                names.sort();
+                names.dedup();
+                let changed = self.last_listed.get(backend) != Some(&names);
+                self.last_listed.insert(backend.to_owned(), names);
                 self.backends.insert(backend.to_owned(), offers);
+                changed
             }
             None => {
                 self.backends.remove(backend);
+                false
             }
         }
     }
@@ -108,6 +121,16 @@ impl ModelCatalogue {
         {
             offers.loaded = Some(name);
         }
+    }
+
+    /// The routing of queued jobs: the models each backend last listed.
+    pub fn routing(&self) -> Routing {
+        Routing::new(self.last_listed.clone())
+    }
+
+    /// The checkpoint `backend` has loaded now, if it answered and said.
+    pub fn loaded_on(&self, backend: &str) -> Option<&str> {
+        self.backends.get(backend)?.loaded.as_deref()
     }
 
     /// What `backend` offers, if it answered.
@@ -232,9 +255,16 @@ mod tests {
         let mut catalogue = ModelCatalogue::default();
         catalogue.set("one", Some(offers(&["a"], "a")));
         catalogue.set("two", Some(offers(&["c"], "c")));
+        let routing = catalogue.routing();
         catalogue.set("two", None);
         assert_eq!(catalogue.listing().models.len(), 1);
         assert_eq!(catalogue.model_named("c"), None);
+        assert_eq!(catalogue.loaded_on("two"), None);
+        assert_eq!(
+            catalogue.routing(),
+            routing,
+            "its jobs still wait for it, at the same positions"
+        );
     }
 
     #[test]

@@ -259,6 +259,7 @@ mod tests {
             id: Uuid::from_u128(ticket as u128),
             user_id: Arc::from(user),
             ticket,
+            model: None,
         }
     }
 

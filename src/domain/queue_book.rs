@@ -1,16 +1,19 @@
 //! The queue's order book: queued jobs in ticket order, with exact 1-based positions.
 //!
-//! Position = 1 + the number of queued jobs ahead; tickets come from an atomic counter, so the
-//! order is the order of submission. The in-process queue store is a `QueueBook` behind a lock;
+//! Position = 1 + the number of queued jobs ahead that count for it (every one, unless backends
+//! offer different models: see [`crate::domain::routing`]); tickets come from an atomic
+//! counter, so the order is the order of submission. The in-process queue store is a `QueueBook` behind a lock;
 //! in Redis mode each gateway process keeps a `QueueBook` as a mirror of the shared queue, fed
 //! by its totally ordered change feed, to tell its own sessions their positions.
 //!
-//! Costs, with N jobs queued: adding at the tail and taking the head are O(1); a position is a
-//! binary search, O(log N); removing from the middle (a cancel) moves the tail of the order,
+//! Costs, with N jobs queued: adding at the tail and taking the head are O(1) (taking the
+//! first job a backend offers looks at the head of each of its models' lanes); a position is a
+//! binary search, O(log N) (one per counted lane where backends offer different models); removing from the middle (a cancel) moves the tail of the order,
 //! O(N) pointer copies. A change never walks the jobs behind it: who moved is computed when
 //! someone asks (see [`QueueBook::positions_of`]), not on every pop, so a pop costs the same
 //! whether 10 or 100,000 jobs wait.
 
+use crate::domain::routing::{Ahead, Offer, Routing};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use uuid::Uuid;
@@ -24,6 +27,8 @@ pub struct QueuedJob {
     pub user_id: Arc<str>,
     /// Ticket from the atomic counter.
     pub ticket: i64,
+    /// The model it asks for (`None`: whatever a backend has loaded).
+    pub model: Option<Arc<str>>,
 }
 
 /// One change of the queue, as the change feed carries it.
@@ -47,6 +52,10 @@ pub struct QueueBook {
     jobs: HashMap<Uuid, QueuedJob>,
     /// Each owner's queued jobs by ticket.
     by_user: HashMap<Arc<str>, BTreeSet<(i64, Uuid)>>,
+    /// Queued jobs by the model they ask for, each lane in ticket order.
+    lanes: HashMap<Option<Arc<str>>, VecDeque<(i64, Uuid)>>,
+    /// What the backends offer: who takes which job, and who counts ahead of whom.
+    routing: Arc<Routing>,
     /// Grows with every change that changed something.
     version: u64,
 }
@@ -91,13 +100,17 @@ impl QueueBook {
                 .partition_point(|(ticket, _)| *ticket < job.ticket),
         };
         self.order.insert(index, (job.ticket, job.id));
+        let lane = self.lanes.entry(job.model.clone()).or_default();
+        let at = lane.partition_point(|(ticket, _)| *ticket < job.ticket);
+        lane.insert(at, (job.ticket, job.id));
         self.by_user
             .entry(job.user_id.clone())
             .or_default()
             .insert((job.ticket, job.id));
+        let position = self.position_of(&job);
         self.jobs.insert(job.id, job);
         self.version += 1;
-        Some(index as u32 + 1)
+        position
     }
 
     /// Removes a job; returns it and the index it had (0-based).
@@ -110,16 +123,56 @@ impl QueueBook {
         Some((job, index))
     }
 
-    /// Takes the first job.
+    /// Takes the first job (whatever its model).
     pub fn pop_front(&mut self) -> Option<QueuedJob> {
-        let (_, id) = self.order.pop_front()?;
-        let job = self.jobs.remove(&id)?;
-        self.forget_owner(&job);
+        let (_, id) = *self.order.front()?;
+        self.remove(&id).map(|(job, _)| job)
+    }
+
+    /// Takes the first job a backend with `offer` may run (see [`crate::domain::routing`]).
+    pub fn pop_for(&mut self, offer: &Offer) -> Option<QueuedJob> {
+        let id = self.first_for(offer)?;
+        self.remove(&id).map(|(job, _)| job)
+    }
+
+    /// The first job a backend with `offer` may run.
+    pub fn first_for(&self, offer: &Offer) -> Option<Uuid> {
+        let (_, head) = self.order.front()?;
+        let job = self.jobs.get(head)?;
+        if offer.can_run(job.model.as_deref()) {
+            return Some(*head);
+        }
+        let fronts = std::iter::once(None)
+            .chain(offer.models.iter().cloned().map(Some))
+            .filter_map(|lane| self.lanes.get(&lane)?.front().copied());
+        fronts.min().map(|(_, id)| id)
+    }
+
+    /// Jobs from the head in order, as far as `limit` of them.
+    pub fn head(&self, limit: usize) -> impl Iterator<Item = &QueuedJob> + '_ {
+        self.jobs().take(limit)
+    }
+
+    /// Sets what the backends offer; returns whether it changed (positions may have).
+    pub fn set_routing(&mut self, routing: Arc<Routing>) -> bool {
+        if *routing == *self.routing {
+            return false;
+        }
+        self.routing = routing;
         self.version += 1;
-        Some(job)
+        true
     }
 
     fn forget_owner(&mut self, job: &QueuedJob) {
+        if let Some(lane) = self.lanes.get_mut(&job.model) {
+            let at = lane.partition_point(|(ticket, _)| *ticket < job.ticket);
+            if lane.get(at).map(|(_, id)| id) == Some(&job.id) {
+                lane.remove(at);
+            }
+            if lane.is_empty() {
+                self.lanes.remove(&job.model);
+            }
+        }
         if let Some(tickets) = self.by_user.get_mut(&job.user_id) {
             tickets.remove(&(job.ticket, job.id));
             if tickets.is_empty() {
@@ -128,10 +181,22 @@ impl QueueBook {
         }
     }
 
-    /// The job's 1-based position.
+    /// The job's 1-based position: 1 + the jobs ahead that count for it.
     pub fn position(&self, id: &Uuid) -> Option<u32> {
-        let job = self.jobs.get(id)?;
-        self.index_of(job.ticket, id).map(|index| index as u32 + 1)
+        self.position_of(self.jobs.get(id)?)
+    }
+
+    fn position_of(&self, job: &QueuedJob) -> Option<u32> {
+        let index = self.index_of(job.ticket, &job.id)?;
+        let ahead = match self.routing.ahead_of(job.model.as_deref()) {
+            Ahead::All => index,
+            Ahead::Models(models) => std::iter::once(None)
+                .chain(models.iter().cloned().map(Some))
+                .filter_map(|lane| self.lanes.get(&lane))
+                .map(|lane| lane.partition_point(|(ticket, _)| *ticket < job.ticket))
+                .sum(),
+        };
+        Some(ahead as u32 + 1)
     }
 
     /// The positions of `user`'s queued jobs, in queue order: O(k log N) for k jobs.
@@ -168,8 +233,8 @@ impl QueueBook {
             .flatten()
             .chain(head.into_iter().flatten())
             .filter_map(|key| {
-                self.index_of(key.0, &key.1)
-                    .map(|index| (*key, index as u32 + 1))
+                let job = self.jobs.get(&key.1)?;
+                self.position_of(job).map(|position| (*key, position))
             })
     }
 
@@ -183,6 +248,7 @@ impl QueueBook {
         self.order.clear();
         self.jobs.clear();
         self.by_user.clear();
+        self.lanes.clear();
         let mut jobs = jobs;
         jobs.sort_by_key(|job| job.ticket);
         for job in jobs {
@@ -218,7 +284,67 @@ mod tests {
             id: Uuid::from_u128(ticket as u128),
             user_id: Arc::from(format!("u{}", ticket % 3)),
             ticket,
+            model: None,
         }
+    }
+
+    fn for_model(ticket: i64, model: &str) -> QueuedJob {
+        QueuedJob {
+            model: Some(Arc::from(model)),
+            ..job(ticket)
+        }
+    }
+
+    fn overlapping() -> Arc<Routing> {
+        Arc::new(Routing::new([
+            ("one".to_string(), vec!["a".to_string(), "b".to_string()]),
+            ("two".to_string(), vec!["b".to_string(), "c".to_string()]),
+        ]))
+    }
+
+    #[test]
+    fn with_overlapping_offers_positions_count_only_jobs_that_share_a_backend() {
+        let mut book = QueueBook::new();
+        assert!(book.set_routing(overlapping()));
+        assert!(
+            !book.set_routing(overlapping()),
+            "the same routing changes nothing"
+        );
+        let jobs = [
+            for_model(1, "c"),
+            for_model(2, "a"),
+            for_model(3, "b"),
+            for_model(4, "c"),
+            job(5),
+            for_model(6, "a"),
+        ];
+        let inserted: Vec<Option<u32>> = jobs.iter().map(|j| book.insert(j.clone())).collect();
+        // a: counts a, b and no-model jobs; c: counts b, c and no-model; b and none: all.
+        assert_eq!(
+            inserted,
+            [Some(1), Some(1), Some(3), Some(3), Some(5), Some(4)]
+        );
+        let routing = overlapping();
+        let (one, two) = (
+            routing.offer("one", Some("a")),
+            routing.offer("two", Some("b")),
+        );
+        assert_eq!(book.pop_for(&one).map(|j| j.ticket), Some(2));
+        assert_eq!(book.pop_for(&two).map(|j| j.ticket), Some(1));
+        assert_eq!(book.position(&for_model(6, "a").id), Some(3));
+        assert_eq!(book.position(&for_model(4, "c").id), Some(2));
+        let none = routing.offer("three", None);
+        assert_eq!(book.pop_for(&none).map(|j| j.ticket), Some(5));
+        assert_eq!(
+            book.pop_for(&none),
+            None,
+            "a backend that lists nothing takes no model's job"
+        );
+        assert_eq!(book.pop_for(&two).map(|j| j.ticket), Some(3));
+        assert_eq!(book.pop_for(&two).map(|j| j.ticket), Some(4));
+        assert_eq!(book.pop_for(&two), None, "never a job for a model it lacks");
+        assert_eq!(book.pop_for(&one).map(|j| j.ticket), Some(6));
+        assert!(book.is_empty() && book.lanes.is_empty());
     }
 
     fn positions(book: &QueueBook) -> Vec<(i64, u32)> {

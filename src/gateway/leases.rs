@@ -153,6 +153,7 @@ async fn hand_back_expired(deps: &LeaseDeps, lease: Duration) -> usize {
             id,
             user_id: message.user_id.as_str().into(),
             ticket,
+            model: message.model.as_deref().map(Into::into),
         };
         if let Err(err) = gateway.queue().requeue(&job).await {
             // The queue's audit finds the queued record and puts it back.

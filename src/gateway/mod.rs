@@ -125,7 +125,12 @@ impl Gateway {
         let enqueued = self
             .inner
             .queue
-            .enqueue(id, user, self.inner.settings.max_pending_per_user)
+            .enqueue(
+                id,
+                user,
+                request.model.as_deref(),
+                self.inner.settings.max_pending_per_user,
+            )
             .await
             .map_err(|err| match err {
                 QueueError::TooManyPending { limit } => ApiError::TooManyPending { limit },

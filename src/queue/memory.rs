@@ -2,6 +2,7 @@
 
 use super::{Enqueued, FeedItem, QueueError, QueueStore, Rebuilt};
 use crate::domain::queue_book::{QueueBook, QueueChange, QueuedJob};
+use crate::domain::routing::{Offer, Routing};
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
@@ -56,6 +57,7 @@ impl QueueStore for MemoryQueue {
         &self,
         id: Uuid,
         user_id: &str,
+        model: Option<&str>,
         max_pending: u32,
     ) -> Result<Enqueued, QueueError> {
         let mut state = self.state.lock();
@@ -70,6 +72,7 @@ impl QueueStore for MemoryQueue {
             id,
             user_id: user.clone(),
             ticket,
+            model: model.map(Arc::from),
         };
         let position = state
             .book
@@ -80,14 +83,18 @@ impl QueueStore for MemoryQueue {
         Ok(Enqueued { ticket, position })
     }
 
-    async fn pop(&self) -> Result<Option<QueuedJob>, QueueError> {
+    async fn pop(&self, offer: &Offer) -> Result<Option<QueuedJob>, QueueError> {
         let mut state = self.state.lock();
-        let job = state.book.pop_front();
+        let job = state.book.pop_for(offer);
         if let Some(job) = &job {
             state.last_moved = Some(Utc::now());
             self.send(QueueChange::Removed { id: job.id });
         }
         Ok(job)
+    }
+
+    fn set_routing(&self, routing: Arc<Routing>) {
+        self.state.lock().book.set_routing(routing);
     }
 
     async fn requeue(&self, job: &QueuedJob) -> Result<(), QueueError> {

@@ -9,7 +9,9 @@ pub mod memory;
 pub mod redis;
 
 use crate::domain::queue_book::{QueueChange, QueuedJob};
+use crate::domain::routing::{Offer, Routing};
 use chrono::{DateTime, Utc};
+use std::sync::Arc;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
@@ -101,11 +103,13 @@ pub trait QueueStore: Send + Sync {
     fn kind(&self) -> &'static str;
 
     /// Draws a ticket and queues `id` if `user_id` has fewer than `max_pending` pending jobs
-    /// (queued or processing); the check and the enqueue are one atomic step.
+    /// (queued or processing); the check and the enqueue are one atomic step. `model`: the
+    /// model the job asks for (only a backend that offers it takes the job).
     async fn enqueue(
         &self,
         id: Uuid,
         user_id: &str,
+        model: Option<&str>,
         max_pending: u32,
     ) -> Result<Enqueued, QueueError>;
 
@@ -117,8 +121,13 @@ pub trait QueueStore: Send + Sync {
     /// Whether the enqueue of `id` was aborted (a worker that popped it drops it at once).
     async fn aborted(&self, id: Uuid) -> Result<bool, QueueError>;
 
-    /// Takes the first job; each job is handed to exactly one caller, in every process.
-    async fn pop(&self) -> Result<Option<QueuedJob>, QueueError>;
+    /// Takes the first job a backend with `offer` may run (see [`crate::domain::routing`]);
+    /// each job is handed to exactly one caller, in every process.
+    async fn pop(&self, offer: &Offer) -> Result<Option<QueuedJob>, QueueError>;
+
+    /// What the backends offer, from which positions are counted (every process sets the
+    /// same, from the same backends' answers).
+    fn set_routing(&self, routing: Arc<Routing>);
 
     /// Puts a popped job back with its ticket (a worker that could not start it).
     async fn requeue(&self, job: &QueuedJob) -> Result<(), QueueError>;
@@ -133,7 +142,8 @@ pub trait QueueStore: Send + Sync {
     /// The ids counted against the user's pending cap.
     async fn pending_of(&self, user_id: &str) -> Result<Vec<Uuid>, QueueError>;
 
-    /// The job's live 1-based position, if queued.
+    /// The job's live 1-based position, if queued (counted as [`crate::domain::routing`]
+    /// says).
     async fn position(&self, id: Uuid) -> Result<Option<u32>, QueueError>;
 
     /// The live positions of several jobs, in the order of `ids` (one round trip where the

@@ -3,6 +3,7 @@
 //! [`RETRY_AT_MOST`] (or sooner, with a shorter refresh), so it is back soon after it recovers.
 
 use super::pool::ModelsSeen;
+use crate::actors::queue::QueueHandle;
 use crate::forge_client::ForgeClient;
 use std::time::Duration;
 
@@ -13,7 +14,12 @@ pub const RETRY_AT_MOST: Duration = Duration::from_secs(5);
 const READ_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Asks `client` what it offers, forever (the task is aborted with its actor).
-pub(super) async fn discover(client: ForgeClient, models: ModelsSeen, refresh: Duration) {
+pub(super) async fn discover(
+    client: ForgeClient,
+    models: ModelsSeen,
+    queue: QueueHandle,
+    refresh: Duration,
+) {
     let mut answered = None;
     loop {
         let wait = match client
@@ -31,7 +37,9 @@ pub(super) async fn discover(client: ForgeClient, models: ModelsSeen, refresh: D
                     );
                 }
                 answered = Some(true);
-                models.set(client.name(), Some(offers));
+                if let Some(routing) = models.set(client.name(), Some(offers)) {
+                    queue.set_routing(routing);
+                }
                 refresh
             }
             Err(err) => {
@@ -43,6 +51,7 @@ pub(super) async fn discover(client: ForgeClient, models: ModelsSeen, refresh: D
                     );
                 }
                 answered = Some(false);
+                // The last list stays in the routing: nothing to tell the queue.
                 models.set(client.name(), None);
                 refresh.min(RETRY_AT_MOST)
             }

@@ -165,6 +165,7 @@ impl Actor for ForgeActor {
         self.workers.push(self.deps.io.spawn(discovery::discover(
             self.client.clone(),
             self.deps.models.clone(),
+            self.deps.queue.clone(),
             self.settings.models_refresh,
         )));
         tracing::info!(

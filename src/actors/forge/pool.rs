@@ -5,6 +5,7 @@
 use super::{Abandon, ForgeActor, HandBackAll};
 use crate::domain::breaker::BreakerState;
 use crate::domain::models::{BackendModels, ModelCatalogue};
+use crate::domain::routing::{Offer, Routing};
 use actix::Addr;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -37,24 +38,37 @@ impl BackendHealth {
 }
 
 /// What every backend of this process offers (checkpoints, samplers, the loaded one), as
-/// each last answered; the Forge actors write it, the gateway and the HTTP layer read it.
+/// each last answered, and the routing of queued jobs made from it; the Forge actors write
+/// it, the gateway and the HTTP layer read it.
 #[derive(Clone, Default)]
-pub struct ModelsSeen(Arc<RwLock<ModelCatalogue>>);
+pub struct ModelsSeen(Arc<RwLock<(ModelCatalogue, Arc<Routing>)>>);
 
 impl ModelsSeen {
-    /// Records what `backend` answered, or leaves it out (`None`).
-    pub(super) fn set(&self, backend: &str, offers: Option<BackendModels>) {
-        self.0.write().set(backend, offers);
+    /// Records what `backend` answered, or leaves it out (`None`); returns the routing of
+    /// queued jobs when it changed.
+    pub(super) fn set(&self, backend: &str, offers: Option<BackendModels>) -> Option<Arc<Routing>> {
+        let mut seen = self.0.write();
+        if !seen.0.set(backend, offers) {
+            return None;
+        }
+        seen.1 = Arc::new(seen.0.routing());
+        Some(seen.1.clone())
+    }
+
+    /// What `backend` offers the queue's pop now (its models, and the one loaded).
+    pub(super) fn offer(&self, backend: &str) -> Offer {
+        let seen = self.0.read();
+        seen.1.offer(backend, seen.0.loaded_on(backend))
     }
 
     /// Records the checkpoint a job left loaded on `backend`.
     pub(super) fn loaded_now(&self, backend: &str, model: &str) {
-        self.0.write().loaded_now(backend, model);
+        self.0.write().0.loaded_now(backend, model);
     }
 
     /// Reads the catalogue.
     pub fn read<T>(&self, read: impl FnOnce(&ModelCatalogue) -> T) -> T {
-        read(&self.0.read())
+        read(&self.0.read().0)
     }
 }
 

@@ -99,7 +99,8 @@ impl Worker {
                 tokio::time::sleep(pause).await;
                 continue;
             }
-            let Some(job) = self.deps.queue.next_job().await else {
+            let offer = self.deps.models.offer(self.client.name());
+            let Some(job) = self.deps.queue.next_job(offer).await else {
                 slot.release().await;
                 return;
             };

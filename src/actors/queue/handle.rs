@@ -1,9 +1,10 @@
 //! The typed handle to the queue: the actor's messages and direct reads of its store.
 
-use super::{MirrorPositions, NextJob, Pause, QueueActor, Rebuild, rebuild};
+use super::{MirrorPositions, NextJob, Pause, QueueActor, Rebuild, SetRouting, rebuild};
 use crate::db::Database;
 use crate::domain::eta::EtaModel;
 use crate::domain::queue_book::QueuedJob;
+use crate::domain::routing::{Offer, Routing};
 use crate::events::registry::UserWatch;
 use crate::queue::{Enqueued, QueueError, QueueStore};
 use actix::prelude::*;
@@ -48,13 +49,14 @@ impl QueueHandle {
         &self,
         id: Uuid,
         user_id: &str,
+        model: Option<&str>,
         max_pending: u32,
     ) -> Result<Enqueued, QueueError> {
         let (store, db) = (&self.store, &self.db);
         let mut healed = false;
         let mut rebuilt = false;
         loop {
-            match store.enqueue(id, user_id, max_pending).await {
+            match store.enqueue(id, user_id, model, max_pending).await {
                 Err(QueueError::TooManyPending { .. }) if !healed => {
                     healed = true;
                     let counted = store.pending_of(user_id).await?;
@@ -115,11 +117,19 @@ impl QueueHandle {
         self.store.aborted(id).await.unwrap_or(false)
     }
 
-    /// Waits for the next job; `None` when the queue actor stopped.
-    pub async fn next_job(&self) -> Option<QueuedJob> {
+    /// Waits for the next job a backend with `offer` may run; `None` when the queue actor
+    /// stopped.
+    pub async fn next_job(&self, offer: Offer) -> Option<QueuedJob> {
         let (reply, answer) = oneshot::channel();
-        self.addr.do_send(NextJob { reply });
+        self.addr.do_send(NextJob { reply, offer });
         answer.await.ok()
+    }
+
+    /// What the backends offer changed: the store and this process's mirror count positions
+    /// by the new routing.
+    pub fn set_routing(&self, routing: Arc<Routing>) {
+        self.store.set_routing(routing.clone());
+        self.addr.do_send(SetRouting(routing));
     }
 
     /// Removes a queued job (cancel, stuck). Returns whether it was queued.

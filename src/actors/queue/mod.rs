@@ -13,6 +13,7 @@ use crate::domain::event::positions_frame_body;
 use crate::domain::outages::Outages;
 use crate::domain::position_feed::PositionFeed;
 use crate::domain::queue_book::{QueueBook, QueueChange, QueuedJob};
+use crate::domain::routing::{Offer, Routing};
 use crate::events::registry::{Positions, UserWatch};
 use crate::metrics::Metrics;
 use crate::queue::{FeedItem, QueueStore};
@@ -36,6 +37,9 @@ const POLL_EVERY: Duration = Duration::from_millis(500);
 const AUDIT_EVERY: Duration = Duration::from_secs(5);
 /// Most pops in flight at once.
 const MAX_CONCURRENT_POPS: usize = 16;
+/// How many jobs from the head of the mirror the dispatch looks at to choose which free
+/// backend pops first.
+const PLAN_AHEAD: usize = 64;
 
 /// The queue actor.
 pub struct QueueActor {
@@ -45,7 +49,9 @@ pub struct QueueActor {
     metrics: Arc<Metrics>,
     outages: Arc<Outages>,
     mirror: QueueBook,
-    waiters: VecDeque<oneshot::Sender<QueuedJob>>,
+    /// Free backends waiting for a job, in the order they asked.
+    waiters: VecDeque<Waiter>,
+    next_waiter: u64,
     pops_in_flight: usize,
     eta: Arc<Mutex<EtaModel>>,
     rebuilding: bool,
@@ -82,6 +88,7 @@ impl QueueActor {
             outages,
             mirror: QueueBook::new(),
             waiters: VecDeque::new(),
+            next_waiter: 0,
             pops_in_flight: 0,
             eta,
             rebuilding: false,
@@ -95,55 +102,105 @@ impl QueueActor {
     }
 
     /// Hands queued jobs to waiting backends: one pop in flight per waiting backend, at most
-    /// [`MAX_CONCURRENT_POPS`].
+    /// [`MAX_CONCURRENT_POPS`], each for what that backend offers.
     fn dispatch(&mut self, ctx: &mut Context<Self>) {
-        self.waiters.retain(|waiter| !waiter.is_closed());
+        self.waiters
+            .retain(|waiter| waiter.popping || !waiter.reply.is_closed());
         if self.paused {
             return;
         }
-        // As many pops in flight as backends wait, but no more than the mirror says are
-        // queued (a pop is a script on Redis: with 128 idle backends, each enqueue sent 16 of
-        // which 15 came back empty). At least one: the mirror may not have heard of a job yet
-        // (the poll finds it).
-        let wanted = self
-            .waiters
-            .len()
-            .min(MAX_CONCURRENT_POPS)
-            .min(self.mirror.len().max(1));
-        while self.pops_in_flight < wanted {
+        // No more pops in flight than the mirror says are queued (a pop is a script on Redis:
+        // with 128 idle backends, each enqueue sent 16 of which 15 came back empty). At least
+        // one: the mirror may not have heard of a job yet (the poll finds it).
+        let most = MAX_CONCURRENT_POPS.min(self.mirror.len().max(1));
+        for key in self.pop_order() {
+            if self.pops_in_flight >= most {
+                break;
+            }
+            let Some(waiter) = self.waiters.iter_mut().find(|w| w.key == key) else {
+                continue;
+            };
+            waiter.popping = true;
             self.pops_in_flight += 1;
-            let store = self.store.clone();
-            ctx.spawn(
-                async move { store.pop().await }
-                    .into_actor(self)
-                    .map(|popped, act, ctx| {
-                        act.pops_in_flight -= 1;
-                        match popped {
-                            Ok(Some(job)) => {
-                                act.hand_out(job);
-                                act.dispatch(ctx);
-                            }
-                            // Empty: the next enqueue (or the poll) wakes the waiters again.
-                            Ok(None) => {}
-                            Err(err) => {
-                                act.outages.queue_failed(Utc::now());
-                                tracing::warn!(error = %err, "queue pop failed; retrying shortly")
-                            }
+            let (store, offer) = (self.store.clone(), waiter.offer.clone());
+            ctx.spawn(async move { store.pop(&offer).await }.into_actor(self).map(
+                move |popped, act, ctx| {
+                    act.pops_in_flight -= 1;
+                    if let Some(waiter) = act.waiters.iter_mut().find(|w| w.key == key) {
+                        waiter.popping = false;
+                    }
+                    match popped {
+                        Ok(Some(job)) => {
+                            act.hand_out(key, job);
+                            act.dispatch(ctx);
                         }
-                    }),
-            );
+                        // Empty: the next enqueue (or the poll) wakes the waiters again.
+                        Ok(None) => {}
+                        Err(err) => {
+                            act.outages.queue_failed(Utc::now());
+                            tracing::warn!(error = %err, "queue pop failed; retrying shortly")
+                        }
+                    }
+                },
+            ));
         }
     }
 
-    /// Gives a popped job to the first backend still waiting, or puts it back if none is.
-    fn hand_out(&mut self, mut job: QueuedJob) {
-        while let Some(waiter) = self.waiters.pop_front() {
-            match waiter.send(job) {
-                Ok(()) => return,
-                Err(returned) => job = returned,
+    /// The idle waiters in the order their pops go out: walking the mirror from its head,
+    /// each job goes to a free backend that can run it, the one with its model loaded first
+    /// (so among free backends a job lands where no switch is needed); waiters the mirror
+    /// has no job for come last (for the poll's one pop, in case the mirror is behind).
+    fn pop_order(&self) -> Vec<u64> {
+        let mut idle: Vec<&Waiter> = self.waiters.iter().filter(|w| !w.popping).collect();
+        let mut order = Vec::with_capacity(idle.len());
+        for job in self.mirror.head(PLAN_AHEAD) {
+            if idle.is_empty() {
+                break;
+            }
+            let model = job.model.as_deref();
+            let chosen = idle
+                .iter()
+                .position(|w| w.offer.has_loaded(model))
+                .or_else(|| idle.iter().position(|w| w.offer.can_run(model)));
+            if let Some(index) = chosen {
+                order.push(idle.remove(index).key);
             }
         }
-        // Every waiter left (shutdown): put it back where it was.
+        if order.is_empty() {
+            order.extend(idle.first().map(|w| w.key));
+        }
+        order
+    }
+
+    /// Gives a popped job to the backend that popped it, or, if it left, to another free one
+    /// that can run it; puts it back if none is.
+    fn hand_out(&mut self, key: u64, job: QueuedJob) {
+        let model = job.model.clone();
+        let mut candidates: Vec<usize> = Vec::new();
+        candidates.extend(self.waiters.iter().position(|w| w.key == key));
+        candidates.extend(
+            self.waiters
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| w.key != key && !w.popping && w.offer.can_run(model.as_deref()))
+                .map(|(index, _)| index),
+        );
+        let mut gone = Vec::new();
+        let mut left = Some(job);
+        for index in candidates {
+            let Some(job) = left.take() else { break };
+            let waiter = &mut self.waiters[index];
+            let reply = std::mem::replace(&mut waiter.reply, oneshot::channel().0);
+            gone.push(waiter.key);
+            if let Err(returned) = reply.send(job) {
+                left = Some(returned);
+            }
+        }
+        self.waiters.retain(|w| !gone.contains(&w.key));
+        let Some(job) = left else {
+            return;
+        };
+        // Every waiter that could run it left (shutdown): put it back where it was.
         let store = self.store.clone();
         actix::spawn(async move {
             if let Err(err) = store.requeue(&job).await {
@@ -326,11 +383,20 @@ impl StreamHandler<FeedItem> for QueueActor {
     }
 }
 
-/// Wait for the next job (a backend is free).
+/// A free backend waiting for a job.
+struct Waiter {
+    key: u64,
+    reply: oneshot::Sender<QueuedJob>,
+    offer: Offer,
+    popping: bool,
+}
+
+/// Wait for the next job a backend with `offer` may run (a backend is free).
 #[derive(Message)]
 #[rtype(result = "()")]
 struct NextJob {
     reply: oneshot::Sender<QueuedJob>,
+    offer: Offer,
 }
 
 impl Handler<NextJob> for QueueActor {
@@ -341,7 +407,30 @@ impl Handler<NextJob> for QueueActor {
             // Dropping the reply tells the backend there is nothing more to take.
             return;
         }
-        self.waiters.push_back(msg.reply);
+        self.next_waiter += 1;
+        self.waiters.push_back(Waiter {
+            key: self.next_waiter,
+            reply: msg.reply,
+            offer: msg.offer,
+            popping: false,
+        });
+        self.dispatch(ctx);
+    }
+}
+
+/// What the backends offer changed: positions are counted anew.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct SetRouting(Arc<Routing>);
+
+impl Handler<SetRouting> for QueueActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetRouting, ctx: &mut Context<Self>) {
+        if self.mirror.set_routing(msg.0) {
+            self.feed.changed();
+            self.schedule_tick(ctx);
+        }
         self.dispatch(ctx);
     }
 }

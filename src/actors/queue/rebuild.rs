@@ -19,10 +19,11 @@ pub async fn rebuild_from_db(store: &dyn QueueStore, db: &Database) -> Result<Re
     let max_ticket = db.max_ticket().await.map_err(unavailable)?;
     let jobs = queued
         .into_iter()
-        .map(|(id, user, ticket)| QueuedJob {
+        .map(|(id, user, ticket, model)| QueuedJob {
             id,
             user_id: Arc::from(user.as_str()),
             ticket,
+            model: model.map(Arc::from),
         })
         .collect();
     store.rebuild(jobs, pending, max_ticket).await
@@ -60,11 +61,11 @@ pub async fn audit(
         return Ok(Audit::Lost);
     }
     let queued = db.queued_in_ticket_order().await.map_err(unavailable)?;
-    let ids: Vec<Uuid> = queued.iter().map(|(id, _, _)| *id).collect();
+    let ids: Vec<Uuid> = queued.iter().map(|(id, _, _, _)| *id).collect();
     let positions = store.positions(&ids).await?;
     let mut missing = HashSet::new();
     let mut put_back = 0;
-    for ((id, user, ticket), position) in queued.into_iter().zip(positions) {
+    for ((id, user, ticket, model), position) in queued.into_iter().zip(positions) {
         if position.is_some() {
             continue;
         }
@@ -73,6 +74,7 @@ pub async fn audit(
                 id,
                 user_id: Arc::from(user.as_str()),
                 ticket,
+                model: model.map(Arc::from),
             };
             store.requeue(&job).await?;
             tracing::warn!(job = %id, "queued in the database but missing from the queue: put back");

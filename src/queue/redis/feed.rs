@@ -10,12 +10,16 @@ use uuid::Uuid;
 
 /// One parsed feed message: its sequence number and the change.
 pub(super) fn parse_feed(text: &str) -> Option<(u64, QueueChange)> {
-    let mut parts = text.splitn(5, ' ');
+    let mut parts = text.splitn(6, ' ');
     let seq = parts.next()?.parse().ok()?;
     match parts.next()? {
         "A" => {
             let id = Uuid::parse_str(parts.next()?).ok()?;
             let ticket = parts.next()?.parse().ok()?;
+            let model = match parts.next()? {
+                "-" => None,
+                hex => Some(Arc::from(from_hex(hex)?.as_str())),
+            };
             let user = parts.next()?;
             Some((
                 seq,
@@ -23,6 +27,7 @@ pub(super) fn parse_feed(text: &str) -> Option<(u64, QueueChange)> {
                     id,
                     user_id: Arc::from(user),
                     ticket,
+                    model,
                 }),
             ))
         }
@@ -35,6 +40,11 @@ pub(super) fn parse_feed(text: &str) -> Option<(u64, QueueChange)> {
         }
         _ => None,
     }
+}
+
+/// The text a feed message carries as hex (a model name may contain spaces).
+fn from_hex(hex: &str) -> Option<String> {
+    String::from_utf8(hex::decode(hex).ok()?).ok()
 }
 
 /// Turns the feed channel's messages into [`FeedItem`]s until the subscriber closes.
@@ -93,13 +103,26 @@ mod tests {
     fn feed_messages_parse_and_malformed_ones_do_not() {
         let id = Uuid::from_u128(7);
         assert_eq!(
-            parse_feed(&format!("12 A {id} 34 ali veli")),
+            parse_feed(&format!("12 A {id} 34 - ali veli")),
             Some((
                 12,
                 QueueChange::Added(QueuedJob {
                     id,
                     user_id: Arc::from("ali veli"),
                     ticket: 34,
+                    model: None,
+                })
+            ))
+        );
+        assert_eq!(
+            parse_feed(&format!("12 A {id} 34 6d792061 u")),
+            Some((
+                12,
+                QueueChange::Added(QueuedJob {
+                    id,
+                    user_id: Arc::from("u"),
+                    ticket: 34,
+                    model: Some(Arc::from("my a")),
                 })
             ))
         );
@@ -111,8 +134,10 @@ mod tests {
             "",
             "x A",
             "1 A not-a-uuid 3 u",
-            &format!("1 A {id} x u"),
-            &format!("1 A {id} 3"),
+            &format!("1 A {id} x - u"),
+            &format!("1 A {id} 3 -"),
+            &format!("1 A {id} 3 6d7 u"),
+            &format!("1 A {id} 3 zz u"),
             &format!("1 R {id} extra"),
             &format!("1 Q {id}"),
             "1 R",

@@ -10,6 +10,9 @@
 //! | `{p}:ticket` | string (INCR) | the last ticket drawn; its absence means Redis lost the queue |
 //! | `{p}:queue` | sorted set | job id → ticket |
 //! | `{p}:jobs` | hash | job id → owner |
+//! | `{p}:models` | hash | job id → the model it asks for (jobs that ask for one) |
+//! | `{p}:lane:<model>` | sorted set | the jobs for one model, id → ticket |
+//! | `{p}:lane` | sorted set | the jobs without a model, id → ticket |
 //! | `{p}:pending:<user>` | set | job ids counted against the user's pending cap |
 //! | `{p}:users` | set | users with a pending set (so a rebuild can reset them all) |
 //! | `{p}:moved` | string | when the queue last moved, ms since the epoch |
@@ -17,18 +20,23 @@
 //!
 //! Every change of the queue is one Lua script that also increments `{p}:feedseq` and publishes
 //! the change on the channel `{p}:feed`, so the feed's order is the server's order of
-//! operations. Feed messages are text: `<seq> A <id> <ticket> <user>` (added; the user comes
-//! last so it may contain spaces) or `<seq> R <id>` (removed). A subscriber task turns them into
+//! operations. Feed messages are text: `<seq> A <id> <ticket> <model> <user>` (added; the
+//! model as hex, `-` for none; the user comes last so it may contain spaces) or `<seq> R <id>`
+//! (removed). The lanes are how a pop finds the first job a backend may run without walking
+//! the queue: the scripts derive their names from the key base (the same hash tag, so the
+//! same Cluster slot), since which lane a job is in is known only inside the script. A subscriber task turns them into
 //! [`FeedItem`]s and reports a [`FeedItem::Gap`] when a sequence number is skipped, a message
 //! cannot be parsed, or the subscriber reconnected.
 
 mod feed;
 mod keys;
+mod positions;
 mod rebuild;
 
 use super::{Enqueued, FeedItem, QueueError, QueueStore, Rebuilt};
 use crate::domain::health::WriteHealth;
 use crate::domain::queue_book::QueuedJob;
+use crate::domain::routing::{Offer, Routing};
 use crate::redis_client::{RedisError, Role, Subscription, builder, check_prefix};
 use chrono::{DateTime, Utc};
 use feed::run_feed;
@@ -79,6 +87,8 @@ pub struct RedisQueue {
     /// What the scripts (every write) did lately: a Redis that answers PING may still refuse
     /// every write (past its `maxmemory`).
     writes: WriteHealth,
+    /// What the backends offer, for positions (see [`crate::domain::routing`]).
+    routing: parking_lot::RwLock<positions::RoutingArgs>,
 }
 
 impl RedisQueue {
@@ -122,6 +132,7 @@ impl RedisQueue {
             feed,
             feed_task: Mutex::new(Some(task)),
             writes: WriteHealth::default(),
+            routing: Default::default(),
         })
     }
 
@@ -218,6 +229,7 @@ impl QueueStore for RedisQueue {
         &self,
         id: Uuid,
         user_id: &str,
+        model: Option<&str>,
         max_pending: u32,
     ) -> Result<Enqueued, QueueError> {
         let keys = vec![
@@ -228,13 +240,17 @@ impl QueueStore for RedisQueue {
             self.keys.feedseq.clone(),
             self.keys.users.clone(),
             self.keys.aborted(id),
+            self.keys.models.clone(),
         ];
-        let args: Vec<Value> = vec![
+        let mut args: Vec<Value> = vec![
             id.to_string().into(),
             user_id.into(),
             i64::from(max_pending).into(),
             self.keys.feed.clone().into(),
+            model.unwrap_or("").into(),
+            self.keys.base.clone().into(),
         ];
+        args.extend(self.routing.read().counted_ahead_of(model));
         let reply = self.run(&self.scripts.enqueue, keys, args).await?;
         let fields = match &reply {
             Value::Array(fields) => fields,
@@ -268,12 +284,14 @@ impl QueueStore for RedisQueue {
             self.keys.pending(user_id),
             self.keys.users.clone(),
             self.keys.feedseq.clone(),
+            self.keys.models.clone(),
         ];
         let args: Vec<Value> = vec![
             id.to_string().into(),
             user_id.into(),
             self.keys.feed.clone().into(),
             (ABORTED_FOR.as_secs() as i64).into(),
+            self.keys.base.clone().into(),
         ];
         let reply = self.run(&self.scripts.abort, keys, args).await?;
         match reply.as_i64() {
@@ -291,17 +309,20 @@ impl QueueStore for RedisQueue {
         Ok(exists == 1)
     }
 
-    async fn pop(&self) -> Result<Option<QueuedJob>, QueueError> {
+    async fn pop(&self, offer: &Offer) -> Result<Option<QueuedJob>, QueueError> {
         let keys = vec![
             self.keys.queue.clone(),
             self.keys.jobs.clone(),
             self.keys.moved.clone(),
             self.keys.feedseq.clone(),
+            self.keys.models.clone(),
         ];
-        let args: Vec<Value> = vec![
+        let mut args: Vec<Value> = vec![
             Utc::now().timestamp_millis().into(),
             self.keys.feed.clone().into(),
+            self.keys.base.clone().into(),
         ];
+        args.extend(offer.models.iter().map(|model| Value::from(model.as_ref())));
         let reply = self.run(&self.scripts.pop, keys, args).await?;
         let fields = match &reply {
             Value::Null => return Ok(None),
@@ -311,12 +332,14 @@ impl QueueStore for RedisQueue {
         let id = fields.first().and_then(string_of);
         let ticket = fields.get(1).and_then(Value::as_i64);
         let user = fields.get(2).and_then(string_of);
+        let model = fields.get(3).and_then(string_of).map(Arc::from);
         match (id, ticket, user) {
             (Some(id), Some(ticket), Some(user)) => match Uuid::parse_str(&id) {
                 Ok(uuid) => Ok(Some(QueuedJob {
                     id: uuid,
                     user_id: Arc::from(user),
                     ticket,
+                    model,
                 })),
                 // Something that is not a job id was in the queue; it is gone now, and the
                 // caller retries and gets the next one.
@@ -329,17 +352,24 @@ impl QueueStore for RedisQueue {
         }
     }
 
+    fn set_routing(&self, routing: Arc<Routing>) {
+        *self.routing.write() = positions::RoutingArgs::new(routing);
+    }
+
     async fn requeue(&self, job: &QueuedJob) -> Result<(), QueueError> {
         let keys = vec![
             self.keys.queue.clone(),
             self.keys.jobs.clone(),
             self.keys.feedseq.clone(),
+            self.keys.models.clone(),
         ];
         let args: Vec<Value> = vec![
             job.id.to_string().into(),
             job.ticket.into(),
             job.user_id.to_string().into(),
             self.keys.feed.clone().into(),
+            job.model.as_deref().unwrap_or("").into(),
+            self.keys.base.clone().into(),
         ];
         self.run(&self.scripts.requeue, keys, args).await?;
         Ok(())
@@ -350,8 +380,13 @@ impl QueueStore for RedisQueue {
             self.keys.queue.clone(),
             self.keys.jobs.clone(),
             self.keys.feedseq.clone(),
+            self.keys.models.clone(),
         ];
-        let args: Vec<Value> = vec![id.to_string().into(), self.keys.feed.clone().into()];
+        let args: Vec<Value> = vec![
+            id.to_string().into(),
+            self.keys.feed.clone().into(),
+            self.keys.base.clone().into(),
+        ];
         let reply = self.run(&self.scripts.remove, keys, args).await?;
         match reply.as_i64() {
             Some(removed) => Ok(removed == 1),
@@ -389,34 +424,11 @@ impl QueueStore for RedisQueue {
     }
 
     async fn position(&self, id: Uuid) -> Result<Option<u32>, QueueError> {
-        let rank: Option<u64> = self
-            .pool
-            .zrank(self.keys.queue.as_str(), id.to_string(), false)
-            .await
-            .map_err(|err| unavailable("reading a position", err))?;
-        Ok(rank.and_then(|rank| u32::try_from(rank + 1).ok()))
+        Ok(self.positions_of(&[id]).await?.pop().flatten())
     }
 
     async fn positions(&self, ids: &[Uuid]) -> Result<Vec<Option<u32>>, QueueError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        // One round trip for all of them (a listing, a snapshot, an audit).
-        let pipeline = self.pool.next().pipeline();
-        for id in ids {
-            let _: () = pipeline
-                .zrank(self.keys.queue.as_str(), id.to_string(), false)
-                .await
-                .map_err(|err| unavailable("reading positions", err))?;
-        }
-        let ranks: Vec<Option<u64>> = pipeline
-            .all()
-            .await
-            .map_err(|err| unavailable("reading positions", err))?;
-        Ok(ranks
-            .into_iter()
-            .map(|rank| rank.and_then(|rank| u32::try_from(rank + 1).ok()))
-            .collect())
+        self.positions_of(ids).await
     }
 
     async fn depth(&self) -> Result<u64, QueueError> {
@@ -432,7 +444,11 @@ impl QueueStore for RedisQueue {
         // meanwhile only drop out and no job is listed twice.
         let mut after = "-inf".to_owned();
         loop {
-            let keys = vec![self.keys.queue.clone(), self.keys.jobs.clone()];
+            let keys = vec![
+                self.keys.queue.clone(),
+                self.keys.jobs.clone(),
+                self.keys.models.clone(),
+            ];
             let args: Vec<Value> = vec![after.clone().into(), (SNAPSHOT_PAGE as i64).into()];
             let reply = self.run(&self.scripts.snapshot, keys, args).await?;
             let fields = match &reply {
@@ -440,14 +456,15 @@ impl QueueStore for RedisQueue {
                 Value::Null => break,
                 _ => return Err(unexpected("snapshot", &reply)),
             };
-            if fields.len() % 3 != 0 {
+            if fields.len() % 4 != 0 {
                 return Err(unexpected("snapshot", &reply));
             }
-            let count = fields.len() / 3;
-            for triple in fields.chunks_exact(3) {
+            let count = fields.len() / 4;
+            for triple in fields.chunks_exact(4) {
                 let id = string_of(&triple[0]).and_then(|id| Uuid::parse_str(&id).ok());
                 let ticket = triple[1].as_i64();
                 let user = string_of(&triple[2]);
+                let model = string_of(&triple[3]).filter(|model| !model.is_empty());
                 match (id, ticket, user) {
                     (Some(id), Some(ticket), Some(user)) => {
                         after = ticket.to_string();
@@ -455,6 +472,7 @@ impl QueueStore for RedisQueue {
                             id,
                             user_id: Arc::from(user),
                             ticket,
+                            model: model.map(Arc::from),
                         });
                     }
                     _ => {

@@ -26,17 +26,20 @@ impl RedisQueue {
         let highest = queued.last().map_or(0, |job| job.ticket);
         let mut added = 0;
         for chunk in queued.chunks(REBUILD_CHUNK) {
-            let mut args: Vec<Value> = Vec::with_capacity(1 + chunk.len() * 3);
+            let mut args: Vec<Value> = Vec::with_capacity(2 + chunk.len() * 4);
             args.push(self.keys.feed.clone().into());
+            args.push(self.keys.base.clone().into());
             for job in chunk {
                 args.push(job.id.to_string().into());
                 args.push(job.ticket.into());
                 args.push(job.user_id.to_string().into());
+                args.push(job.model.as_deref().unwrap_or("").into());
             }
             let keys = vec![
                 self.keys.queue.clone(),
                 self.keys.jobs.clone(),
                 self.keys.feedseq.clone(),
+                self.keys.models.clone(),
             ];
             let reply = self.run(&self.scripts.rebuild_jobs, keys, args).await?;
             let count = reply

@@ -1,15 +1,24 @@
 -- Put back the jobs of one rebuild chunk the queue lacks (ZADD NX: never twice, also with
--- concurrent rebuilds), in the given (ticket) order, publishing each addition.
--- KEYS: 1 queue, 2 jobs, 3 feedseq
--- ARGV: 1 feed channel, then triples id, ticket, user
+-- concurrent rebuilds), in the given (ticket) order, each in its model's lane, publishing each
+-- addition.
+-- KEYS: 1 queue, 2 jobs, 3 feedseq, 4 models
+-- ARGV: 1 feed channel, 2 key base, then quadruples id, ticket, user, model ('' for none)
 -- Returns the number of jobs added.
 local added = 0
-for i = 2, #ARGV, 3 do
-  local id, ticket, user = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+for i = 3, #ARGV, 4 do
+  local id, ticket, user, model = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   if redis.call('ZADD', KEYS[1], 'NX', ticket, id) == 1 then
     redis.call('HSET', KEYS[2], id, user)
+    local token = '-'
+    if model == '' then
+      redis.call('ZADD', ARGV[2] .. 'lane', ticket, id)
+    else
+      redis.call('ZADD', ARGV[2] .. 'lane:' .. model, ticket, id)
+      redis.call('HSET', KEYS[4], id, model)
+      token = string.gsub(model, '.', function(c) return string.format('%02x', c:byte()) end)
+    end
     local seq = redis.call('INCR', KEYS[3])
-    redis.call('PUBLISH', ARGV[1], string.format('%d A %s %s %s', seq, id, ticket, user))
+    redis.call('PUBLISH', ARGV[1], string.format('%d A %s %s %s %s', seq, id, ticket, token, user))
     added = added + 1
   end
 end

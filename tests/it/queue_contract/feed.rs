@@ -4,10 +4,14 @@ use super::*;
 
 pub(crate) async fn feed_reports_every_change_in_order(store: Arc<dyn QueueStore>) {
     let mut feed = store.subscribe();
-    let a = store.enqueue(id(1), "fay", NO_CAP).await.expect("a");
-    let b = store.enqueue(id(2), "gus", NO_CAP).await.expect("b");
-    let c = store.enqueue(id(3), "fay", NO_CAP).await.expect("c");
-    let popped = store.pop().await.expect("pop").expect("a job");
+    let a = store.enqueue(id(1), "fay", None, NO_CAP).await.expect("a");
+    let b = store.enqueue(id(2), "gus", None, NO_CAP).await.expect("b");
+    let c = store.enqueue(id(3), "fay", None, NO_CAP).await.expect("c");
+    let popped = store
+        .pop(&Offer::default())
+        .await
+        .expect("pop")
+        .expect("a job");
     assert!(store.remove(id(2)).await.expect("remove"));
     store.requeue(&popped).await.expect("requeue");
     assert!(
@@ -18,7 +22,7 @@ pub(crate) async fn feed_reports_every_change_in_order(store: Arc<dyn QueueStore
         .requeue(&popped)
         .await
         .expect("requeue again: no change");
-    let d = store.enqueue(id(4), "hal", NO_CAP).await.expect("d");
+    let d = store.enqueue(id(4), "hal", None, NO_CAP).await.expect("d");
     let expected = vec![
         FeedItem::Change(QueueChange::Added(job(1, "fay", a.ticket))),
         FeedItem::Change(QueueChange::Added(job(2, "gus", b.ticket))),
@@ -44,11 +48,14 @@ pub(crate) async fn mirror_built_from_the_feed_equals_the_snapshot(store: Arc<dy
                 let mut mine = Vec::new();
                 for round in 0..25u128 {
                     let n = worker * 1_000 + round + 1;
-                    store.enqueue(id(n), &user, NO_CAP).await.expect("enqueue");
+                    store
+                        .enqueue(id(n), &user, None, NO_CAP)
+                        .await
+                        .expect("enqueue");
                     mine.push(id(n));
                     // Every third round pops; every sixth puts the popped job back.
                     if round % 3 == 0
-                        && let Some(job) = store.pop().await.expect("pop")
+                        && let Some(job) = store.pop(&Offer::default()).await.expect("pop")
                         && round % 2 == 0
                     {
                         store.requeue(&job).await.expect("requeue");
@@ -67,7 +74,7 @@ pub(crate) async fn mirror_built_from_the_feed_equals_the_snapshot(store: Arc<dy
     // Once the sentinel's change arrives, every earlier change has arrived too.
     let sentinel = id(999_999);
     store
-        .enqueue(sentinel, "sentinel", NO_CAP)
+        .enqueue(sentinel, "sentinel", None, NO_CAP)
         .await
         .expect("sentinel");
     let started = Instant::now();
@@ -94,8 +101,14 @@ pub(crate) async fn mirror_built_from_the_feed_equals_the_snapshot(store: Arc<dy
 
 pub(crate) async fn rebuild_puts_back_only_missing_jobs(store: Arc<dyn QueueStore>) {
     let mut feed = store.subscribe();
-    let x1 = store.enqueue(id(1), "xena", NO_CAP).await.expect("x1");
-    let x2 = store.enqueue(id(2), "xena", NO_CAP).await.expect("x2");
+    let x1 = store
+        .enqueue(id(1), "xena", None, NO_CAP)
+        .await
+        .expect("x1");
+    let x2 = store
+        .enqueue(id(2), "xena", None, NO_CAP)
+        .await
+        .expect("x2");
     assert_eq!(next_items(&mut feed, 2).await.len(), 2, "the two enqueues");
     let top = x2.ticket;
     // The database's view, in ticket order (as `rebuild_from_db` reads it): two jobs the
@@ -140,7 +153,10 @@ pub(crate) async fn rebuild_puts_back_only_missing_jobs(store: Arc<dyn QueueStor
         .await
         .expect("rebuild with a higher max ticket");
     assert_eq!(after.added, 0);
-    let next = store.enqueue(id(8), "xena", NO_CAP).await.expect("enqueue");
+    let next = store
+        .enqueue(id(8), "xena", None, NO_CAP)
+        .await
+        .expect("enqueue");
     assert!(next.ticket > 1_000, "new tickets come after max_ticket");
     assert_eq!(next.position, 5);
 
@@ -150,7 +166,7 @@ pub(crate) async fn rebuild_puts_back_only_missing_jobs(store: Arc<dyn QueueStor
         .await
         .expect("rebuild");
     let last = store
-        .enqueue(id(10), "xena", NO_CAP)
+        .enqueue(id(10), "xena", None, NO_CAP)
         .await
         .expect("enqueue");
     assert!(last.ticket > 5_000);
@@ -161,7 +177,7 @@ pub(crate) async fn rebuild_puts_back_only_missing_jobs(store: Arc<dyn QueueStor
         .await
         .expect("rebuild");
     let later = store
-        .enqueue(id(11), "xena", NO_CAP)
+        .enqueue(id(11), "xena", None, NO_CAP)
         .await
         .expect("enqueue");
     assert!(later.ticket > last.ticket);
@@ -192,9 +208,15 @@ pub(crate) async fn concurrent_rebuilds_add_each_job_once(store: Arc<dyn QueueSt
 }
 
 pub(crate) async fn rebuild_resets_pending_sets(store: Arc<dyn QueueStore>) {
-    store.enqueue(id(1), "alice", NO_CAP).await.expect("a1");
-    store.enqueue(id(2), "alice", NO_CAP).await.expect("a2");
-    store.enqueue(id(3), "bob", NO_CAP).await.expect("b1");
+    store
+        .enqueue(id(1), "alice", None, NO_CAP)
+        .await
+        .expect("a1");
+    store
+        .enqueue(id(2), "alice", None, NO_CAP)
+        .await
+        .expect("a2");
+    store.enqueue(id(3), "bob", None, NO_CAP).await.expect("b1");
     store
         .rebuild(
             Vec::new(),
@@ -216,24 +238,31 @@ pub(crate) async fn rebuild_resets_pending_sets(store: Arc<dyn QueueStore>) {
     );
     // The cap counts the rebuilt sets.
     store
-        .enqueue(id(4), "alice", 2)
+        .enqueue(id(4), "alice", None, 2)
         .await
         .expect("one more fits");
     assert_eq!(
-        store.enqueue(id(6), "alice", 2).await.shown(),
+        store.enqueue(id(6), "alice", None, 2).await.shown(),
         Err(QueueError::TooManyPending { limit: 2 }.to_string())
     );
     store
-        .enqueue(id(7), "bob", 1)
+        .enqueue(id(7), "bob", None, 1)
         .await
         .expect("bob's slot is free");
 }
 
 pub(crate) async fn last_moved_follows_pops_and_marks(store: Arc<dyn QueueStore>) {
     assert_eq!(store.last_moved().await.shown(), Ok(None));
-    store.enqueue(id(1), "mo", NO_CAP).await.expect("enqueue");
+    store
+        .enqueue(id(1), "mo", None, NO_CAP)
+        .await
+        .expect("enqueue");
     let before = chrono::Utc::now() - chrono::Duration::milliseconds(1);
-    store.pop().await.expect("pop").expect("a job");
+    store
+        .pop(&Offer::default())
+        .await
+        .expect("pop")
+        .expect("a job");
     let after = chrono::Utc::now() + chrono::Duration::milliseconds(1);
     let moved = store
         .last_moved()
@@ -244,7 +273,7 @@ pub(crate) async fn last_moved_follows_pops_and_marks(store: Arc<dyn QueueStore>
         before <= moved && moved <= after,
         "{before} <= {moved} <= {after}"
     );
-    assert_eq!(store.pop().await.shown(), Ok(None));
+    assert_eq!(store.pop(&Offer::default()).await.shown(), Ok(None));
     assert_eq!(
         store.last_moved().await.shown(),
         Ok(Some(moved)),

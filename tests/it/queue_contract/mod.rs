@@ -10,6 +10,7 @@
 //! after a dropped subscriber, recovery after Redis goes away, and the Redis event bus.
 
 mod feed;
+mod models;
 mod order;
 mod redis_bus;
 mod redis_queue;
@@ -18,6 +19,7 @@ use crate::common::{TcpProxy, delete_redis_prefix, plain_client};
 use actix::{Actor, Context, Handler};
 use forge_gateway::domain::event::{JobEvent, JobEventKind};
 use forge_gateway::domain::queue_book::{QueueBook, QueueChange, QueuedJob};
+use forge_gateway::domain::routing::{Offer, Routing};
 use forge_gateway::events::redis_bus::RedisBus;
 use forge_gateway::events::registry::{Deliver, Permit, SessionCaps};
 use forge_gateway::events::{EventBus, SessionRegistry};
@@ -35,6 +37,7 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use feed::*;
+use models::*;
 use order::*;
 
 /// Store results compared in assertions: the error as text (errors keep causes that do not
@@ -158,6 +161,8 @@ macro_rules! contract {
 
 contract!(
     empty_queue_has_nothing,
+    pops_take_only_offered_models_and_positions_count_shared_backends,
+    a_rebuild_keeps_each_jobs_model,
     positions_are_one_based_unique_and_gap_free,
     three_concurrent_enqueues_get_positions_one_two_three,
     two_hundred_concurrent_enqueues_get_each_position_once,
@@ -190,6 +195,7 @@ fn job(n: u128, user: &str, ticket: i64) -> QueuedJob {
         id: id(n),
         user_id: Arc::from(user),
         ticket,
+        model: None,
     }
 }
 

@@ -3,7 +3,7 @@
 use super::*;
 
 pub(crate) async fn empty_queue_has_nothing(store: Arc<dyn QueueStore>) {
-    assert_eq!(store.pop().await.shown(), Ok(None));
+    assert_eq!(store.pop(&Offer::default()).await.shown(), Ok(None));
     assert_eq!(store.depth().await.shown(), Ok(0));
     assert_eq!(store.snapshot().await.shown(), Ok(Vec::new()));
     assert_eq!(store.position(id(1)).await.shown(), Ok(None));
@@ -17,7 +17,7 @@ pub(crate) async fn positions_are_one_based_unique_and_gap_free(store: Arc<dyn Q
     for n in 1..=10u32 {
         let user = format!("user {}", n % 3);
         let enqueued = store
-            .enqueue(id(n.into()), &user, NO_CAP)
+            .enqueue(id(n.into()), &user, None, NO_CAP)
             .await
             .expect("enqueue");
         assert_eq!(enqueued.position, n, "the n-th job is at position n");
@@ -51,9 +51,9 @@ pub(crate) async fn three_concurrent_enqueues_get_positions_one_two_three(
     store: Arc<dyn QueueStore>,
 ) {
     let (a, b, c) = tokio::join!(
-        store.enqueue(id(1), "a", NO_CAP),
-        store.enqueue(id(2), "b", NO_CAP),
-        store.enqueue(id(3), "c", NO_CAP),
+        store.enqueue(id(1), "a", None, NO_CAP),
+        store.enqueue(id(2), "b", None, NO_CAP),
+        store.enqueue(id(3), "c", None, NO_CAP),
     );
     let results = [a.expect("a"), b.expect("b"), c.expect("c")];
     let positions: BTreeSet<u32> = results.iter().map(|r| r.position).collect();
@@ -77,7 +77,7 @@ pub(crate) async fn two_hundred_concurrent_enqueues_get_each_position_once(
             let store = store.clone();
             tokio::spawn(async move {
                 let user = format!("u{}", n % 17);
-                (n, store.enqueue(id(n), &user, NO_CAP).await)
+                (n, store.enqueue(id(n), &user, None, NO_CAP).await)
             })
         })
         .collect();
@@ -104,13 +104,19 @@ pub(crate) async fn two_hundred_concurrent_enqueues_get_each_position_once(
 pub(crate) async fn pop_hands_out_jobs_in_ticket_order(store: Arc<dyn QueueStore>) {
     let mut expected = Vec::new();
     for n in 1..=5u128 {
-        let enqueued = store.enqueue(id(n), "pat", NO_CAP).await.expect("enqueue");
+        let enqueued = store
+            .enqueue(id(n), "pat", None, NO_CAP)
+            .await
+            .expect("enqueue");
         expected.push(job(n, "pat", enqueued.ticket));
     }
     for want in &expected {
-        assert_eq!(store.pop().await.shown().as_ref(), Ok(&Some(want.clone())));
+        assert_eq!(
+            store.pop(&Offer::default()).await.shown().as_ref(),
+            Ok(&Some(want.clone()))
+        );
     }
-    assert_eq!(store.pop().await.shown(), Ok(None));
+    assert_eq!(store.pop(&Offer::default()).await.shown(), Ok(None));
     assert_eq!(store.depth().await.shown(), Ok(0));
 }
 
@@ -118,7 +124,7 @@ pub(crate) async fn concurrent_poppers_get_each_job_exactly_once(store: Arc<dyn 
     let mut all = HashSet::new();
     for n in 1..=200u128 {
         store
-            .enqueue(id(n), &format!("u{}", n % 5), NO_CAP)
+            .enqueue(id(n), &format!("u{}", n % 5), None, NO_CAP)
             .await
             .expect("enqueue");
         all.insert(id(n));
@@ -128,7 +134,7 @@ pub(crate) async fn concurrent_poppers_get_each_job_exactly_once(store: Arc<dyn 
             let store = store.clone();
             tokio::spawn(async move {
                 let mut popped = Vec::new();
-                while let Some(job) = store.pop().await.expect("pop") {
+                while let Some(job) = store.pop(&Offer::default()).await.expect("pop") {
                     popped.push(job);
                 }
                 popped
@@ -154,7 +160,10 @@ pub(crate) async fn concurrent_poppers_get_each_job_exactly_once(store: Arc<dyn 
 
 pub(crate) async fn remove_shifts_everyone_behind(store: Arc<dyn QueueStore>) {
     for n in 1..=5u128 {
-        store.enqueue(id(n), "rita", NO_CAP).await.expect("enqueue");
+        store
+            .enqueue(id(n), "rita", None, NO_CAP)
+            .await
+            .expect("enqueue");
     }
     assert_eq!(store.remove(id(2)).await.shown(), Ok(true));
     assert_eq!(store.position(id(1)).await.shown(), Ok(Some(1)));
@@ -192,7 +201,7 @@ pub(crate) async fn positions_in_one_call_match_one_by_one(store: Arc<dyn QueueS
     );
     for n in 1..=4u128 {
         store
-            .enqueue(id(n), "paula", NO_CAP)
+            .enqueue(id(n), "paula", None, NO_CAP)
             .await
             .expect("enqueue");
     }
@@ -214,11 +223,15 @@ pub(crate) async fn positions_in_one_call_match_one_by_one(store: Arc<dyn QueueS
 pub(crate) async fn requeue_restores_the_place_and_is_idempotent(store: Arc<dyn QueueStore>) {
     for n in 1..=3u128 {
         store
-            .enqueue(id(n), "quinn", NO_CAP)
+            .enqueue(id(n), "quinn", None, NO_CAP)
             .await
             .expect("enqueue");
     }
-    let first = store.pop().await.expect("pop").expect("a job");
+    let first = store
+        .pop(&Offer::default())
+        .await
+        .expect("pop")
+        .expect("a job");
     assert_eq!(first.id, id(1));
     assert_eq!(store.position(id(2)).await.shown(), Ok(Some(1)));
     store.requeue(&first).await.expect("requeue");
@@ -238,7 +251,7 @@ pub(crate) async fn requeue_restores_the_place_and_is_idempotent(store: Arc<dyn 
     );
     assert_eq!(store.depth().await.shown(), Ok(3));
     assert_eq!(
-        store.pop().await.shown(),
+        store.pop(&Offer::default()).await.shown(),
         Ok(Some(first)),
         "it keeps its ticket and owner"
     );
@@ -247,12 +260,12 @@ pub(crate) async fn requeue_restores_the_place_and_is_idempotent(store: Arc<dyn 
 pub(crate) async fn per_user_cap_is_enforced(store: Arc<dyn QueueStore>) {
     for n in 1..=3u128 {
         store
-            .enqueue(id(n), "alice", 3)
+            .enqueue(id(n), "alice", None, 3)
             .await
             .expect("within the cap");
     }
     assert_eq!(
-        store.enqueue(id(4), "alice", 3).await.shown(),
+        store.enqueue(id(4), "alice", None, 3).await.shown(),
         Err(QueueError::TooManyPending { limit: 3 }.to_string())
     );
     assert_eq!(
@@ -261,29 +274,33 @@ pub(crate) async fn per_user_cap_is_enforced(store: Arc<dyn QueueStore>) {
         "refused jobs are not queued"
     );
     store
-        .enqueue(id(10), "bob", 3)
+        .enqueue(id(10), "bob", None, 3)
         .await
         .expect("other users are unaffected");
     // A popped job is processing: still pending, still counted.
     assert_eq!(
-        store.pop().await.shown().map(|job| job.map(|j| j.id)),
+        store
+            .pop(&Offer::default())
+            .await
+            .shown()
+            .map(|job| job.map(|j| j.id)),
         Ok(Some(id(1)))
     );
     assert_eq!(
-        store.enqueue(id(4), "alice", 3).await.shown(),
+        store.enqueue(id(4), "alice", None, 3).await.shown(),
         Err(QueueError::TooManyPending { limit: 3 }.to_string())
     );
     store.release("alice", id(1)).await.expect("release");
     store
-        .enqueue(id(4), "alice", 3)
+        .enqueue(id(4), "alice", None, 3)
         .await
         .expect("a freed slot fits one more");
     assert_eq!(
-        store.enqueue(id(5), "alice", 3).await.shown(),
+        store.enqueue(id(5), "alice", None, 3).await.shown(),
         Err(QueueError::TooManyPending { limit: 3 }.to_string())
     );
     assert_eq!(
-        store.enqueue(id(6), "carol", 0).await.shown(),
+        store.enqueue(id(6), "carol", None, 0).await.shown(),
         Err(QueueError::TooManyPending { limit: 0 }.to_string()),
         "a cap of zero refuses everything"
     );
@@ -293,7 +310,7 @@ pub(crate) async fn concurrent_enqueues_respect_the_cap_exactly(store: Arc<dyn Q
     let tasks: Vec<_> = (1..=20u128)
         .map(|n| {
             let store = store.clone();
-            tokio::spawn(async move { store.enqueue(id(n), "greedy", 5).await })
+            tokio::spawn(async move { store.enqueue(id(n), "greedy", None, 5).await })
         })
         .collect();
     let mut accepted = 0;
@@ -321,11 +338,14 @@ pub(crate) async fn concurrent_enqueues_respect_the_cap_exactly(store: Arc<dyn Q
 pub(crate) async fn pending_of_lists_the_counted_ids(store: Arc<dyn QueueStore>) {
     for n in 1..=3u128 {
         store
-            .enqueue(id(n), "carol", NO_CAP)
+            .enqueue(id(n), "carol", None, NO_CAP)
             .await
             .expect("enqueue");
     }
-    store.enqueue(id(9), "dave", NO_CAP).await.expect("enqueue");
+    store
+        .enqueue(id(9), "dave", None, NO_CAP)
+        .await
+        .expect("enqueue");
     let pending: BTreeSet<Uuid> = store
         .pending_of("carol")
         .await

@@ -13,7 +13,7 @@ async fn redis_enqueue_on_an_uninitialised_prefix_needs_rebuild_body(url: String
     let queue = redis_queue(&url, &prefix).await;
     assert_eq!(queue.kind(), "redis");
     assert_eq!(
-        queue.enqueue(id(1), "una", NO_CAP).await.shown(),
+        queue.enqueue(id(1), "una", None, NO_CAP).await.shown(),
         Err(QueueError::NeedsRebuild.to_string())
     );
     assert_eq!(queue.depth().await.shown(), Ok(0), "nothing was queued");
@@ -26,7 +26,10 @@ async fn redis_enqueue_on_an_uninitialised_prefix_needs_rebuild_body(url: String
         .rebuild(Vec::new(), Vec::new(), 0)
         .await
         .expect("rebuild");
-    let enqueued = queue.enqueue(id(1), "una", NO_CAP).await.expect("enqueue");
+    let enqueued = queue
+        .enqueue(id(1), "una", None, NO_CAP)
+        .await
+        .expect("enqueue");
     assert_eq!((enqueued.ticket, enqueued.position), (1, 1));
     queue.close().await;
 }
@@ -49,11 +52,14 @@ async fn redis_lost_state_is_rebuilt_by_two_processes_without_duplicates_body(
     for n in 1..=6u128 {
         let store = if n % 2 == 0 { &one } else { &two };
         store
-            .enqueue(id(n), &format!("u{}", n % 3), NO_CAP)
+            .enqueue(id(n), &format!("u{}", n % 3), None, NO_CAP)
             .await
             .expect("enqueue");
     }
-    one.pop().await.expect("pop").expect("job 1 is processing");
+    one.pop(&Offer::default())
+        .await
+        .expect("pop")
+        .expect("job 1 is processing");
     // What the database holds: jobs 2..=6 queued, 1..=6 pending, max ticket 6.
     let recorded = one.snapshot().await.expect("snapshot");
     let pending: Vec<(String, Uuid)> = (1..=6u128)
@@ -62,7 +68,7 @@ async fn redis_lost_state_is_rebuilt_by_two_processes_without_duplicates_body(
 
     delete_redis_prefix(&url, &prefix).await; // what a Redis restart does
     assert_eq!(
-        two.enqueue(id(7), "u0", NO_CAP).await.shown(),
+        two.enqueue(id(7), "u0", None, NO_CAP).await.shown(),
         Err(QueueError::NeedsRebuild.to_string())
     );
     assert_eq!(one.depth().await.shown(), Ok(0));
@@ -83,7 +89,7 @@ async fn redis_lost_state_is_rebuilt_by_two_processes_without_duplicates_body(
         "order restored"
     );
     let next = two
-        .enqueue(id(7), "u1", NO_CAP)
+        .enqueue(id(7), "u1", None, NO_CAP)
         .await
         .expect("enqueue after rebuild");
     assert_eq!((next.ticket, next.position), (7, 6));
@@ -128,7 +134,10 @@ async fn redis_feed_reports_a_gap_when_its_connection_drops_and_then_recovers_bo
 ) {
     let queue = initialised_redis_queue(&url, &prefix).await;
     let mut feed = queue.subscribe();
-    queue.enqueue(id(1), "kim", NO_CAP).await.expect("enqueue");
+    queue
+        .enqueue(id(1), "kim", None, NO_CAP)
+        .await
+        .expect("enqueue");
     assert!(matches!(
         next_item(&mut feed).await,
         FeedItem::Change(QueueChange::Added(_))
@@ -152,7 +161,10 @@ async fn redis_feed_reports_a_gap_when_its_connection_drops_and_then_recovers_bo
     );
 
     // Subscribed again before the gap was reported: the next change arrives.
-    let enqueued = queue.enqueue(id(2), "kim", NO_CAP).await.expect("enqueue");
+    let enqueued = queue
+        .enqueue(id(2), "kim", None, NO_CAP)
+        .await
+        .expect("enqueue");
     assert_eq!(
         next_change(&mut feed).await,
         FeedItem::Change(QueueChange::Added(job(2, "kim", enqueued.ticket)))
@@ -179,7 +191,10 @@ async fn redis_malformed_feed_messages_become_gaps_body(url: String, prefix: Str
             .expect("publish");
         assert_eq!(next_item(&mut feed).await, FeedItem::Gap, "{garbage:?}");
     }
-    let enqueued = queue.enqueue(id(1), "lee", NO_CAP).await.expect("enqueue");
+    let enqueued = queue
+        .enqueue(id(1), "lee", None, NO_CAP)
+        .await
+        .expect("enqueue");
     assert_eq!(
         next_item(&mut feed).await,
         FeedItem::Change(QueueChange::Added(job(1, "lee", enqueued.ticket)))
@@ -218,7 +233,10 @@ async fn redis_calls_fail_promptly_while_redis_is_away_and_work_again_after_body
     let queue =
         initialised_redis_queue(&format!("redis://127.0.0.1:{}", proxy.port), &prefix).await;
     let mut feed = queue.subscribe();
-    queue.enqueue(id(1), "ada", NO_CAP).await.expect("enqueue");
+    queue
+        .enqueue(id(1), "ada", None, NO_CAP)
+        .await
+        .expect("enqueue");
     assert!(matches!(
         next_item(&mut feed).await,
         FeedItem::Change(QueueChange::Added(_))
@@ -226,7 +244,7 @@ async fn redis_calls_fail_promptly_while_redis_is_away_and_work_again_after_body
 
     proxy.cut().await;
     let started = Instant::now();
-    match queue.enqueue(id(2), "ada", NO_CAP).await {
+    match queue.enqueue(id(2), "ada", None, NO_CAP).await {
         Err(QueueError::Redis(RedisError::Failed { .. })) => {}
         other => panic!("expected a Redis failure while Redis is away, got {other:?}"),
     }
@@ -249,7 +267,7 @@ async fn redis_calls_fail_promptly_while_redis_is_away_and_work_again_after_body
     // The subscriber reports its reconnect (after subscribing again) as a gap ...
     assert_eq!(next_item(&mut feed).await, FeedItem::Gap);
     let enqueued = queue
-        .enqueue(id(2), "ada", NO_CAP)
+        .enqueue(id(2), "ada", None, NO_CAP)
         .await
         .expect("enqueue after recovery");
     assert_eq!(enqueued.position, 2, "the queue kept its state");
@@ -290,8 +308,14 @@ async fn redis_an_aborted_enqueue_is_undone_whether_it_landed_before_or_lands_af
 async fn redis_an_aborted_enqueue_is_undone_body(url: String, prefix: String) {
     let queue = initialised_redis_queue(&url, &prefix).await;
     // Landed before the abort: it leaves the queue and the owner's cap.
-    queue.enqueue(id(1), "ann", NO_CAP).await.expect("enqueue");
-    queue.enqueue(id(2), "ann", NO_CAP).await.expect("enqueue");
+    queue
+        .enqueue(id(1), "ann", None, NO_CAP)
+        .await
+        .expect("enqueue");
+    queue
+        .enqueue(id(2), "ann", None, NO_CAP)
+        .await
+        .expect("enqueue");
     assert_eq!(queue.abort(id(1), "ann").await.shown(), Ok(true));
     assert_eq!(queue.position(id(2)).await.shown(), Ok(Some(1)));
     assert_eq!(queue.pending_of("ann").await.shown(), Ok(vec![id(2)]));
@@ -299,7 +323,7 @@ async fn redis_an_aborted_enqueue_is_undone_body(url: String, prefix: String) {
     // Lands after the abort (its reply was lost in a slow Redis): refused, nothing counted.
     assert_eq!(queue.abort(id(3), "ann").await.shown(), Ok(false));
     assert_eq!(
-        queue.enqueue(id(3), "ann", NO_CAP).await.shown(),
+        queue.enqueue(id(3), "ann", None, NO_CAP).await.shown(),
         Err(QueueError::Aborted { id: id(3) }.to_string())
     );
     assert_eq!(queue.depth().await.shown(), Ok(1));
