@@ -78,7 +78,8 @@ impl Ahead<'_> {
 /// Every backend's offer, and from it the rule for positions.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Routing {
-    offers: BTreeMap<String, BTreeSet<Arc<str>>>,
+    /// Each backend's models, sorted (shared by every [`Offer`] made from them).
+    offers: BTreeMap<String, Counted>,
     /// For each model whose backends do not offer every model: the models counted ahead of
     /// its jobs. A model missing here counts every job ahead.
     ahead: HashMap<Arc<str>, Counted>,
@@ -120,17 +121,17 @@ impl Routing {
                 ahead.insert((*model).clone(), counted.clone());
             }
         }
+        let offers = offers
+            .into_iter()
+            .map(|(backend, models)| (backend, models.into_iter().collect()))
+            .collect();
         Routing { offers, ahead }
     }
 
     /// What `backend` offers (`loaded`: the model it has loaded now, if known).
     pub fn offer(&self, backend: &str, loaded: Option<&str>) -> Offer {
         Offer {
-            models: self
-                .offers
-                .get(backend)
-                .map(|models| models.iter().cloned().collect())
-                .unwrap_or_default(),
+            models: self.offers.get(backend).cloned().unwrap_or_default(),
             loaded: loaded.map(Arc::from),
         }
     }

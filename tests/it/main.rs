@@ -16,6 +16,7 @@ mod forge;
 mod hostile;
 mod listings;
 mod lost_slots;
+mod model_routing;
 mod models;
 mod multiprocess;
 mod outages;

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
 /// A simulator offering `models` (the first loaded).
-fn offering(models: &[&str]) -> SimConfig {
+pub(crate) fn offering(models: &[&str]) -> SimConfig {
     SimConfig {
         models: models.iter().map(|name| (*name).to_owned()).collect(),
         ..fast_sim()
@@ -14,7 +14,11 @@ fn offering(models: &[&str]) -> SimConfig {
 }
 
 /// The listing once it satisfies `ready`.
-async fn models_when(client: &Client, token: &str, ready: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn models_when(
+    client: &Client,
+    token: &str,
+    ready: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let (status, listing) = client.get(token, "/api/v1/models").await;

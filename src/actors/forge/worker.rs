@@ -21,6 +21,7 @@
 use super::pool::BusyGuard;
 use super::slot::Slot;
 use super::{Ended, ForgeActor, ForgeDeps, ForgeSettings, Running, Stop, note, seen, state_of};
+use crate::actors::queue::OfferNow;
 use crate::actors::store::StoreError;
 use crate::domain::breaker::{Admission, CallOutcome, pause_before_taking};
 use crate::domain::change::{Change, Refusal, Transition};
@@ -30,6 +31,7 @@ use crate::forge_client::{ForgeClient, ForgeFailure, Generated};
 use crate::images::PLACEHOLDER_URL;
 use crate::metrics::{BackendLabel, OutcomeLabel};
 use actix::Addr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -99,8 +101,7 @@ impl Worker {
                 tokio::time::sleep(pause).await;
                 continue;
             }
-            let offer = self.deps.models.offer(self.client.name());
-            let Some(job) = self.deps.queue.next_job(offer).await else {
+            let Some(job) = self.deps.queue.next_job(self.offer_now()).await else {
                 slot.release().await;
                 return;
             };
@@ -127,6 +128,12 @@ impl Worker {
         if let Some(slot) = kept {
             slot.release().await;
         }
+    }
+
+    /// What this backend offers the queue, read whenever the queue hands out jobs.
+    fn offer_now(&self) -> OfferNow {
+        let (models, backend) = (self.deps.models.clone(), self.client.name().to_owned());
+        Arc::new(move || models.offer(&backend))
     }
 
     /// This backend handed a job to another one: it takes no job for [`HOLD_OFF`] while

@@ -1,10 +1,10 @@
 //! The typed handle to the queue: the actor's messages and direct reads of its store.
 
-use super::{MirrorPositions, NextJob, Pause, QueueActor, Rebuild, SetRouting, rebuild};
+use super::{MirrorPositions, NextJob, OfferNow, Pause, QueueActor, Rebuild, SetRouting, rebuild};
 use crate::db::Database;
 use crate::domain::eta::EtaModel;
 use crate::domain::queue_book::QueuedJob;
-use crate::domain::routing::{Offer, Routing};
+use crate::domain::routing::Routing;
 use crate::events::registry::UserWatch;
 use crate::queue::{Enqueued, QueueError, QueueStore};
 use actix::prelude::*;
@@ -117,9 +117,9 @@ impl QueueHandle {
         self.store.aborted(id).await.unwrap_or(false)
     }
 
-    /// Waits for the next job a backend with `offer` may run; `None` when the queue actor
-    /// stopped.
-    pub async fn next_job(&self, offer: Offer) -> Option<QueuedJob> {
+    /// Waits for the next job a backend may run (`offer` says what it offers whenever asked);
+    /// `None` when the queue actor stopped.
+    pub async fn next_job(&self, offer: OfferNow) -> Option<QueuedJob> {
         let (reply, answer) = oneshot::channel();
         self.addr.do_send(NextJob { reply, offer });
         answer.await.ok()

@@ -109,6 +109,9 @@ impl QueueActor {
         if self.paused {
             return;
         }
+        for waiter in self.waiters.iter_mut().filter(|w| !w.popping) {
+            waiter.offer = (waiter.offer_now)();
+        }
         // No more pops in flight than the mirror says are queued (a pop is a script on Redis:
         // with 128 idle backends, each enqueue sent 16 of which 15 came back empty). At least
         // one: the mirror may not have heard of a job yet (the poll finds it).
@@ -383,20 +386,26 @@ impl StreamHandler<FeedItem> for QueueActor {
     }
 }
 
+/// What a backend offers now: read at each dispatch, since it changes while the backend
+/// waits (its first discovery answers, a job switches its loaded model).
+pub type OfferNow = Arc<dyn Fn() -> Offer + Send + Sync>;
+
 /// A free backend waiting for a job.
 struct Waiter {
     key: u64,
     reply: oneshot::Sender<QueuedJob>,
+    offer_now: OfferNow,
+    /// Its offer as read at the last dispatch.
     offer: Offer,
     popping: bool,
 }
 
-/// Wait for the next job a backend with `offer` may run (a backend is free).
+/// Wait for the next job the backend may run (a backend is free).
 #[derive(Message)]
 #[rtype(result = "()")]
 struct NextJob {
     reply: oneshot::Sender<QueuedJob>,
-    offer: Offer,
+    offer: OfferNow,
 }
 
 impl Handler<NextJob> for QueueActor {
@@ -411,7 +420,8 @@ impl Handler<NextJob> for QueueActor {
         self.waiters.push_back(Waiter {
             key: self.next_waiter,
             reply: msg.reply,
-            offer: msg.offer,
+            offer: (msg.offer)(),
+            offer_now: msg.offer,
             popping: false,
         });
         self.dispatch(ctx);
