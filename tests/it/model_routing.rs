@@ -130,10 +130,10 @@ const SKEW: chrono::TimeDelta = chrono::TimeDelta::milliseconds(40);
 /// Whether a job for `behind` counts a job for `ahead` in its position, with backends
 /// offering `a,b` and `b,c` (the rule of docs/api.md, written out).
 fn counts(behind: Option<&str>, ahead: Option<&str>) -> bool {
-    match (behind, ahead) {
-        (Some("a"), Some("c")) | (Some("c"), Some("a")) => false,
-        _ => true,
-    }
+    !matches!(
+        (behind, ahead),
+        (Some("a"), Some("c")) | (Some("c"), Some("a"))
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
