@@ -5,7 +5,7 @@ use clap::Parser;
 use std::time::Duration;
 
 /// The scenarios `--scenario` accepts, in the order `--help` lists them.
-pub const SCENARIOS: [&str; 11] = [
+pub const SCENARIOS: [&str; 12] = [
     "throughput",
     "latency",
     "fanout",
@@ -17,6 +17,7 @@ pub const SCENARIOS: [&str; 11] = [
     "open",
     "big",
     "listings",
+    "models",
 ];
 
 /// What `--scenario all` runs.
@@ -28,7 +29,7 @@ pub const ALL: [&str; 5] = ["throughput", "latency", "fanout", "hot", "idle"];
 #[command(name = "loadgen", version)]
 pub struct Args {
     /// Scenarios to run, comma-separated: throughput, latency, fanout, hot, idle, soak, flood,
-    /// deep, open, big, listings, or all (= throughput,latency,fanout,hot,idle).
+    /// deep, open, big, listings, models, or all (= throughput,latency,fanout,hot,idle).
     #[arg(long, default_value = "all")]
     pub scenario: String,
 
@@ -63,6 +64,10 @@ pub struct Args {
     /// [default: the system temp dir].
     #[arg(long)]
     pub data_dir_base: Option<std::path::PathBuf>,
+    /// The gateway binary to start [default: forge-gateway beside loadgen] (to measure an
+    /// older build against the same scenario).
+    #[arg(long)]
+    pub gateway_bin: Option<std::path::PathBuf>,
     /// Extra environment for the started gateway, KEY=VALUE (repeatable).
     #[arg(long = "gateway-env")]
     pub gateway_env: Vec<String>,
@@ -167,6 +172,25 @@ pub struct Args {
     /// Print a JSON summary on stdout instead of the Markdown tables (which still go to stderr).
     #[arg(long)]
     pub json: bool,
+    /// models: jobs queued at once.
+    #[arg(long, default_value_t = 60)]
+    pub model_jobs: usize,
+    /// models: the models the jobs ask for, drawn uniformly (seeded by --model-seed).
+    #[arg(long, default_value = "a,b,c", value_delimiter = ',')]
+    pub model_mix: Vec<String>,
+    /// models: each simulator's checkpoints, `;` between simulators (the first of each is
+    /// loaded at start); as many simulators as lists.
+    #[arg(long, default_value = "a,b,c;b,c,a")]
+    pub model_layout: String,
+    /// models: what a checkpoint switch costs in the simulators.
+    #[arg(long, default_value = "3s", value_parser = duration)]
+    pub model_switch: Duration,
+    /// models: a generation's time in the simulators.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    pub model_latency: Duration,
+    /// models: seed of the model draw.
+    #[arg(long, default_value_t = 1)]
+    pub model_seed: u64,
     /// Worker threads of the load generator's runtime.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,

@@ -123,10 +123,16 @@ impl Api {
 
     /// `POST /api/v1/messages` with a small, fast job.
     pub async fn submit(&self, token: &str, prompt: &str) -> Submitted {
-        let body = serde_json::to_vec(&serde_json::json!({
-            "prompt": prompt, "width": 64, "height": 64, "steps": 1
-        }))
-        .unwrap_or_default();
+        self.submit_json(
+            token,
+            serde_json::json!({ "prompt": prompt, "width": 64, "height": 64, "steps": 1 }),
+        )
+        .await
+    }
+
+    /// `POST /api/v1/messages` with `body`.
+    pub async fn submit_json(&self, token: &str, body: serde_json::Value) -> Submitted {
+        let body = serde_json::to_vec(&body).unwrap_or_default();
         let request = self
             .http
             .post(format!("{}/api/v1/messages", self.base))

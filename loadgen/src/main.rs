@@ -160,7 +160,13 @@ async fn run(args: Args) -> Result<bool, String> {
                 let settings = DeploySettings {
                     stores: stores.clone(),
                     sim_latency: "0s".into(),
-                    sims: if many { args.sims } else { 1 },
+                    sims: if name == "models" {
+                        args.model_layout.split(';').count()
+                    } else if many {
+                        args.sims
+                    } else {
+                        1
+                    },
                     forge_slots: if many { args.forge_slots } else { Some(1) },
                     ws_outbox: args.ws_outbox,
                     data_dir_base: args
@@ -168,6 +174,7 @@ async fn run(args: Args) -> Result<bool, String> {
                         .clone()
                         .unwrap_or_else(std::env::temp_dir),
                     extra_env,
+                    gateway_bin: args.gateway_bin.clone(),
                 };
                 let deployment = match Deployment::start(&settings).await {
                     Ok(deployment) => deployment,
@@ -227,6 +234,7 @@ async fn run(args: Args) -> Result<bool, String> {
             "open" => scenarios::open(&ctx).await,
             "big" => scenarios::big(&ctx, deployment.as_mut()).await,
             "listings" => scenarios::listings(&ctx).await,
+            "models" => scenarios::models(&ctx).await,
             _ => unreachable!("checked by args::scenario_list"),
         };
         let mut result = match outcome {

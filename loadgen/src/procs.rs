@@ -256,6 +256,8 @@ pub struct DeploySettings {
     pub data_dir_base: PathBuf,
     /// More environment for the gateway.
     pub extra_env: Vec<(String, String)>,
+    /// The gateway binary, when not the one beside loadgen.
+    pub gateway_bin: Option<PathBuf>,
 }
 
 impl Deployment {
@@ -263,7 +265,10 @@ impl Deployment {
     /// prefix), with dev mode and a high MAX_PENDING_PER_USER.
     pub async fn start(settings: &DeploySettings) -> Result<Deployment, String> {
         let sim_path = sibling("forge-sim")?;
-        let gateway_path = sibling("forge-gateway")?;
+        let gateway_path = match &settings.gateway_bin {
+            Some(path) => path.clone(),
+            None => sibling("forge-gateway")?,
+        };
         let mut sims = Vec::new();
         for _ in 0..settings.sims.max(1) {
             let mut sim_cmd = Command::new(&sim_path);

@@ -13,6 +13,9 @@
 //! - `listings` (issue 22): four concurrent maximum listings of large messages; the gateway's
 //!   memory against the bytes in flight, and another user's `/healthz` and submit latency.
 //!
+//! - `models` (issue 25): a mix of models on backends that switch checkpoints slowly: the time
+//!   to finish a batch and the switches each backend made (routing, and the layout of models).
+//!
 //! `common` holds the helpers (tokens, sessions, accounting, REST read-back), `drive` the load
 //! shapes (closed and open loop), `perf` the optional `perf record` of the gateway.
 
@@ -27,6 +30,7 @@ mod hot;
 mod idle;
 mod latency;
 mod listings;
+mod models;
 mod open;
 mod perf;
 mod soak;
@@ -40,6 +44,7 @@ pub use hot::hot;
 pub use idle::idle;
 pub use latency::latency;
 pub use listings::listings;
+pub use models::models;
 pub use open::open;
 pub use soak::soak;
 pub use throughput::throughput;
