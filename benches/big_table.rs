@@ -75,7 +75,10 @@ async fn bench(label: &str, settings: DbSettings, postgres: bool) {
 
     let cutoff = Utc::now() - Age::minutes(5);
     let scan = timed(|| async {
-        let stuck = db.stuck_jobs(cutoff, true, 1000).await.expect("scan");
+        let stuck = db
+            .stuck_jobs(cutoff, forge_gateway::db::QueuedStuck::All, 1000)
+            .await
+            .expect("scan");
         assert_eq!(stuck.len() as u64, STUCK, "exactly the stuck jobs");
     })
     .await;

@@ -19,7 +19,7 @@ mod rows;
 mod session;
 mod write;
 
-pub use read::{COUNT_PENDING, ListFilter, StoredPage};
+pub use read::{COUNT_PENDING, ListFilter, QueuedRow, QueuedStuck, StoredPage};
 pub use write::{RowResult, RowWork};
 
 use crate::domain::health::WriteHealth;

@@ -9,8 +9,8 @@ use crate::domain::status::JobStatus;
 use chrono::{DateTime, Utc};
 use entity::messages::{Column, Entity};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, Statement,
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, FromQueryResult, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, Statement,
 };
 use uuid::Uuid;
 
@@ -38,6 +38,17 @@ pub const COUNT_PENDING: &str = "SELECT status, COUNT(*) AS count FROM messages 
 pub struct StoredPage {
     rows: Vec<MessageRow>,
     db: Database,
+}
+
+/// Which queued jobs [`Database::stuck_jobs`] may judge.
+#[derive(Clone, Copy, Debug)]
+pub enum QueuedStuck<'a> {
+    /// Every one (the queue is not moving either).
+    All,
+    /// Those that ask for a model none of these (every model a backend lists) is.
+    ForModelsNotIn(&'a [String]),
+    /// None.
+    None,
 }
 
 /// A queued job as the queue is rebuilt from it: id, owner, ticket, model.
@@ -260,24 +271,34 @@ impl Database {
     }
 
     /// Stuck jobs, by one indexed query on `(status, activity_at)`: processing jobs with no
-    /// activity since `cutoff`, and (with `include_queued`) queued ones with none either.
+    /// activity since `cutoff`, and queued ones with none either as `queued` says: all of
+    /// them, or only those asking for a model no backend lists (they would wait forever).
     pub async fn stuck_jobs(
         &self,
         cutoff: DateTime<Utc>,
-        include_queued: bool,
+        queued: QueuedStuck<'_>,
         limit: u64,
     ) -> Result<Vec<(Uuid, String, JobStatus)>, DbError> {
-        let statuses: &[&str] = if include_queued {
-            &PENDING
-        } else {
-            &PENDING[1..]
+        let processing = Column::Status.eq(PENDING[1]);
+        let which = match queued {
+            QueuedStuck::All => Condition::any()
+                .add(processing)
+                .add(Column::Status.eq(PENDING[0])),
+            QueuedStuck::None => Condition::all().add(processing),
+            QueuedStuck::ForModelsNotIn(listed) => Condition::any().add(processing).add(
+                Condition::all()
+                    .add(Column::Status.eq(PENDING[0]))
+                    .add(Column::Model.is_not_null())
+                    .add(Column::Model.is_not_in(listed.iter().map(String::as_str))),
+            ),
         };
         let rows = Entity::find()
             .select_only()
             .column(Column::Id)
             .column(Column::UserId)
             .column(Column::Status)
-            .filter(Column::Status.is_in(statuses.iter().copied()))
+            .filter(Column::Status.is_in(PENDING))
+            .filter(which)
             .filter(Column::ActivityAt.lte(cutoff))
             .limit(limit)
             .into_tuple::<(Uuid, String, String)>()

@@ -128,6 +128,14 @@ impl ModelCatalogue {
         Routing::new(self.last_listed.clone())
     }
 
+    /// Every checkpoint some backend lists (or listed last, while it cannot answer), sorted.
+    pub fn listed_models(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.last_listed.values().flatten().cloned().collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// The checkpoint `backend` has loaded now, if it answered and said.
     pub fn loaded_on(&self, backend: &str) -> Option<&str> {
         self.backends.get(backend)?.loaded.as_deref()

@@ -15,7 +15,9 @@
 
 use super::Gateway;
 use crate::actors::forge::ForgePool;
+use crate::db::QueuedStuck;
 use crate::domain::change::{Change, Transition};
+use crate::domain::models::ModelCatalogue;
 use crate::domain::outages::Outages;
 use crate::metrics::Metrics;
 use actix::prelude::*;
@@ -103,11 +105,17 @@ pub async fn scan_once(deps: &WatchdogDeps, settings: WatchdogSettings) -> usize
                 }
             },
         };
-        match gateway
-            .db()
-            .stuck_jobs(cutoff, include_queued, SCAN_LIMIT)
-            .await
-        {
+        // Jobs for a model no backend lists (asked before any backend answered, or removed
+        // from every backend since) would wait forever while other jobs move the queue.
+        let listed = deps.forge.models().read(ModelCatalogue::listed_models);
+        let queued = if include_queued {
+            QueuedStuck::All
+        } else if deps.outages.queued_cutoff(now, stuck_after).is_some() && !listed.is_empty() {
+            QueuedStuck::ForModelsNotIn(&listed)
+        } else {
+            QueuedStuck::None
+        };
+        match gateway.db().stuck_jobs(cutoff, queued, SCAN_LIMIT).await {
             Ok(candidates) => {
                 for (id, user, status) in candidates {
                     if deps.forge.is_finishing(id) {

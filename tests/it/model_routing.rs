@@ -233,3 +233,61 @@ async fn with_overlapping_backends_a_position_is_the_jobs_that_start_before_it_t
         .await;
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_for_a_model_no_backend_lists_is_marked_stuck_while_the_queue_moves() {
+    let storage = Storage::fresh();
+    // The backend is down at start: nothing is listed yet, so the choice cannot be checked.
+    let sim = start_sim(offering(&["a"])).await;
+    let (sim_config, sim_url) = (sim.config(), sim.url());
+    sim.shutdown().await;
+    let config = config(
+        &storage,
+        std::slice::from_ref(&sim_url),
+        &[
+            "--models-refresh",
+            "200ms",
+            "--stuck-after",
+            "1s",
+            "--watchdog-interval",
+            "100ms",
+        ],
+    );
+    let app = forge_gateway::app::start(config).await.expect("starts");
+    let client = Client {
+        base: app.url(),
+        http: http_client(),
+    };
+    let token = client.token("dora").await;
+    let (stranded, _) = submit_for(&client, &token, Some("zzz")).await;
+    let port: std::net::SocketAddr = sim_url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("an address");
+    let _back = SimServer::start(port, sim_config)
+        .await
+        .expect("the backend starts again on its port");
+    models_when(&client, &token, |listing| {
+        listing["models"].as_array().is_some_and(|m| m.len() == 1)
+    })
+    .await;
+    // Jobs for a keep the queue moving, so only its model can make the job stuck.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let failed = loop {
+        let (id, _) = submit_for(&client, &token, Some("a")).await;
+        completed(&client, &token, &id).await;
+        let (_, message) = client
+            .get(&token, &format!("/api/v1/messages/{stranded}"))
+            .await;
+        if message["status"] == "error" {
+            break message;
+        }
+        assert_eq!(message["status"], "queued", "{message}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never marked: {message}"
+        );
+    };
+    assert_eq!(failed["error"]["code"], "stuck_job", "{failed}");
+    app.shutdown().await;
+}

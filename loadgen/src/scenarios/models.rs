@@ -68,7 +68,11 @@ pub async fn models(ctx: &Ctx) -> Res<ScenarioResult> {
     let asked: Vec<String> = (0..args.model_jobs)
         .map(|_| args.model_mix[draw.random_range(0..args.model_mix.len())].clone())
         .collect();
-    log(format!("models: {} jobs, mix {:?}", asked.len(), args.model_mix));
+    log(format!(
+        "models: {} jobs, mix {:?}",
+        asked.len(),
+        args.model_mix
+    ));
     let started = Instant::now();
     let mut ids: Vec<Uuid> = Vec::new();
     for (n, model) in asked.iter().enumerate() {
@@ -93,7 +97,10 @@ pub async fn models(ctx: &Ctx) -> Res<ScenarioResult> {
     }
     let took = started.elapsed();
     result.rows.push(Row::new(
-        format!("{} jobs finished ({complete} complete, {failed} failed)", ids.len()),
+        format!(
+            "{} jobs finished ({complete} complete, {failed} failed)",
+            ids.len()
+        ),
         format!("{:.1} s", took.as_secs_f64()),
         None,
     ));
@@ -103,7 +110,11 @@ pub async fn models(ctx: &Ctx) -> Res<ScenarioResult> {
         let switches = stats["model_switches"].as_u64().unwrap_or(0);
         total += switches;
         result.rows.push(Row::new(
-            format!("backend {} ({}): jobs, switches", n + 1, layout[n].join(",")),
+            format!(
+                "backend {} ({}): jobs, switches",
+                n + 1,
+                layout[n].join(",")
+            ),
             format!("{}, {switches}", stats["completed"].as_u64().unwrap_or(0)),
             None,
         ));
@@ -151,7 +162,12 @@ async fn wait_terminal(ctx: &Ctx, token: &str, id: Uuid, since: Instant) -> Res<
 }
 
 async fn sim_stats(ctx: &Ctx, sim: &str) -> Res<Value> {
-    get_json(ctx, &format!("{}/sim/stats", sim.trim_end_matches('/')), None).await
+    get_json(
+        ctx,
+        &format!("{}/sim/stats", sim.trim_end_matches('/')),
+        None,
+    )
+    .await
 }
 
 async fn reset_stats(ctx: &Ctx, sim: &str) -> Res<()> {
