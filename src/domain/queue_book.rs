@@ -190,10 +190,13 @@ impl QueueBook {
         let index = self.index_of(job.ticket, &job.id)?;
         let ahead = match self.routing.ahead_of(job.model.as_deref()) {
             Ahead::All => index,
-            Ahead::Models(models) => std::iter::once(None)
-                .chain(models.iter().cloned().map(Some))
-                .filter_map(|lane| self.lanes.get(&lane))
-                .map(|lane| lane.partition_point(|(ticket, _)| *ticket < job.ticket))
+            // Over the lanes that hold jobs (the models queued now), not over every model the
+            // job's backends list (a backend may list thousands).
+            ahead @ Ahead::Models(_) => self
+                .lanes
+                .iter()
+                .filter(|(model, _)| ahead.counts(model.as_deref()))
+                .map(|(_, lane)| lane.partition_point(|(ticket, _)| *ticket < job.ticket))
                 .sum(),
         };
         Some(ahead as u32 + 1)

@@ -155,11 +155,16 @@ impl Routing {
         self.ahead.is_empty()
     }
 
-    /// The models whose jobs do not count every job ahead, each with those that do count.
-    pub fn partial(&self) -> impl Iterator<Item = (&Arc<str>, &[Arc<str>])> + '_ {
-        self.ahead
+    /// The models whose jobs do not count every job ahead.
+    pub fn partial(&self) -> impl Iterator<Item = &Arc<str>> + '_ {
+        self.ahead.keys()
+    }
+
+    /// Each backend's models, by backend name.
+    pub fn offers(&self) -> impl Iterator<Item = (&str, &[Arc<str>])> + '_ {
+        self.offers
             .iter()
-            .map(|(model, ahead)| (model, ahead.as_ref()))
+            .map(|(backend, models)| (backend.as_str(), models.as_ref()))
     }
 }
 

@@ -2,7 +2,7 @@
 -- the enqueue, if it reaches Redis later, is refused; if it landed already, take the job out
 -- of the queue and its model's lane (publishing the removal) and out of its owner's pending
 -- cap.
--- KEYS: 1 tombstone, 2 queue, 3 jobs, 4 pending:<user>, 5 users, 6 feedseq, 7 models
+-- KEYS: 1 tombstone, 2 queue, 3 jobs, 4 pending:<user>, 5 users, 6 feedseq, 7 models, 8 lanes
 -- ARGV: 1 id, 2 user, 3 feed channel, 4 tombstone lifetime (s), 5 key base
 -- Returns 1 if the job had landed, 0 otherwise.
 redis.call('SET', KEYS[1], '1', 'EX', tonumber(ARGV[4]))
@@ -10,8 +10,12 @@ local removed = redis.call('ZREM', KEYS[2], ARGV[1])
 if removed == 1 then
   local model = redis.call('HGET', KEYS[7], ARGV[1])
   if model then
-    redis.call('ZREM', ARGV[5] .. 'lane:' .. model, ARGV[1])
+    local lane = ARGV[5] .. 'lane:' .. model
+    redis.call('ZREM', lane, ARGV[1])
     redis.call('HDEL', KEYS[7], ARGV[1])
+    if redis.call('ZCARD', lane) == 0 then
+      redis.call('SREM', KEYS[8], model)
+    end
   else
     redis.call('ZREM', ARGV[5] .. 'lane', ARGV[1])
   end

@@ -70,6 +70,8 @@ pub(super) struct Keys {
     pub(super) jobs: String,
     /// Job id → the model it asks for (jobs without one are not in it).
     pub(super) models: String,
+    /// The models that have queued jobs (whose lanes are not empty).
+    pub(super) lanes: String,
     pub(super) users: String,
     pub(super) moved: String,
     pub(super) feedseq: String,
@@ -85,6 +87,7 @@ impl Keys {
             queue: key("queue"),
             jobs: key("jobs"),
             models: key("models"),
+            lanes: key("lanes"),
             users: key("users"),
             moved: key("moved"),
             feedseq: key("feedseq"),
@@ -116,6 +119,7 @@ mod tests {
             &keys.queue,
             &keys.jobs,
             &keys.models,
+            &keys.lanes,
             &keys.users,
             &keys.moved,
             &keys.feedseq,

@@ -13,6 +13,7 @@
 //! | `{p}:models` | hash | job id → the model it asks for (jobs that ask for one) |
 //! | `{p}:lane:<model>` | sorted set | the jobs for one model, id → ticket |
 //! | `{p}:lane` | sorted set | the jobs without a model, id → ticket |
+//! | `{p}:lanes` | set | the models that have queued jobs (the lanes a position looks at) |
 //! | `{p}:pending:<user>` | set | job ids counted against the user's pending cap |
 //! | `{p}:users` | set | users with a pending set (so a rebuild can reset them all) |
 //! | `{p}:moved` | string | when the queue last moved, ms since the epoch |
@@ -241,6 +242,7 @@ impl QueueStore for RedisQueue {
             self.keys.users.clone(),
             self.keys.aborted(id),
             self.keys.models.clone(),
+            self.keys.lanes.clone(),
         ];
         let mut args: Vec<Value> = vec![
             id.to_string().into(),
@@ -250,7 +252,7 @@ impl QueueStore for RedisQueue {
             model.unwrap_or("").into(),
             self.keys.base.clone().into(),
         ];
-        args.extend(self.routing.read().counted_ahead_of(model));
+        args.extend(self.routing.read().for_enqueue(model));
         let reply = self.run(&self.scripts.enqueue, keys, args).await?;
         let fields = match &reply {
             Value::Array(fields) => fields,
@@ -285,6 +287,7 @@ impl QueueStore for RedisQueue {
             self.keys.users.clone(),
             self.keys.feedseq.clone(),
             self.keys.models.clone(),
+            self.keys.lanes.clone(),
         ];
         let args: Vec<Value> = vec![
             id.to_string().into(),
@@ -316,6 +319,7 @@ impl QueueStore for RedisQueue {
             self.keys.moved.clone(),
             self.keys.feedseq.clone(),
             self.keys.models.clone(),
+            self.keys.lanes.clone(),
         ];
         let mut args: Vec<Value> = vec![
             Utc::now().timestamp_millis().into(),
@@ -362,6 +366,7 @@ impl QueueStore for RedisQueue {
             self.keys.jobs.clone(),
             self.keys.feedseq.clone(),
             self.keys.models.clone(),
+            self.keys.lanes.clone(),
         ];
         let args: Vec<Value> = vec![
             job.id.to_string().into(),
@@ -381,6 +386,7 @@ impl QueueStore for RedisQueue {
             self.keys.jobs.clone(),
             self.keys.feedseq.clone(),
             self.keys.models.clone(),
+            self.keys.lanes.clone(),
         ];
         let args: Vec<Value> = vec![
             id.to_string().into(),

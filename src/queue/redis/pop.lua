@@ -1,6 +1,6 @@
 -- Take the first job the calling backend may run (any job without a model, or one for a model
 -- it offers), forget it, record that the queue moved and publish the removal.
--- KEYS: 1 queue, 2 jobs, 3 moved, 4 feedseq, 5 models
+-- KEYS: 1 queue, 2 jobs, 3 moved, 4 feedseq, 5 models, 6 lanes (the models with queued jobs)
 -- ARGV: 1 now (ms since the epoch), 2 feed channel, 3 key base, 4.. the models it offers
 -- Returns {id, ticket, user[, model]} or nil when it may run no queued job.
 local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
@@ -33,8 +33,12 @@ if model and not offered[model] then
 end
 redis.call('ZREM', KEYS[1], id)
 if model then
-  redis.call('ZREM', ARGV[3] .. 'lane:' .. model, id)
+  local lane = ARGV[3] .. 'lane:' .. model
+  redis.call('ZREM', lane, id)
   redis.call('HDEL', KEYS[5], id)
+  if redis.call('ZCARD', lane) == 0 then
+    redis.call('SREM', KEYS[6], model)
+  end
 else
   redis.call('ZREM', ARGV[3] .. 'lane', id)
 end

@@ -1,18 +1,51 @@
 -- The positions of several jobs where backends offer different models: for each job, 1 + the
--- jobs ahead of it that count (those without a model, and those for the models its routing
--- lists); a job whose model is not listed counts every job ahead (its rank).
--- KEYS: 1 queue, 2 models
--- ARGV: 1 key base, 2 routing: lines `model<TAB>counted<TAB>counted…` joined by newlines,
---   3.. job ids
+-- jobs ahead of it that count (see domain/routing.rs); a job whose model's jobs count every
+-- job ahead (or without a model) gets its rank.
+-- KEYS: 1 queue, 2 models, 3 lanes (the models with queued jobs)
+-- ARGV: 1 key base, 2 the routing (below), 3.. job ids
 -- Returns one position (or nil, not queued) per id.
-local counted = {}
-for line in string.gmatch(ARGV[2], '[^\n]+') do
-  local fields = {}
-  for field in string.gmatch(line, '[^\t]+') do
-    fields[#fields + 1] = field
+-- The routing (ARGV spec): one line per listed model, `model<TAB>backends<TAB>partial`, where
+-- `backends` has one 0/1 per backend (1: it lists the model) and `partial` is 1 when the
+-- model's jobs do not count every job ahead.
+local function parse_routing(spec)
+  local masks, partial = {}, {}
+  for line in string.gmatch(spec, '[^\n]+') do
+    local model, bits, part = string.match(line, '^([^\t]+)\t([01]+)\t([01])$')
+    if model then
+      masks[model] = bits
+      partial[model] = part == '1'
+    end
   end
-  counted[fields[1]] = fields
+  return masks, partial
 end
+
+local function share_a_backend(a, b)
+  for i = 1, math.min(#a, #b) do
+    if string.byte(a, i) == 49 and string.byte(b, i) == 49 then
+      return true
+    end
+  end
+  return false
+end
+
+-- 1 + the jobs ahead of `ticket` that count for a job for `model` (a partial one): those
+-- without a model, and those in the lanes (`active`: the models queued now) whose model
+-- shares a backend with it.
+local function counted_position(base, active, masks, model, ticket)
+  local below = '(' .. ticket
+  local position = 1 + redis.call('ZCOUNT', base .. 'lane', '-inf', below)
+  local own = masks[model]
+  for _, lane in ipairs(active) do
+    local theirs = masks[lane]
+    if theirs and share_a_backend(own, theirs) then
+      position = position + redis.call('ZCOUNT', base .. 'lane:' .. lane, '-inf', below)
+    end
+  end
+  return position
+end
+
+local masks, partial = parse_routing(ARGV[2])
+local active = redis.call('SMEMBERS', KEYS[3])
 local out = {}
 for i = 3, #ARGV do
   local id = ARGV[i]
@@ -21,16 +54,10 @@ for i = 3, #ARGV do
     out[#out + 1] = false
   else
     local model = redis.call('HGET', KEYS[2], id)
-    local lanes = model and counted[model]
-    if not lanes then
-      out[#out + 1] = redis.call('ZRANK', KEYS[1], id) + 1
+    if model and partial[model] then
+      out[#out + 1] = counted_position(ARGV[1], active, masks, model, ticket)
     else
-      local below = '(' .. ticket
-      local position = 1 + redis.call('ZCOUNT', ARGV[1] .. 'lane', '-inf', below)
-      for j = 2, #lanes do
-        position = position + redis.call('ZCOUNT', ARGV[1] .. 'lane:' .. lanes[j], '-inf', below)
-      end
-      out[#out + 1] = position
+      out[#out + 1] = redis.call('ZRANK', KEYS[1], id) + 1
     end
   end
 end

@@ -6,6 +6,7 @@ use super::{RedisQueue, unavailable, unexpected};
 use crate::domain::routing::{Ahead, Routing};
 use crate::queue::QueueError;
 use fred::prelude::{SortedSetsInterface, Value};
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -13,35 +14,47 @@ use uuid::Uuid;
 #[derive(Default)]
 pub(super) struct RoutingArgs {
     routing: Arc<Routing>,
-    /// `model<TAB>counted<TAB>…` lines for `positions.lua` (empty while uniform).
+    /// One line per listed model, `model<TAB>backends<TAB>partial`: `backends` a 0/1 per
+    /// backend (1: it lists the model), `partial` 1 when its jobs do not count every job
+    /// ahead. Its size grows with the models listed (one line each), not with their square:
+    /// the scripts work out which lanes share a backend.
     spec: String,
 }
 
 impl RoutingArgs {
     pub(super) fn new(routing: Arc<Routing>) -> RoutingArgs {
+        let backends: Vec<&[Arc<str>]> = routing.offers().map(|(_, models)| models).collect();
+        let partial: HashSet<&Arc<str>> = routing.partial().collect();
+        let listed: BTreeSet<&Arc<str>> =
+            backends.iter().flat_map(|models| models.iter()).collect();
         // Names are checked (no control characters), so tabs and newlines separate them.
-        let spec = routing
-            .partial()
-            .map(|(model, counted)| {
-                std::iter::once(model.as_ref())
-                    .chain(counted.iter().map(AsRef::as_ref))
-                    .collect::<Vec<&str>>()
-                    .join("\t")
+        let spec = listed
+            .into_iter()
+            .map(|model| {
+                let mask: String = backends
+                    .iter()
+                    .map(|models| {
+                        if models.binary_search(model).is_ok() {
+                            '1'
+                        } else {
+                            '0'
+                        }
+                    })
+                    .collect();
+                let part = if partial.contains(model) { '1' } else { '0' };
+                format!("{model}\t{mask}\t{part}")
             })
             .collect::<Vec<_>>()
             .join("\n");
         RoutingArgs { routing, spec }
     }
 
-    /// The models whose jobs count ahead of a new job for `model`, as `enqueue.lua` takes
-    /// them (none: every job ahead counts).
-    pub(super) fn counted_ahead_of(&self, model: Option<&str>) -> Vec<Value> {
+    /// What `enqueue.lua` takes to count a new job's position: the routing when the job's
+    /// model does not count every job ahead, else nothing (its rank).
+    pub(super) fn for_enqueue(&self, model: Option<&str>) -> Vec<Value> {
         match self.routing.ahead_of(model) {
             Ahead::All => Vec::new(),
-            Ahead::Models(models) => models
-                .iter()
-                .map(|model| Value::from(model.as_ref()))
-                .collect(),
+            Ahead::Models(_) => vec![Value::from(self.spec.as_str())],
         }
     }
 }
@@ -59,7 +72,11 @@ impl RedisQueue {
         let Some(spec) = spec else {
             return self.ranks(ids).await;
         };
-        let keys = vec![self.keys.queue.clone(), self.keys.models.clone()];
+        let keys = vec![
+            self.keys.queue.clone(),
+            self.keys.models.clone(),
+            self.keys.lanes.clone(),
+        ];
         let mut args: Vec<Value> = vec![self.keys.base.clone().into(), spec.into()];
         args.extend(ids.iter().map(|id| Value::from(id.to_string())));
         let reply = self.run(&self.scripts.positions, keys, args).await?;

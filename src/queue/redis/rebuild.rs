@@ -40,6 +40,7 @@ impl RedisQueue {
                 self.keys.jobs.clone(),
                 self.keys.feedseq.clone(),
                 self.keys.models.clone(),
+                self.keys.lanes.clone(),
             ];
             let reply = self.run(&self.scripts.rebuild_jobs, keys, args).await?;
             let count = reply

@@ -1,7 +1,7 @@
 -- Put back the jobs of one rebuild chunk the queue lacks (ZADD NX: never twice, also with
 -- concurrent rebuilds), in the given (ticket) order, each in its model's lane, publishing each
 -- addition.
--- KEYS: 1 queue, 2 jobs, 3 feedseq, 4 models
+-- KEYS: 1 queue, 2 jobs, 3 feedseq, 4 models, 5 lanes (the models with queued jobs)
 -- ARGV: 1 feed channel, 2 key base, then quadruples id, ticket, user, model ('' for none)
 -- Returns the number of jobs added.
 local added = 0
@@ -15,6 +15,7 @@ for i = 3, #ARGV, 4 do
     else
       redis.call('ZADD', ARGV[2] .. 'lane:' .. model, ticket, id)
       redis.call('HSET', KEYS[4], id, model)
+      redis.call('SADD', KEYS[5], model)
       token = string.gsub(model, '.', function(c) return string.format('%02x', c:byte()) end)
     end
     local seq = redis.call('INCR', KEYS[3])

@@ -1,14 +1,18 @@
 -- Remove a queued job (from the queue and its model's lane) and publish the removal if it was
 -- there.
--- KEYS: 1 queue, 2 jobs, 3 feedseq, 4 models
+-- KEYS: 1 queue, 2 jobs, 3 feedseq, 4 models, 5 lanes (the models with queued jobs)
 -- ARGV: 1 id, 2 feed channel, 3 key base
 -- Returns 1 if it was queued, 0 otherwise.
 local removed = redis.call('ZREM', KEYS[1], ARGV[1])
 if removed == 1 then
   local model = redis.call('HGET', KEYS[4], ARGV[1])
   if model then
-    redis.call('ZREM', ARGV[3] .. 'lane:' .. model, ARGV[1])
+    local lane = ARGV[3] .. 'lane:' .. model
+    redis.call('ZREM', lane, ARGV[1])
     redis.call('HDEL', KEYS[4], ARGV[1])
+    if redis.call('ZCARD', lane) == 0 then
+      redis.call('SREM', KEYS[5], model)
+    end
   else
     redis.call('ZREM', ARGV[3] .. 'lane', ARGV[1])
   end

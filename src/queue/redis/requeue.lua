@@ -1,6 +1,6 @@
 -- Put a job back with its own ticket (in the queue and its model's lane) unless it is queued
 -- already; publish only a real change.
--- KEYS: 1 queue, 2 jobs, 3 feedseq, 4 models
+-- KEYS: 1 queue, 2 jobs, 3 feedseq, 4 models, 5 lanes (the models with queued jobs)
 -- ARGV: 1 id, 2 ticket, 3 user, 4 feed channel, 5 model ('' for none), 6 key base
 -- Returns 1 if it was added, 0 if it was queued already.
 local added = redis.call('ZADD', KEYS[1], 'NX', ARGV[2], ARGV[1])
@@ -12,6 +12,7 @@ if added == 1 then
   else
     redis.call('ZADD', ARGV[6] .. 'lane:' .. ARGV[5], ARGV[2], ARGV[1])
     redis.call('HSET', KEYS[4], ARGV[1], ARGV[5])
+    redis.call('SADD', KEYS[5], ARGV[5])
     token = string.gsub(ARGV[5], '.', function(c) return string.format('%02x', c:byte()) end)
   end
   local seq = redis.call('INCR', KEYS[3])
