@@ -151,8 +151,9 @@ impl QueueActor {
 
     /// The idle waiters in the order their pops go out: walking the mirror from its head,
     /// each job goes to a free backend that can run it, the one with its model loaded first
-    /// (so among free backends a job lands where no switch is needed); waiters the mirror
-    /// has no job for come last (for the poll's one pop, in case the mirror is behind).
+    /// (so among free backends a job lands where no switch is needed). When the mirror has a
+    /// job for none of them (within [`PLAN_AHEAD`] jobs), the first one pops anyway: the
+    /// mirror may be behind, and the store knows what it may take.
     fn pop_order(&self) -> Vec<u64> {
         let mut idle: Vec<&Waiter> = self.waiters.iter().filter(|w| !w.popping).collect();
         let mut order = Vec::with_capacity(idle.len());
