@@ -291,3 +291,48 @@ async fn a_job_for_a_model_no_backend_lists_is_marked_stuck_while_the_queue_move
     assert_eq!(failed["error"]["code"], "stuck_job", "{failed}");
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_only_backend_fails_is_not_handed_to_a_backend_that_lacks_its_model() {
+    let storage = Storage::fresh();
+    let one = start_sim(offering(&["a", "b"])).await;
+    let two = start_sim(SimConfig {
+        latency: Latency::Fixed(Duration::from_secs(30)),
+        ..offering(&["b", "c"])
+    })
+    .await;
+    let (app, client) = gateway_on(&storage, &[&one, &two], 3).await;
+    let token = client.token("erin").await;
+    let (first, _) = submit_for(&client, &token, Some("c")).await;
+    client
+        .wait_message(&token, &first, |m| m["status"] == "processing")
+        .await;
+    // The only backend with c dies mid-generation: the healthy one lacks c, so the job is
+    // not handed to it (it would come back and be declined, over and over); it fails as on
+    // a gateway with one backend.
+    let (two_config, two_url) = (two.config(), two.url());
+    two.shutdown().await;
+    let failed = client
+        .wait_message(&token, &first, |m| m["status"] != "processing")
+        .await;
+    assert_eq!(failed["status"], "error", "{failed}");
+    // Back on its port, it takes jobs for c at once.
+    let port: std::net::SocketAddr = two_url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("an address");
+    let _back = SimServer::start(
+        port,
+        SimConfig {
+            latency: Latency::Fixed(Duration::from_millis(20)),
+            ..two_config
+        },
+    )
+    .await
+    .expect("the backend starts again on its port");
+    let (second, _) = submit_for(&client, &token, Some("c")).await;
+    let done = completed(&client, &token, &second).await;
+    assert_eq!(done["model"], "c", "{done}");
+    assert_eq!(one.stats().completed, 0, "nothing for c ran where c is not");
+    app.shutdown().await;
+}

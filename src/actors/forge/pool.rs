@@ -29,6 +29,20 @@ impl BackendHealth {
             .any(|(name, state)| name != backend && *state == BreakerState::Closed)
     }
 
+    /// Whether a backend other than `backend` is healthy and lists `model`: only then may a
+    /// job for it be handed to "another backend" (one nobody else lists would come back here
+    /// and be declined again and again).
+    pub(super) fn another_can_run(
+        &self,
+        backend: &str,
+        models: &ModelsSeen,
+        model: Option<&str>,
+    ) -> bool {
+        self.0.read().iter().any(|(name, state)| {
+            name != backend && *state == BreakerState::Closed && models.offer(name).can_run(model)
+        })
+    }
+
     /// Each backend's breaker state.
     pub fn states(&self) -> Vec<(String, BreakerState)> {
         let mut states: Vec<_> = self.0.read().iter().map(|(n, s)| (n.clone(), *s)).collect();

@@ -130,6 +130,15 @@ impl Worker {
         }
     }
 
+    /// Whether another healthy backend lists the job's model (so it may run there instead).
+    fn another_can_run(&self, job: &QueuedJob) -> bool {
+        self.deps.health.another_can_run(
+            self.client.name(),
+            &self.deps.models,
+            job.model.as_deref(),
+        )
+    }
+
     /// What this backend offers the queue, read whenever the queue hands out jobs.
     fn offer_now(&self) -> OfferNow {
         let (models, backend) = (self.deps.models.clone(), self.client.name().to_owned());
@@ -274,7 +283,7 @@ impl Worker {
         started: Instant,
         busy: &BusyGuard,
     ) -> bool {
-        if self.deps.health.another_is_closed(self.client.name()) {
+        if self.another_can_run(job) {
             tracing::info!(backend = self.client.name(), job = %job.id, "breaker opened meanwhile: handing the job to a healthy backend");
             self.hand_back(job, message.runs, true).await;
             return true;
@@ -309,7 +318,7 @@ impl Worker {
         if failure.may_run_elsewhere()
             && !progressed
             && message.runs == 1
-            && self.deps.health.another_is_closed(self.client.name())
+            && self.another_can_run(job)
         {
             self.deps.metrics.forge_failovers.inc();
             tracing::info!(job = %job.id, backend = self.client.name(), "handing the failed job to another backend");
@@ -346,7 +355,7 @@ impl Worker {
     /// still be in flight, so a missing record is waited for a little; a record that cannot be
     /// read or written is tried a few times, then the job is failed.
     async fn mark_processing(&self, job: &QueuedJob) -> Started {
-        let may_decline = self.deps.health.another_is_closed(self.client.name());
+        let may_decline = self.another_can_run(job);
         let change = || {
             Change::Transition(Transition::Processing {
                 backend: self.client.name().to_owned(),
