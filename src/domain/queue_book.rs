@@ -189,7 +189,17 @@ impl QueueBook {
     fn position_of(&self, job: &QueuedJob) -> Option<u32> {
         let index = self.index_of(job.ticket, &job.id)?;
         let ahead = match self.routing.ahead_of(job.model.as_deref()) {
-            Ahead::All => index,
+            // Every job ahead but those whose model no backend lists any more (they can take
+            // no backend; the watchdog ends them).
+            Ahead::All => {
+                index
+                    - self
+                        .lanes
+                        .iter()
+                        .filter(|(model, _)| !self.routing.can_be_run(model.as_deref()))
+                        .map(|(_, lane)| lane.partition_point(|(ticket, _)| *ticket < job.ticket))
+                        .sum::<usize>()
+            }
             // Over the lanes that hold jobs (the models queued now), not over every model the
             // job's backends list (a backend may list thousands).
             ahead @ Ahead::Models(_) => self

@@ -80,6 +80,8 @@ impl Ahead<'_> {
 pub struct Routing {
     /// Each backend's models, sorted (shared by every [`Offer`] made from them).
     offers: BTreeMap<String, Counted>,
+    /// Every model some backend lists.
+    listed: BTreeSet<Arc<str>>,
     /// For each model whose backends do not offer every model: the models counted ahead of
     /// its jobs. A model missing here counts every job ahead.
     ahead: HashMap<Arc<str>, Counted>,
@@ -121,11 +123,16 @@ impl Routing {
                 ahead.insert((*model).clone(), counted.clone());
             }
         }
+        let listed = every.into_iter().cloned().collect();
         let offers = offers
             .into_iter()
             .map(|(backend, models)| (backend, models.into_iter().collect()))
             .collect();
-        Routing { offers, ahead }
+        Routing {
+            offers,
+            listed,
+            ahead,
+        }
     }
 
     /// What `backend` offers (`loaded`: the model it has loaded now, if known).
@@ -149,10 +156,16 @@ impl Routing {
         }
     }
 
-    /// Whether every job's position is its rank (no model is offered by a backend that lacks
-    /// another model).
-    pub fn is_uniform(&self) -> bool {
-        self.ahead.is_empty()
+    /// Whether a job for `model` can take some backend: no model, or one a backend lists (or
+    /// nothing is known yet: no backend has listed anything). Jobs that cannot (their model
+    /// was removed from every backend) count in nobody's position.
+    pub fn can_be_run(&self, model: Option<&str>) -> bool {
+        model.is_none_or(|model| self.listed.is_empty() || self.listed.contains(model))
+    }
+
+    /// Whether no backend has listed any model yet (every position is a rank).
+    pub fn knows_nothing(&self) -> bool {
+        self.listed.is_empty()
     }
 
     /// The models whose jobs do not count every job ahead.
@@ -184,8 +197,14 @@ mod tests {
     #[test]
     fn when_every_backend_offers_everything_every_job_ahead_counts() {
         let routing = routing(&[("one", &["a", "b"]), ("two", &["b", "a"])]);
-        assert!(routing.is_uniform());
+        assert_eq!(routing.partial().count(), 0);
         assert_eq!(routing.ahead_of(Some("a")), Ahead::All);
+        assert!(routing.can_be_run(Some("a")) && routing.can_be_run(None));
+        assert!(!routing.can_be_run(Some("unknown")), "counts for nobody");
+        assert!(
+            Routing::default().can_be_run(Some("unknown")),
+            "nothing is known yet"
+        );
         assert_eq!(routing.ahead_of(None), Ahead::All);
         assert_eq!(routing.ahead_of(Some("unknown")), Ahead::All);
     }
@@ -193,7 +212,7 @@ mod tests {
     #[test]
     fn with_overlapping_offers_only_jobs_that_share_a_backend_count() {
         let routing = routing(&[("one", &["a", "b"]), ("two", &["b", "c"])]);
-        assert!(!routing.is_uniform());
+        assert_eq!(routing.partial().count(), 2);
         let a = routing.ahead_of(Some("a"));
         assert!(a.counts(Some("a")) && a.counts(Some("b")) && a.counts(None));
         assert!(!a.counts(Some("c")), "a job for c never takes backend one");

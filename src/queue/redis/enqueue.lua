@@ -4,7 +4,7 @@
 -- KEYS: 1 ticket, 2 queue, 3 jobs, 4 pending:<user>, 5 feedseq, 6 users, 7 tombstone, 8 models,
 --   9 lanes (the models with queued jobs)
 -- ARGV: 1 id, 2 user, 3 max_pending, 4 feed channel, 5 model ('' for none), 6 key base,
---   7 the routing, when the model's jobs do not count every job ahead (see below)
+--   7 the routing (see below), once some backend has listed models (without it: the rank)
 -- Lanes: `<base>lane:<model>` (jobs for a model) and `<base>lane` (jobs without one), sorted
 -- sets by ticket, under the same hash tag as every other key.
 -- Returns {1, ticket, position} | {-1} lost state | {-2} over the cap | {-3} queued already
@@ -31,6 +31,19 @@ local function share_a_backend(a, b)
     end
   end
   return false
+end
+
+-- 1 + the jobs ahead of `id` (at `ticket`) but those whose model no backend lists any more
+-- (lanes without a line in the routing: they can take no backend).
+local function rank_position(base, active, masks, queue, id, ticket)
+  local position = redis.call('ZRANK', queue, id) + 1
+  local below = '(' .. ticket
+  for _, lane in ipairs(active) do
+    if not masks[lane] then
+      position = position - redis.call('ZCOUNT', base .. 'lane:' .. lane, '-inf', below)
+    end
+  end
+  return position
 end
 
 -- 1 + the jobs ahead of `ticket` that count for a job for `model` (a partial one): those
@@ -76,9 +89,14 @@ end
 redis.call('SADD', KEYS[4], ARGV[1])
 redis.call('SADD', KEYS[6], ARGV[2])
 local position
-local masks, partial = parse_routing(ARGV[7] or '')
-if model ~= '' and partial[model] then
-  position = counted_position(ARGV[6], redis.call('SMEMBERS', KEYS[9]), masks, model, ticket)
+if ARGV[7] then
+  local masks, partial = parse_routing(ARGV[7])
+  local active = redis.call('SMEMBERS', KEYS[9])
+  if model ~= '' and partial[model] then
+    position = counted_position(ARGV[6], active, masks, model, ticket)
+  else
+    position = rank_position(ARGV[6], active, masks, KEYS[2], ARGV[1], ticket)
+  end
 else
   position = redis.call('ZRANK', KEYS[2], ARGV[1]) + 1
 end

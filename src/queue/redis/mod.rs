@@ -252,7 +252,7 @@ impl QueueStore for RedisQueue {
             model.unwrap_or("").into(),
             self.keys.base.clone().into(),
         ];
-        args.extend(self.routing.read().for_enqueue(model));
+        args.extend(self.routing.read().for_enqueue());
         let reply = self.run(&self.scripts.enqueue, keys, args).await?;
         let fields = match &reply {
             Value::Array(fields) => fields,

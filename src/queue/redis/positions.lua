@@ -1,6 +1,6 @@
--- The positions of several jobs where backends offer different models: for each job, 1 + the
--- jobs ahead of it that count (see domain/routing.rs); a job whose model's jobs count every
--- job ahead (or without a model) gets its rank.
+-- The positions of several jobs once backends have listed models: for each job, 1 + the jobs
+-- ahead of it that count (see domain/routing.rs); a job whose model's jobs count every job
+-- ahead (or without a model) gets its rank less the jobs ahead whose model nobody lists.
 -- KEYS: 1 queue, 2 models, 3 lanes (the models with queued jobs)
 -- ARGV: 1 key base, 2 the routing (below), 3.. job ids
 -- Returns one position (or nil, not queued) per id.
@@ -26,6 +26,19 @@ local function share_a_backend(a, b)
     end
   end
   return false
+end
+
+-- 1 + the jobs ahead of `id` (at `ticket`) but those whose model no backend lists any more
+-- (lanes without a line in the routing: they can take no backend).
+local function rank_position(base, active, masks, queue, id, ticket)
+  local position = redis.call('ZRANK', queue, id) + 1
+  local below = '(' .. ticket
+  for _, lane in ipairs(active) do
+    if not masks[lane] then
+      position = position - redis.call('ZCOUNT', base .. 'lane:' .. lane, '-inf', below)
+    end
+  end
+  return position
 end
 
 -- 1 + the jobs ahead of `ticket` that count for a job for `model` (a partial one): those
@@ -57,7 +70,7 @@ for i = 3, #ARGV do
     if model and partial[model] then
       out[#out + 1] = counted_position(ARGV[1], active, masks, model, ticket)
     else
-      out[#out + 1] = redis.call('ZRANK', KEYS[1], id) + 1
+      out[#out + 1] = rank_position(ARGV[1], active, masks, KEYS[1], id, ticket)
     end
   end
 end

@@ -1,9 +1,9 @@
-//! Positions in the Redis queue: a rank while every backend offers every model, else counted
-//! over the lanes of the models that share a backend with the job (see
-//! [`crate::domain::routing`]).
+//! Positions in the Redis queue: a rank (less the jobs whose model no backend lists) while
+//! every backend offers every model, else counted over the lanes of the models that share a
+//! backend with the job (see [`crate::domain::routing`]).
 
 use super::{RedisQueue, unavailable, unexpected};
-use crate::domain::routing::{Ahead, Routing};
+use crate::domain::routing::Routing;
 use crate::queue::QueueError;
 use fred::prelude::{SortedSetsInterface, Value};
 use std::collections::{BTreeSet, HashSet};
@@ -49,12 +49,13 @@ impl RoutingArgs {
         RoutingArgs { routing, spec }
     }
 
-    /// What `enqueue.lua` takes to count a new job's position: the routing when the job's
-    /// model does not count every job ahead, else nothing (its rank).
-    pub(super) fn for_enqueue(&self, model: Option<&str>) -> Vec<Value> {
-        match self.routing.ahead_of(model) {
-            Ahead::All => Vec::new(),
-            Ahead::Models(_) => vec![Value::from(self.spec.as_str())],
+    /// What `enqueue.lua` takes to count a new job's position: the routing once some backend
+    /// has listed models, else nothing (its rank).
+    pub(super) fn for_enqueue(&self) -> Vec<Value> {
+        if self.routing.knows_nothing() {
+            Vec::new()
+        } else {
+            vec![Value::from(self.spec.as_str())]
         }
     }
 }
@@ -67,7 +68,7 @@ impl RedisQueue {
         }
         let spec = {
             let routing = self.routing.read();
-            (!routing.routing.is_uniform()).then(|| routing.spec.clone())
+            (!routing.routing.knows_nothing()).then(|| routing.spec.clone())
         };
         let Some(spec) = spec else {
             return self.ranks(ids).await;

@@ -163,6 +163,7 @@ contract!(
     empty_queue_has_nothing,
     pops_take_only_offered_models_and_positions_count_shared_backends,
     a_rebuild_keeps_each_jobs_model,
+    jobs_for_a_model_nobody_lists_count_in_no_position,
     positions_are_one_based_unique_and_gap_free,
     three_concurrent_enqueues_get_positions_one_two_three,
     two_hundred_concurrent_enqueues_get_each_position_once,

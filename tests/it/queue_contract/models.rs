@@ -119,3 +119,32 @@ pub(crate) async fn a_rebuild_keeps_each_jobs_model(store: Arc<dyn QueueStore>) 
     assert_eq!((popped.id, popped.model.as_deref()), (id(2), Some("a")));
     assert_eq!(store.pop(&one).await.shown(), Ok(None));
 }
+
+pub(crate) async fn jobs_for_a_model_nobody_lists_count_in_no_position(store: Arc<dyn QueueStore>) {
+    store.set_routing(routing());
+    for (n, model) in [Some("a"), Some("a"), Some("c"), None, Some("c")]
+        .into_iter()
+        .enumerate()
+    {
+        store
+            .enqueue(id(n as u128 + 1), "ola", model, NO_CAP)
+            .await
+            .expect("enqueue");
+    }
+    // a is removed from backend one: its jobs can take no backend.
+    store.set_routing(Arc::new(Routing::new([
+        ("one".to_string(), vec!["b".to_string()]),
+        ("two".to_string(), vec!["b".to_string(), "c".to_string()]),
+    ])));
+    let ids: Vec<Uuid> = (1..=5).map(id).collect();
+    assert_eq!(
+        store.positions(&ids).await.shown(),
+        Ok(vec![Some(1), Some(1), Some(1), Some(2), Some(3)]),
+        "the jobs for a count for nobody"
+    );
+    let late = store
+        .enqueue(id(6), "ola", Some("c"), NO_CAP)
+        .await
+        .expect("enqueue");
+    assert_eq!(late.position, 4, "c, none, c ahead; not the two for a");
+}
