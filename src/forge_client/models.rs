@@ -20,7 +20,7 @@ const MAX_TITLE_BYTES: usize = 512;
 impl ForgeClient {
     /// What the backend offers now, each of the three reads within `deadline`.
     pub async fn models(&self, deadline: Duration) -> Result<BackendModels, ForgeFailure> {
-        let checkpoints = read_checkpoints(&self.get_json("/sdapi/v1/sd-models", deadline).await?);
+        let checkpoints = read_checkpoints(&self.get_json("/sdapi/v1/sd-models", deadline).await?)?;
         let samplers = read_samplers(&self.get_json("/sdapi/v1/samplers", deadline).await?);
         let options = self.get_json("/sdapi/v1/options", deadline).await?;
         let loaded = options
@@ -57,10 +57,25 @@ fn title(value: Option<&Value>) -> Option<String> {
     fits(text, MAX_TITLE_BYTES).then(|| text.to_owned())
 }
 
-/// The checkpoints of a `sd-models` answer; entries without a usable name are skipped.
-fn read_checkpoints(answer: &Value) -> Vec<Checkpoint> {
+/// The checkpoints of a `sd-models` answer; entries without a usable name are skipped. An
+/// answer that is not a list, or a non-empty list none of whose entries is a checkpoint, is a
+/// bad answer: the backend is left out (its last list kept) rather than taken as listing
+/// nothing, which would strand the jobs queued for its models.
+fn read_checkpoints(answer: &Value) -> Result<Vec<Checkpoint>, ForgeFailure> {
+    let entries = answer
+        .as_array()
+        .ok_or_else(|| ForgeFailure::bad_answer("sd-models is not a list"))?;
+    if !entries.is_empty()
+        && !entries
+            .iter()
+            .any(|entry| entry.get("model_name").is_some())
+    {
+        return Err(ForgeFailure::bad_answer(
+            "sd-models lists no entry with a model_name",
+        ));
+    }
     let mut checkpoints: Vec<Checkpoint> = Vec::new();
-    for entry in answer.as_array().into_iter().flatten() {
+    for entry in entries {
         let (Some(name), Some(title)) = (name(entry.get("model_name")), title(entry.get("title")))
         else {
             continue;
@@ -69,7 +84,7 @@ fn read_checkpoints(answer: &Value) -> Vec<Checkpoint> {
             checkpoints.push(Checkpoint { name, title });
         }
     }
-    checkpoints
+    Ok(checkpoints)
 }
 
 /// The samplers of a `samplers` answer.
@@ -113,14 +128,27 @@ mod tests {
             {"title": "no name"},
             "not an object",
             {"model_name": "c", "title": "c.safetensors [3]"},
-        ]));
+        ]))
+        .expect("a list");
         let names: Vec<&str> = checkpoints.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["a", "c"]);
-        assert!(read_checkpoints(&json!({"not": "a list"})).is_empty());
+        assert!(read_checkpoints(&json!({"not": "a list"})).is_err());
+        assert!(
+            read_checkpoints(&json!([1, 2, 3])).is_err(),
+            "no entry is a checkpoint"
+        );
+        assert_eq!(
+            read_checkpoints(&json!([])).ok(),
+            Some(Vec::new()),
+            "lists nothing"
+        );
         let many: Vec<Value> = (0..MAX_LISTED + 10)
             .map(|n| json!({"model_name": format!("m{n}"), "title": format!("m{n}")}))
             .collect();
-        assert_eq!(read_checkpoints(&Value::Array(many)).len(), MAX_LISTED);
+        assert_eq!(
+            read_checkpoints(&Value::Array(many)).map(|c| c.len()).ok(),
+            Some(MAX_LISTED)
+        );
         let samplers = read_samplers(&json!([
             {"name": "Euler a", "aliases": ["k_euler_a", 5]},
             {"name": 7},
