@@ -11,7 +11,8 @@
 //! - **Position.** A job's position is 1 + the number of queued jobs ahead of it (lower
 //!   tickets) that could take one of its backends: jobs without a model, and jobs whose
 //!   model some backend offers that also offers this job's model. When every backend offers
-//!   every model, that is every job ahead: first come, first served across all models.
+//!   every model, that is every job ahead: first come, first served across all models. A job
+//!   whose model no backend lists any more can take no backend and counts for nobody.
 //!
 //! The position only falls while the job waits (jobs ahead leave; new jobs come behind). It
 //! is exact when the backends a job can use all offer the same models as each other (every
@@ -57,7 +58,8 @@ type Counted = Arc<[Arc<str>]>;
 /// Which jobs ahead of a job count in its position.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ahead<'a> {
-    /// Every job ahead (its backends can run everything queued).
+    /// Every job ahead that can take some backend (its backends can run every listed model;
+    /// see [`Routing::can_be_run`] for the jobs that can take none).
     All,
     /// Jobs without a model, and jobs for these models (sorted).
     Models(&'a [Arc<str>]),
