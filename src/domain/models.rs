@@ -7,7 +7,7 @@
 
 use crate::domain::routing::Routing;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Longest checkpoint or sampler name kept.
 pub const MAX_NAME_BYTES: usize = 255;
@@ -90,6 +90,9 @@ pub struct ModelCatalogue {
     /// The checkpoint names each backend last listed, kept while it cannot answer: routing
     /// and positions do not jump while a backend recovers (its jobs wait for it).
     last_listed: BTreeMap<String, Vec<String>>,
+    /// Backends that answered once and cannot answer now: left out of the listing, but what
+    /// they offered is still accepted in a create (the job waits for them).
+    silent: BTreeSet<String>,
 }
 
 impl ModelCatalogue {
@@ -105,10 +108,13 @@ impl ModelCatalogue {
                 let changed = self.last_listed.get(backend) != Some(&names);
                 self.last_listed.insert(backend.to_owned(), names);
                 self.backends.insert(backend.to_owned(), offers);
+                self.silent.remove(backend);
                 changed
             }
             None => {
-                self.backends.remove(backend);
+                if self.backends.contains_key(backend) {
+                    self.silent.insert(backend.to_owned());
+                }
                 false
             }
         }
@@ -136,14 +142,16 @@ impl ModelCatalogue {
         names
     }
 
-    /// The checkpoint `backend` has loaded now, if it answered and said.
+    /// The checkpoint `backend` has loaded now, if it answers and said.
     pub fn loaded_on(&self, backend: &str) -> Option<&str> {
-        self.backends.get(backend)?.loaded.as_deref()
+        self.of(backend)?.loaded.as_deref()
     }
 
-    /// What `backend` offers, if it answered.
+    /// What `backend` offers, if it answers.
     pub fn of(&self, backend: &str) -> Option<&BackendModels> {
-        self.backends.get(backend)
+        self.backends
+            .get(backend)
+            .filter(|_| !self.silent.contains(backend))
     }
 
     /// Whether no backend has answered.
@@ -155,7 +163,12 @@ impl ModelCatalogue {
     pub fn listing(&self) -> ModelListing {
         let mut models: BTreeMap<&str, ModelEntry> = BTreeMap::new();
         let mut samplers: BTreeMap<&str, Sampler> = BTreeMap::new();
-        for offers in self.backends.values() {
+        let answering = self
+            .backends
+            .iter()
+            .filter(|(name, _)| !self.silent.contains(*name))
+            .map(|(_, offers)| offers);
+        for offers in answering {
             for checkpoint in &offers.checkpoints {
                 let entry = models
                     .entry(&checkpoint.name)
@@ -188,8 +201,9 @@ impl ModelCatalogue {
         }
     }
 
-    /// The name of the model `asked` names on some backend: a checkpoint of that name, else
-    /// one whose title it is (a name always wins over another checkpoint's title).
+    /// The name of the model `asked` names on some backend (also one that cannot answer right
+    /// now: the job waits for it): a checkpoint of that name, else one whose title it is (a
+    /// name always wins over another checkpoint's title).
     pub fn model_named(&self, asked: &str) -> Option<String> {
         let checkpoints = || {
             self.backends
@@ -266,8 +280,14 @@ mod tests {
         let routing = catalogue.routing();
         catalogue.set("two", None);
         assert_eq!(catalogue.listing().models.len(), 1);
-        assert_eq!(catalogue.model_named("c"), None);
+        assert_eq!(
+            catalogue.model_named("c"),
+            Some("c".into()),
+            "still accepted: the job waits for its backend"
+        );
         assert_eq!(catalogue.loaded_on("two"), None);
+        catalogue.set("never", None);
+        assert!(catalogue.of("never").is_none());
         assert_eq!(
             catalogue.routing(),
             routing,

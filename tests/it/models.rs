@@ -111,6 +111,12 @@ async fn the_listing_is_the_union_of_what_answering_backends_offer() {
         [("a".to_owned(), 1, 1), ("b".to_owned(), 1, 0)],
         "{listing}"
     );
+    // Left out of the listing, but what it offered is still accepted: the job waits for it.
+    let (status, waiting) = client
+        .submit(&token, json!({"prompt": "for c", "model": "c"}))
+        .await;
+    assert_eq!(status, 202, "{waiting}");
+    let waiting = waiting["id"].as_str().expect("id").to_owned();
     let port: std::net::SocketAddr = second_url
         .trim_start_matches("http://")
         .parse()
@@ -119,6 +125,10 @@ async fn the_listing_is_the_union_of_what_answering_backends_offer() {
         .await
         .expect("the second backend starts again on its port");
     models_when(&client, &token, both).await;
+    let done = client
+        .wait_message(&token, &waiting, |m| m["status"] == "complete")
+        .await;
+    assert_eq!(done["model"], "c", "{done}");
     app.shutdown().await;
 }
 
