@@ -53,6 +53,11 @@ pub struct BackendModels {
 }
 
 impl BackendModels {
+    /// Its checkpoints' names, sorted, each once.
+    pub fn names(&self) -> BTreeSet<String> {
+        self.checkpoints.iter().map(|c| c.name.clone()).collect()
+    }
+
     /// The name of the checkpoint `asked` names (a name or a title, as Forge accepts).
     pub fn checkpoint_named(&self, asked: &str) -> Option<&Checkpoint> {
         self.checkpoints
@@ -86,10 +91,9 @@ pub struct ModelListing {
 /// What every backend of this process offers, by backend name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ModelCatalogue {
+    /// What each backend last answered, kept while it cannot answer: routing and positions
+    /// do not jump while a backend recovers (its jobs wait for it).
     backends: BTreeMap<String, BackendModels>,
-    /// The checkpoint names each backend last listed, kept while it cannot answer: routing
-    /// and positions do not jump while a backend recovers (its jobs wait for it).
-    last_listed: BTreeMap<String, Vec<String>>,
     /// Backends that answered once and cannot answer now: left out of the listing, but what
     /// they offered is still accepted in a create (the job waits for them).
     silent: BTreeSet<String>,
@@ -101,12 +105,8 @@ impl ModelCatalogue {
     pub fn set(&mut self, backend: &str, offers: Option<BackendModels>) -> bool {
         match offers {
             Some(offers) => {
-                let mut names: Vec<String> =
-                    offers.checkpoints.iter().map(|c| c.name.clone()).collect();
-                names.sort();
-                names.dedup();
-                let changed = self.last_listed.get(backend) != Some(&names);
-                self.last_listed.insert(backend.to_owned(), names);
+                let changed =
+                    self.backends.get(backend).map(BackendModels::names) != Some(offers.names());
                 self.backends.insert(backend.to_owned(), offers);
                 self.silent.remove(backend);
                 changed
@@ -131,15 +131,21 @@ impl ModelCatalogue {
 
     /// The routing of queued jobs: the models each backend last listed.
     pub fn routing(&self) -> Routing {
-        Routing::new(self.last_listed.clone())
+        Routing::new(
+            self.backends
+                .iter()
+                .map(|(backend, offers)| (backend.clone(), offers.names())),
+        )
     }
 
     /// Every checkpoint some backend lists (or listed last, while it cannot answer), sorted.
     pub fn listed_models(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.last_listed.values().flatten().cloned().collect();
-        names.sort();
-        names.dedup();
-        names
+        let names: BTreeSet<String> = self
+            .backends
+            .values()
+            .flat_map(BackendModels::names)
+            .collect();
+        names.into_iter().collect()
     }
 
     /// The checkpoint `backend` has loaded now, if it answers and said.
