@@ -8,17 +8,7 @@
 redis.call('SET', KEYS[1], '1', 'EX', tonumber(ARGV[4]))
 local removed = redis.call('ZREM', KEYS[2], ARGV[1])
 if removed == 1 then
-  local model = redis.call('HGET', KEYS[7], ARGV[1])
-  if model then
-    local lane = ARGV[5] .. 'lane:' .. model
-    redis.call('ZREM', lane, ARGV[1])
-    redis.call('HDEL', KEYS[7], ARGV[1])
-    if redis.call('ZCARD', lane) == 0 then
-      redis.call('SREM', KEYS[8], model)
-    end
-  else
-    redis.call('ZREM', ARGV[5] .. 'lane', ARGV[1])
-  end
+  leave_lane(ARGV[5], KEYS[7], KEYS[8], ARGV[1], redis.call('HGET', KEYS[7], ARGV[1]))
   redis.call('HDEL', KEYS[3], ARGV[1])
   local seq = redis.call('INCR', KEYS[6])
   redis.call('PUBLISH', ARGV[3], string.format('%d R %s', seq, ARGV[1]))

@@ -1,5 +1,7 @@
 //! The queue's Lua scripts (loaded at connect, loaded again when Redis forgot them) and the
-//! names of its keys.
+//! names of its keys. Redis scripts cannot include one another: what several share
+//! (`lanes.lua`: a job's place in its model's lane; `routing.lua`: counting positions) is
+//! prepended to each at build time.
 
 use super::unavailable;
 use crate::queue::QueueError;
@@ -43,16 +45,55 @@ impl Scripts {
             Ok(Script { name, source, sha })
         }
         Ok(Scripts {
-            enqueue: one(pool, "enqueue", include_str!("enqueue.lua")).await?,
-            abort: one(pool, "abort", include_str!("abort.lua")).await?,
-            pop: one(pool, "pop", include_str!("pop.lua")).await?,
-            requeue: one(pool, "requeue", include_str!("requeue.lua")).await?,
-            remove: one(pool, "remove", include_str!("remove.lua")).await?,
+            enqueue: one(
+                pool,
+                "enqueue",
+                concat!(
+                    include_str!("lanes.lua"),
+                    include_str!("routing.lua"),
+                    include_str!("enqueue.lua")
+                ),
+            )
+            .await?,
+            abort: one(
+                pool,
+                "abort",
+                concat!(include_str!("lanes.lua"), include_str!("abort.lua")),
+            )
+            .await?,
+            pop: one(
+                pool,
+                "pop",
+                concat!(include_str!("lanes.lua"), include_str!("pop.lua")),
+            )
+            .await?,
+            requeue: one(
+                pool,
+                "requeue",
+                concat!(include_str!("lanes.lua"), include_str!("requeue.lua")),
+            )
+            .await?,
+            remove: one(
+                pool,
+                "remove",
+                concat!(include_str!("lanes.lua"), include_str!("remove.lua")),
+            )
+            .await?,
             release: one(pool, "release", include_str!("release.lua")).await?,
             mark_moved: one(pool, "mark_moved", include_str!("mark_moved.lua")).await?,
             snapshot: one(pool, "snapshot", include_str!("snapshot.lua")).await?,
-            positions: one(pool, "positions", include_str!("positions.lua")).await?,
-            rebuild_jobs: one(pool, "rebuild_jobs", include_str!("rebuild_jobs.lua")).await?,
+            positions: one(
+                pool,
+                "positions",
+                concat!(include_str!("routing.lua"), include_str!("positions.lua")),
+            )
+            .await?,
+            rebuild_jobs: one(
+                pool,
+                "rebuild_jobs",
+                concat!(include_str!("lanes.lua"), include_str!("rebuild_jobs.lua")),
+            )
+            .await?,
             rebuild_pending: one(pool, "rebuild_pending", include_str!("rebuild_pending.lua"))
                 .await?,
             clear_pending: one(pool, "clear_pending", include_str!("clear_pending.lua")).await?,

@@ -32,16 +32,7 @@ if model and not offered[model] then
   model = redis.call('HGET', KEYS[5], id)
 end
 redis.call('ZREM', KEYS[1], id)
-if model then
-  local lane = ARGV[3] .. 'lane:' .. model
-  redis.call('ZREM', lane, id)
-  redis.call('HDEL', KEYS[5], id)
-  if redis.call('ZCARD', lane) == 0 then
-    redis.call('SREM', KEYS[6], model)
-  end
-else
-  redis.call('ZREM', ARGV[3] .. 'lane', id)
-end
+leave_lane(ARGV[3], KEYS[5], KEYS[6], id, model)
 local user = redis.call('HGET', KEYS[2], id) or ''
 redis.call('HDEL', KEYS[2], id)
 -- A job left for a backend now: the queue moved (as the in-process queue, this overrides a

@@ -9,15 +9,7 @@ for i = 3, #ARGV, 4 do
   local id, ticket, user, model = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   if redis.call('ZADD', KEYS[1], 'NX', ticket, id) == 1 then
     redis.call('HSET', KEYS[2], id, user)
-    local token = '-'
-    if model == '' then
-      redis.call('ZADD', ARGV[2] .. 'lane', ticket, id)
-    else
-      redis.call('ZADD', ARGV[2] .. 'lane:' .. model, ticket, id)
-      redis.call('HSET', KEYS[4], id, model)
-      redis.call('SADD', KEYS[5], model)
-      token = string.gsub(model, '.', function(c) return string.format('%02x', c:byte()) end)
-    end
+    local token = join_lane(ARGV[2], KEYS[4], KEYS[5], id, ticket, model)
     local seq = redis.call('INCR', KEYS[3])
     redis.call('PUBLISH', ARGV[1], string.format('%d A %s %s %s %s', seq, id, ticket, token, user))
     added = added + 1

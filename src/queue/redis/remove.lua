@@ -5,17 +5,7 @@
 -- Returns 1 if it was queued, 0 otherwise.
 local removed = redis.call('ZREM', KEYS[1], ARGV[1])
 if removed == 1 then
-  local model = redis.call('HGET', KEYS[4], ARGV[1])
-  if model then
-    local lane = ARGV[3] .. 'lane:' .. model
-    redis.call('ZREM', lane, ARGV[1])
-    redis.call('HDEL', KEYS[4], ARGV[1])
-    if redis.call('ZCARD', lane) == 0 then
-      redis.call('SREM', KEYS[5], model)
-    end
-  else
-    redis.call('ZREM', ARGV[3] .. 'lane', ARGV[1])
-  end
+  leave_lane(ARGV[3], KEYS[4], KEYS[5], ARGV[1], redis.call('HGET', KEYS[4], ARGV[1]))
   redis.call('HDEL', KEYS[2], ARGV[1])
   local seq = redis.call('INCR', KEYS[3])
   redis.call('PUBLISH', ARGV[2], string.format('%d R %s', seq, ARGV[1]))

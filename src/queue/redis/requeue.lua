@@ -6,15 +6,7 @@
 local added = redis.call('ZADD', KEYS[1], 'NX', ARGV[2], ARGV[1])
 if added == 1 then
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-  local token = '-'
-  if ARGV[5] == '' then
-    redis.call('ZADD', ARGV[6] .. 'lane', ARGV[2], ARGV[1])
-  else
-    redis.call('ZADD', ARGV[6] .. 'lane:' .. ARGV[5], ARGV[2], ARGV[1])
-    redis.call('HSET', KEYS[4], ARGV[1], ARGV[5])
-    redis.call('SADD', KEYS[5], ARGV[5])
-    token = string.gsub(ARGV[5], '.', function(c) return string.format('%02x', c:byte()) end)
-  end
+  local token = join_lane(ARGV[6], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[5])
   local seq = redis.call('INCR', KEYS[3])
   redis.call('PUBLISH', ARGV[4],
     string.format('%d A %s %s %s %s', seq, ARGV[1], ARGV[2], token, ARGV[3]))
